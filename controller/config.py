@@ -1,0 +1,180 @@
+"""Site configuration: modules with their devices, dispatch parameters, the demo plant.
+
+A site file (YAML) is validated with pydantic; environment variables with the `GRIDPILOT_`
+prefix override it (nested fields with `__`, e.g. `GRIDPILOT_DISPATCH__RAMP_UP_W_PER_S`).
+The built-in default site (`controller/default_site.yaml`) is what the demo runs.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DeviceKind = Literal["ups", "bess", "meter", "cdu"]
+BATTERY_KINDS = ("ups", "bess")
+Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class DeviceConfig(Strict):
+    id: Identifier
+    kind: DeviceKind
+    map: str | None = Field(None, description="device map name or YAML path; default: the kind")
+    host: str = "127.0.0.1"
+    port: Port
+    unit_id: int = Field(1, ge=0, le=247, description="Modbus unit id")
+    poll_period_s: PositiveSeconds = 0.05
+    timeout_s: PositiveSeconds = 0.5
+    stale_after_s: PositiveSeconds = Field(
+        0.5, description="a value older than this is stale and not used for control"
+    )
+    backoff_max_s: PositiveSeconds = 5.0
+
+    @property
+    def map_name(self) -> str:
+        return self.map or self.kind
+
+
+class ModuleConfig(Strict):
+    id: Identifier
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+
+class DispatchConfig(Strict):
+    lowpass_tau_s: float = Field(10.0, gt=0, le=3600, description="low-pass time constant")
+    ramp_up_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit upward")
+    ramp_down_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit downward")
+    soc_min_ratio: float = Field(0.2, ge=0, le=1, description="no smoothing discharge below")
+    soc_max_ratio: float = Field(0.95, ge=0, le=1, description="no smoothing charge above")
+
+    @model_validator(mode="after")
+    def _check_band(self) -> DispatchConfig:
+        if self.soc_min_ratio >= self.soc_max_ratio:
+            raise ValueError(
+                f"soc_min_ratio ({self.soc_min_ratio}) must be below "
+                f"soc_max_ratio ({self.soc_max_ratio})"
+            )
+        return self
+
+
+class SimulationConfig(Strict):
+    """The demo plant: only the simulators read this; the controller learns ratings from devices."""
+
+    trace: str = Field("h200_train_1p7b", description="shipped trace name or CSV path")
+    gpus: int = Field(10_000, ge=0, le=10_000_000)
+    base_w: float = Field(2e6, ge=0, le=1e10, description="non-GPU IT load")
+    ups_rated_power_w: float = Field(7e6, gt=0, le=1e9)
+    ups_battery_wh: float = Field(1.5e6, gt=0, le=1e10)
+    ups_max_charge_w: float = Field(5e6, ge=0, le=1e9)
+    bess_w_max_rtg: float = Field(4e6, gt=0, le=1e9)
+    bess_wh_rtg: float = Field(8e6, gt=0, le=1e10)
+    initial_soc_ratio: float = Field(0.6, ge=0, le=1)
+    grid_frequency_hz: Literal[50, 60] = 50
+    heartbeat_timeout_s: PositiveSeconds = 2.0
+    physics_period_s: float = Field(0.01, gt=0, le=1)
+
+
+class SiteConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GRIDPILOT_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
+    )
+
+    name: Identifier = "demo"
+    loop_period_s: float = Field(0.1, ge=0.005, le=10, description="control tick period")
+    api_host: str = "127.0.0.1"
+    api_port: Port = 8080
+    data_dir: Path = Path("data")
+    modules: list[ModuleConfig] = Field(min_length=1)
+    dispatch: DispatchConfig = DispatchConfig()
+    simulation: SimulationConfig = SimulationConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init arguments; the environment overrides it.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _check_site(self) -> SiteConfig:
+        ids = [d.id for d in self.devices]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"device ids must be unique; repeated: {dupes}")
+        addresses = [(d.host, d.port) for d in self.devices]
+        clash = sorted({f"{h}:{p}" for h, p in addresses if addresses.count((h, p)) > 1})
+        if clash:
+            raise ValueError(f"two devices share an address: {clash}")
+        kinds = [d.kind for d in self.devices]
+        if kinds.count("meter") != 1:
+            raise ValueError(f"a site has exactly one grid meter, found {kinds.count('meter')}")
+        if not any(k in BATTERY_KINDS for k in kinds):
+            raise ValueError("a site needs at least one battery asset (ups or bess)")
+        for d in self.devices:
+            if d.stale_after_s < d.poll_period_s:
+                raise ValueError(
+                    f"device {d.id}: stale_after_s ({d.stale_after_s}) is shorter than "
+                    f"poll_period_s ({d.poll_period_s}); every value would be stale"
+                )
+        return self
+
+    @property
+    def devices(self) -> list[DeviceConfig]:
+        return [d for m in self.modules for d in m.devices]
+
+    def devices_of(self, *kinds: str) -> list[DeviceConfig]:
+        return [d for d in self.devices if d.kind in kinds]
+
+
+class ConfigError(ValueError):
+    """An invalid site: the message names each bad field and its value."""
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(site)"
+        got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+        lines.append(f"{field}: {err['msg']}{got}")
+    return "invalid site configuration:\n  " + "\n  ".join(lines)
+
+
+def parse_site(data: object, overrides: dict | None = None) -> SiteConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("invalid site configuration: the file must hold a mapping")
+    try:
+        return SiteConfig(**{**data, **(overrides or {})})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def default_site_text() -> str:
+    return (resources.files("controller") / "default_site.yaml").read_text()
+
+
+def load_site(path: Path | None = None, overrides: dict | None = None) -> SiteConfig:
+    """Load a site file (or the built-in default site) and apply overrides."""
+    try:
+        text = path.read_text() if path else default_site_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read site file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"site file {path} is not valid YAML: {exc}") from None
+    return parse_site(data, overrides)

@@ -1,0 +1,41 @@
+"""Process entry points: the demo (plant + controller), the controller alone, the plant alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from controller.config import SiteConfig
+from controller.service import Controller, stop_on_signals
+from drivers.sim.stack import SimulatorStack, SimulatorThread
+
+log = logging.getLogger("gridpilot")
+
+
+async def run_controller(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    with stop_on_signals(stop):
+        await Controller(site).run(stop)
+
+
+async def run_demo(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
+    # The plant runs on its own thread and event loop: its physics keeps time on its own.
+    plant = SimulatorThread(site)
+    await asyncio.to_thread(plant.start)
+    try:
+        await run_controller(site, stop)
+    finally:
+        await asyncio.to_thread(plant.stop)
+        log.info("simulators stopped")
+
+
+async def run_simulators(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    stack = SimulatorStack(site)
+    with stop_on_signals(stop):
+        await stack.start()
+        try:
+            await stop.wait()
+        finally:
+            await stack.stop()
+            log.info("simulators stopped")

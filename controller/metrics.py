@@ -1,0 +1,167 @@
+"""Prometheus metrics: units in every name, `site` and `device` labels, one registry per app."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from controller.loop import TickRecord
+from controller.site import POWER_POINT
+from drivers.base import DeviceDriver
+
+TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class DriverCollector(Collector):
+    """Driver counters read at scrape time, so they are never out of step with the drivers."""
+
+    def __init__(self, site: str, drivers: Mapping[str, DeviceDriver]) -> None:
+        self.site, self.drivers = site, drivers
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        up = GaugeMetricFamily(
+            "gridpilot_device_up",
+            "1 while the driver is connected to the device",
+            labels=["site", "device"],
+        )
+        polls = CounterMetricFamily(
+            "gridpilot_device_polls", "Completed polls of every point", labels=["site", "device"]
+        )
+        errors = CounterMetricFamily(
+            "gridpilot_device_errors",
+            "Failed connects, reads and timeouts",
+            labels=["site", "device"],
+        )
+        write_errors = CounterMetricFamily(
+            "gridpilot_device_write_errors", "Failed setpoint writes", labels=["site", "device"]
+        )
+        latency = GaugeMetricFamily(
+            "gridpilot_device_poll_latency_seconds",
+            "Duration of the last complete poll",
+            labels=["site", "device"],
+        )
+        for device_id, d in self.drivers.items():
+            labels = [self.site, device_id]
+            up.add_metric(labels, 1.0 if d.connected else 0.0)
+            polls.add_metric(labels, d.counters.polls_total)
+            errors.add_metric(labels, d.counters.errors_total)
+            write_errors.add_metric(labels, d.counters.write_errors_total)
+            if not math.isnan(d.counters.last_latency_s):
+                latency.add_metric(labels, d.counters.last_latency_s)
+        yield from (up, polls, errors, write_errors, latency)
+
+
+class Metrics:
+    def __init__(self, site: str, drivers: Mapping[str, DeviceDriver]) -> None:
+        self.site = site
+        self.registry = CollectorRegistry()
+        r = self.registry
+        s = ["site"]
+        sd = ["site", "device"]
+        self.grid = Gauge(
+            "gridpilot_grid_power_watts",
+            "Grid import measured at the meter (positive = import)",
+            s,
+            registry=r,
+        )
+        self.grid_target = Gauge(
+            "gridpilot_grid_target_power_watts", "Grid draw the dispatch aims for", s, registry=r
+        )
+        self.it = Gauge("gridpilot_it_power_watts", "IT load (sum of UPS outputs)", s, registry=r)
+        self.cooling = Gauge(
+            "gridpilot_cooling_power_watts", "Electrical power of the cooling plant", s, registry=r
+        )
+        self.site_load = Gauge(
+            "gridpilot_site_load_watts", "Load the dispatch smooths: IT + cooling", s, registry=r
+        )
+        self.frequency = Gauge(
+            "gridpilot_grid_frequency_hertz", "Grid frequency at the meter", s, registry=r
+        )
+        self.unserved = Gauge(
+            "gridpilot_unserved_power_watts", "Battery power no asset could carry", s, registry=r
+        )
+        self.battery = Gauge(
+            "gridpilot_battery_power_watts",
+            "Battery power measured (positive = discharge)",
+            sd,
+            registry=r,
+        )
+        self.setpoint = Gauge(
+            "gridpilot_battery_setpoint_watts",
+            "Battery power commanded (positive = discharge)",
+            sd,
+            registry=r,
+        )
+        self.soc = Gauge(
+            "gridpilot_battery_soc_ratio", "Battery state of charge, 0–1", sd, registry=r
+        )
+        self.degraded = Gauge(
+            "gridpilot_control_degraded",
+            "1 while data is missing and batteries stand down",
+            s,
+            registry=r,
+        )
+        self.tick_duration = Histogram(
+            "gridpilot_loop_duration_seconds",
+            "Work time of one control tick",
+            s,
+            buckets=TICK_BUCKETS_S,
+            registry=r,
+        )
+        self.tick_lateness = Histogram(
+            "gridpilot_loop_lateness_seconds",
+            "How late a tick started against its schedule",
+            s,
+            buckets=TICK_BUCKETS_S,
+            registry=r,
+        )
+        self.overruns = Counter(
+            "gridpilot_loop_overruns",
+            "Ticks skipped because the loop fell a whole period behind",
+            s,
+            registry=r,
+        )
+        self.ticks = Counter("gridpilot_loop_ticks", "Control ticks run", s, registry=r)
+        self.last_tick = Gauge(
+            "gridpilot_loop_last_tick_timestamp_seconds",
+            "Unix time of the last tick",
+            s,
+            registry=r,
+        )
+        self._overruns_seen = 0
+        r.register(DriverCollector(site, drivers))
+
+    def observe(self, rec: TickRecord) -> None:
+        site = self.site
+        rd = rec.readings
+        for gauge, value in (
+            (self.grid, rd.grid_w),
+            (self.it, rd.it_w),
+            (self.cooling, rd.cooling_w),
+            (self.site_load, rec.site_load_w),
+            (self.frequency, rd.frequency_hz),
+        ):
+            if value is not None:
+                gauge.labels(site).set(value)
+        result = rec.result
+        self.degraded.labels(site).set(0.0 if result is not None else 1.0)
+        if result is not None:
+            self.grid_target.labels(site).set(result.grid_target_w)
+            self.unserved.labels(site).set(result.unserved_w)
+            for device, w in result.asset_w.items():
+                self.setpoint.labels(site, device).set(w)
+        for device, soc in rd.soc.items():
+            self.soc.labels(site, device).set(soc)
+        for dev in rec.snapshot.devices.values():
+            if dev.kind in POWER_POINT and (w := dev.value(POWER_POINT[dev.kind])) is not None:
+                self.battery.labels(site, dev.id).set(w)
+        self.tick_duration.labels(site).observe(rec.duration_s)
+        self.tick_lateness.labels(site).observe(max(rec.lateness_s, 0.0))
+        self.overruns.labels(site).inc(rec.overruns_total - self._overruns_seen)
+        self._overruns_seen = rec.overruns_total
+        self.ticks.labels(site).inc()
+        self.last_tick.labels(site).set(rec.wall_time)

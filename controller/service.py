@@ -1,0 +1,124 @@
+"""The controller process: drivers, control loop, store and API, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from controller.api import create_app
+from controller.config import DeviceConfig, SiteConfig
+from controller.dispatch import warm_up
+from controller.loop import ControlLoop
+from controller.metrics import Metrics
+from controller.publish import Publisher
+from controller.state import SiteState
+from controller.store import Store
+from drivers.base import DeviceDriver, DriverSettings
+from drivers.devicemap import load_map
+from drivers.modbus_client import ModbusDriver
+from drivers.opcua_client import OpcUaDriver
+
+log = logging.getLogger("gridpilot")
+DB_FILE = "gridpilot.sqlite"
+
+
+def make_driver(device: DeviceConfig) -> DeviceDriver:
+    devmap = load_map(device.map_name)
+    settings = DriverSettings(
+        poll_period_s=device.poll_period_s,
+        timeout_s=device.timeout_s,
+        backoff_max_s=device.backoff_max_s,
+    )
+    if devmap.protocol == "modbus":
+        return ModbusDriver(device.id, devmap, settings, device.host, device.port, device.unit_id)
+    return OpcUaDriver(device.id, devmap, settings, device.host, device.port)
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+class Controller:
+    def __init__(self, site: SiteConfig) -> None:
+        warm_up()  # compile (or load from cache) before the first tick, not during it
+        self.site = site
+        self.drivers = {d.id: make_driver(d) for d in site.devices}
+        self.state = SiteState(site.name, site.loop_period_s)
+        self.metrics = Metrics(site.name, self.drivers)
+        self.store = Store(site.data_dir / DB_FILE)
+        self.loop = ControlLoop(site, self.drivers, Publisher(self.state, self.metrics, self.store))
+        self.app = create_app(self.state, self.metrics)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then close every device link, the API and the store."""
+        config = uvicorn.Config(
+            self.app,
+            host=self.site.api_host,
+            port=self.site.api_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        api = _ApiServer(config)
+        # Bind before anything starts, so a taken port is a clear error, not a half-started site.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.site.api_host, self.site.api_port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                f"cannot listen on {self.site.api_host}:{self.site.api_port}: {exc.strerror}"
+            ) from None
+        for driver in self.drivers.values():
+            driver.start()
+        self.store.event("controller_started", site=self.site.name)
+        api_task = asyncio.create_task(api.serve(sockets=[sock]), name="api")
+        loop_task = asyncio.create_task(self.loop.run(stop), name="loop")
+        log.info(
+            "controller running",
+            extra={
+                "api": f"http://{self.site.api_host}:{self.site.api_port}",
+                "site": self.site.name,
+            },
+        )
+        try:
+            done, _ = await asyncio.wait(
+                {api_task, loop_task, asyncio.create_task(stop.wait())},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if api_task in done and not stop.is_set():
+                api_task.result()  # the API could not start (port taken): raise it
+                raise RuntimeError("API server stopped unexpectedly")
+        finally:
+            stop.set()
+            api.should_exit = True
+            await asyncio.gather(loop_task, api_task, return_exceptions=True)
+            for driver in self.drivers.values():
+                await driver.stop()
+            self.store.event("controller_stopped", site=self.site.name)
+            self.store.close()
+            sock.close()
+            log.info("controller stopped")

@@ -1,0 +1,128 @@
+"""How the site's devices map onto the dispatch core: readings in, commands out. Pure functions.
+
+Which point of which device kind means what lives here, once: the UPS output is IT load, the
+CDU's cooling power is cooling load, a UPS takes its share of battery power as a cap on its
+rectifier input, a BESS as an active power setpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.config import DispatchConfig
+from controller.dispatch import AssetLimits, DispatchInputs, DispatchResult
+from controller.snapshot import DeviceSnapshot, Snapshot
+
+HEARTBEAT_MODULO = 65536  # heartbeat points are uint16
+
+
+@dataclass(frozen=True)
+class Command:
+    device: str
+    point: str
+    value: float
+
+
+@dataclass(frozen=True)
+class SiteReadings:
+    it_w: float | None
+    cooling_w: float | None
+    grid_w: float | None
+    frequency_hz: float | None
+    battery_w: float  # measured, all usable assets, positive = discharge
+    soc: dict[str, float]  # per battery asset with a fresh reading
+    missing: tuple[str, ...]  # "device.point" that control needs and that is stale or invalid
+
+
+def _asset_limits(dev: DeviceSnapshot, cfg: DispatchConfig) -> AssetLimits | None:
+    if dev.kind == "ups":
+        vals = dev.values("battery_soc_ratio", "max_discharge_power_w", "max_charge_power_w")
+    else:
+        vals = dev.values("soc_ratio", "w_max_rtg", "w_max_rtg")
+    if vals is None:
+        return None
+    soc, dis, chg = vals
+    return AssetLimits(
+        dev.id,
+        max_discharge_w=dis if soc > cfg.soc_min_ratio else 0.0,
+        max_charge_w=chg if soc < cfg.soc_max_ratio else 0.0,
+    )
+
+
+SOC_POINT = {"ups": "battery_soc_ratio", "bess": "soc_ratio"}
+POWER_POINT = {"ups": "battery_power_w", "bess": "w"}
+
+
+def read_site(snapshot: Snapshot) -> SiteReadings:
+    missing: list[str] = []
+
+    def need(dev: DeviceSnapshot, point: str) -> float | None:
+        v = dev.value(point)
+        if v is None:
+            missing.append(f"{dev.id}.{point}")
+        return v
+
+    ups_out = [need(d, "output_power_w") for d in snapshot.of_kind("ups")]
+    it_w = None if any(v is None for v in ups_out) else sum(ups_out)  # type: ignore[arg-type]
+    cdus = snapshot.of_kind("cdu")
+    cooling = [d.value("cooling_power_w") for d in cdus]
+    cooling_w = None if any(v is None for v in cooling) else sum(cooling)  # type: ignore[arg-type]
+    meter = snapshot.of_kind("meter")[0]
+    soc: dict[str, float] = {}
+    battery_w = 0.0
+    for dev in snapshot.devices.values():
+        if dev.kind in SOC_POINT:
+            s, p = dev.value(SOC_POINT[dev.kind]), dev.value(POWER_POINT[dev.kind])
+            if s is not None:
+                soc[dev.id] = s
+            battery_w += p or 0.0
+    return SiteReadings(
+        it_w=it_w,
+        cooling_w=cooling_w,
+        grid_w=need(meter, "active_power_w"),
+        frequency_hz=meter.value("frequency_hz"),
+        battery_w=battery_w,
+        soc=soc,
+        missing=tuple(missing),
+    )
+
+
+def dispatch_inputs(
+    snapshot: Snapshot, site_load_w: float, cfg: DispatchConfig
+) -> DispatchInputs | None:
+    """The core's inputs, or None while any battery asset's limits are unknown."""
+    assets = []
+    for dev in snapshot.devices.values():
+        if dev.kind in SOC_POINT:
+            limits = _asset_limits(dev, cfg)
+            if limits is None:
+                return None
+            assets.append(limits)
+    return DispatchInputs(site_load_w=site_load_w, assets=tuple(assets))
+
+
+def _asset_commands(dev: DeviceSnapshot, asset_w: float | None, beat: int) -> list[Command]:
+    """Commands for one battery asset; asset_w None means: stand down (carry nothing)."""
+    cmds = [Command(dev.id, "heartbeat", float(beat % HEARTBEAT_MODULO))]
+    if dev.kind == "ups":
+        output = dev.value("output_power_w")
+        if output is None:
+            return []  # cannot place a cap without knowing the load; the watchdog reverts it
+        share = 0.0 if asset_w is None else asset_w
+        cmds.append(Command(dev.id, "input_power_limit_w", max(output - share, 0.0)))
+    else:
+        cmds.append(Command(dev.id, "w_set", 0.0 if asset_w is None else asset_w))
+        if dev.value("w_set_ena") != 1.0:
+            cmds.append(Command(dev.id, "w_set_ena", 1.0))
+    return cmds
+
+
+def commands_for(snapshot: Snapshot, result: DispatchResult | None, beat: int) -> list[Command]:
+    """Setpoints and heartbeats for every battery asset. Without a result (data missing), every
+    asset stands down: the grid carries the load."""
+    cmds: list[Command] = []
+    for dev in snapshot.devices.values():
+        if dev.kind in SOC_POINT and dev.connected:
+            asset_w = None if result is None else result.asset_w.get(dev.id)
+            cmds.extend(_asset_commands(dev, asset_w, beat))
+    return cmds

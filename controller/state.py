@@ -1,0 +1,98 @@
+"""Published state: the latest tick, as the API shows it. The loop writes, the API reads."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.loop import TickRecord
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+class SiteState:
+    def __init__(self, site: str, period_s: float) -> None:
+        self.site = site
+        self.period_s = period_s
+        self.last: TickRecord | None = None
+
+    def update(self, record: TickRecord) -> None:
+        self.last = record
+
+    def tick_age_s(self, now_monotonic: float | None = None) -> float | None:
+        if self.last is None:
+            return None
+        return (now_monotonic or time.monotonic()) - self.last.monotonic
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready while ticks are fresh (within 3 periods) and control is not degraded."""
+        age = self.tick_age_s()
+        if age is None:
+            return False, "no tick yet"
+        if age > 3 * self.period_s:
+            return False, f"last tick {age:.3f} s ago (limit {3 * self.period_s:.3f} s)"
+        if self.last is not None and self.last.mode != "auto":
+            missing = ", ".join(self.last.readings.missing) or "battery limits"
+            return False, f"control degraded: missing {missing}"
+        return True, "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        rec = self.last
+        if rec is None:
+            return {"site": self.site, "tick": None, "mode": "starting", "devices": {}}
+        rd = rec.readings
+        result = rec.result
+        return {
+            "site": self.site,
+            "mode": rec.mode,
+            "tick": {
+                "seq": rec.seq,
+                "time": iso(rec.wall_time),
+                "age_s": self.tick_age_s(),
+                "period_s": rec.period_s,
+                "duration_s": rec.duration_s,
+                "lateness_s": rec.lateness_s,
+                "overruns_total": rec.overruns_total,
+            },
+            "measurements": {
+                "it_w": rd.it_w,
+                "cooling_w": rd.cooling_w,
+                "site_load_w": rec.site_load_w,
+                "grid_w": rd.grid_w,
+                "grid_frequency_hz": rd.frequency_hz,
+                "battery_w": rd.battery_w,
+                "soc_ratio": rd.soc,
+                "missing": list(rd.missing),
+            },
+            "dispatch": None
+            if result is None
+            else {
+                "grid_target_w": result.grid_target_w,
+                "battery_w": result.battery_w,
+                "unserved_w": result.unserved_w,
+                "asset_setpoints_w": result.asset_w,
+            },
+            "write_errors": list(rec.write_errors),
+            "devices": {
+                dev.id: {
+                    "kind": dev.kind,
+                    "connected": dev.connected,
+                    "last_error": dev.last_error,
+                    "points": {
+                        name: {
+                            "value": p.value if math.isfinite(p.value) else None,
+                            "unit": p.unit,
+                            "age_s": p.age_s,
+                            "stale": p.stale,
+                            "valid": p.valid,
+                        }
+                        for name, p in dev.points.items()
+                    },
+                }
+                for dev in rec.snapshot.devices.values()
+            },
+        }

@@ -1,0 +1,95 @@
+"""SQLite store (WAL): controller events and one sample of the site per second.
+
+Writes go through one background thread that owns the connection, so the control loop never
+waits on the disk; `close()` drains what is queued, so nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    time_s REAL NOT NULL,        -- unix time
+    kind TEXT NOT NULL,          -- controller_started, controller_stopped, mode_changed, ...
+    device TEXT,
+    detail TEXT NOT NULL         -- JSON
+);
+CREATE TABLE IF NOT EXISTS samples (
+    time_s REAL PRIMARY KEY,     -- unix time of the tick
+    mode TEXT NOT NULL,
+    it_w REAL, cooling_w REAL, site_load_w REAL, grid_w REAL, grid_target_w REAL,
+    battery_w REAL, grid_frequency_hz REAL,
+    soc_ratio TEXT NOT NULL      -- JSON {device: ratio}
+);
+"""
+
+_STOP = object()
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._queue: queue.Queue[Any] = queue.Queue()
+        # Open here so a bad path fails at start-up, not silently in the thread.
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+        self._thread = threading.Thread(target=self._writer, name="store", daemon=True)
+        self._thread.start()
+
+    def _writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            sql, args = item
+            self._conn.execute(sql, args)
+
+    def event(self, kind: str, device: str | None = None, **detail: Any) -> None:
+        self._queue.put(
+            (
+                "INSERT INTO events (time_s, kind, device, detail) VALUES (?, ?, ?, ?)",
+                (time.time(), kind, device, json.dumps(detail)),
+            )
+        )
+
+    def sample(self, row: dict[str, Any]) -> None:
+        cols = (
+            "time_s",
+            "mode",
+            "it_w",
+            "cooling_w",
+            "site_load_w",
+            "grid_w",
+            "grid_target_w",
+            "battery_w",
+            "grid_frequency_hz",
+        )
+        args = [row.get(c) for c in cols] + [json.dumps(row.get("soc_ratio", {}))]
+        self._queue.put(
+            (
+                f"INSERT OR REPLACE INTO samples ({', '.join(cols)}, soc_ratio) "
+                f"VALUES ({', '.join('?' * (len(cols) + 1))})",
+                tuple(args),
+            )
+        )
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._conn.close()
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Read-only queries, on a connection of their own (tests, tools)."""
+        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as conn:
+            return conn.execute(sql, args).fetchall()

@@ -1,0 +1,147 @@
+"""The driver seam: what every protocol driver offers the control loop.
+
+A driver owns one device. It polls in its own asyncio task with its own timeout and backoff,
+keeps the latest value of every point with the time it was read, and writes setpoints on
+request. It does I/O only: no control decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from drivers.devicemap import DeviceMap
+
+log = logging.getLogger("gridpilot.drivers")
+
+
+@dataclass(frozen=True)
+class PointValue:
+    value: float
+    unit: str
+    read_at: float  # time.monotonic() when the value arrived
+    valid: bool  # finite and inside the map's range
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    poll_period_s: float = 0.05
+    timeout_s: float = 0.5
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+
+
+@dataclass
+class DriverCounters:
+    polls_total: int = 0
+    errors_total: int = 0
+    writes_total: int = 0
+    write_errors_total: int = 0
+    last_latency_s: float = math.nan
+    last_error: str | None = None
+
+
+class DeviceIOError(RuntimeError):
+    """A read or write that failed; the message names device, point and value."""
+
+
+class DeviceDriver(ABC):
+    """Poll loop, timestamps, error counters and backoff; subclasses speak the protocol."""
+
+    def __init__(self, device_id: str, devmap: DeviceMap, settings: DriverSettings) -> None:
+        self.device_id = device_id
+        self.map = devmap
+        self.settings = settings
+        self.values: dict[str, PointValue] = {}
+        self.counters = DriverCounters()
+        self.connected = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.map.kind
+
+    # --- protocol-specific parts -------------------------------------------------------
+    @abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abstractmethod
+    async def _read_all(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    async def _write(self, point: str, value: float) -> None: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+    # --- shared behaviour --------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"driver:{self.device_id}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._close()
+        self.connected = False
+
+    async def _run(self) -> None:
+        backoff = self.settings.backoff_initial_s
+        while True:
+            try:
+                if not self.connected:
+                    await asyncio.wait_for(self._connect(), self.settings.timeout_s)
+                    self.connected = True
+                    log.info("device connected", extra={"device": self.device_id})
+                await self._poll_once()
+                backoff = self.settings.backoff_initial_s
+                await asyncio.sleep(self.settings.poll_period_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any I/O fault: count, report, back off
+                self._record_error(exc)
+                if self.connected:
+                    await self._close()
+                    self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.backoff_max_s)
+
+    async def _poll_once(self) -> None:
+        started = time.monotonic()
+        raw = await asyncio.wait_for(self._read_all(), self.settings.timeout_s)
+        now = time.monotonic()
+        self.counters.polls_total += 1
+        self.counters.last_latency_s = now - started
+        points = self.map.points
+        self.values = {
+            name: PointValue(v, points[name].unit, now, points[name].in_range(v))
+            for name, v in raw.items()
+        }
+
+    def _record_error(self, exc: BaseException) -> None:
+        self.counters.errors_total += 1
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if message != self.counters.last_error:
+            log.warning("device error", extra={"device": self.device_id, "error": message})
+        self.counters.last_error = message
+
+    async def write(self, point: str, value: float) -> None:
+        """Write one rw point after checking it against the map; raises DeviceIOError."""
+        p = self.map.point(point)
+        where = f"{self.device_id}.{point} = {value!r} {p.unit}"
+        if not p.writable:
+            raise DeviceIOError(f"{where}: point is read-only")
+        if not p.in_range(value):
+            raise DeviceIOError(f"{where}: outside the map's range {p.range}")
+        if not self.connected:
+            raise DeviceIOError(f"{where}: device not connected")
+        try:
+            await asyncio.wait_for(self._write(point, value), self.settings.timeout_s)
+        except Exception as exc:
+            self.counters.write_errors_total += 1
+            raise DeviceIOError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        self.counters.writes_total += 1

@@ -1,0 +1,108 @@
+"""Serve a device map's registers over Modbus TCP (pymodbus server), backed by a register image."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from drivers.devicemap import DeviceMap, Point
+
+
+class RegisterImage:
+    """The registers a device shows, encoded through its map."""
+
+    def __init__(self, devmap: DeviceMap) -> None:
+        self.map = devmap
+        points = list(devmap.points.values())
+        self.start = min(p.address for p in points)  # type: ignore[type-var]
+        end = max(p.address + p.register_count for p in points)  # type: ignore[operator]
+        self.registers = [0] * (end - self.start)
+        self._by_register: dict[int, Point] = {
+            p.address: p
+            for p in points  # type: ignore[misc]
+        }
+
+    def set(self, name: str, value: float) -> None:
+        p = self.map.point(name)
+        words = self.map.encode(p, value)
+        offset = p.address - self.start  # type: ignore[operator]
+        self.registers[offset : offset + len(words)] = words
+
+    def set_many(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.set(name, value)
+
+    def get(self, name: str) -> float:
+        p = self.map.point(name)
+        return self.map.decode(p, self.registers[p.address - self.start :])  # type: ignore[operator]
+
+    def decode_write(self, address: int, words: list[int]) -> dict[str, float] | ExcCodes:
+        """What a write request means point by point, or the exception a device would answer."""
+        changes: dict[str, float] = {}
+        reg = address
+        while reg < address + len(words):
+            p = self._by_register.get(reg)
+            if p is None or not p.writable or reg + p.register_count > address + len(words):
+                return ExcCodes.ILLEGAL_ADDRESS
+            value = self.map.decode(p, words[reg - address :])
+            if not p.in_range(value):
+                return ExcCodes.ILLEGAL_VALUE
+            changes[p.name] = value
+            reg += p.register_count
+        return changes
+
+
+class ModbusDeviceServer:
+    """One simulated device on its own TCP port. Writes reach `on_write(point, value)`."""
+
+    def __init__(
+        self,
+        image: RegisterImage,
+        host: str,
+        port: int,
+        unit_id: int,
+        on_write: Callable[[str, float], None],
+    ) -> None:
+        self.image, self.on_write = image, on_write
+        device = SimDevice(
+            id=unit_id,
+            simdata=[
+                SimData(
+                    address=image.start,
+                    count=len(image.registers),
+                    values=0,
+                    datatype=DataType.REGISTERS,
+                )
+            ],
+            action=self._action,
+        )
+        self.server = ModbusTcpServer(device, address=(host, port))
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        if set_values is None:
+            registers[: len(self.image.registers)] = self.image.registers
+            return None
+        changes = self.image.decode_write(address, [int(v) for v in set_values])
+        if isinstance(changes, ExcCodes):
+            return changes
+        for name, value in changes.items():
+            self.image.set(name, value)
+            self.on_write(name, value)
+        return None
+
+    async def start(self) -> None:
+        await self.server.serve_forever(background=True)
+
+    async def stop(self) -> None:
+        await self.server.shutdown()

@@ -1,0 +1,250 @@
+"""Physics of the simulated plant. Pure state machines: no sockets, no clock.
+
+Each model takes writes by point name (as its device map names them), advances by `step(dt)`
+and reports its points with `points()`. Signs follow the design notes: battery power positive
+= discharge, grid power positive = import.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+HEARTBEAT_LOST = 1 << 3
+
+
+@dataclass
+class Battery:
+    capacity_wh: float
+    soc: float
+    charge_efficiency: float = 0.96
+    discharge_efficiency: float = 0.96
+
+    @property
+    def energy_j(self) -> float:
+        return self.soc * self.capacity_wh * 3600.0
+
+    def max_discharge_w(self, limit_w: float, dt: float) -> float:
+        return min(limit_w, self.energy_j * self.discharge_efficiency / dt)
+
+    def max_charge_w(self, limit_w: float, dt: float) -> float:
+        room_j = (1.0 - self.soc) * self.capacity_wh * 3600.0
+        return min(limit_w, room_j / self.charge_efficiency / dt)
+
+    def apply(self, power_w: float, dt: float) -> None:
+        """Move energy for `power_w` (positive = discharge) over dt; callers clamp first."""
+        if power_w >= 0:
+            delta_j = -power_w * dt / self.discharge_efficiency
+        else:
+            delta_j = -power_w * dt * self.charge_efficiency
+        cap_j = self.capacity_wh * 3600.0
+        self.soc = min(1.0, max(0.0, self.soc + delta_j / cap_j))
+
+
+@dataclass
+class Heartbeat:
+    """The plant's watchdog: commands count only while the controller's heartbeat changes."""
+
+    timeout_s: float
+    value: float = -1.0
+    last_change_s: float = -math.inf
+
+    def beat(self, value: float, now_s: float) -> None:
+        if value != self.value:
+            self.value, self.last_change_s = value, now_s
+
+    def alive(self, now_s: float) -> bool:
+        return now_s - self.last_change_s <= self.timeout_s
+
+
+@dataclass
+class UpsModel:
+    """Grid-interactive UPS: the rectifier input follows `input_power_limit_w` within what the
+    battery can give or take; without a live controller the input simply carries the load."""
+
+    rated_power_w: float
+    max_charge_w: float
+    battery: Battery
+    heartbeat: Heartbeat
+    input_limit_w: float = 0.0
+    limit_written: bool = False
+    output_w: float = 0.0
+    input_w: float = 0.0
+    battery_w: float = 0.0
+    alarms: int = 0
+    now_s: float = 0.0
+
+    def write(self, point: str, value: float) -> None:
+        if point == "input_power_limit_w":
+            self.input_limit_w, self.limit_written = value, True
+        elif point == "heartbeat":
+            self.heartbeat.beat(value, self.now_s)
+
+    def step(self, load_w: float, dt: float) -> None:
+        self.now_s += dt
+        self.output_w = min(load_w, self.rated_power_w)
+        alive = self.heartbeat.alive(self.now_s)
+        target = self.input_limit_w if (self.limit_written and alive) else self.output_w
+        lowest = self.output_w - self.battery.max_discharge_w(self.rated_power_w, dt)
+        highest = self.output_w + self.battery.max_charge_w(self.max_charge_w, dt)
+        self.input_w = min(max(target, lowest, 0.0), highest)
+        self.battery_w = self.output_w - self.input_w
+        self.battery.apply(self.battery_w, dt)
+        self.alarms = (
+            (1 if self.battery.soc < 0.1 else 0)
+            | (2 if self.input_w < self.output_w - 1.0 else 0)
+            | (4 if load_w > self.rated_power_w else 0)
+            | (HEARTBEAT_LOST if self.limit_written and not alive else 0)
+        )
+
+    def points(self) -> dict[str, float]:
+        discharging = self.battery_w > 1.0
+        runtime = self.battery.energy_j / max(self.output_w, 1.0)
+        return {
+            "output_power_w": self.output_w,
+            "input_power_w": self.input_w,
+            "battery_power_w": self.battery_w,
+            "battery_soc_ratio": self.battery.soc,
+            "mode": 1.0 if discharging and self.input_w < 1.0 else 0.0,
+            "alarms": float(self.alarms),
+            "battery_runtime_s": min(runtime, 1.0e6),
+            "rated_power_w": self.rated_power_w,
+            "battery_capacity_wh": self.battery.capacity_wh,
+            "max_charge_power_w": self.max_charge_w,
+            "max_discharge_power_w": self.rated_power_w,
+        }
+
+
+@dataclass
+class BessModel:
+    """Battery at the point of connection: follows WSet while enabled and the heartbeat lives;
+    reverts to 0 W when the controller goes quiet."""
+
+    w_max_rtg: float
+    battery: Battery
+    heartbeat: Heartbeat
+    w_set: float = 0.0
+    w_set_ena: bool = False
+    w: float = 0.0
+    alarms: int = 0
+    now_s: float = 0.0
+
+    def write(self, point: str, value: float) -> None:
+        if point == "w_set":
+            self.w_set = value
+        elif point == "w_set_ena":
+            self.w_set_ena = value >= 0.5
+        elif point == "heartbeat":
+            self.heartbeat.beat(value, self.now_s)
+
+    def step(self, dt: float) -> None:
+        self.now_s += dt
+        alive = self.heartbeat.alive(self.now_s)
+        target = self.w_set if (self.w_set_ena and alive) else 0.0
+        hi = self.battery.max_discharge_w(self.w_max_rtg, dt)
+        lo = -self.battery.max_charge_w(self.w_max_rtg, dt)
+        self.w = min(max(target, lo), hi)
+        self.battery.apply(self.w, dt)
+        self.alarms = (
+            (1 if self.battery.soc <= 0.02 else 0)
+            | (2 if self.battery.soc >= 0.98 else 0)
+            | (HEARTBEAT_LOST if self.w_set_ena and not alive else 0)
+        )
+
+    def points(self) -> dict[str, float]:
+        return {
+            "w": self.w,
+            "soc_ratio": self.battery.soc,
+            "w_max_rtg": self.w_max_rtg,
+            "wh_rtg": self.battery.capacity_wh,
+            "alarms": float(self.alarms),
+        }
+
+
+@dataclass
+class CduModel:
+    """Liquid-cooling loop, first order: supply temperature relaxes to its setpoint, the return
+    carries the IT heat, pump power grows with the cube of speed."""
+
+    liquid_fraction: float = 0.8  # share of IT heat captured by the liquid loop
+    flow_max_m3_per_s: float = 0.12
+    pump_power_max_w: float = 150_000.0
+    dp_max_pa: float = 250_000.0
+    dry_cooler_w_per_w: float = 0.03  # fan power per watt rejected
+    supply_tau_s: float = 30.0
+    supply_c: float = 32.0
+    supply_setpoint_c: float = 32.0
+    pump_speed: float = 0.8
+    heat_w: float = 0.0
+
+    def write(self, point: str, value: float) -> None:
+        if point == "supply_temperature_setpoint_c":
+            self.supply_setpoint_c = value
+        elif point == "pump_speed_setpoint_ratio":
+            self.pump_speed = value
+
+    def step(self, it_w: float, dt: float) -> None:
+        self.heat_w = it_w * self.liquid_fraction
+        self.supply_c += (self.supply_setpoint_c - self.supply_c) * dt / (self.supply_tau_s + dt)
+
+    @property
+    def flow_m3_per_s(self) -> float:
+        return self.flow_max_m3_per_s * self.pump_speed
+
+    @property
+    def pump_power_w(self) -> float:
+        return self.pump_power_max_w * self.pump_speed**3
+
+    @property
+    def cooling_power_w(self) -> float:
+        return self.pump_power_w + self.dry_cooler_w_per_w * self.heat_w
+
+    def points(self) -> dict[str, float]:
+        water_j_per_m3_k = 4.18e6
+        delta_t = self.heat_w / max(self.flow_m3_per_s * water_j_per_m3_k, 1e-9)
+        return {
+            "supply_temperature_c": self.supply_c,
+            "return_temperature_c": self.supply_c + delta_t,
+            "flow_m3_per_s": self.flow_m3_per_s,
+            "pump_speed_ratio": self.pump_speed,
+            "differential_pressure_pa": self.dp_max_pa * self.pump_speed**2,
+            "heat_load_w": self.heat_w,
+            "pump_power_w": self.pump_power_w,
+            "cooling_power_w": self.cooling_power_w,
+            "supply_temperature_setpoint_c": self.supply_setpoint_c,
+            "pump_speed_setpoint_ratio": self.pump_speed,
+        }
+
+
+@dataclass
+class MeterModel:
+    """Grid meter: power at the connection point and a frequency that wanders around nominal."""
+
+    nominal_hz: float
+    seed: int = 7
+    frequency_hz: float = field(init=False)
+    active_power_w: float = 0.0
+    energy_import_j: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.frequency_hz = self.nominal_hz
+        self._rng = random.Random(self.seed)
+
+    def write(self, point: str, value: float) -> None:  # a meter takes no commands
+        raise ValueError(f"meter point {point} is read-only")
+
+    def step(self, grid_w: float, dt: float) -> None:
+        self.active_power_w = grid_w
+        self.energy_import_j += max(grid_w, 0.0) * dt
+        # Ornstein–Uhlenbeck walk: about ±20 mHz, a few tens of seconds to revert.
+        theta, sigma = 0.05, 0.006
+        self.frequency_hz += theta * (self.nominal_hz - self.frequency_hz) * dt
+        self.frequency_hz += sigma * math.sqrt(dt) * self._rng.gauss(0.0, 1.0)
+
+    def points(self) -> dict[str, float]:
+        return {
+            "active_power_w": self.active_power_w,
+            "frequency_hz": self.frequency_hz,
+            "energy_import_j": self.energy_import_j,
+        }

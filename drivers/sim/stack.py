@@ -1,0 +1,153 @@
+"""The simulated plant of a site: one protocol server per configured device, one physics task.
+
+Every device in the site config gets a server at its configured address, speaking its
+protocol and its map. The physics task joins them: the AI load feeds the UPS modules, the
+CDU takes the heat, the meter sees what the UPS inputs, the cooling and the BESS add up to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+from controller.config import DeviceConfig, SiteConfig
+from drivers.devicemap import load_map
+from drivers.sim.load import TraceLoad
+from drivers.sim.modbus_server import ModbusDeviceServer, RegisterImage
+from drivers.sim.opcua_server import OpcUaDeviceServer
+from drivers.sim.plant import Battery, BessModel, CduModel, Heartbeat, MeterModel, UpsModel
+
+log = logging.getLogger("gridpilot.sim")
+OPCUA_PUBLISH_PERIOD_S = 0.1
+
+
+class SimulatorStack:
+    def __init__(self, site: SiteConfig) -> None:
+        sim = site.simulation
+        self.site = site
+        self.load = TraceLoad(sim.trace, sim.gpus, sim.base_w)
+        self.ups: dict[str, UpsModel] = {
+            d.id: UpsModel(
+                rated_power_w=sim.ups_rated_power_w,
+                max_charge_w=sim.ups_max_charge_w,
+                battery=Battery(sim.ups_battery_wh, sim.initial_soc_ratio),
+                heartbeat=Heartbeat(sim.heartbeat_timeout_s),
+            )
+            for d in site.devices_of("ups")
+        }
+        self.bess: dict[str, BessModel] = {
+            d.id: BessModel(
+                w_max_rtg=sim.bess_w_max_rtg,
+                battery=Battery(sim.bess_wh_rtg, sim.initial_soc_ratio),
+                heartbeat=Heartbeat(sim.heartbeat_timeout_s),
+            )
+            for d in site.devices_of("bess")
+        }
+        self.cdu: dict[str, CduModel] = {d.id: CduModel() for d in site.devices_of("cdu")}
+        self.meter: dict[str, MeterModel] = {
+            d.id: MeterModel(float(sim.grid_frequency_hz)) for d in site.devices_of("meter")
+        }
+        self.models = {**self.ups, **self.bess, **self.cdu, **self.meter}
+        self.images: dict[str, RegisterImage] = {}
+        self._modbus: list[ModbusDeviceServer] = []
+        self._opcua: dict[str, OpcUaDeviceServer] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.sim_time_s = 0.0
+        self.it_w = 0.0
+
+    def _modbus_server(self, device: DeviceConfig) -> ModbusDeviceServer:
+        image = RegisterImage(load_map(device.map_name))
+        self.images[device.id] = image
+        return ModbusDeviceServer(
+            image, device.host, device.port, device.unit_id, self.models[device.id].write
+        )
+
+    async def start(self) -> None:
+        self._step(self.site.simulation.physics_period_s)
+        for device in self.site.devices:
+            devmap = load_map(device.map_name)
+            if devmap.protocol == "modbus":
+                server = self._modbus_server(device)
+                self._publish_modbus(device.id)
+                await server.start()
+                self._modbus.append(server)
+            else:
+                ua_server = OpcUaDeviceServer(devmap, device.host, device.port, device.id)
+                await ua_server.start(self.models[device.id].points())
+                self._opcua[device.id] = ua_server
+        self._task = asyncio.create_task(self._run(), name="sim:physics")
+        log.info("simulators up", extra={"devices": len(self.site.devices)})
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for server in self._modbus:
+            await server.stop()
+        for ua_server in self._opcua.values():
+            await ua_server.stop()
+
+    def _step(self, dt: float) -> None:
+        self.sim_time_s += dt
+        self.it_w = self.load.it_power_w(self.sim_time_s)
+        share = self.it_w / max(len(self.ups), 1)
+        for ups in self.ups.values():
+            ups.step(share, dt)
+        for bess in self.bess.values():
+            bess.step(dt)
+        for cdu in self.cdu.values():
+            cdu.step(self.it_w, dt)
+        grid_w = (
+            sum(u.input_w for u in self.ups.values())
+            + sum(c.cooling_power_w for c in self.cdu.values())
+            - sum(b.w for b in self.bess.values())
+        )
+        for meter in self.meter.values():
+            meter.step(grid_w, dt)
+
+    def _publish_modbus(self, device_id: str) -> None:
+        self.images[device_id].set_many(self.models[device_id].points())
+
+    async def _run(self) -> None:
+        period = self.site.simulation.physics_period_s
+        last = time.monotonic()
+        next_publish = last
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            # Big gaps (a stalled process) are integrated in steps no longer than 10 periods.
+            self._step(min(now - last, 10 * period))
+            last = now
+            for device_id in self.images:
+                self._publish_modbus(device_id)
+            if now >= next_publish:
+                next_publish = now + OPCUA_PUBLISH_PERIOD_S
+                for device_id, server in self._opcua.items():
+                    model = self.models[device_id]
+                    for name, value in (await server.take_writes()).items():
+                        model.write(name, value)
+                    await server.publish(model.points())
+
+
+class SimulatorThread:
+    """Runs a SimulatorStack on its own event loop in a background thread, so the plant's
+    physics keeps its own time whatever the controller's loop is doing."""
+
+    def __init__(self, site: SiteConfig) -> None:
+        self.stack = SimulatorStack(site)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sim", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.stack.start(), self._loop).result(timeout_s)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self.stack.stop(), self._loop).result(timeout_s)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout_s)
+        self._loop.close()
