@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 HEARTBEAT_LOST = 1 << 3
@@ -172,11 +173,13 @@ class CduModel:
     pump_power_max_w: float = 150_000.0
     dp_max_pa: float = 250_000.0
     dry_cooler_w_per_w: float = 0.03  # fan power per watt rejected
+    rejection_tau_s: float = 60.0  # the loop's thermal mass delays heat reaching the dry cooler
     supply_tau_s: float = 30.0
     supply_c: float = 32.0
     supply_setpoint_c: float = 32.0
     pump_speed: float = 0.8
     heat_w: float = 0.0
+    rejected_w: float = -1.0  # heat leaving through the dry cooler; <0 until the first step
 
     def write(self, point: str, value: float) -> None:
         if point == "supply_temperature_setpoint_c":
@@ -186,6 +189,9 @@ class CduModel:
 
     def step(self, it_w: float, dt: float) -> None:
         self.heat_w = it_w * self.liquid_fraction
+        if self.rejected_w < 0:
+            self.rejected_w = self.heat_w
+        self.rejected_w += (self.heat_w - self.rejected_w) * dt / (self.rejection_tau_s + dt)
         self.supply_c += (self.supply_setpoint_c - self.supply_c) * dt / (self.supply_tau_s + dt)
 
     @property
@@ -198,7 +204,7 @@ class CduModel:
 
     @property
     def cooling_power_w(self) -> float:
-        return self.pump_power_w + self.dry_cooler_w_per_w * self.heat_w
+        return self.pump_power_w + self.dry_cooler_w_per_w * self.rejected_w
 
     def points(self) -> dict[str, float]:
         water_j_per_m3_k = 4.18e6
@@ -219,9 +225,12 @@ class CduModel:
 
 @dataclass
 class MeterModel:
-    """Grid meter: power at the connection point and a frequency that wanders around nominal."""
+    """Grid meter: power at the connection point, averaged over a measurement window as real
+    meters do (IEC 61000-4-30: 10/12 cycles, 200 ms), and a frequency that wanders around
+    nominal."""
 
     nominal_hz: float
+    window_s: float = 0.2
     seed: int = 7
     frequency_hz: float = field(init=False)
     active_power_w: float = 0.0
@@ -230,12 +239,17 @@ class MeterModel:
     def __post_init__(self) -> None:
         self.frequency_hz = self.nominal_hz
         self._rng = random.Random(self.seed)
+        self._window: deque[tuple[float, float]] = deque()  # (dt, W) of recent steps
 
     def write(self, point: str, value: float) -> None:  # a meter takes no commands
         raise ValueError(f"meter point {point} is read-only")
 
     def step(self, grid_w: float, dt: float) -> None:
-        self.active_power_w = grid_w
+        self._window.append((dt, grid_w))
+        span = sum(d for d, _ in self._window)
+        while span - self._window[0][0] >= self.window_s:
+            span -= self._window.popleft()[0]
+        self.active_power_w = sum(d * w for d, w in self._window) / span
         self.energy_import_j += max(grid_w, 0.0) * dt
         # Ornstein–Uhlenbeck walk: about ±20 mHz, a few tens of seconds to revert.
         theta, sigma = 0.05, 0.006

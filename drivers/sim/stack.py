@@ -51,43 +51,53 @@ class SimulatorStack:
         }
         self.models = {**self.ups, **self.bess, **self.cdu, **self.meter}
         self.images: dict[str, RegisterImage] = {}
-        self._modbus: list[ModbusDeviceServer] = []
+        self._modbus: dict[str, ModbusDeviceServer] = {}
         self._opcua: dict[str, OpcUaDeviceServer] = {}
         self._task: asyncio.Task[None] | None = None
         self.sim_time_s = 0.0
         self.it_w = 0.0
 
-    def _modbus_server(self, device: DeviceConfig) -> ModbusDeviceServer:
-        image = RegisterImage(load_map(device.map_name))
-        self.images[device.id] = image
-        return ModbusDeviceServer(
-            image, device.host, device.port, device.unit_id, self.models[device.id].write
-        )
+    async def _start_device(self, device: DeviceConfig) -> None:
+        devmap = load_map(device.map_name)
+        model = self.models[device.id]
+        if devmap.protocol == "modbus":
+            image = self.images.setdefault(device.id, RegisterImage(devmap))
+            image.set_many(model.points())
+            server = ModbusDeviceServer(
+                image, device.host, device.port, device.unit_id, model.write
+            )
+            await server.start()
+            self._modbus[device.id] = server
+        else:
+            ua_server = OpcUaDeviceServer(devmap, device.host, device.port, device.id)
+            await ua_server.start(model.points())
+            self._opcua[device.id] = ua_server
 
     async def start(self) -> None:
         self._step(self.site.simulation.physics_period_s)
         for device in self.site.devices:
-            devmap = load_map(device.map_name)
-            if devmap.protocol == "modbus":
-                server = self._modbus_server(device)
-                self._publish_modbus(device.id)
-                await server.start()
-                self._modbus.append(server)
-            else:
-                ua_server = OpcUaDeviceServer(devmap, device.host, device.port, device.id)
-                await ua_server.start(self.models[device.id].points())
-                self._opcua[device.id] = ua_server
+            await self._start_device(device)
         self._task = asyncio.create_task(self._run(), name="sim:physics")
         log.info("simulators up", extra={"devices": len(self.site.devices)})
+
+    async def stop_device(self, device_id: str) -> None:
+        """Take one device off the network (its physics goes on): a fault for tests."""
+        if device_id in self._modbus:
+            await self._modbus.pop(device_id).stop()
+        elif device_id in self._opcua:
+            await self._opcua.pop(device_id).stop()
+
+    async def start_device(self, device_id: str) -> None:
+        """Bring a stopped device back on its address."""
+        device = next(d for d in self.site.devices if d.id == device_id)
+        await self._start_device(device)
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for server in self._modbus:
-            await server.stop()
-        for ua_server in self._opcua.values():
-            await ua_server.stop()
+        for device_id in list(self._modbus) + list(self._opcua):
+            await self.stop_device(device_id)
 
     def _step(self, dt: float) -> None:
         self.sim_time_s += dt
@@ -107,9 +117,6 @@ class SimulatorStack:
         for meter in self.meter.values():
             meter.step(grid_w, dt)
 
-    def _publish_modbus(self, device_id: str) -> None:
-        self.images[device_id].set_many(self.models[device_id].points())
-
     async def _run(self) -> None:
         period = self.site.simulation.physics_period_s
         last = time.monotonic()
@@ -120,15 +127,21 @@ class SimulatorStack:
             # Big gaps (a stalled process) are integrated in steps no longer than 10 periods.
             self._step(min(now - last, 10 * period))
             last = now
-            for device_id in self.images:
-                self._publish_modbus(device_id)
+            for device_id, image in self.images.items():
+                image.set_many(self.models[device_id].points())
             if now >= next_publish:
                 next_publish = now + OPCUA_PUBLISH_PERIOD_S
-                for device_id, server in self._opcua.items():
-                    model = self.models[device_id]
-                    for name, value in (await server.take_writes()).items():
-                        model.write(name, value)
-                    await server.publish(model.points())
+                await self._exchange_opcua()
+
+    async def _exchange_opcua(self) -> None:
+        for device_id, server in list(self._opcua.items()):
+            model = self.models[device_id]
+            try:
+                for name, value in (await server.take_writes()).items():
+                    model.write(name, value)
+                await server.publish(model.points())
+            except Exception:  # a server being stopped mid-exchange; the physics goes on
+                log.exception("OPC UA exchange failed", extra={"device": device_id})
 
 
 class SimulatorThread:

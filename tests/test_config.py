@@ -1,0 +1,121 @@
+"""Site configuration: valid files load, every kind of bad value is named, the CLI exits 2."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller.config import ConfigError, load_site, parse_site
+
+
+def test_builtin_site_is_the_demo_site():
+    site = load_site()
+    assert [d.id for d in site.devices] == ["ups-a", "ups-b", "bess-1", "meter-1", "cdu-1"]
+    assert len(site.devices_of("ups")) == 2
+    assert site.loop_period_s == 0.1
+    assert site.simulation.gpus == 10_000 and site.simulation.base_w == 2e6
+
+
+def test_valid_file_loads(site_file: Path, site_data: dict):
+    site = load_site(site_file)
+    assert site.api_port == site_data["api_port"]
+    assert site.devices[0].port == site_data["modules"][0]["devices"][0]["port"]
+
+
+def test_environment_overrides_the_file(site_file: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GRIDPILOT_LOOP_PERIOD_S", "0.02")
+    monkeypatch.setenv("GRIDPILOT_DISPATCH__RAMP_UP_W_PER_S", "250000")
+    site = load_site(site_file)
+    assert site.loop_period_s == 0.02
+    assert site.dispatch.ramp_up_w_per_s == 250000
+    assert site.dispatch.ramp_down_w_per_s == 500000  # untouched
+
+
+def _set(data: dict, path: str, value: object) -> dict:
+    data = copy.deepcopy(data)
+    keys = path.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node[int(k)] if isinstance(node, list) else node[k]
+    node[keys[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        ("loop_period_s", -0.1, "loop_period_s"),
+        ("loop_period_s", "fast", "loop_period_s"),
+        ("api_port", 70000, "api_port"),
+        ("dispatch.ramp_up_w_per_s", -5, "dispatch.ramp_up_w_per_s"),
+        ("dispatch.lowpass_tau_s", float("nan"), "dispatch.lowpass_tau_s"),
+        ("dispatch.soc_min_ratio", 0.99, "soc_min_ratio"),
+        ("modules.0.devices.0.kind", "toaster", "modules.0.devices.0.kind"),
+        ("modules.0.devices.0.port", 0, "modules.0.devices.0.port"),
+        ("modules.0.devices.0.id", "UPS A!", "modules.0.devices.0.id"),
+        ("modules.0.devices.0.timeout_s", 0, "modules.0.devices.0.timeout_s"),
+        ("modules.0.devices.0.stale_after_s", 0.01, "stale_after_s"),
+        ("modules.0.devices.0.colour", "red", "colour"),
+        ("simulation.gpus", -1, "simulation.gpus"),
+        ("simulation.initial_soc_ratio", 1.5, "simulation.initial_soc_ratio"),
+        ("modules.1.devices.0.id", "ups-a", "unique"),
+        ("modules.1.devices.0.port", None, "modules.1.devices.0.port"),
+    ],
+)
+def test_each_bad_value_is_named(site_data: dict, path: str, value: object, named: str):
+    bad = _set(site_data, path, value)
+    with pytest.raises(ConfigError) as err:
+        parse_site(bad)
+    assert named in str(err.value)
+
+
+def test_two_devices_on_one_address_rejected(site_data: dict):
+    bad = _set(site_data, "modules.1.devices.0.port", site_data["modules"][0]["devices"][0]["port"])
+    with pytest.raises(ConfigError, match="share an address"):
+        parse_site(bad)
+
+
+def test_site_needs_one_meter(site_data: dict):
+    bad = copy.deepcopy(site_data)
+    bad["modules"][2]["devices"] = [d for d in bad["modules"][2]["devices"] if d["kind"] != "meter"]
+    with pytest.raises(ConfigError, match="exactly one grid meter"):
+        parse_site(bad)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_site(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("modules: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_site(broken)
+
+
+def test_cli_rejects_bad_file_with_status_2_and_no_traceback(tmp_path: Path, site_data: dict):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_set(site_data, "dispatch.ramp_down_w_per_s", -1)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "dispatch.ramp_down_w_per_s" in proc.stderr and "-1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_check_config_lists_devices(site_file: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "check-config", str(site_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ups-a" in proc.stdout and "cdu-1" in proc.stdout

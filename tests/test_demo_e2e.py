@@ -1,0 +1,204 @@
+"""End to end: `gridpilot demo` as a user runs it, observed only through its API and /metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.config import load_site
+from tests.conftest import site_dict
+
+OBSERVE_S = 12.0
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (
+            f"demo exited early: {proc.stderr.read() if proc.stderr else ''}"
+        )
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("demo never became ready")
+
+
+def port_closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """Start the demo, watch it for OBSERVE_S seconds, stop it with SIGINT; yield what it showed."""
+    tmp = tmp_path_factory.mktemp("demo")
+    site_file = tmp / "site.yaml"
+    site_file.write_text(yaml.safe_dump(site_dict(tmp / "data")))
+    site = load_site(site_file)
+    base = f"http://127.0.0.1:{site.api_port}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "demo", "--config", str(site_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_ready(base, proc)
+        states = []
+        end = time.monotonic() + OBSERVE_S
+        with httpx.Client(base_url=base, timeout=2.0) as client:
+            while time.monotonic() < end:
+                states.append(client.get("/v1/state").json())
+                time.sleep(0.05)
+            metrics = client.get("/metrics").text
+            readyz = client.get("/readyz")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    yield {
+        "site": site,
+        "states": states,
+        "metrics": metrics,
+        "readyz": readyz,
+        "returncode": proc.returncode,
+        "stderr": stderr,
+        "db": Path(site.data_dir) / "gridpilot.sqlite",
+    }
+
+
+def ticks(states: list[dict]) -> list[dict]:
+    """One state per tick (the API may be read twice within a tick), in auto mode."""
+    seen, out = set(), []
+    for s in states:
+        if s["mode"] == "auto" and s["tick"]["seq"] not in seen:
+            seen.add(s["tick"]["seq"])
+            out.append(s)
+    return out
+
+
+def test_it_load_swings_by_megawatts_and_grid_does_not(demo_run):
+    t = ticks(demo_run["states"])
+    assert len(t) > 0.6 * OBSERVE_S / demo_run["site"].loop_period_s
+    it = [s["measurements"]["it_w"] for s in t]
+    grid = [s["measurements"]["grid_w"] for s in t]
+    assert max(it) - min(it) > 5e6, "the training trace swings the IT load by > 5 MW"
+    it_steps = [abs(b - a) for a, b in zip(it, it[1:], strict=False)]
+    assert max(it_steps) > 3e6, "IT load jumps by megawatts between ticks"
+    grid_steps = [abs(b - a) for a, b in zip(grid, grid[1:], strict=False)]
+    print(f"largest tick-to-tick step: IT {max(it_steps):.0f} W, grid {max(grid_steps):.0f} W")
+    assert max(grid_steps) < 0.05 * max(it_steps)
+
+
+def test_grid_ramp_stays_within_limit(demo_run):
+    """The meter's draw, over every 1 s window, moves no more than the ramp limit allows.
+
+    Tolerance: 10 % of a second's ramp, for the meter's 200 ms averaging window and the few
+    milliseconds between the writes of one tick landing on different devices.
+    """
+    site = demo_run["site"]
+    limit = max(site.dispatch.ramp_up_w_per_s, site.dispatch.ramp_down_w_per_s)
+    t = ticks(demo_run["states"])
+    samples = [(s["tick"]["period_s"] * s["tick"]["seq"], s["measurements"]["grid_w"]) for s in t]
+    worst = 0.0
+    for i, (t0, g0) in enumerate(samples):
+        for t1, g1 in samples[i + 1 :]:
+            if t1 - t0 >= 1.0:
+                worst = max(worst, abs(g1 - g0) / (t1 - t0))
+                break
+    assert worst <= limit * 1.1, f"grid ramp {worst:.0f} W/s over 1 s beyond {limit:.0f} W/s"
+    # The controller's own target never exceeds the limit, tick to tick.
+    targets = [s["dispatch"]["grid_target_w"] for s in t]
+    steps = [abs(b - a) for a, b in zip(targets, targets[1:], strict=False)]
+    assert max(steps) <= limit * site.loop_period_s * 1.000001 + 1.0
+
+
+def test_battery_covers_the_difference(demo_run):
+    """grid + battery = IT + cooling, within 3 % of the IT load at the median tick.
+
+    The meter averages over 200 ms while the UPS and BESS report instantly, so single ticks
+    during a multi-MW step differ by more; the median shows the balance.
+    """
+    t = ticks(demo_run["states"])
+    residuals = []
+    for s in t:
+        m = s["measurements"]
+        residuals.append(abs(m["grid_w"] + m["battery_w"] - m["it_w"] - m["cooling_w"]) / m["it_w"])
+    assert statistics.median(residuals) < 0.03
+
+
+def test_metrics_show_the_site(demo_run):
+    families = {f.name: f for f in text_string_to_metric_families(demo_run["metrics"])}
+    for name in (
+        "gridpilot_grid_power_watts",
+        "gridpilot_it_power_watts",
+        "gridpilot_battery_power_watts",
+        "gridpilot_battery_soc_ratio",
+        "gridpilot_grid_frequency_hertz",
+        "gridpilot_loop_duration_seconds",
+    ):
+        assert name in families, name
+    socs = {s.labels["device"]: s.value for s in families["gridpilot_battery_soc_ratio"].samples}
+    assert set(socs) == {"ups-a", "ups-b", "bess-1"}
+    assert all(0.0 < v < 1.0 for v in socs.values())
+    freq = families["gridpilot_grid_frequency_hertz"].samples[0].value
+    assert 49.5 < freq < 50.5
+    count = next(
+        s.value
+        for s in families["gridpilot_loop_duration_seconds"].samples
+        if s.name.endswith("_count")
+    )
+    assert count > 0.6 * OBSERVE_S / demo_run["site"].loop_period_s
+
+
+def test_state_reports_each_device_with_ages(demo_run):
+    last = demo_run["states"][-1]
+    assert demo_run["readyz"].status_code == 200
+    assert set(last["devices"]) == {"ups-a", "ups-b", "bess-1", "meter-1", "cdu-1"}
+    for dev in last["devices"].values():
+        assert dev["connected"]
+        for point in dev["points"].values():
+            assert point["unit"]
+            assert 0.0 <= point["age_s"] < 5.0
+    assert last["tick"]["age_s"] < 1.0
+    setpoints = last["dispatch"]["asset_setpoints_w"]
+    assert set(setpoints) == {"ups-a", "ups-b", "bess-1"}
+
+
+def test_shutdown_is_clean(demo_run):
+    assert demo_run["returncode"] == 0, demo_run["stderr"][-2000:]
+    assert "Traceback" not in demo_run["stderr"]
+    assert "controller stopped" in demo_run["stderr"]
+    site = demo_run["site"]
+    for port in [site.api_port] + [d.port for d in site.devices]:
+        assert port_closed(port), f"port {port} still open after exit"
+
+
+def test_store_kept_samples_and_events(demo_run):
+    import sqlite3
+
+    with sqlite3.connect(demo_run["db"]) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM events ORDER BY id")]
+        samples = conn.execute("SELECT COUNT(*), MIN(it_w), MAX(it_w) FROM samples").fetchone()
+    assert kinds[0] == "controller_started" and kinds[-1] == "controller_stopped"
+    assert "device_connected" in kinds
+    assert samples[0] >= OBSERVE_S - 2
+    assert samples[2] > samples[1]

@@ -1,0 +1,137 @@
+"""Device maps: every shipped map loads, values survive the trip through registers, bad maps
+are refused with the file and the point named."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.devicemap import MAX_BLOCK_REGISTERS, DeviceMapError, load_map, parse_map, shipped_maps
+
+
+def test_every_shipped_map_loads():
+    names = shipped_maps()
+    assert {"ups", "bess", "meter", "cdu"} <= set(names)
+    for name in names:
+        m = load_map(name)
+        assert m.points
+        for p in m.points.values():
+            assert p.unit
+        for block in m.blocks:
+            assert block.count <= MAX_BLOCK_REGISTERS
+            covered = {p.name for p in block.points}
+            assert all(
+                block.address <= p.address < block.address + block.count for p in block.points
+            )
+            assert covered
+        if m.protocol == "modbus":
+            assert {p.name for b in m.blocks for p in b.points} == set(m.points)
+
+
+@pytest.mark.parametrize("word_order", ["big", "little"])
+@given(value=st.floats(min_value=-1e7, max_value=1e7, allow_nan=False))
+def test_float32_round_trip(word_order: str, value: float):
+    m = parse_map(
+        {
+            "kind": "x",
+            "protocol": "modbus",
+            "word_order": word_order,
+            "points": [{"name": "p", "address": 0, "type": "float32", "unit": "W"}],
+        },
+        "test",
+    )
+    p = m.point("p")
+    assert math.isclose(m.decode(p, m.encode(p, value)), value, rel_tol=1e-6, abs_tol=1e-3)
+
+
+@given(raw=st.integers(min_value=0, max_value=65535))
+def test_scaled_uint16_round_trip(raw: int):
+    m = load_map("meter")
+    p = m.point("frequency_hz")
+    value = raw * p.scale
+    assert m.encode(p, value) == [raw]
+    assert math.isclose(m.decode(p, [raw]), value)
+
+
+@given(value=st.integers(min_value=-(2**31), max_value=2**31 - 1))
+def test_int32_round_trip(value: int):
+    m = parse_map(
+        {
+            "kind": "x",
+            "protocol": "modbus",
+            "points": [{"name": "p", "address": 10, "type": "int32", "unit": "W"}],
+        },
+        "test",
+    )
+    p = m.point("p")
+    words = m.encode(p, value)
+    assert len(words) == 2 and all(0 <= w <= 0xFFFF for w in words)
+    assert m.decode(p, words) == value
+
+
+def test_value_too_large_for_its_type_is_refused():
+    m = load_map("ups")
+    with pytest.raises(ValueError, match=r"ups\.mode"):
+        m.encode(m.point("mode"), 70000)
+
+
+def _map(**point) -> dict:
+    base = {"name": "p", "address": 0, "type": "uint16", "unit": "W"}
+    return {"kind": "x", "protocol": "modbus", "points": [{**base, **point}]}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_map(type="float128"), "unknown type 'float128'"),
+        (_map(unit=None), "missing unit"),
+        (_map(access="w"), "access must be"),
+        (_map(address=-1), "address must be"),
+        (_map(scale=0), "scale must be"),
+        (_map(range=[5, 1]), "range must be"),
+        (_map(range=["a", "b"]), "range must be"),
+        (_map(colour="red"), "unknown fields"),
+        ({"kind": "x", "protocol": "bacnet", "points": []}, "protocol must be"),
+        ({"kind": "x", "protocol": "modbus", "points": []}, "no points"),
+    ],
+)
+def test_bad_map_names_file_and_point(data: dict, message: str):
+    with pytest.raises(DeviceMapError) as err:
+        parse_map(data, "maps/broken.yaml")
+    assert "maps/broken.yaml" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_overlapping_registers_refused():
+    data = {
+        "kind": "x",
+        "protocol": "modbus",
+        "points": [
+            {"name": "a", "address": 0, "type": "float32", "unit": "W"},
+            {"name": "b", "address": 1, "type": "uint16", "unit": "W"},
+        ],
+    }
+    with pytest.raises(DeviceMapError, match="'b' overlaps 'a' at register 1"):
+        parse_map(data, "x.yaml")
+
+
+def test_far_apart_points_get_separate_blocks_and_long_runs_split():
+    points = [
+        {"name": f"p{i}", "address": i * 2, "type": "float32", "unit": "W"} for i in range(100)
+    ]
+    points.append({"name": "far", "address": 5000, "type": "uint16", "unit": "1"})
+    m = parse_map({"kind": "x", "protocol": "modbus", "points": points}, "x.yaml")
+    assert [b.count for b in m.blocks] == [124, 76, 1]
+
+
+def test_map_file_by_path(tmp_path: Path):
+    path = tmp_path / "custom.yaml"
+    path.write_text(yaml.safe_dump(_map()))
+    assert load_map(path).point("p").unit == "W"
+    with pytest.raises(DeviceMapError, match="cannot read"):
+        load_map("no-such-map")

@@ -1,0 +1,150 @@
+"""Drivers against the simulators, over real sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
+from controller.config import SiteConfig, parse_site
+from controller.service import make_driver
+from controller.snapshot import take_snapshot
+from drivers.base import DeviceDriver, DeviceIOError
+from drivers.sim.stack import SimulatorStack
+
+
+def modbus_only(site_data: dict) -> SiteConfig:
+    data = copy.deepcopy(site_data)
+    data["modules"] = [m for m in data["modules"] if m["id"] != "cooling"]
+    return parse_site(data)
+
+
+async def until(condition, timeout_s: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def modbus_plant(site_data: dict):
+    site = modbus_only(site_data)
+    stack = SimulatorStack(site)
+    await stack.start()
+    yield site, stack
+    await stack.stop()
+
+
+@pytest.fixture
+async def ups_driver(modbus_plant):
+    site, _ = modbus_plant
+    driver = make_driver(next(d for d in site.devices if d.id == "ups-a"))
+    driver.start()
+    await until(lambda: len(driver.values) == len(driver.map.points), what="first poll")
+    yield driver
+    await driver.stop()
+
+
+async def test_modbus_driver_reads_every_point_of_the_map(modbus_plant, ups_driver: DeviceDriver):
+    _, stack = modbus_plant
+    v = ups_driver.values
+    assert set(v) == set(ups_driver.map.points)
+    assert v["rated_power_w"].value == stack.ups["ups-a"].rated_power_w
+    assert v["battery_capacity_wh"].unit == "Wh"
+    assert 0.0 <= v["battery_soc_ratio"].value <= 1.0
+    assert all(p.valid for p in v.values())
+    # IT load: half the site's, within what float32 and one physics step can move it.
+    assert v["output_power_w"].value > 1e6
+    assert ups_driver.counters.errors_total == 0
+    assert ups_driver.counters.last_latency_s < ups_driver.settings.timeout_s
+
+
+async def test_write_reaches_the_device(modbus_plant, ups_driver: DeviceDriver):
+    _, stack = modbus_plant
+    await ups_driver.write("input_power_limit_w", 1_234_000.0)
+    assert stack.ups["ups-a"].input_limit_w == pytest.approx(1_234_000.0)
+    await until(
+        lambda: ups_driver.values["input_power_limit_w"].value == pytest.approx(1_234_000.0),
+        what="read-back of the limit",
+    )
+    assert ups_driver.counters.writes_total == 1
+
+
+async def test_driver_refuses_bad_writes_before_sending(ups_driver: DeviceDriver):
+    with pytest.raises(DeviceIOError, match=r"ups-a\.mode = 1 1: point is read-only"):
+        await ups_driver.write("mode", 1)
+    with pytest.raises(DeviceIOError, match=r"ups-a\.input_power_limit_w = -5.0 W: outside"):
+        await ups_driver.write("input_power_limit_w", -5.0)
+    with pytest.raises(DeviceIOError, match="outside"):
+        await ups_driver.write("input_power_limit_w", float("nan"))
+    assert ups_driver.counters.writes_total == 0
+
+
+async def test_simulator_answers_modbus_exceptions_like_a_device(modbus_plant):
+    site, stack = modbus_plant
+    bess = next(d for d in site.devices if d.id == "bess-1")
+    client = AsyncModbusTcpClient("127.0.0.1", port=bess.port, timeout=2, retries=0)
+    assert await client.connect()
+    try:
+        read_only = await client.write_registers(0, [0, 0], device_id=1)  # `w` is measured
+        assert read_only.isError() and read_only.exception_code == 2
+        bad_value = await client.write_registers(102, [5], device_id=1)  # w_set_ena ∈ {0, 1}
+        assert bad_value.isError() and bad_value.exception_code == 3
+        half_point = await client.write_registers(101, [0], device_id=1)  # second word of w_set
+        assert half_point.isError() and half_point.exception_code == 2
+        assert not stack.bess["bess-1"].w_set_ena
+        ok = await client.write_registers(102, [1], device_id=1)
+        assert not ok.isError() and stack.bess["bess-1"].w_set_ena
+    finally:
+        client.close()
+
+
+async def test_lost_device_goes_stale_then_recovers(modbus_plant, ups_driver: DeviceDriver):
+    site, stack = modbus_plant
+    configs = {d.id: d for d in site.devices}
+    drivers = {"ups-a": ups_driver}
+    fresh = take_snapshot(drivers, configs, time.monotonic(), time.time())
+    assert fresh.devices["ups-a"].value("output_power_w") is not None
+
+    await stack.stop_device("ups-a")
+    await until(lambda: not ups_driver.connected, what="the driver to notice")
+    await asyncio.sleep(configs["ups-a"].stale_after_s)
+    lost = take_snapshot(drivers, configs, time.monotonic(), time.time())
+    dev = lost.devices["ups-a"]
+    assert not dev.connected and dev.last_error
+    assert dev.points["output_power_w"].stale
+    assert dev.value("output_power_w") is None  # never used for control
+    assert ups_driver.counters.errors_total >= 1
+    with pytest.raises(DeviceIOError, match="not connected"):
+        await ups_driver.write("input_power_limit_w", 1e6)
+
+    await stack.start_device("ups-a")
+    await until(lambda: ups_driver.connected, timeout_s=10, what="reconnection")
+    polls = ups_driver.counters.polls_total
+    await until(lambda: ups_driver.counters.polls_total > polls, what="a fresh poll")
+    back = take_snapshot(drivers, configs, time.monotonic(), time.time())
+    assert back.devices["ups-a"].value("output_power_w") is not None
+
+
+async def test_opcua_driver_reads_and_writes_the_cdu(site: SiteConfig):
+    stack = SimulatorStack(site)
+    await stack.start()
+    driver = make_driver(next(d for d in site.devices if d.kind == "cdu"))
+    driver.start()
+    try:
+        await until(lambda: len(driver.values) == len(driver.map.points), 15, "first OPC UA poll")
+        v = driver.values
+        assert v["supply_temperature_c"].unit == "°C"
+        assert v["return_temperature_c"].value > v["supply_temperature_c"].value
+        assert v["heat_load_w"].value > 1e6
+        await driver.write("supply_temperature_setpoint_c", 35.0)
+        await until(lambda: stack.cdu["cdu-1"].supply_setpoint_c == 35.0, 5, "setpoint to land")
+        with pytest.raises(DeviceIOError, match="outside"):
+            await driver.write("supply_temperature_setpoint_c", 95.0)
+    finally:
+        await driver.stop()
+        await stack.stop()
