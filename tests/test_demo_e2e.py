@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -101,9 +102,9 @@ def test_it_load_swings_by_megawatts_and_grid_does_not(demo_run):
     it = [s["measurements"]["it_w"] for s in t]
     grid = [s["measurements"]["grid_w"] for s in t]
     assert max(it) - min(it) > 5e6, "the training trace swings the IT load by > 5 MW"
-    it_steps = [abs(b - a) for a, b in zip(it, it[1:], strict=False)]
+    it_steps = [abs(b - a) for a, b in pairwise(it)]
     assert max(it_steps) > 3e6, "IT load jumps by megawatts between ticks"
-    grid_steps = [abs(b - a) for a, b in zip(grid, grid[1:], strict=False)]
+    grid_steps = [abs(b - a) for a, b in pairwise(grid)]
     print(f"largest tick-to-tick step: IT {max(it_steps):.0f} W, grid {max(grid_steps):.0f} W")
     assert max(grid_steps) < 0.05 * max(it_steps)
 
@@ -127,7 +128,7 @@ def test_grid_ramp_stays_within_limit(demo_run):
     assert worst <= limit * 1.1, f"grid ramp {worst:.0f} W/s over 1 s beyond {limit:.0f} W/s"
     # The controller's own target never exceeds the limit, tick to tick.
     targets = [s["dispatch"]["grid_target_w"] for s in t]
-    steps = [abs(b - a) for a, b in zip(targets, targets[1:], strict=False)]
+    steps = [abs(b - a) for a, b in pairwise(targets)]
     assert max(steps) <= limit * site.loop_period_s * 1.000001 + 1.0
 
 
