@@ -1,0 +1,102 @@
+"""The API's contract without a plant, the SQLite store, and the structured log format."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from controller.api import create_app
+from controller.logs import LogfmtFormatter
+from controller.metrics import Metrics
+from controller.state import SiteState
+from controller.store import Store
+
+
+@pytest.fixture
+async def client():
+    app = create_app(SiteState("test-site", 0.1), Metrics("test-site", {}))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gridpilot") as c:
+        yield c
+
+
+async def test_not_ready_before_the_first_tick_as_a_problem_document(client: httpx.AsyncClient):
+    r = await client.get("/readyz")
+    assert r.status_code == 503
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == 503 and body["detail"] == "no tick yet"
+
+
+async def test_alive_and_state_before_the_first_tick(client: httpx.AsyncClient):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/v1/state")).json() == {
+        "site": "test-site",
+        "tick": None,
+        "mode": "starting",
+        "devices": {},
+    }
+
+
+async def test_unknown_path_is_a_problem_document(client: httpx.AsyncClient):
+    r = await client.get("/v1/nope")
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"] == "GET /v1/nope"
+
+
+async def test_metrics_are_prometheus_text(client: httpx.AsyncClient):
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    names = {f.name for f in text_string_to_metric_families(r.text)}
+    assert "gridpilot_loop_duration_seconds" in names
+
+
+def test_store_keeps_events_and_samples_and_drains_on_close(tmp_path: Path):
+    path = tmp_path / "sub" / "gridpilot.sqlite"
+    store = Store(path)
+    store.event("controller_started", site="x")
+    for i in range(500):
+        store.sample(
+            {"time_s": 1000.0 + i, "mode": "auto", "it_w": 5e6 + i, "soc_ratio": {"ups-a": 0.5}}
+        )
+    store.event("device_disconnected", "ups-a", error="timeout")
+    store.close()  # everything queued is written before close returns
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT COUNT(*), MAX(it_w) FROM samples").fetchone() == (
+            500,
+            5e6 + 499,
+        )
+        rows = conn.execute("SELECT kind, device, detail FROM events ORDER BY id").fetchall()
+    assert rows == [
+        ("controller_started", None, '{"site": "x"}'),
+        ("device_disconnected", "ups-a", '{"error": "timeout"}'),
+    ]
+
+
+def test_store_refuses_an_unwritable_place_at_start(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError):
+        Store(blocker / "gridpilot.sqlite")
+
+
+def test_logfmt_lines_carry_fields_and_quote_what_needs_it():
+    record = logging.LogRecord(
+        "gridpilot.x", logging.WARNING, __file__, 1, "device error", None, None
+    )
+    record.device = "ups-a"
+    record.error = 'TimeoutError: no answer in "0.5 s"'
+    record.grid_w = 5123456.7
+    record.soc = 0.61234567
+    line = LogfmtFormatter().format(record)
+    assert 'level=warning logger=gridpilot.x msg="device error"' in line
+    assert "device=ups-a" in line
+    assert 'error="TimeoutError: no answer in \\"0.5 s\\""' in line
+    assert "grid_w=5123457" in line and "soc=0.612346" in line
