@@ -8,6 +8,7 @@ request. It does I/O only: no control decisions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -60,6 +61,7 @@ class DeviceDriver(ABC):
         self.counters = DriverCounters()
         self.connected = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def kind(self) -> str:
@@ -83,15 +85,22 @@ class DeviceDriver(ABC):
         self._task = asyncio.create_task(self._run(), name=f"driver:{self.device_id}")
 
     async def stop(self) -> None:
+        """Let a request in flight finish (up to its timeout), then close the link."""
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._stopping.set()
+            with contextlib.suppress(TimeoutError):  # then wait_for has cancelled it
+                await asyncio.wait_for(self._task, self.settings.timeout_s * 2)
         await self._close()
         self.connected = False
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the driver is told to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
     async def _run(self) -> None:
         backoff = self.settings.backoff_initial_s
-        while True:
+        while not self._stopping.is_set():
             try:
                 if not self.connected:
                     await asyncio.wait_for(self._connect(), self.settings.timeout_s)
@@ -99,7 +108,7 @@ class DeviceDriver(ABC):
                     log.info("device connected", extra={"device": self.device_id})
                 await self._poll_once()
                 backoff = self.settings.backoff_initial_s
-                await asyncio.sleep(self.settings.poll_period_s)
+                await self._pause(self.settings.poll_period_s)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any I/O fault: count, report, back off
@@ -107,7 +116,7 @@ class DeviceDriver(ABC):
                 if self.connected:
                     await self._close()
                     self.connected = False
-                await asyncio.sleep(backoff)
+                await self._pause(backoff)
                 backoff = min(backoff * 2, self.settings.backoff_max_s)
 
     async def _poll_once(self) -> None:

@@ -1,0 +1,113 @@
+"""Control-loop timing on the demo stack: tick duration and lateness at 100 ms and 20 ms.
+
+Runs the whole demo (simulators on their own thread, drivers, loop, API, store) in this
+process on loopback, once per period, and prints p50 / p99 / max of each tick's work time and
+of its lateness against the schedule, with the overrun count.
+
+    python bench/bench_loop.py [--seconds 60] [--periods 0.1 0.02]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from controller.config import default_site_text, parse_site
+from controller.logs import setup_logging
+from controller.loop import TickRecord
+from controller.service import Controller
+from drivers.sim.stack import SimulatorThread
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_site(period_s: float, data_dir: Path):
+    data = yaml.safe_load(default_site_text())
+    data["loop_period_s"] = period_s
+    data["api_port"] = free_port()
+    data["data_dir"] = str(data_dir)
+    for module in data["modules"]:
+        for device in module["devices"]:
+            device["port"] = free_port()
+            if device["kind"] != "cdu":  # power devices refresh at least once a tick
+                device["poll_period_s"] = min(0.05, period_s)
+    return parse_site(data)
+
+
+async def run_once(period_s: float, seconds: float, data_dir: Path) -> dict[str, float]:
+    site = bench_site(period_s, data_dir)
+    plant = SimulatorThread(site)
+    await asyncio.to_thread(plant.start)
+    controller = Controller(site)
+    records: list[TickRecord] = []
+    publish = controller.loop.publish
+
+    def recording(rec: TickRecord) -> None:
+        records.append(rec)
+        publish(rec)
+
+    controller.loop.publish = recording
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+    await asyncio.sleep(3.0)  # connect and settle
+    first = len(records)
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    await asyncio.to_thread(plant.stop)
+    window = [r for r in records[first:] if r.mode == "auto"]
+    dur = np.array([r.duration_s for r in window]) * 1e3
+    late = np.array([max(r.lateness_s, 0.0) for r in window]) * 1e3
+    return {
+        "ticks": len(window),
+        "expected": seconds / period_s,
+        "dur_p50": float(np.percentile(dur, 50)),
+        "dur_p99": float(np.percentile(dur, 99)),
+        "dur_max": float(dur.max()),
+        "late_p50": float(np.percentile(late, 50)),
+        "late_p99": float(np.percentile(late, 99)),
+        "late_max": float(late.max()),
+        "overruns": float(records[-1].overruns_total - records[first].overruns_total),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--periods", type=float, nargs="+", default=[0.1, 0.02])
+    args = parser.parse_args()
+    setup_logging("WARNING")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(f"each run: {args.seconds:.0f} s of ticks after 3 s to settle; all times in ms")
+    header = (
+        f"{'period':>7} {'ticks':>12} {'dur p50':>8} {'dur p99':>8} {'dur max':>8} "
+        f"{'late p50':>9} {'late p99':>9} {'late max':>9} {'overruns':>9}"
+    )
+    print(header)
+    with tempfile.TemporaryDirectory() as tmp:
+        for period in args.periods:
+            r = asyncio.run(run_once(period, args.seconds, Path(tmp) / f"p{period}"))
+            print(
+                f"{period * 1e3:>5.0f}ms {r['ticks']:>5}/{r['expected']:<6.0f} "
+                f"{r['dur_p50']:>8.2f} {r['dur_p99']:>8.2f} {r['dur_max']:>8.2f} "
+                f"{r['late_p50']:>9.2f} {r['late_p99']:>9.2f} {r['late_max']:>9.2f} "
+                f"{r['overruns']:>9.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

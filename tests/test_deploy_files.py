@@ -1,0 +1,37 @@
+"""Deployment files that cannot run here (no Docker engine) are at least consistent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from controller.config import load_site
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_site_file_is_valid_and_points_at_the_plant_service():
+    site = load_site(ROOT / "deploy" / "site.compose.yaml")
+    assert {d.host for d in site.devices} == {"plant"}
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    exposed = {int(p) for p in compose["services"]["plant"]["expose"]}
+    assert exposed == {d.port for d in site.devices}
+    assert compose["services"]["controller"]["ports"] == [f"{site.api_port}:{site.api_port}"]
+
+
+def test_compose_mounts_name_files_that_exist():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).is_file(), f"{name}: {source} missing"
+
+
+def test_prometheus_scrapes_the_controller_service():
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = [
+        t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    ]
+    assert targets == ["controller:8080"]
