@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from controller.config import ConfigError, SiteConfig, load_site
+from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
 
 app = typer.Typer(
@@ -44,9 +46,18 @@ def _site(
         raise typer.Exit(2) from None
 
 
-def _run_until_signal(main: object) -> None:
+def _start(
+    entry: Callable[[SiteConfig], Coroutine[None, None, None]],
+    config: Path | None,
+    log_level: str,
+    api_port: int | None = None,
+    data_dir: Path | None = None,
+) -> None:
+    """Load the site, then run `entry` until SIGINT/SIGTERM; start-up faults exit 1."""
+    setup_logging(log_level)
+    site = _site(config, api_port, data_dir)
     try:
-        asyncio.run(main)  # type: ignore[arg-type]
+        asyncio.run(entry(site))
     except OSError as exc:  # a port taken, a device address that cannot be bound
         log.error("cannot start", extra={"error": str(exc)})
         raise typer.Exit(1) from None
@@ -60,11 +71,7 @@ def demo(
     log_level: LogLevelOpt = "INFO",
 ) -> None:
     """Every simulator, the controller, the API and metrics, in one process on loopback."""
-    setup_logging(log_level)
-    site = _site(config, api_port, data_dir)
-    from controller.demo import run_demo
-
-    _run_until_signal(run_demo(site))
+    _start(run_demo, config, log_level, api_port, data_dir)
 
 
 @app.command()
@@ -75,21 +82,13 @@ def run(
     log_level: LogLevelOpt = "INFO",
 ) -> None:
     """The controller alone, against the devices the site file names."""
-    setup_logging(log_level)
-    site = _site(config, api_port, data_dir)
-    from controller.demo import run_controller
-
-    _run_until_signal(run_controller(site))
+    _start(run_controller, config, log_level, api_port, data_dir)
 
 
 @app.command()
 def sim(config: ConfigOpt = None, log_level: LogLevelOpt = "INFO") -> None:
     """The simulated plant alone: one server per device of the site file, on its address."""
-    setup_logging(log_level)
-    site = _site(config)
-    from controller.demo import run_simulators
-
-    _run_until_signal(run_simulators(site))
+    _start(run_simulators, config, log_level)
 
 
 @app.command("check-config")

@@ -11,9 +11,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from drivers.yamlfile import read_yaml
 
 DeviceKind = Literal["ups", "bess", "meter", "cdu"]
 BATTERY_KINDS = ("ups", "bess")
@@ -163,18 +164,17 @@ def parse_site(data: object, overrides: dict | None = None) -> SiteConfig:
         raise ConfigError(_describe(exc)) from None
 
 
+DEFAULT_SITE = resources.files("controller") / "default_site.yaml"
+
+
 def default_site_text() -> str:
-    return (resources.files("controller") / "default_site.yaml").read_text()
+    return DEFAULT_SITE.read_text()
 
 
 def load_site(path: Path | None = None, overrides: dict | None = None) -> SiteConfig:
     """Load a site file (or the built-in default site) and apply overrides."""
-    try:
-        text = path.read_text() if path else default_site_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read site file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"site file {path} is not valid YAML: {exc}") from None
+    if path is None:
+        data = read_yaml(DEFAULT_SITE, "built-in site", ConfigError)
+    else:
+        data = read_yaml(path, f"site file {path}", ConfigError)
     return parse_site(data, overrides)

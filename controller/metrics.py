@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.loop import TickRecord
@@ -22,37 +22,48 @@ class DriverCollector(Collector):
     def __init__(self, site: str, drivers: Mapping[str, DeviceDriver]) -> None:
         self.site, self.drivers = site, drivers
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
-        up = GaugeMetricFamily(
+    # name, type, help, value of one driver (None: no sample)
+    FAMILIES: tuple[tuple[str, type, str, Callable[[DeviceDriver], float | None]], ...] = (
+        (
             "gridpilot_device_up",
-            "1 while the driver is connected to the device",
-            labels=["site", "device"],
-        )
-        polls = CounterMetricFamily(
-            "gridpilot_device_polls", "Completed polls of every point", labels=["site", "device"]
-        )
-        errors = CounterMetricFamily(
+            GaugeMetricFamily,
+            "1 while the driver is connected",
+            lambda d: 1.0 if d.connected else 0.0,
+        ),
+        (
+            "gridpilot_device_polls",
+            CounterMetricFamily,
+            "Completed polls of every point",
+            lambda d: d.counters.polls_total,
+        ),
+        (
             "gridpilot_device_errors",
+            CounterMetricFamily,
             "Failed connects, reads and timeouts",
-            labels=["site", "device"],
-        )
-        write_errors = CounterMetricFamily(
-            "gridpilot_device_write_errors", "Failed setpoint writes", labels=["site", "device"]
-        )
-        latency = GaugeMetricFamily(
+            lambda d: d.counters.errors_total,
+        ),
+        (
+            "gridpilot_device_write_errors",
+            CounterMetricFamily,
+            "Failed setpoint writes",
+            lambda d: d.counters.write_errors_total,
+        ),
+        (
             "gridpilot_device_poll_latency_seconds",
+            GaugeMetricFamily,
             "Duration of the last complete poll",
-            labels=["site", "device"],
-        )
-        for device_id, d in self.drivers.items():
-            labels = [self.site, device_id]
-            up.add_metric(labels, 1.0 if d.connected else 0.0)
-            polls.add_metric(labels, d.counters.polls_total)
-            errors.add_metric(labels, d.counters.errors_total)
-            write_errors.add_metric(labels, d.counters.write_errors_total)
-            if not math.isnan(d.counters.last_latency_s):
-                latency.add_metric(labels, d.counters.last_latency_s)
-        yield from (up, polls, errors, write_errors, latency)
+            lambda d: None if math.isnan(d.counters.last_latency_s) else d.counters.last_latency_s,
+        ),
+    )
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        for name, family_type, help_text, value_of in self.FAMILIES:
+            family = family_type(name, help_text, labels=["site", "device"])
+            for device_id, driver in self.drivers.items():
+                value = value_of(driver)
+                if value is not None:
+                    family.add_metric([self.site, device_id], value)
+            yield family
 
 
 class Metrics:

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
+from drivers.yamlfile import read_yaml
 
 # Register count and struct code of each Modbus type (big-endian within a word).
 MODBUS_TYPES: dict[str, tuple[int, str]] = {
@@ -251,12 +251,5 @@ def load_map(name_or_path: str | Path) -> DeviceMap:
     else:
         source = f"drivers/maps/{name_or_path}.yaml"
         file = resources.files("drivers") / "maps" / f"{name_or_path}.yaml"
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise DeviceMapError(f"{source}: cannot read the map: {exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DeviceMapError(f"{source}: not valid YAML: {exc}") from exc
+    data = read_yaml(file, source, DeviceMapError)
     return parse_map(data, source)
