@@ -18,9 +18,10 @@ from controller.config import SiteConfig
 from controller.dispatch import DispatchResult, dispatch, initial_state, params_vector
 from controller.site import Command, SiteReadings, commands_for, dispatch_inputs, read_site
 from controller.snapshot import Snapshot, take_snapshot
-from drivers.base import DeviceDriver
+from drivers.base import DeviceDriver, DeviceIOError
 
 log = logging.getLogger("gridpilot.loop")
+WRITE_BUDGET = 0.8  # share of the tick period that setpoint writes may take
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ class ControlLoop:
         else:
             # Start again from the measured load when data returns: no jump on the grid.
             self.state = initial_state()
-        write_errors = await self._write(commands_for(snapshot, result, self.seq))
+        write_errors = await self._write(
+            commands_for(snapshot, result, self.seq), started + WRITE_BUDGET * period
+        )
         record = TickRecord(
             seq=self.seq,
             wall_time=snapshot.wall_time,
@@ -118,19 +121,33 @@ class ControlLoop:
         self.publish(record)
         return record
 
-    async def _write(self, commands: list[Command]) -> tuple[str, ...]:
-        """Each device's commands in order, devices in parallel; failures reported, not raised."""
+    async def _write(self, commands: list[Command], deadline: float) -> tuple[str, ...]:
+        """Each device's commands in order, devices in parallel, until `deadline` (monotonic):
+        a write still unanswered then is abandoned, so one slow device cannot stall the loop.
+        Failures are reported, not raised."""
         by_device: dict[str, list[Command]] = {}
         for c in commands:
             by_device.setdefault(c.device, []).append(c)
 
         async def write_device(cmds: list[Command]) -> None:
-            for c in cmds:
-                await self.drivers[c.device].write(c.point, c.value)
+            done = 0
+            try:
+                for c in cmds:
+                    await self.drivers[c.device].write(c.point, c.value)
+                    done += 1
+            except asyncio.CancelledError:
+                pending = ", ".join(f"{c.point}={c.value:g}" for c in cmds[done:])
+                raise DeviceIOError(
+                    f"{cmds[0].device}: {pending} not acknowledged within the tick"
+                ) from None
 
-        results = await asyncio.gather(
-            *(write_device(cmds) for cmds in by_device.values()), return_exceptions=True
-        )
+        tasks = [asyncio.create_task(write_device(cmds)) for cmds in by_device.values()]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.0))
+            for task in late:
+                task.cancel()
+            await asyncio.wait(tasks)
+        results = [t.exception() for t in tasks]
         errors = tuple(str(r) for r in results if isinstance(r, BaseException))
         for e in set(errors) - self._last_write_errors:  # report each fault once, not per tick
             log.warning("write failed", extra={"seq": self.seq, "error": e})

@@ -150,6 +150,9 @@ class DeviceDriver(ABC):
             raise DeviceIOError(f"{where}: device not connected")
         try:
             await asyncio.wait_for(self._write(point, value), self.settings.timeout_s)
+        except asyncio.CancelledError:  # the caller gave up on it: it still failed
+            self.counters.write_errors_total += 1
+            raise
         except Exception as exc:
             self.counters.write_errors_total += 1
             raise DeviceIOError(f"{where}: {type(exc).__name__}: {exc}") from exc

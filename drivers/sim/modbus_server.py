@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from pymodbus.constants import ExcCodes
@@ -67,6 +68,7 @@ class ModbusDeviceServer:
         on_write: Callable[[str, float], None],
     ) -> None:
         self.image, self.on_write = image, on_write
+        self.response_delay_s = 0.0  # a fault knob: a device slow to answer
         device = SimDevice(
             id=unit_id,
             simdata=[
@@ -90,6 +92,8 @@ class ModbusDeviceServer:
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
+        if self.response_delay_s > 0:
+            await asyncio.sleep(self.response_delay_s)
         if set_values is None:
             registers[: len(self.image.registers)] = self.image.registers
             return None

@@ -92,6 +92,10 @@ class SimulatorStack:
         device = next(d for d in self.site.devices if d.id == device_id)
         await self._start_device(device)
 
+    def set_response_delay(self, device_id: str, seconds: float) -> None:
+        """Make a Modbus device slow to answer every request: a fault for tests."""
+        self._modbus[device_id].response_delay_s = seconds
+
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
