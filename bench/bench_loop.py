@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import socket
@@ -101,6 +102,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for period in args.periods:
             r = asyncio.run(run_once(period, args.seconds, Path(tmp) / f"p{period}"))
+            gc.unfreeze()  # let the last run's plant and controller go before the next
+            gc.collect()
             print(
                 f"{period * 1e3:>5.0f}ms {r['ticks']:>5}/{r['expected']:<6.0f} "
                 f"{r['dur_p50']:>8.2f} {r['dur_p99']:>8.2f} {r['dur_max']:>8.2f} "

@@ -21,7 +21,6 @@ from controller.snapshot import Snapshot, take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
 
 log = logging.getLogger("gridpilot.loop")
-WRITE_BUDGET = 0.8  # share of the tick period that setpoint writes may take
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,7 @@ class ControlLoop:
         self.overruns = 0
         self._cooling_hold_w = 0.0  # last good cooling power: the CDU may report slowly
         self._last_write_errors: set[str] = set()
+        self._last_tick = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         period = self.site.loop_period_s
@@ -100,9 +100,8 @@ class ControlLoop:
         else:
             # Start again from the measured load when data returns: no jump on the grid.
             self.state = initial_state()
-        write_errors = await self._write(
-            commands_for(snapshot, result, self.seq), started + WRITE_BUDGET * period
-        )
+        write_errors = self._submit(commands_for(snapshot, result, self.seq), self._last_tick)
+        self._last_tick = started
         record = TickRecord(
             seq=self.seq,
             wall_time=snapshot.wall_time,
@@ -121,34 +120,21 @@ class ControlLoop:
         self.publish(record)
         return record
 
-    async def _write(self, commands: list[Command], deadline: float) -> tuple[str, ...]:
-        """Each device's commands in order, devices in parallel, until `deadline` (monotonic):
-        a write still unanswered then is abandoned, so one slow device cannot stall the loop.
-        Failures are reported, not raised."""
-        by_device: dict[str, list[Command]] = {}
+    def _submit(self, commands: list[Command], since: float) -> tuple[str, ...]:
+        """Hand each command to its driver, which writes it at once on its own task. Returns
+        what was refused now and what failed on the wire since the previous tick."""
+        refused = []
         for c in commands:
-            by_device.setdefault(c.device, []).append(c)
-
-        async def write_device(cmds: list[Command]) -> None:
-            done = 0
             try:
-                for c in cmds:
-                    await self.drivers[c.device].write(c.point, c.value)
-                    done += 1
-            except asyncio.CancelledError:
-                pending = ", ".join(f"{c.point}={c.value:g}" for c in cmds[done:])
-                raise DeviceIOError(
-                    f"{cmds[0].device}: {pending} not acknowledged within the tick"
-                ) from None
-
-        tasks = [asyncio.create_task(write_device(cmds)) for cmds in by_device.values()]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.0))
-            for task in late:
-                task.cancel()
-            await asyncio.wait(tasks)
-        results = [t.exception() for t in tasks]
-        errors = tuple(str(r) for r in results if isinstance(r, BaseException))
+                self.drivers[c.device].submit(c.point, c.value)
+            except DeviceIOError as exc:
+                refused.append(str(exc))
+        failed = [
+            error
+            for d in self.drivers.values()
+            if (error := d.counters.last_write_error) and d.counters.last_write_error_at >= since
+        ]
+        errors = tuple(refused + failed)
         for e in set(errors) - self._last_write_errors:  # report each fault once, not per tick
             log.warning("write failed", extra={"seq": self.seq, "error": e})
         self._last_write_errors = set(errors)

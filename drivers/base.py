@@ -44,10 +44,16 @@ class DriverCounters:
     write_errors_total: int = 0
     last_latency_s: float = math.nan
     last_error: str | None = None
+    last_write_error: str | None = None
+    last_write_error_at: float = -math.inf  # time.monotonic()
 
 
 class DeviceIOError(RuntimeError):
     """A read or write that failed; the message names device, point and value."""
+
+
+class DeviceRejectedError(Exception):
+    """The device answered a request with an error (e.g. a Modbus exception): the link is up."""
 
 
 class DeviceDriver(ABC):
@@ -62,6 +68,8 @@ class DeviceDriver(ABC):
         self.connected = False
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._pending: dict[str, tuple[float, list[asyncio.Future[None]]]] = {}
 
     @property
     def kind(self) -> str:
@@ -88,35 +96,48 @@ class DeviceDriver(ABC):
         """Let a request in flight finish (up to its timeout), then close the link."""
         if self._task:
             self._stopping.set()
+            self._wake.set()
             with contextlib.suppress(TimeoutError):  # then wait_for has cancelled it
                 await asyncio.wait_for(self._task, self.settings.timeout_s * 2)
+        self._fail_pending(DeviceIOError(f"{self.device_id}: driver stopped"))
         await self._close()
         self.connected = False
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake at once when the driver is told to stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def _idle(self, seconds: float) -> None:
+        """Wait until `seconds` pass, a write is submitted, or the driver is told to stop."""
+        if seconds > 0 and not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     async def _run(self) -> None:
+        # One task owns the link: writes go first, polls when due. A request is never
+        # cancelled half-way, which would leave its late answer to confuse the next one.
         backoff = self.settings.backoff_initial_s
+        next_poll = 0.0
         while not self._stopping.is_set():
             try:
                 if not self.connected:
                     await asyncio.wait_for(self._connect(), self.settings.timeout_s)
                     self.connected = True
                     log.info("device connected", extra={"device": self.device_id})
-                await self._poll_once()
+                await self._flush_writes()
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self.settings.poll_period_s
+                    await self._poll_once()
                 backoff = self.settings.backoff_initial_s
-                await self._pause(self.settings.poll_period_s)
+                await self._idle(next_poll - time.monotonic())
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # any I/O fault: count, report, back off
+            except Exception as exc:  # any link fault: count, report, reconnect with backoff
                 self._record_error(exc)
+                self._fail_pending(DeviceIOError(f"{self.device_id}: {self.counters.last_error}"))
                 if self.connected:
                     await self._close()
                     self.connected = False
-                await self._pause(backoff)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
                 backoff = min(backoff * 2, self.settings.backoff_max_s)
 
     async def _poll_once(self) -> None:
@@ -131,6 +152,37 @@ class DeviceDriver(ABC):
             for name, v in raw.items()
         }
 
+    async def _flush_writes(self) -> None:
+        while self._pending:
+            point = next(iter(self._pending))
+            value, waiters = self._pending.pop(point)
+            where = f"{self.device_id}.{point} = {value!r} {self.map.point(point).unit}"
+            try:
+                await asyncio.wait_for(self._write(point, value), self.settings.timeout_s)
+            except DeviceRejectedError as exc:  # the device said no: the link is fine
+                self._write_failed(DeviceIOError(f"{where}: {exc}"), waiters)
+                continue
+            except Exception as exc:
+                self._write_failed(DeviceIOError(f"{where}: {type(exc).__name__}: {exc}"), waiters)
+                raise
+            self.counters.writes_total += 1
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    def _write_failed(self, error: DeviceIOError, waiters: list[asyncio.Future[None]]) -> None:
+        self.counters.write_errors_total += 1
+        self.counters.last_write_error = str(error)
+        self.counters.last_write_error_at = time.monotonic()
+        for w in waiters:
+            if not w.done():
+                w.set_exception(error)
+
+    def _fail_pending(self, error: DeviceIOError) -> None:
+        pending, self._pending = self._pending, {}
+        for _, waiters in pending.values():
+            self._write_failed(error, waiters)
+
     def _record_error(self, exc: BaseException) -> None:
         self.counters.errors_total += 1
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -138,8 +190,13 @@ class DeviceDriver(ABC):
             log.warning("device error", extra={"device": self.device_id, "error": message})
         self.counters.last_error = message
 
-    async def write(self, point: str, value: float) -> None:
-        """Write one rw point after checking it against the map; raises DeviceIOError."""
+    def submit(self, point: str, value: float) -> asyncio.Future[None]:
+        """Queue a write of one rw point after checking it against the map; returns at once.
+
+        A newer value for a point still queued replaces the older one (only the latest
+        setpoint matters). Raises DeviceIOError for a value that must not be sent. The
+        future resolves when the device acknowledged the write, or fails with DeviceIOError.
+        """
         p = self.map.point(point)
         where = f"{self.device_id}.{point} = {value!r} {p.unit}"
         if not p.writable:
@@ -148,12 +205,14 @@ class DeviceDriver(ABC):
             raise DeviceIOError(f"{where}: outside the map's range {p.range}")
         if not self.connected:
             raise DeviceIOError(f"{where}: device not connected")
-        try:
-            await asyncio.wait_for(self._write(point, value), self.settings.timeout_s)
-        except asyncio.CancelledError:  # the caller gave up on it: it still failed
-            self.counters.write_errors_total += 1
-            raise
-        except Exception as exc:
-            self.counters.write_errors_total += 1
-            raise DeviceIOError(f"{where}: {type(exc).__name__}: {exc}") from exc
-        self.counters.writes_total += 1
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A caller that does not wait on the acknowledgement must not leave it unobserved.
+        ack.add_done_callback(lambda f: f.cancelled() or f.exception())
+        _, waiters = self._pending.pop(point, (value, []))
+        self._pending[point] = (value, [*waiters, ack])
+        self._wake.set()
+        return ack
+
+    async def write(self, point: str, value: float) -> None:
+        """Write one rw point and wait for the device's acknowledgement."""
+        await self.submit(point, value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from drivers.base import DeviceDriver, DriverSettings
+from drivers.base import DeviceDriver, DeviceRejectedError, DriverSettings
 from drivers.devicemap import DeviceMap
 
 
@@ -54,7 +54,7 @@ class ModbusDriver(DeviceDriver):
         words = self.map.encode(p, value)
         rr = await self._client.write_registers(p.address, words, device_id=self.unit_id)  # type: ignore[arg-type]
         if rr.isError():
-            raise OSError(f"write of register {p.address} answered {rr}")
+            raise DeviceRejectedError(f"write of register {p.address} answered {rr}")
 
     async def _close(self) -> None:
         if self._client is not None:

@@ -6,7 +6,7 @@ import logging
 
 from asyncua import Client, Node, ua
 
-from drivers.base import DeviceDriver, DriverSettings
+from drivers.base import DeviceDriver, DeviceRejectedError, DriverSettings
 from drivers.devicemap import DeviceMap
 
 # asyncua logs every session detail at INFO; the driver reports what matters itself.
@@ -51,9 +51,12 @@ class OpcUaDriver(DeviceDriver):
         return {n: float(v) for n, v in zip(names, raw, strict=True)}
 
     async def _write(self, point: str, value: float) -> None:
-        await self._nodes[point].write_value(
-            ua.DataValue(ua.Variant(float(value), ua.VariantType.Double))
-        )
+        try:
+            await self._nodes[point].write_value(
+                ua.DataValue(ua.Variant(float(value), ua.VariantType.Double))
+            )
+        except ua.UaStatusCodeError as exc:  # the server refused it: the session is fine
+            raise DeviceRejectedError(f"write of node {self.map.point(point).node}: {exc}") from exc
 
     async def _close(self) -> None:
         client, self._client = self._client, None

@@ -74,6 +74,15 @@ async def test_write_reaches_the_device(modbus_plant, ups_driver: DeviceDriver):
     assert ups_driver.counters.writes_total == 1
 
 
+async def test_queued_setpoints_coalesce_to_the_latest(modbus_plant, ups_driver: DeviceDriver):
+    _, stack = modbus_plant
+    first = ups_driver.submit("input_power_limit_w", 1e6)
+    second = ups_driver.submit("input_power_limit_w", 2e6)  # before the driver task ran
+    await asyncio.gather(first, second)
+    assert ups_driver.counters.writes_total == 1
+    assert stack.ups["ups-a"].input_limit_w == 2e6
+
+
 async def test_driver_refuses_bad_writes_before_sending(ups_driver: DeviceDriver):
     with pytest.raises(DeviceIOError, match=r"ups-a\.mode = 1 1: point is read-only"):
         await ups_driver.write("mode", 1)

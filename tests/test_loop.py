@@ -86,17 +86,18 @@ async def test_lost_meter_is_reported_while_smoothing_goes_on(running):
 async def test_a_device_slow_to_answer_cannot_stall_the_loop(running):
     site, stack, records, loop = running
     await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
-    stack.set_response_delay("bess-1", 0.3)  # answers, but after three tick periods
-    await until(lambda: records[-1].write_errors, 5, "a write error")
+    bess = loop.drivers["bess-1"]
+    stack.set_response_delay("bess-1", 0.8)  # beyond the driver's 0.5 s timeout
+    await until(lambda: any(r.write_errors for r in records[-5:]), 5, "a write error")
+    assert any("bess-1" in e for r in records[-5:] for e in r.write_errors)
     await asyncio.sleep(1.0)
-    recent = records[-8:]
-    assert all(r.duration_s < site.loop_period_s for r in recent)
-    assert any(
-        "bess-1" in e and "not acknowledged within the tick" in e for e in recent[-1].write_errors
-    )
-    assert loop.drivers["bess-1"].counters.write_errors_total > 0
+    # The loop hands setpoints over and moves on: no tick waits for the slow device.
+    assert all(r.duration_s < site.loop_period_s / 2 for r in records[-10:])
+    assert bess.counters.write_errors_total > 0 and bess.counters.errors_total > 0
     stack.set_response_delay("bess-1", 0.0)
-    await until(lambda: not records[-1].write_errors, 5, "writes to succeed again")
+    await until(lambda: bess.connected and records[-1].mode == "auto", 15, "recovery")
+    writes = bess.counters.writes_total
+    await until(lambda: bess.counters.writes_total > writes + 3, 5, "writes to land again")
 
 
 async def test_a_stalled_tick_counts_overruns_and_skips_instead_of_bunching(site_data: dict):
