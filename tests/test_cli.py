@@ -1,0 +1,77 @@
+"""The command line as an operator meets it: help, the controller alone, signals, a taken port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from controller.config import load_site
+
+GRIDPILOT = [sys.executable, "-m", "controller.cli"]
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([*GRIDPILOT, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for command in ("demo", "run", "sim", "check-config"):
+        assert command in out.stdout
+
+
+def test_controller_alone_without_devices_serves_state_and_stops_on_sigterm(site_file: Path):
+    """No plant behind the addresses: the controller runs, reports every device down, is not
+    ready, and stops cleanly on SIGTERM."""
+    site = load_site(site_file)
+    proc = subprocess.Popen(
+        [*GRIDPILOT, "run", "--config", str(site_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    base = f"http://127.0.0.1:{site.api_port}"
+    try:
+        deadline = time.monotonic() + 60
+        state = None
+        while time.monotonic() < deadline:
+            try:
+                state = httpx.get(f"{base}/v1/state", timeout=1).json()
+                if state["tick"] is not None:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert state and state["tick"] is not None, "no tick"
+        assert state["mode"] == "degraded"
+        assert not any(d["connected"] for d in state["devices"].values())
+        assert httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        ready = httpx.get(f"{base}/readyz", timeout=1)
+        assert ready.status_code == 503 and "control degraded" in ready.json()["detail"]
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "controller stopped" in stderr
+
+
+def test_a_taken_api_port_is_a_clear_error(site_file: Path):
+    site = load_site(site_file)
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", site.api_port))
+        blocker.listen()
+        out = subprocess.run(
+            [*GRIDPILOT, "run", "--config", str(site_file)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{site.api_port}" in out.stderr
+    assert "Traceback" not in out.stderr
