@@ -1,0 +1,129 @@
+"""The perfect-foresight bound: linear programs that know the whole trace (HiGHS via scipy).
+
+Variables per step t: discharge d_t ≥ 0 and charge c_t ≥ 0 (W), stored energy E_t (J).
+Grid g_t = load_t − d_t + c_t. Constraints, the same the online controller lives under:
+  ramp:    −R_down·dt ≤ g_t − g_{t−1} ≤ R_up·dt
+  power:   d_t ≤ P_discharge, c_t ≤ P_charge
+  energy:  E_{t+1} = E_t − d_t·dt/η_d + c_t·dt·η_c,  E_floor ≤ E_t ≤ E_ceiling
+  start:   E_0 as the online run's; the first step's battery idle (the grid carries the load)
+  end:     E_T ≥ the online run's final energy (no bound may win by draining the battery)
+Objectives: minimise throughput Σ(d + c)·dt; or minimise capacity max E − min E.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import linprog
+
+from controller.replay.figures import J_PER_KWH
+
+
+@dataclass(frozen=True)
+class BoundProblem:
+    load_w: np.ndarray
+    dt_s: float
+    ramp_up_w_per_s: float
+    ramp_down_w_per_s: float
+    discharge_max_w: float
+    charge_max_w: float
+    energy_floor_j: float
+    energy_ceiling_j: float
+    initial_energy_j: float
+    final_energy_min_j: float
+    eta_charge: float
+    eta_discharge: float
+
+
+@dataclass(frozen=True)
+class BoundResult:
+    throughput_kwh: float | None  # None: no schedule meets the constraints
+    required_capacity_kwh: float | None
+
+
+def _constraints(p: BoundProblem, extra_cols: int):
+    """A_ub, b_ub, A_eq, b_eq, bounds for columns [d (T), c (T), E (T+1), extra]."""
+    n = len(p.load_w)
+    dt = p.dt_s
+    cols = 3 * n + 1 + extra_cols
+    d0, c0, e0 = 0, n, 2 * n
+    # Ramp on g_t − g_{t−1} = (load_t − load_{t−1}) − (d_t − d_{t−1}) + (c_t − c_{t−1}).
+    diff = sparse.diags([np.ones(n - 1), -np.ones(n - 1)], [1, 0], shape=(n - 1, n))  # x_t − x_{t−1}
+    dload = np.diff(p.load_w)
+    ramp_rows = sparse.hstack([-diff, diff, sparse.csr_matrix((n - 1, n + 1 + extra_cols))])
+    a_ub = sparse.vstack([ramp_rows, -ramp_rows])
+    b_ub = np.concatenate([p.ramp_up_w_per_s * dt - dload, p.ramp_down_w_per_s * dt + dload])
+    # Energy: E_{t+1} − E_t + d_t·dt/η_d − c_t·dt·η_c = 0.
+    e_diff = sparse.diags([np.ones(n), -np.ones(n)], [1, 0], shape=(n, n + 1))
+    a_eq = sparse.hstack(
+        [
+            sparse.identity(n) * (dt / p.eta_discharge),
+            sparse.identity(n) * (-dt * p.eta_charge),
+            e_diff,
+            sparse.csr_matrix((n, extra_cols)),
+        ]
+    )
+    b_eq = np.zeros(n)
+    bounds = (
+        [(0.0, p.discharge_max_w)] * n
+        + [(0.0, p.charge_max_w)] * n
+        + [(p.energy_floor_j, p.energy_ceiling_j)] * (n + 1)
+        + [(None, None)] * extra_cols
+    )
+    bounds[d0] = (0.0, 0.0)
+    bounds[c0] = (0.0, 0.0)
+    bounds[e0] = (p.initial_energy_j, p.initial_energy_j)
+    lo, hi = bounds[e0 + n]
+    bounds[e0 + n] = (max(lo, p.final_energy_min_j), hi)
+    return a_ub.tocsr(), b_ub, a_eq.tocsr(), b_eq, bounds, cols
+
+
+def _solve(c: np.ndarray, a_ub, b_ub, a_eq, b_eq, bounds) -> np.ndarray | None:
+    res = linprog(c, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+    return res.x if res.status == 0 else None
+
+
+def min_throughput_kwh(p: BoundProblem) -> float | None:
+    n = len(p.load_w)
+    a_ub, b_ub, a_eq, b_eq, bounds, cols = _constraints(p, 0)
+    c = np.zeros(cols)
+    c[: 2 * n] = p.dt_s / J_PER_KWH
+    x = _solve(c, a_ub, b_ub, a_eq, b_eq, bounds)
+    return None if x is None else float(c @ x)
+
+
+def min_capacity_kwh(p: BoundProblem) -> float | None:
+    n = len(p.load_w)
+    a_ub, b_ub, a_eq, b_eq, bounds, cols = _constraints(p, 2)
+    e0, hi, lo = 2 * n, cols - 2, cols - 1
+    # E_t − hi ≤ 0 and lo − E_t ≤ 0 for every t.
+    rows = n + 1
+    e_cols = np.arange(e0, e0 + rows)
+    band = sparse.vstack(
+        [
+            sparse.csr_matrix(
+                (np.r_[np.ones(rows), -np.ones(rows)],
+                 (np.r_[np.arange(rows), np.arange(rows)], np.r_[e_cols, np.full(rows, hi)])),
+                shape=(rows, cols),
+            ),
+            sparse.csr_matrix(
+                (np.r_[-np.ones(rows), np.ones(rows)],
+                 (np.r_[np.arange(rows), np.arange(rows)], np.r_[e_cols, np.full(rows, lo)])),
+                shape=(rows, cols),
+            ),
+        ]
+    )
+    a_ub = sparse.vstack([a_ub, band]).tocsr()
+    b_ub = np.concatenate([b_ub, np.zeros(2 * rows)])
+    c = np.zeros(cols)
+    c[hi], c[lo] = 1.0 / J_PER_KWH, -1.0 / J_PER_KWH
+    # A whisker of throughput cost keeps the schedule from cycling energy for nothing.
+    c[: 2 * n] = 1e-6 * p.dt_s / J_PER_KWH
+    x = _solve(c, a_ub, b_ub, a_eq, b_eq, bounds)
+    return None if x is None else float((x[hi] - x[lo]) / J_PER_KWH)
+
+
+def solve_bound(p: BoundProblem) -> BoundResult:
+    return BoundResult(min_throughput_kwh(p), min_capacity_kwh(p))

@@ -1,0 +1,70 @@
+"""The figures every smoothing replay reports (see the design notes). Pure numpy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+J_PER_KWH = 3.6e6
+BAND_HZ = (0.1, 20.0)
+
+
+def band_energy(x: np.ndarray, dt_s: float, band_hz: tuple[float, float] = BAND_HZ) -> float:
+    """Spectral energy of x (mean removed) between band_hz[0] and min(band_hz[1], Nyquist)."""
+    spectrum = np.fft.rfft(x - np.mean(x))
+    freqs = np.fft.rfftfreq(len(x), dt_s)
+    top = min(band_hz[1], 0.5 / dt_s)
+    in_band = (freqs >= band_hz[0]) & (freqs <= top)
+    return float(np.sum(np.abs(spectrum[in_band]) ** 2))
+
+
+def band_attenuation_db(load_w: np.ndarray, grid_w: np.ndarray, dt_s: float) -> float:
+    """10·log10 of the grid's band energy over the load's: negative is smoothing."""
+    load_e = band_energy(load_w, dt_s)
+    grid_e = band_energy(grid_w, dt_s)
+    if load_e <= 0.0:
+        return 0.0
+    return float(10.0 * np.log10(max(grid_e, 1e-300) / load_e))
+
+
+def stored_energy_j(
+    battery_w: np.ndarray, dt_s: float, initial_j: float, eta_charge: float, eta_discharge: float
+) -> np.ndarray:
+    """Stored energy after each step: discharge costs b/η_d, charge stores |b|·η_c."""
+    delta = np.where(battery_w >= 0, -battery_w / eta_discharge, -battery_w * eta_charge) * dt_s
+    return initial_j + np.cumsum(delta)
+
+
+@dataclass(frozen=True)
+class Figures:
+    grid_max_ramp_w_per_s: float
+    band_attenuation_db: float
+    battery_throughput_kwh: float
+    required_capacity_kwh: float
+    max_battery_w: float
+    unserved_kwh: float
+    soc_min: float
+    soc_max: float
+
+
+def figures(
+    load_w: np.ndarray,
+    grid_w: np.ndarray,
+    battery_w: np.ndarray,
+    unserved_w: np.ndarray,
+    energy_j: np.ndarray,
+    capacity_j: float,
+    dt_s: float,
+) -> Figures:
+    ramp = float(np.max(np.abs(np.diff(grid_w))) / dt_s) if len(grid_w) > 1 else 0.0
+    return Figures(
+        grid_max_ramp_w_per_s=ramp,
+        band_attenuation_db=band_attenuation_db(load_w, grid_w, dt_s),
+        battery_throughput_kwh=float(np.sum(np.abs(battery_w)) * dt_s / J_PER_KWH),
+        required_capacity_kwh=float((np.max(energy_j) - np.min(energy_j)) / J_PER_KWH),
+        max_battery_w=float(np.max(np.abs(battery_w))),
+        unserved_kwh=float(np.sum(unserved_w) * dt_s / J_PER_KWH),
+        soc_min=float(np.min(energy_j) / capacity_j),
+        soc_max=float(np.max(energy_j) / capacity_j),
+    )
