@@ -15,34 +15,27 @@ import asyncio
 import gc
 import os
 import platform
-import socket
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from controller.config import default_site_text, parse_site
+from controller.config import SiteConfig, parse_site
 from controller.logs import setup_logging
 from controller.loop import TickRecord
 from controller.service import Controller
 from drivers.sim.stack import SimulatorThread
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.sites import site_dict
 
 
-def bench_site(period_s: float, data_dir: Path):
-    data = yaml.safe_load(default_site_text())
+def bench_site(period_s: float, data_dir: Path) -> SiteConfig:
+    data = site_dict(data_dir)
     data["loop_period_s"] = period_s
-    data["api_port"] = free_port()
-    data["data_dir"] = str(data_dir)
     for module in data["modules"]:
         for device in module["devices"]:
-            device["port"] = free_port()
             if device["kind"] != "cdu":  # power devices refresh at least once a tick
                 device["poll_period_s"] = min(0.05, period_s)
     return parse_site(data)

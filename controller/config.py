@@ -8,6 +8,7 @@ The built-in default site (`controller/default_site.yaml`) is what the demo runs
 from __future__ import annotations
 
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -52,14 +53,43 @@ class ModuleConfig(Strict):
 
 
 class DispatchConfig(Strict):
+    """What the dispatch core does; see the README's "Dispatch" section for each behaviour."""
+
     lowpass_tau_s: float = Field(10.0, gt=0, le=3600, description="low-pass time constant")
     ramp_up_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit upward")
     ramp_down_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit downward")
-    soc_min_ratio: float = Field(0.2, ge=0, le=1, description="no smoothing discharge below")
-    soc_max_ratio: float = Field(0.95, ge=0, le=1, description="no smoothing charge above")
+    soc_min_ratio: float = Field(0.2, ge=0, le=1, description="never discharged below")
+    soc_max_ratio: float = Field(0.95, ge=0, le=1, description="never charged above")
+    soc_target_low_ratio: float = Field(0.5, ge=0, le=1, description="band the SoC returns to")
+    soc_target_high_ratio: float = Field(0.7, ge=0, le=1)
+    soc_return_s: float = Field(
+        300.0, gt=0, le=86400, description="time constant of the drift back into the band"
+    )
+    ride_through_s: float = Field(
+        300.0, ge=0, le=7200, description="UPS reserve: seconds of full rated load, never used"
+    )
+    charge_efficiency: float = Field(0.96, gt=0, le=1)
+    discharge_efficiency: float = Field(0.96, gt=0, le=1)
+    nominal_frequency_hz: Literal[50, 60] = 50
+    droop: float = Field(0.05, gt=0, le=1, description="per unit deviation for full response")
+    deadband_hz: float = Field(0.015, ge=0, le=1)
+    frequency_response_w: float = Field(1e6, ge=0, le=1e9, description="power at full response")
+    import_cap_w: float | None = Field(None, gt=0, le=1e10, description="peak limit on import")
+    allocation_horizon_s: float = Field(
+        300.0, gt=0, le=86400, description="energy an asset must sustain its share for"
+    )
 
     @model_validator(mode="after")
     def _check_band(self) -> DispatchConfig:
+        order = [
+            ("soc_min_ratio", self.soc_min_ratio),
+            ("soc_target_low_ratio", self.soc_target_low_ratio),
+            ("soc_target_high_ratio", self.soc_target_high_ratio),
+            ("soc_max_ratio", self.soc_max_ratio),
+        ]
+        for (a, va), (b, vb) in pairwise(order):
+            if va > vb:
+                raise ValueError(f"{a} ({va}) must not be above {b} ({vb})")
         if self.soc_min_ratio >= self.soc_max_ratio:
             raise ValueError(
                 f"soc_min_ratio ({self.soc_min_ratio}) must be below "

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from controller.config import SiteConfig
-from controller.dispatch import DispatchResult, dispatch, initial_state, params_vector
+from controller.dispatch import DispatchResult, dispatch, initial_state
 from controller.site import Command, SiteReadings, commands_for, dispatch_inputs, read_site
 from controller.snapshot import Snapshot, take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
@@ -51,7 +51,6 @@ class ControlLoop:
         self.drivers = drivers
         self.publish = publish
         self.configs = {d.id: d for d in site.devices}
-        self.params = params_vector(site.dispatch)
         self.state = initial_state()
         self.seq = 0
         self.overruns = 0
@@ -93,10 +92,12 @@ class ControlLoop:
         site_load = None if readings.it_w is None else readings.it_w + self._cooling_hold_w
         result = None
         inputs = (
-            None if site_load is None else dispatch_inputs(snapshot, site_load, self.site.dispatch)
+            None
+            if site_load is None
+            else dispatch_inputs(snapshot, readings, site_load, self.site.dispatch)
         )
         if inputs is not None:
-            self.state, result = dispatch(inputs, self.params, self.state, period)
+            self.state, result = dispatch(inputs, self.site.dispatch, self.state, period)
         else:
             # Start again from the measured load when data returns: no jump on the grid.
             self.state = initial_state()

@@ -95,6 +95,18 @@ class Metrics:
         self.unserved = Gauge(
             "gridpilot_unserved_power_watts", "Battery power no asset could carry", s, registry=r
         )
+        self.shed = Gauge(
+            "gridpilot_shed_request_watts",
+            "Load the site should shed to stay within the ramp limit or cap",
+            s,
+            registry=r,
+        )
+        self.response = Gauge(
+            "gridpilot_frequency_response_watts",
+            "Power given back to the grid for frequency (positive = draw less)",
+            s,
+            registry=r,
+        )
         self.battery = Gauge(
             "gridpilot_battery_power_watts",
             "Battery power measured (positive = discharge)",
@@ -163,6 +175,8 @@ class Metrics:
         if result is not None:
             self.grid_target.labels(site).set(result.grid_target_w)
             self.unserved.labels(site).set(result.unserved_w)
+            self.shed.labels(site).set(result.shed_request_w)
+            self.response.labels(site).set(result.frequency_response_w)
             for device, w in result.asset_w.items():
                 self.setpoint.labels(site, device).set(w)
         for device, soc in rd.soc.items():

@@ -7,10 +7,11 @@ rectifier input, a BESS as an active power setpoint.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from controller.config import DispatchConfig
-from controller.dispatch import AssetLimits, DispatchInputs, DispatchResult
+from controller.dispatch import AssetState, DispatchInputs, DispatchResult
 from controller.snapshot import DeviceSnapshot, Snapshot
 
 HEARTBEAT_MODULO = 65536  # heartbeat points are uint16
@@ -34,18 +35,35 @@ class SiteReadings:
     missing: tuple[str, ...]  # "device.point" that control needs and that is stale or invalid
 
 
-def _asset_limits(dev: DeviceSnapshot, cfg: DispatchConfig) -> AssetLimits | None:
+def _asset_state(dev: DeviceSnapshot, cfg: DispatchConfig) -> AssetState | None:
+    """An asset's energy and limits from its points, or None while any is unknown."""
     if dev.kind == "ups":
-        vals = dev.values("battery_soc_ratio", "max_discharge_power_w", "max_charge_power_w")
+        vals = dev.values(
+            "battery_soc_ratio",
+            "battery_capacity_wh",
+            "max_discharge_power_w",
+            "max_charge_power_w",
+            "rated_power_w",
+        )
+        if vals is None:
+            return None
+        soc, wh, dis, chg, rated = vals
+        # The UPS's first duty: carry its full rated load for ride_through_s on battery.
+        reserve_j = rated * cfg.ride_through_s / cfg.discharge_efficiency
     else:
-        vals = dev.values("soc_ratio", "w_max_rtg", "w_max_rtg")
-    if vals is None:
-        return None
-    soc, dis, chg = vals
-    return AssetLimits(
+        vals = dev.values("soc_ratio", "wh_rtg", "w_max_rtg")
+        if vals is None:
+            return None
+        soc, wh, dis = vals
+        chg, reserve_j = dis, 0.0
+    capacity = wh * 3600.0
+    return AssetState(
         dev.id,
-        max_discharge_w=dis if soc > cfg.soc_min_ratio else 0.0,
-        max_charge_w=chg if soc < cfg.soc_max_ratio else 0.0,
+        energy_j=soc * capacity,
+        capacity_j=capacity,
+        floor_j=max(reserve_j, cfg.soc_min_ratio * capacity),
+        discharge_max_w=dis,
+        charge_max_w=chg,
     )
 
 
@@ -88,17 +106,18 @@ def read_site(snapshot: Snapshot) -> SiteReadings:
 
 
 def dispatch_inputs(
-    snapshot: Snapshot, site_load_w: float, cfg: DispatchConfig
+    snapshot: Snapshot, readings: SiteReadings, site_load_w: float, cfg: DispatchConfig
 ) -> DispatchInputs | None:
-    """The core's inputs, or None while any battery asset's limits are unknown."""
+    """The core's inputs, or None while any battery asset's state is unknown."""
     assets = []
     for dev in snapshot.devices.values():
         if dev.kind in SOC_POINT:
-            limits = _asset_limits(dev, cfg)
-            if limits is None:
+            asset = _asset_state(dev, cfg)
+            if asset is None:
                 return None
-            assets.append(limits)
-    return DispatchInputs(site_load_w=site_load_w, assets=tuple(assets))
+            assets.append(asset)
+    frequency = readings.frequency_hz if readings.frequency_hz is not None else math.nan
+    return DispatchInputs(site_load_w=site_load_w, frequency_hz=frequency, assets=tuple(assets))
 
 
 def _asset_commands(dev: DeviceSnapshot, asset_w: float | None, beat: int) -> list[Command]:

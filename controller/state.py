@@ -74,6 +74,8 @@ class SiteState:
                 "grid_target_w": result.grid_target_w,
                 "battery_w": result.battery_w,
                 "unserved_w": result.unserved_w,
+                "shed_request_w": result.shed_request_w,
+                "frequency_response_w": result.frequency_response_w,
                 "asset_setpoints_w": result.asset_w,
             },
             "write_errors": list(rec.write_errors),

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from controller.config import SiteConfig, default_site_text, parse_site
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def site_dict(data_dir: Path) -> dict[str, Any]:
-    """The built-in demo site with every device and the API on a free loopback port."""
-    data = yaml.safe_load(default_site_text())
-    for module in data["modules"]:
-        for device in module["devices"]:
-            device["port"] = free_port()
-    data["api_port"] = free_port()
-    data["data_dir"] = str(data_dir)
-    return data
+from controller.config import SiteConfig, parse_site
+from tests.sites import site_dict
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.config import load_site
-from tests.conftest import site_dict
+from tests.sites import site_dict
 
 OBSERVE_S = 12.0
 

@@ -1,6 +1,8 @@
-"""The skeleton's dispatch core: a low-pass and a ramp limiter, pure and compiled."""
+"""The dispatch core: each behaviour on its own, then properties over random inputs."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ from hypothesis import strategies as st
 
 from controller.config import DispatchConfig
 from controller.dispatch import (
-    AssetLimits,
+    AssetState,
+    Bank,
     DispatchInputs,
     core,
     dispatch,
@@ -18,95 +21,236 @@ from controller.dispatch import (
 )
 from drivers.sim.load import TraceLoad
 
+DT = 0.1
 RAMP = 5e5
-PARAMS = params_vector(
-    DispatchConfig(lowpass_tau_s=10.0, ramp_up_w_per_s=RAMP, ramp_down_w_per_s=RAMP)
-)
+CAPACITY_J = 10e6 * 3600  # 10 MWh
+CFG = DispatchConfig(lowpass_tau_s=5.0, ramp_up_w_per_s=RAMP, ramp_down_w_per_s=RAMP)
 
 
-def site_trace(seconds: float = 120.0, dt: float = 0.1) -> np.ndarray:
+def bank(energy_ratio: float = 0.6, power_w: float = 20e6, floor_j: float = 0.0) -> Bank:
+    return Bank(CAPACITY_J, energy_ratio * CAPACITY_J, floor_j, power_w, power_w)
+
+
+def run(load, cfg=CFG, b=None, frequency=None, cap=None, energy_ratio=0.6):
+    """Simulate the core over `load`; returns the output rows."""
+    b = b or bank(energy_ratio)
+    load = np.asarray(load, dtype=float)
+    n = len(load)
+    freq = np.full(n, 50.0) if frequency is None else np.asarray(frequency, dtype=float)
+    caps = np.full(n, np.inf) if cap is None else np.asarray(cap, dtype=float)
+    _, out = core.simulate(initial_state(b.energy_j), params_vector(cfg, b), load, freq, caps, DT)
+    return out
+
+
+def site_trace(seconds: float = 120.0) -> np.ndarray:
     load = TraceLoad("h200_train_1p7b", gpus=10_000, base_w=2e6)
-    return np.array([load.it_power_w(t) for t in np.arange(0.0, seconds, dt)])
+    return np.array([load.it_power_w(t) for t in np.arange(0.0, seconds, DT)])
 
 
 def test_first_step_starts_from_the_load_without_a_jump():
-    _, grid, battery = core.step(initial_state(), PARAMS, 6e6, 0.1)
-    assert grid == 6e6 and battery == 0.0
+    out = run([6e6])
+    assert out[0, core.O_GRID] == 6e6 and out[0, core.O_BATTERY] == 0.0
 
 
-def test_step_is_pure():
-    state = initial_state()
+def test_step_is_pure_and_agrees_with_simulate():
+    b = bank()
+    params = params_vector(CFG, b)
+    state = initial_state(b.energy_j)
     before = state.copy()
-    core.step(state, PARAMS, 6e6, 0.1)
+    load = site_trace(20.0)
+    out = run(load)
+    s = state
+    for i, w in enumerate(load):
+        s, o = core.step(s, params, np.array([w, 50.0, np.inf, np.nan]), DT)
+        assert o[core.O_GRID] == out[i, core.O_GRID]
     assert np.array_equal(state, before)
 
 
 def test_load_step_is_ramped_and_the_battery_covers_it():
-    state, *_ = core.step(initial_state(), PARAMS, 3e6, 0.1)
-    grids = []
-    for _ in range(50):
-        state, grid, battery = core.step(state, PARAMS, 10e6, 0.1)
-        assert grid + battery == pytest.approx(10e6)
-        grids.append(grid)
-    steps = np.diff([3e6, *grids])
-    assert np.all(steps <= RAMP * 0.1 + 1e-6)
-    assert grids[-1] > 3e6  # and it does move toward the new load
+    out = run([3e6] * 10 + [10e6] * 100)
+    grid = out[:, core.O_GRID]
+    assert np.all(np.abs(np.diff(grid)) <= RAMP * DT * (1 + 1e-12))
+    np.testing.assert_allclose(grid + out[:, core.O_BATTERY], [3e6] * 10 + [10e6] * 100)
+    assert out[10, core.O_BATTERY] == pytest.approx(7e6 - RAMP * DT, rel=0.01)
+    assert grid[-1] > 6e6  # and it does follow the load
 
 
 def test_ramp_limit_holds_over_the_real_training_trace():
     load = site_trace()
-    assert np.max(np.abs(np.diff(load))) > 5e6  # the trace really swings by megawatts
-    _, grid, battery = core.simulate(initial_state(), PARAMS, load, 0.1)
-    assert np.max(np.abs(np.diff(grid))) <= RAMP * 0.1 * (1 + 1e-12)
-    np.testing.assert_allclose(grid + battery, load, rtol=1e-12)
+    assert np.max(np.abs(np.diff(load))) > 5e6
+    out = run(load)
+    assert np.max(np.abs(np.diff(out[:, core.O_GRID]))) <= RAMP * DT * (1 + 1e-12)
+    assert not out[:, core.O_UNSERVED].any()
 
 
-def test_simulate_and_step_agree():
-    load = site_trace(30.0)
-    _, grid, _ = core.simulate(initial_state(), PARAMS, load, 0.1)
-    state = initial_state()
-    for i, w in enumerate(load):
-        state, g, _ = core.step(state, PARAMS, w, 0.1)
-        assert g == grid[i]
+def test_soc_above_its_band_drifts_back_within_the_ramp():
+    cfg = CFG.model_copy(update={"soc_return_s": 60.0})
+    out = run([5e6] * 3000, cfg=cfg, energy_ratio=0.9)
+    energy = out[:, core.O_ENERGY] / CAPACITY_J
+    assert energy[-1] < 0.75 and energy[-1] >= cfg.soc_target_high_ratio - 0.01
+    assert np.all(np.diff(energy) <= 1e-12)  # discharging all the way back
+    assert np.max(np.abs(np.diff(out[:, core.O_GRID]))) <= RAMP * DT * (1 + 1e-12)
 
 
-def test_allocation_is_proportional_to_available_power():
-    out, unserved = core.allocate(3e6, np.array([4e6, 2e6, 0.0]), np.array([1e6, 1e6, 1e6]))
-    np.testing.assert_allclose(out, [2e6, 1e6, 0.0])
-    assert unserved == 0.0
-    out, unserved = core.allocate(-1.5e6, np.array([4e6, 2e6, 0.0]), np.array([1e6, 2e6, 0.0]))
-    np.testing.assert_allclose(out, [-0.5e6, -1e6, 0.0])
+def test_soc_below_its_band_recharges_from_the_grid():
+    out = run([5e6] * 3000, energy_ratio=0.3)
+    assert out[-1, core.O_ENERGY] / CAPACITY_J > 0.3
+    assert out[-1, core.O_GRID] > 5e6  # the grid carries the load and the recharge
 
 
-def test_allocation_reports_what_no_asset_can_carry():
-    out, unserved = core.allocate(10e6, np.array([4e6, 2e6]), np.array([1e6, 1e6]))
-    np.testing.assert_allclose(out, [4e6, 2e6])
-    assert unserved == pytest.approx(4e6)
-    out, unserved = core.allocate(5e5, np.array([0.0, 0.0]), np.array([1e6, 1e6]))
-    assert unserved == 5e5 and not out.any()
+def test_reserve_is_never_spent_and_the_shortfall_is_reported():
+    floor = 0.4 * CAPACITY_J
+    b = bank(0.4 + 1e-6, floor_j=floor)  # 36 kJ above the reserve
+    out = run([3e6] * 5 + [10e6] * 50, b=b)
+    assert np.all(out[:, core.O_ENERGY] >= floor - 1e-6)
+    jump = out[5]
+    assert jump[core.O_SHED] > 5e6 and jump[core.O_SHED] == jump[core.O_UNSERVED]
+    # The ramp limiter then goes on from where the grid really is: no endless shed request.
+    assert out[6, core.O_SHED] < jump[core.O_SHED]
 
 
-@settings(max_examples=200)
-@given(
-    battery=st.floats(-2e7, 2e7),
-    dis=st.lists(st.floats(0, 1e7), min_size=1, max_size=6),
-    data=st.data(),
+def test_power_limit_binds_and_is_reported():
+    out = run([3e6] * 5 + [10e6] * 20, b=bank(power_w=2e6))
+    assert np.max(out[:, core.O_BATTERY]) == pytest.approx(2e6)
+    i = 5
+    expected = (10e6 - out[i - 1, core.O_GRID] - RAMP * DT) - 2e6
+    assert out[i, core.O_UNSERVED] == pytest.approx(expected, rel=1e-6)
+    assert out[i, core.O_SHED] == pytest.approx(expected, rel=1e-6)
+
+
+def test_full_battery_cannot_absorb_and_the_grid_drops_faster():
+    out = run([10e6] * 5 + [3e6] * 20, energy_ratio=CFG.soc_max_ratio)
+    assert np.all(out[:, core.O_ENERGY] <= CFG.soc_max_ratio * CAPACITY_J * (1 + 1e-12))
+    assert out[5, core.O_BATTERY] > -1e6  # almost no room to charge
+    assert out[5, core.O_UNSERVED] > 5e6 and out[5, core.O_SHED] == 0.0  # shedding won't help
+
+
+@pytest.mark.parametrize(
+    ("hz", "expected_w"),
+    [
+        (50.0, 0.0),
+        (49.99, 0.0),  # inside the 15 mHz deadband
+        (49.8, (0.2 - 0.015) / 50 / 0.05 * 1e6),  # under-frequency: draw less
+        (50.3, -(0.3 - 0.015) / 50 / 0.05 * 1e6),  # over-frequency: draw more
+        (47.0, 1e6),  # beyond full response
+    ],
 )
-def test_allocation_respects_every_limit(battery, dis, data):
-    chg = data.draw(st.lists(st.floats(0, 1e7), min_size=len(dis), max_size=len(dis)))
-    out, unserved = core.allocate(battery, np.array(dis), np.array(chg))
-    assert np.all(out <= np.array(dis) * (1 + 1e-9) + 1e-6)
-    assert np.all(out >= -np.array(chg) * (1 + 1e-9) - 1e-6)
-    assert out.sum() + np.sign(battery) * unserved == pytest.approx(battery, abs=1e-3)
+def test_droop_response_acts_in_the_same_step(hz: float, expected_w: float):
+    out = run([6e6] * 50 + [6e6], frequency=[50.0] * 50 + [hz])
+    assert out[-1, core.O_RESPONSE] == pytest.approx(expected_w)
+    # Outside the ramp limiter: the whole response shows on the grid in this very step.
+    assert out[-1, core.O_GRID] == pytest.approx(out[-2, core.O_GRID] - expected_w)
+    assert out[-1, core.O_BATTERY] == pytest.approx(6e6 - out[-1, core.O_GRID])
 
 
-def test_dispatch_puts_unserved_power_on_the_grid_target():
-    state, _ = dispatch(
-        DispatchInputs(3e6, (AssetLimits("ups-a", 1e6, 1e6),)), PARAMS, initial_state(), 0.1
+def test_unknown_frequency_gives_no_response():
+    out = run([6e6] * 3, frequency=[50.0, math.nan, 50.0])
+    assert out[1, core.O_RESPONSE] == 0.0
+
+
+def test_a_lower_cap_is_approached_at_the_ramp_rate_and_then_held():
+    n = 200
+    cap = [math.inf] * 50 + [6e6] * (n - 50)
+    out = run([8e6] * n, cap=cap)
+    grid = out[:, core.O_GRID]
+    assert grid[49] == pytest.approx(8e6)
+    assert np.all(np.abs(np.diff(grid)) <= RAMP * DT * (1 + 1e-12))
+    assert grid[50 + 38] > 6e6  # 2 MW at 0.5 MW/s takes 4 s: 40 steps
+    assert np.all(grid[50 + 39 :] <= 6e6 + 1e-6)
+    assert out[-1, core.O_BATTERY] == pytest.approx(2e6)
+
+
+def test_a_cap_the_battery_cannot_cover_raises_a_shed_request():
+    out = run([8e6] * 200, cap=[math.inf] * 50 + [6e6] * 150, b=bank(power_w=1e6))
+    assert out[-1, core.O_BATTERY] == pytest.approx(1e6)
+    assert out[-1, core.O_SHED] == pytest.approx(1e6)
+    assert out[-1, core.O_GRID] == pytest.approx(7e6)
+
+
+def test_allocation_is_proportional_to_headroom_then_to_spare_power():
+    out, rest = core.allocate(
+        3e6, np.array([4e6, 2e6, 0.0]), np.zeros(3), np.array([4e6, 2e6, 0.0])
     )
-    state, result = dispatch(
-        DispatchInputs(10e6, (AssetLimits("ups-a", 1e6, 1e6),)), PARAMS, state, 0.1
+    np.testing.assert_allclose(out, [2e6, 1e6, 0.0])
+    assert rest == 0.0
+    # An asset low on energy gets a small share first, then what it can still give.
+    out, rest = core.allocate(5e6, np.array([4e6, 4e6]), np.zeros(2), np.array([4e6, 1e6]))
+    np.testing.assert_allclose(out, [4e6, 1e6])
+    out, rest = core.allocate(7e6, np.array([4e6, 4e6]), np.zeros(2), np.array([4e6, 1e6]))
+    np.testing.assert_allclose(out, [4e6, 3e6])
+    out, rest = core.allocate(-3e6, np.zeros(2), np.array([1e6, 5e6]), np.array([1e6, 2e6]))
+    np.testing.assert_allclose(out, [-1e6, -2e6])
+    out, rest = core.allocate(10e6, np.array([4e6, 2e6]), np.zeros(2), np.array([4e6, 2e6]))
+    np.testing.assert_allclose(out, [4e6, 2e6])
+    assert rest == pytest.approx(4e6)
+
+
+def test_dispatch_splits_over_unequal_assets_within_each_ones_limits():
+    assets = (
+        AssetState("ups-a", 0.6 * 5.4e9, 5.4e9, 2.2e9, 7e6, 5e6),
+        AssetState("ups-b", 0.45 * 5.4e9, 5.4e9, 2.2e9, 7e6, 5e6),  # less energy above reserve
+        AssetState("bess-1", 0.6 * 28.8e9, 28.8e9, 0.2 * 28.8e9, 4e6, 4e6),
     )
-    assert result.asset_w == {"ups-a": pytest.approx(1e6)}
-    assert result.unserved_w > 5e6
-    assert result.grid_target_w + result.asset_w["ups-a"] == pytest.approx(10e6)
+    state, _ = dispatch(DispatchInputs(3e6, 50.0, assets), CFG, initial_state(), DT)
+    state, result = dispatch(DispatchInputs(10e6, 50.0, assets), CFG, state, DT)
+    w = result.asset_w
+    assert sum(w.values()) == pytest.approx(result.battery_w)
+    assert result.grid_target_w + result.battery_w == pytest.approx(10e6)
+    assert w["ups-b"] < w["ups-a"]  # less energy, smaller share
+    assert all(w[a.id] <= a.discharge_max_w + 1e-6 for a in assets)
+    assert result.unserved_w == 0.0
+
+
+# --- properties -----------------------------------------------------------------------
+
+loads = st.lists(st.floats(0.0, 2e7), min_size=2, max_size=120)
+
+
+@st.composite
+def scenarios(draw):
+    load = draw(loads)
+    n = len(load)
+    freq = draw(st.lists(st.floats(49.0, 51.0), min_size=n, max_size=n))
+    cap = draw(st.lists(st.one_of(st.just(math.inf), st.floats(1e6, 2e7)), min_size=n, max_size=n))
+    energy = draw(st.floats(CFG.soc_min_ratio, CFG.soc_max_ratio))
+    power = draw(st.floats(1e5, 2e7))
+    return np.array(load), np.array(freq), np.array(cap), energy, power
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_numba_and_reference_agree(scenario):
+    load, freq, cap, energy, power = scenario
+    b = bank(energy, power)
+    params = params_vector(CFG, b)
+    args = (initial_state(b.energy_j), params, load, freq, cap, DT)
+    _, fast = core.simulate(*args)
+    _, slow = core.simulate_reference(*args)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_soc_stays_within_its_limits_and_energy_balances(scenario):
+    load, freq, cap, energy, power = scenario
+    b = bank(energy, power)
+    out = run(load, b=b, frequency=freq, cap=cap)
+    e = np.r_[b.energy_j, out[:, core.O_ENERGY]]
+    assert np.all(e >= CFG.soc_min_ratio * CAPACITY_J * (1 - 1e-9))
+    assert np.all(e <= CFG.soc_max_ratio * CAPACITY_J * (1 + 1e-9))
+    battery = out[:, core.O_BATTERY]
+    np.testing.assert_allclose(out[:, core.O_GRID] + battery, load, rtol=1e-6, atol=1e-3)
+    eta_c, eta_d = CFG.charge_efficiency, CFG.discharge_efficiency
+    expected = np.where(battery >= 0, -battery * DT / eta_d, -battery * DT * eta_c)
+    np.testing.assert_allclose(np.diff(e), expected, rtol=1e-6, atol=1e-3)
+
+
+@settings(max_examples=100, deadline=None)
+@given(loads, st.floats(1e5, 2e7))
+def test_ramp_holds_whenever_the_battery_is_within_its_limits(load, power):
+    out = run(load, b=bank(0.6, power))
+    grid = out[:, core.O_GRID]
+    served = out[:, core.O_UNSERVED] == 0.0
+    for i in range(1, len(grid)):
+        if served[i] and served[i - 1]:
+            assert abs(grid[i] - grid[i - 1]) <= RAMP * DT * (1 + 1e-9) + 1e-6

@@ -1,7 +1,12 @@
-"""Dispatch: the pure core (`core`) and the thin typed layer the control loop calls."""
+"""Dispatch: the pure core (`core`) and the typed layer the control loop and the replay call.
+
+The core sees one virtual battery: the assets' power limits and energies added up. After the
+core decides the total, `allocate` splits it over the assets.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,59 +16,128 @@ from controller.dispatch import core
 
 
 @dataclass(frozen=True)
-class AssetLimits:
-    """What one battery asset can do right now (W, positive = discharge)."""
+class AssetState:
+    """One battery asset as the dispatch sees it (W, J; positive power = discharge)."""
 
     id: str
-    max_discharge_w: float
-    max_charge_w: float
+    energy_j: float  # stored now
+    capacity_j: float
+    floor_j: float  # never discharged below: SoC min, or the UPS's ride-through reserve
+    discharge_max_w: float
+    charge_max_w: float
 
 
 @dataclass(frozen=True)
 class DispatchInputs:
     site_load_w: float  # IT + cooling + other, W
-    assets: tuple[AssetLimits, ...]
+    frequency_hz: float  # nan when unknown: no frequency response
+    assets: tuple[AssetState, ...]
 
 
 @dataclass(frozen=True)
 class DispatchResult:
     grid_target_w: float  # what the grid should see, W (positive = import)
-    battery_w: float  # total battery power the smoothing asks for, W
+    battery_w: float  # total battery power, W
     asset_w: dict[str, float]  # per-asset setpoint, W
-    unserved_w: float  # battery power no asset could carry; the grid takes it, W
+    unserved_w: float  # beyond the ramp limit or cap because the batteries could not, W
+    shed_request_w: float  # load the site should shed to stay within the limit, W
+    frequency_response_w: float  # power given back to the grid for frequency, W
 
 
-def params_vector(cfg: DispatchConfig) -> np.ndarray:
+@dataclass(frozen=True)
+class Bank:
+    """The assets added up into the core's one virtual battery."""
+
+    capacity_j: float
+    energy_j: float
+    floor_j: float
+    discharge_max_w: float
+    charge_max_w: float
+
+
+def bank_of(assets: tuple[AssetState, ...]) -> Bank:
+    return Bank(
+        capacity_j=sum(a.capacity_j for a in assets),
+        energy_j=sum(a.energy_j for a in assets),
+        floor_j=sum(a.floor_j for a in assets),
+        discharge_max_w=sum(a.discharge_max_w for a in assets),
+        charge_max_w=sum(a.charge_max_w for a in assets),
+    )
+
+
+def params_vector(cfg: DispatchConfig, bank: Bank) -> np.ndarray:
     p = np.empty(core.PARAM_SIZE)
-    p[core.P_TAU] = cfg.lowpass_tau_s
+    p[core.P_TAU_S] = cfg.lowpass_tau_s
     p[core.P_RAMP_UP] = cfg.ramp_up_w_per_s
     p[core.P_RAMP_DOWN] = cfg.ramp_down_w_per_s
+    p[core.P_DISCHARGE_MAX_W] = bank.discharge_max_w
+    p[core.P_CHARGE_MAX_W] = bank.charge_max_w
+    p[core.P_ENERGY_FLOOR_J] = max(bank.floor_j, cfg.soc_min_ratio * bank.capacity_j)
+    p[core.P_ENERGY_CEILING_J] = cfg.soc_max_ratio * bank.capacity_j
+    p[core.P_BAND_LOW_J] = max(cfg.soc_target_low_ratio * bank.capacity_j, p[core.P_ENERGY_FLOOR_J])
+    p[core.P_BAND_HIGH_J] = max(cfg.soc_target_high_ratio * bank.capacity_j, p[core.P_BAND_LOW_J])
+    p[core.P_SOC_RETURN_PER_S] = 1.0 / cfg.soc_return_s
+    p[core.P_ETA_CHARGE] = cfg.charge_efficiency
+    p[core.P_ETA_DISCHARGE] = cfg.discharge_efficiency
+    p[core.P_NOMINAL_HZ] = float(cfg.nominal_frequency_hz)
+    p[core.P_DROOP] = cfg.droop
+    p[core.P_DEADBAND_HZ] = cfg.deadband_hz
+    p[core.P_RESPONSE_W] = cfg.frequency_response_w
     return p
 
 
-def initial_state() -> np.ndarray:
-    return np.zeros(core.STATE_SIZE)
+def initial_state(energy_j: float = 0.0) -> np.ndarray:
+    s = np.zeros(core.STATE_SIZE)
+    s[core.S_ENERGY] = energy_j
+    return s
+
+
+def _headroom(assets: tuple[AssetState, ...], discharging: bool, cfg: DispatchConfig, dt_s: float):
+    """Per asset: power limits this step, and the power it can sustain over the horizon."""
+    limits, headroom = [], []
+    for a in assets:
+        if discharging:
+            usable = max(a.energy_j - a.floor_j, 0.0) * cfg.discharge_efficiency
+            limit = min(a.discharge_max_w, usable / dt_s)
+        else:
+            usable = max(cfg.soc_max_ratio * a.capacity_j - a.energy_j, 0.0) / cfg.charge_efficiency
+            limit = min(a.charge_max_w, usable / dt_s)
+        limits.append(limit)
+        headroom.append(min(limit, usable / cfg.allocation_horizon_s))
+    return np.array(limits), np.array(headroom)
 
 
 def dispatch(
-    inputs: DispatchInputs, params: np.ndarray, state: np.ndarray, dt_s: float
+    inputs: DispatchInputs, cfg: DispatchConfig, state: np.ndarray, dt_s: float
 ) -> tuple[np.ndarray, DispatchResult]:
-    """Pure: (inputs, parameters, state) → (next state, result)."""
-    new_state, grid_w, battery_w = core.step(state, params, inputs.site_load_w, dt_s)
-    dis = np.array([a.max_discharge_w for a in inputs.assets], dtype=np.float64)
-    chg = np.array([a.max_charge_w for a in inputs.assets], dtype=np.float64)
-    per_asset, unserved = core.allocate(battery_w, dis, chg)
+    """Pure: (inputs, configuration, state) → (next state, result)."""
+    bank = bank_of(inputs.assets)
+    cap = cfg.import_cap_w if cfg.import_cap_w is not None else math.inf
+    step_in = np.array([inputs.site_load_w, inputs.frequency_hz, cap, bank.energy_j])
+    new_state, out = core.step(state, params_vector(cfg, bank), step_in, dt_s)
+    battery_w = float(out[core.O_BATTERY])
+    limits, headroom = _headroom(inputs.assets, battery_w >= 0.0, cfg, dt_s)
+    zeros = np.zeros(len(inputs.assets))
+    per_asset, rest = core.allocate(
+        battery_w,
+        limits if battery_w >= 0.0 else zeros,
+        limits if battery_w < 0.0 else zeros,
+        headroom,
+    )
+    # What the assets cannot carry one by one (the bank's sum hides it) lands on the grid.
+    signed_rest = rest if battery_w >= 0.0 else -rest
     result = DispatchResult(
-        # What the batteries cannot carry lands on the grid, beyond the smoothed draw.
-        grid_target_w=float(grid_w + unserved),
-        battery_w=float(battery_w),
+        grid_target_w=float(out[core.O_GRID] + signed_rest),
+        battery_w=float(battery_w - signed_rest),
         asset_w={a.id: float(w) for a, w in zip(inputs.assets, per_asset, strict=True)},
-        unserved_w=float(unserved),
+        unserved_w=float(out[core.O_UNSERVED] + rest),
+        shed_request_w=float(out[core.O_SHED] + max(signed_rest, 0.0)),
+        frequency_response_w=float(out[core.O_RESPONSE]),
     )
     return new_state, result
 
 
 def warm_up() -> None:
     """Compile the core once (numba caches it on disk), so no tick pays for compilation."""
-    inputs = DispatchInputs(1.0, (AssetLimits("warm-up", 1.0, 1.0),))
-    dispatch(inputs, params_vector(DispatchConfig()), initial_state(), 0.1)
+    asset = AssetState("warm-up", 5e9, 1e10, 1e9, 1e6, 1e6)
+    dispatch(DispatchInputs(1e6, 50.0, (asset,)), DispatchConfig(), initial_state(), 0.1)

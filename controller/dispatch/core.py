@@ -1,79 +1,237 @@
 """The dispatch core: pure, numba-compiled. Numbers and arrays in, numbers and arrays out.
 
 No I/O, no clock, no globals: the live loop calls `step` once a tick, a replay calls
-`simulate` over a whole trace, and both run the same compiled `_advance`.
+`simulate` over a whole trace, and both run the same compiled `_advance`. Its plain-Python
+twin (`_advance.py_func`, the same source run by CPython) is the reference the tests and the
+benchmark compare against; `_advance` therefore calls no other compiled function.
 
-State vector (float64[STATE_SIZE]):  [lowpass_w, grid_w, initialised]
-Parameter vector (float64[PARAM_SIZE]): [lowpass_tau_s, ramp_up_w_per_s, ramp_down_w_per_s]
+Signs: battery power positive = discharge (into the site); grid power positive = import;
+frequency response positive = the site gives power back (draws less).
+
+Vectors (float64), indexed by the constants below:
+  params  P_*: filter, ramp, battery limits (W, J), efficiencies, SoC band, droop
+  state   S_*: low-pass, ramp-limited grid plan, stored energy, initialised flag, cap in force
+  inputs  per step: site load W, grid frequency Hz, import cap W (inf: none),
+          measured stored energy J (nan: integrate our own)
+  outputs O_*: grid, battery, unserved, shed request, frequency response, stored energy,
+          grid target before the battery's limits
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
-STATE_SIZE = 3
-S_LOWPASS, S_GRID, S_INIT = 0, 1, 2
-PARAM_SIZE = 3
-P_TAU, P_RAMP_UP, P_RAMP_DOWN = 0, 1, 2
+P_TAU_S = 0
+P_RAMP_UP = 1
+P_RAMP_DOWN = 2
+P_DISCHARGE_MAX_W = 3
+P_CHARGE_MAX_W = 4
+P_ENERGY_FLOOR_J = 5  # never discharged below: SoC min or the ride-through reserve
+P_ENERGY_CEILING_J = 6  # never charged above: SoC max
+P_BAND_LOW_J = 7  # the SoC band the battery drifts back into
+P_BAND_HIGH_J = 8
+P_SOC_RETURN_PER_S = 9  # W of bias per J outside the band (1 / return time)
+P_ETA_CHARGE = 10
+P_ETA_DISCHARGE = 11
+P_NOMINAL_HZ = 12
+P_DROOP = 13  # per unit: 0.05 = full response at a 5 % frequency deviation
+P_DEADBAND_HZ = 14
+P_RESPONSE_W = 15  # power at full frequency response
+PARAM_SIZE = 16
+
+S_LOWPASS = 0
+S_GRID = 1
+S_ENERGY = 2
+S_INIT = 3
+S_CAP = 4  # the import cap in force: a lower cap is approached at the ramp rate
+STATE_SIZE = 5
+
+I_LOAD = 0
+I_FREQUENCY = 1
+I_CAP = 2
+I_ENERGY = 3
+INPUT_SIZE = 4
+
+O_GRID = 0
+O_BATTERY = 1
+O_UNSERVED = 2
+O_SHED = 3
+O_RESPONSE = 4
+O_ENERGY = 5
+O_TARGET = 6
+OUTPUT_SIZE = 7
 
 
 @njit(cache=True)
-def _advance(state, params, site_load_w, dt_s):
-    """One step in place; returns (grid_target_w, battery_w). Battery positive = discharge."""
+def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s, out):
+    """One step in place on `state`, results into `out`."""
+    energy = state[S_ENERGY] if math.isnan(measured_j) else measured_j
     if state[S_INIT] == 0.0:
-        state[S_LOWPASS] = site_load_w
-        state[S_GRID] = site_load_w
+        state[S_LOWPASS] = load_w
+        state[S_GRID] = load_w
+        state[S_CAP] = cap_w
         state[S_INIT] = 1.0
-    alpha = dt_s / (params[P_TAU] + dt_s)
-    state[S_LOWPASS] += alpha * (site_load_w - state[S_LOWPASS])
-    delta = state[S_LOWPASS] - state[S_GRID]
+
+    # 1. Smoothing: low-pass of the load.
+    alpha = dt_s / (params[P_TAU_S] + dt_s)
+    state[S_LOWPASS] += alpha * (load_w - state[S_LOWPASS])
+    target = state[S_LOWPASS]
+
+    # 2. State of charge: outside its band the battery drifts back; the bias goes through
+    #    the ramp limiter like everything else, so it never breaks the ramp.
+    if energy > params[P_BAND_HIGH_J]:
+        target -= params[P_SOC_RETURN_PER_S] * (energy - params[P_BAND_HIGH_J])
+    elif energy < params[P_BAND_LOW_J]:
+        target -= params[P_SOC_RETURN_PER_S] * (energy - params[P_BAND_LOW_J])
+
+    # 5. Import cap: a higher cap (or none) holds at once; a lower one is approached from the
+    #    grid's present plan at the ramp rate, and from then on it is a hard limit.
     up = params[P_RAMP_UP] * dt_s
     down = params[P_RAMP_DOWN] * dt_s
+    cap_in_force = cap_w
+    if cap_w < state[S_CAP]:
+        approach = min(state[S_CAP], state[S_GRID]) - down
+        if approach > cap_w:
+            cap_in_force = approach
+    state[S_CAP] = cap_in_force
+    if target > cap_in_force:
+        target = cap_in_force
+
+    # Ramp limiter.
+    delta = target - state[S_GRID]
     if delta > up:
         delta = up
     elif delta < -down:
         delta = -down
-    state[S_GRID] += delta
-    return state[S_GRID], site_load_w - state[S_GRID]
+    plan = state[S_GRID] + delta
+
+    # 4. Frequency response: droop with a deadband, outside the ramp limiter, in this step.
+    deviation = frequency_hz - params[P_NOMINAL_HZ]
+    response = 0.0
+    if math.isfinite(deviation) and abs(deviation) > params[P_DEADBAND_HZ]:
+        beyond = abs(deviation) - params[P_DEADBAND_HZ]
+        share = beyond / params[P_NOMINAL_HZ] / params[P_DROOP]
+        if share > 1.0:
+            share = 1.0
+        response = share * params[P_RESPONSE_W]
+        if deviation > 0.0:
+            response = -response  # over-frequency: draw more
+    grid_target = plan - response
+
+    # 3. Limits: power, and energy between the floor (reserve) and the ceiling.
+    want = load_w - grid_target
+    discharge_max = params[P_DISCHARGE_MAX_W]
+    room_down = (energy - params[P_ENERGY_FLOOR_J]) * params[P_ETA_DISCHARGE] / dt_s
+    if room_down < discharge_max:
+        discharge_max = room_down if room_down > 0.0 else 0.0
+    charge_max = params[P_CHARGE_MAX_W]
+    room_up = (params[P_ENERGY_CEILING_J] - energy) / params[P_ETA_CHARGE] / dt_s
+    if room_up < charge_max:
+        charge_max = room_up if room_up > 0.0 else 0.0
+    battery = want
+    if battery > discharge_max:
+        battery = discharge_max
+    elif battery < -charge_max:
+        battery = -charge_max
+    grid = load_w - battery
+    excess = want - battery  # > 0: the grid takes more than planned; < 0: less
+
+    if battery >= 0.0:
+        energy -= battery * dt_s / params[P_ETA_DISCHARGE]
+    else:
+        energy -= battery * dt_s * params[P_ETA_CHARGE]
+
+    # The ramp limiter continues from where the grid really is.
+    state[S_GRID] = plan + excess
+    state[S_ENERGY] = energy
+    out[O_GRID] = grid
+    out[O_BATTERY] = battery
+    over_cap = grid - cap_in_force
+    shed = excess if excess > over_cap else over_cap
+    out[O_UNSERVED] = abs(excess) if abs(excess) > over_cap else over_cap
+    out[O_SHED] = shed if shed > 0.0 else 0.0
+    out[O_RESPONSE] = response
+    out[O_ENERGY] = energy
+    out[O_TARGET] = grid_target
 
 
 @njit(cache=True)
-def step(state, params, site_load_w, dt_s):
-    """One tick: (new_state, grid_target_w, battery_w); the input state is left untouched."""
+def step(state, params, inputs, dt_s):
+    """One tick: (new_state, outputs); the given state is left untouched."""
     new_state = state.copy()
-    grid_w, battery_w = _advance(new_state, params, site_load_w, dt_s)
-    return new_state, grid_w, battery_w
+    out = np.empty(OUTPUT_SIZE)
+    _advance(
+        new_state,
+        params,
+        inputs[I_LOAD],
+        inputs[I_FREQUENCY],
+        inputs[I_CAP],
+        inputs[I_ENERGY],
+        dt_s,
+        out,
+    )
+    return new_state, out
 
 
 @njit(cache=True)
-def simulate(state, params, site_load_w, dt_s):
-    """A whole trace (uniform dt_s): (final_state, grid_w[], battery_w[])."""
+def simulate(state, params, load_w, frequency_hz, cap_w, dt_s):
+    """A whole trace at a uniform dt_s, energy integrated by the core: (final state, outputs
+    with one row per step)."""
     s = state.copy()
-    n = site_load_w.shape[0]
-    grid = np.empty(n)
-    battery = np.empty(n)
+    n = load_w.shape[0]
+    out = np.empty((n, OUTPUT_SIZE))
     for i in range(n):
-        grid[i], battery[i] = _advance(s, params, site_load_w[i], dt_s)
-    return s, grid, battery
+        _advance(s, params, load_w[i], frequency_hz[i], cap_w[i], np.nan, dt_s, out[i])
+    return s, out
+
+
+def simulate_reference(state, params, load_w, frequency_hz, cap_w, dt_s):
+    """`simulate` in plain Python: the same step, run by CPython (tests and benchmark only)."""
+    s = state.copy()
+    n = load_w.shape[0]
+    out = np.empty((n, OUTPUT_SIZE))
+    advance = _advance.py_func
+    for i in range(n):
+        advance(s, params, load_w[i], frequency_hz[i], cap_w[i], math.nan, dt_s, out[i])
+    return s, out
 
 
 @njit(cache=True)
-def allocate(battery_w, max_discharge_w, max_charge_w):
-    """Split battery power over assets in proportion to what each can give (or take).
+def allocate(battery_w, discharge_max_w, charge_max_w, headroom_w):
+    """6. Split battery power over assets: in proportion to each one's headroom (what it can
+    give or take, power and energy both), then any rest up to each one's power limit.
 
-    Returns (per-asset power W, unserved W): the part no asset could carry.
+    discharge_max_w / charge_max_w: each asset's power limits now (W, ≥ 0); headroom_w: the
+    power each can sustain for the allocation horizon given its energy (W, ≥ 0, both ways
+    folded by the caller). Returns (per-asset W, what no asset could carry W).
     """
-    n = max_discharge_w.shape[0]
+    n = discharge_max_w.shape[0]
     out = np.zeros(n)
-    caps = max_discharge_w if battery_w >= 0.0 else max_charge_w
-    total = 0.0
-    for i in range(n):
-        total += max(caps[i], 0.0)
-    if total <= 0.0:
-        return out, abs(battery_w)
-    served = min(abs(battery_w), total)
+    limits = discharge_max_w if battery_w >= 0.0 else charge_max_w
     sign = 1.0 if battery_w >= 0.0 else -1.0
+    need = abs(battery_w)
+    weight_total = 0.0
+    limit_total = 0.0
     for i in range(n):
-        out[i] = sign * served * max(caps[i], 0.0) / total
-    return out, abs(battery_w) - served
+        w = min(max(headroom_w[i], 0.0), max(limits[i], 0.0))
+        weight_total += w
+        limit_total += max(limits[i], 0.0)
+    first = min(need, weight_total)
+    for i in range(n):
+        w = min(max(headroom_w[i], 0.0), max(limits[i], 0.0))
+        if weight_total > 0.0:
+            out[i] = first * w / weight_total
+    rest = need - first
+    spare_total = limit_total - weight_total
+    if rest > 0.0 and spare_total > 0.0:
+        second = min(rest, spare_total)
+        for i in range(n):
+            w = min(max(headroom_w[i], 0.0), max(limits[i], 0.0))
+            out[i] += second * (max(limits[i], 0.0) - w) / spare_total
+        rest -= second
+    for i in range(n):
+        out[i] *= sign
+    return out, rest

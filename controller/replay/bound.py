@@ -50,7 +50,9 @@ def _constraints(p: BoundProblem, extra_cols: int):
     cols = 3 * n + 1 + extra_cols
     d0, c0, e0 = 0, n, 2 * n
     # Ramp on g_t − g_{t−1} = (load_t − load_{t−1}) − (d_t − d_{t−1}) + (c_t − c_{t−1}).
-    diff = sparse.diags([np.ones(n - 1), -np.ones(n - 1)], [1, 0], shape=(n - 1, n))  # x_t − x_{t−1}
+    diff = sparse.diags(
+        [np.ones(n - 1), -np.ones(n - 1)], [1, 0], shape=(n - 1, n)
+    )  # x_t − x_{t−1}
     dload = np.diff(p.load_w)
     ramp_rows = sparse.hstack([-diff, diff, sparse.csr_matrix((n - 1, n + 1 + extra_cols))])
     a_ub = sparse.vstack([ramp_rows, -ramp_rows])
@@ -104,13 +106,17 @@ def min_capacity_kwh(p: BoundProblem) -> float | None:
     band = sparse.vstack(
         [
             sparse.csr_matrix(
-                (np.r_[np.ones(rows), -np.ones(rows)],
-                 (np.r_[np.arange(rows), np.arange(rows)], np.r_[e_cols, np.full(rows, hi)])),
+                (
+                    np.r_[np.ones(rows), -np.ones(rows)],
+                    (np.r_[np.arange(rows), np.arange(rows)], np.r_[e_cols, np.full(rows, hi)]),
+                ),
                 shape=(rows, cols),
             ),
             sparse.csr_matrix(
-                (np.r_[-np.ones(rows), np.ones(rows)],
-                 (np.r_[np.arange(rows), np.arange(rows)], np.r_[e_cols, np.full(rows, lo)])),
+                (
+                    np.r_[-np.ones(rows), np.ones(rows)],
+                    (np.r_[np.arange(rows), np.arange(rows)], np.r_[e_cols, np.full(rows, lo)]),
+                ),
                 shape=(rows, cols),
             ),
         ]
