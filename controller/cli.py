@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
-from controller.config import ConfigError, SiteConfig, load_site
+from controller.config import ConfigError, DispatchConfig, SiteConfig, load_site
 from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
+from controller.replay.report import print_figures, print_sizing, replay_progress
+from controller.replay.run import ReplaySettings, plot, report, simulate
+from controller.replay.run import size as size_battery
+from controller.replay.trace import Trace, TraceError, read_trace
 
 app = typer.Typer(
     help="gridpilot: a real-time, grid-interactive controller for AI data centers.",
@@ -89,6 +96,91 @@ def run(
 def sim(config: ConfigOpt = None, log_level: LogLevelOpt = "INFO") -> None:
     """The simulated plant alone: one server per device of the site file, on its address."""
     _start(run_simulators, config, log_level)
+
+
+TraceArg = Annotated[Path, typer.Argument(help="CSV with t_s and gpu_power_w columns")]
+GpusOpt = Annotated[int, typer.Option("--gpus", help="GPUs that swing together")]
+BaseOpt = Annotated[float, typer.Option("--base-w", help="non-GPU site load, W")]
+RampOpt = Annotated[float, typer.Option("--ramp-w-per-s", help="grid ramp limit, W/s")]
+SiteOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="take the dispatch settings from a site file")
+]
+
+
+def _replay_settings(config: Path | None, **values: object) -> ReplaySettings:
+    """Validated replay settings; each bad value exits 2 naming its option."""
+    dispatch = _site(config).dispatch if config else DispatchConfig()
+    try:
+        return ReplaySettings(dispatch=dispatch, **values)
+    except ValidationError as exc:
+        lines = [
+            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e['input']!r})"
+            for e in exc.errors()
+        ]
+        typer.echo("gridpilot: invalid replay settings:\n  " + "\n  ".join(lines), err=True)
+        raise typer.Exit(2) from None
+
+
+def _read(trace: Path) -> Trace:
+    try:
+        return read_trace(trace)
+    except TraceError as exc:
+        typer.echo(f"gridpilot: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def replay(
+    trace: TraceArg,
+    gpus: GpusOpt = 10_000,
+    base_w: BaseOpt = 2e6,
+    ramp_w_per_s: RampOpt = 5e5,
+    battery_w: Annotated[float, typer.Option("--battery-w", help="battery power, W")] = 20e6,
+    battery_wh: Annotated[float, typer.Option("--battery-wh", help="battery energy, Wh")] = 20e6,
+    config: SiteOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
+    plot_to: Annotated[Path | None, typer.Option("--plot", help="draw the run to a PNG")] = None,
+    bound: Annotated[bool, typer.Option(help="solve the perfect-foresight LP bound")] = True,
+) -> None:
+    """Run the dispatch core over a trace: smoothing figures and the perfect-foresight bound."""
+    settings = _replay_settings(
+        config,
+        ramp_w_per_s=ramp_w_per_s,
+        gpus=gpus,
+        base_w=base_w,
+        battery_w=battery_w,
+        battery_wh=battery_wh,
+    )
+    tr = _read(trace)
+    load = tr.site_load_w(settings.gpus, settings.base_w)
+    with replay_progress(len(load)) as progress:
+        run = simulate(load, tr.dt_s, settings, progress)
+        result = report(run, tr.dt_s, settings, bound)
+    if plot_to is not None:
+        plot(run, tr.dt_s, str(plot_to))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        print_figures(result, trace)
+
+
+@app.command()
+def size(
+    trace: TraceArg,
+    ramp_w_per_s: RampOpt = 5e5,
+    gpus: GpusOpt = 10_000,
+    base_w: BaseOpt = 2e6,
+    config: SiteOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the sizes as JSON")] = False,
+) -> None:
+    """The smallest battery with which the controller holds the ramp limit, beside the LP's."""
+    settings = _replay_settings(config, ramp_w_per_s=ramp_w_per_s, gpus=gpus, base_w=base_w)
+    tr = _read(trace)
+    result = size_battery(tr.site_load_w(settings.gpus, settings.base_w), tr.dt_s, settings)
+    if as_json:
+        typer.echo(json.dumps(asdict(result), indent=2))
+    else:
+        print_sizing(result, trace, ramp_w_per_s)
 
 
 @app.command("check-config")

@@ -7,11 +7,16 @@ Grid g_t = load_t − d_t + c_t. Constraints, the same the online controller liv
   energy:  E_{t+1} = E_t − d_t·dt/η_d + c_t·dt·η_c,  E_floor ≤ E_t ≤ E_ceiling
   start:   E_0 as the online run's; the first step's battery idle (the grid carries the load)
   end:     E_T ≥ the online run's final energy (no bound may win by draining the battery)
-Objectives: minimise throughput Σ(d + c)·dt; or minimise capacity max E − min E.
+Objectives: minimise throughput Σ(d + c)·dt; or capacity max E − min E; or peak power.
+
+A linear program cannot forbid charging and discharging in the same step, which with
+efficiencies below 1 lets it waste energy on purpose. That only relaxes the problem: its
+figures stay lower bounds on what any controller, with any foresight, can do.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +62,18 @@ def _constraints(p: BoundProblem, extra_cols: int):
     ramp_rows = sparse.hstack([-diff, diff, sparse.csr_matrix((n - 1, n + 1 + extra_cols))])
     a_ub = sparse.vstack([ramp_rows, -ramp_rows])
     b_ub = np.concatenate([p.ramp_up_w_per_s * dt - dload, p.ramp_down_w_per_s * dt + dload])
+    if math.isfinite(p.discharge_max_w) and math.isfinite(p.charge_max_w):
+        # d/P_dis + c/P_ch ≤ 1: exact when only one of them flows, and it keeps the LP from
+        # cycling much power through both at once.
+        both = sparse.hstack(
+            [
+                sparse.identity(n) / p.discharge_max_w,
+                sparse.identity(n) / p.charge_max_w,
+                sparse.csr_matrix((n, n + 1 + extra_cols)),
+            ]
+        )
+        a_ub = sparse.vstack([a_ub, both])
+        b_ub = np.concatenate([b_ub, np.ones(n)])
     # Energy: E_{t+1} − E_t + d_t·dt/η_d − c_t·dt·η_c = 0.
     e_diff = sparse.diags([np.ones(n), -np.ones(n)], [1, 0], shape=(n, n + 1))
     a_eq = sparse.hstack(
@@ -68,17 +85,19 @@ def _constraints(p: BoundProblem, extra_cols: int):
         ]
     )
     b_eq = np.zeros(n)
+    # Energy is counted from the start (E_0 = 0): absolute joules of a large battery would
+    # drown the per-step changes in the solver's tolerances.
+    floor, ceiling = p.energy_floor_j - p.initial_energy_j, p.energy_ceiling_j - p.initial_energy_j
     bounds = (
         [(0.0, p.discharge_max_w)] * n
         + [(0.0, p.charge_max_w)] * n
-        + [(p.energy_floor_j, p.energy_ceiling_j)] * (n + 1)
+        + [(floor, ceiling)] * (n + 1)
         + [(None, None)] * extra_cols
     )
     bounds[d0] = (0.0, 0.0)
     bounds[c0] = (0.0, 0.0)
-    bounds[e0] = (p.initial_energy_j, p.initial_energy_j)
-    lo, hi = bounds[e0 + n]
-    bounds[e0 + n] = (max(lo, p.final_energy_min_j), hi)
+    bounds[e0] = (0.0, 0.0)
+    bounds[e0 + n] = (max(floor, p.final_energy_min_j - p.initial_energy_j), ceiling)
     return a_ub.tocsr(), b_ub, a_eq.tocsr(), b_eq, bounds, cols
 
 
@@ -133,3 +152,27 @@ def min_capacity_kwh(p: BoundProblem) -> float | None:
 
 def solve_bound(p: BoundProblem) -> BoundResult:
     return BoundResult(min_throughput_kwh(p), min_capacity_kwh(p))
+
+
+def min_power_w(p: BoundProblem) -> float | None:
+    """The smallest battery power (charge and discharge alike) that holds the ramp."""
+    n = len(p.load_w)
+    a_ub, b_ub, a_eq, b_eq, bounds, cols = _constraints(p, 1)
+    peak = cols - 1
+    # d_t + c_t − peak ≤ 0: the same one-way-at-a-time relaxation as the other programs.
+    rows = sparse.hstack(
+        [
+            sparse.identity(n),
+            sparse.identity(n),
+            sparse.csr_matrix((n, n + 1)),
+            sparse.csr_matrix(-np.ones((n, 1))),
+        ]
+    )
+    a_ub = sparse.vstack([a_ub, rows]).tocsr()
+    b_ub = np.concatenate([b_ub, np.zeros(n)])
+    bounds[peak] = (0.0, None)
+    c = np.zeros(cols)
+    c[peak] = 1.0
+    c[: 2 * n] = 1e-9 * p.dt_s  # prefer the schedule that also cycles least
+    x = _solve(c, a_ub, b_ub, a_eq, b_eq, bounds)
+    return None if x is None else float(x[peak])

@@ -1,0 +1,208 @@
+"""Replay: the live controller's dispatch core over a whole site trace, with its figures, the
+perfect-foresight bound beside them, and the smallest battery that holds the ramp."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from controller.config import DispatchConfig
+from controller.dispatch import Bank, core, initial_state, params_vector
+from controller.replay.bound import BoundProblem, min_capacity_kwh, min_power_w, min_throughput_kwh
+from controller.replay.figures import Figures, figures
+
+CHUNK_STEPS = 200_000  # simulate in chunks this long, so long traces can report progress
+Progress = Callable[[int, int], None]  # (steps done, steps in all)
+
+
+class ReplaySettings(BaseModel):
+    """What a replay needs besides the trace; validated like every other input."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    gpus: int = Field(10_000, ge=0, le=10_000_000)
+    base_w: float = Field(2e6, ge=0, le=1e10)
+    battery_w: float = Field(20e6, gt=0, le=1e10, description="charge and discharge limit")
+    battery_wh: float = Field(20e6, gt=0, le=1e12)
+    initial_soc: float = Field(0.6, ge=0, le=1)
+    ramp_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit, up and down")
+    dispatch: DispatchConfig = DispatchConfig()
+
+    @model_validator(mode="after")
+    def _ramp_into_dispatch(self) -> ReplaySettings:
+        ramp = {"ramp_up_w_per_s": self.ramp_w_per_s, "ramp_down_w_per_s": self.ramp_w_per_s}
+        self.dispatch = self.dispatch.model_copy(update=ramp)
+        return self
+
+    @property
+    def capacity_j(self) -> float:
+        return self.battery_wh * 3600.0
+
+
+@dataclass(frozen=True)
+class ReplayRun:
+    load_w: np.ndarray
+    out: np.ndarray  # core outputs, one row per step
+    energy_j: np.ndarray  # stored energy, with the initial value first
+    capacity_j: float
+    figures: Figures
+
+
+def simulate(
+    load_w: np.ndarray, dt_s: float, settings: ReplaySettings, progress: Progress | None = None
+) -> ReplayRun:
+    cap = settings.capacity_j
+    e0 = settings.initial_soc * cap
+    params = params_vector(
+        settings.dispatch, Bank(cap, e0, 0.0, settings.battery_w, settings.battery_w)
+    )
+    n = len(load_w)
+    nominal = np.full(n, float(settings.dispatch.nominal_frequency_hz))
+    caps = np.full(n, settings.dispatch.import_cap_w or math.inf)
+    state = initial_state(e0)
+    chunks = []
+    for start in range(0, n, CHUNK_STEPS):
+        end = min(start + CHUNK_STEPS, n)
+        state, out = core.simulate(
+            state, params, load_w[start:end], nominal[start:end], caps[start:end], dt_s
+        )
+        chunks.append(out)
+        if progress:
+            progress(end, n)
+    out = np.concatenate(chunks)
+    energy = np.r_[e0, out[:, core.O_ENERGY]]
+    figs = figures(
+        load_w,
+        out[:, core.O_GRID],
+        out[:, core.O_BATTERY],
+        out[:, core.O_UNSERVED],
+        energy,
+        cap,
+        dt_s,
+    )
+    return ReplayRun(load_w, out, energy, cap, figs)
+
+
+def bound_problem(run: ReplayRun, dt_s: float, s: ReplaySettings) -> BoundProblem:
+    d = s.dispatch
+    return BoundProblem(
+        load_w=run.load_w,
+        dt_s=dt_s,
+        ramp_up_w_per_s=d.ramp_up_w_per_s,
+        ramp_down_w_per_s=d.ramp_down_w_per_s,
+        discharge_max_w=s.battery_w,
+        charge_max_w=s.battery_w,
+        energy_floor_j=d.soc_min_ratio * s.capacity_j,
+        energy_ceiling_j=d.soc_max_ratio * s.capacity_j,
+        initial_energy_j=float(run.energy_j[0]),
+        final_energy_min_j=float(run.energy_j[-1]),
+        eta_charge=d.charge_efficiency,
+        eta_discharge=d.discharge_efficiency,
+    )
+
+
+def _ratio(online: float, bound: float | None) -> float | None:
+    if bound is None or bound <= 0.0:
+        return None
+    return online / bound
+
+
+def report(
+    run: ReplayRun, dt_s: float, settings: ReplaySettings, with_bound: bool
+) -> dict[str, Any]:
+    """The replay's figures, and the bound's where asked (None where the LP has no solution)."""
+    result: dict[str, Any] = asdict(run.figures)
+    lp_thr = lp_cap = None
+    if with_bound:
+        problem = bound_problem(run, dt_s, settings)
+        lp_thr, lp_cap = min_throughput_kwh(problem), min_capacity_kwh(problem)
+    result |= {
+        "lp_throughput_kwh": lp_thr,
+        "lp_required_capacity_kwh": lp_cap,
+        "throughput_ratio": _ratio(run.figures.battery_throughput_kwh, lp_thr),
+        "capacity_ratio": _ratio(run.figures.required_capacity_kwh, lp_cap),
+        "steps": len(run.load_w),
+        "dt_s": dt_s,
+    }
+    return result
+
+
+@dataclass(frozen=True)
+class Sizing:
+    online_battery_w: float
+    online_battery_wh: float  # nameplate, with the SoC window and the start SoC
+    online_swing_kwh: float  # stored-energy range actually used
+    lp_battery_w: float | None
+    lp_swing_kwh: float | None
+
+
+def size(load_w: np.ndarray, dt_s: float, settings: ReplaySettings) -> Sizing:
+    """The smallest battery (power, energy) with which the online controller serves the whole
+    trace without breaking the ramp, and the LP's smallest power and energy swing."""
+    d = settings.dispatch
+    unlimited = settings.model_copy(update={"battery_w": 1e10, "battery_wh": 1e12})
+    free = simulate(load_w, dt_s, unlimited)
+    power = free.figures.max_battery_w
+    e0 = float(free.energy_j[0])
+    up = float(np.max(free.energy_j)) - e0
+    down = e0 - float(np.min(free.energy_j))
+    ratio = settings.initial_soc
+    need = [0.0]
+    if up > 0:
+        need.append(up / max(d.soc_max_ratio - ratio, 1e-9))
+    if down > 0:
+        need.append(down / max(ratio - d.soc_min_ratio, 1e-9))
+    capacity_j = max(need)
+    # A finite battery changes the SoC return's pull: grow by 5 % until the run is clean.
+    for _ in range(60):
+        trial = settings.model_copy(
+            update={"battery_w": power * 1.0001 + 1.0, "battery_wh": capacity_j / 3600.0 + 1e-3}
+        )
+        run = simulate(load_w, dt_s, trial)
+        if run.figures.unserved_kwh <= 0.0:
+            break
+        power = max(power, run.figures.max_battery_w) * 1.02
+        capacity_j *= 1.05
+    # The LP's energy is unbounded like the free online run's; its power is what the online
+    # controller needed (unbounded power would let it waste energy without limit).
+    problem = replace(
+        bound_problem(free, dt_s, unlimited),
+        energy_floor_j=-math.inf,
+        energy_ceiling_j=math.inf,
+        discharge_max_w=trial.battery_w,
+        charge_max_w=trial.battery_w,
+    )
+    return Sizing(
+        online_battery_w=trial.battery_w,
+        online_battery_wh=trial.battery_wh,
+        online_swing_kwh=run.figures.required_capacity_kwh,
+        lp_battery_w=min_power_w(replace(problem, discharge_max_w=math.inf, charge_max_w=math.inf)),
+        lp_swing_kwh=min_capacity_kwh(problem),
+    )
+
+
+def plot(run: ReplayRun, dt_s: float, path: str) -> None:
+    """IT load, grid draw, battery power and SoC over time, to a PNG (or any matplotlib format)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(len(run.load_w)) * dt_s
+    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(11, 7), constrained_layout=True)
+    axes[0].plot(t, run.load_w / 1e6, lw=0.6, label="site load")
+    axes[0].plot(t, run.out[:, core.O_GRID] / 1e6, lw=1.4, label="grid draw")
+    axes[0].set_ylabel("MW")
+    axes[0].legend(loc="upper right")
+    axes[1].plot(t, run.out[:, core.O_BATTERY] / 1e6, lw=0.6, color="tab:green")
+    axes[1].set_ylabel("battery MW\n(+ discharge)")
+    axes[2].plot(t, run.energy_j[1:] / run.capacity_j, color="tab:purple")
+    axes[2].set_ylabel("state of charge")
+    axes[2].set_xlabel("time (s)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
