@@ -38,7 +38,8 @@ def run(load, cfg=CFG, b=None, frequency=None, cap=None, energy_ratio=0.6):
     n = len(load)
     freq = np.full(n, 50.0) if frequency is None else np.asarray(frequency, dtype=float)
     caps = np.full(n, np.inf) if cap is None else np.asarray(cap, dtype=float)
-    _, out = core.simulate(initial_state(b.energy_j), params_vector(cfg, b), load, freq, caps, DT)
+    out = core.outputs(n)
+    core.simulate(initial_state(b.energy_j), params_vector(cfg, b), load, freq, caps, DT, out)
     return out
 
 
@@ -224,8 +225,10 @@ def test_numba_and_reference_agree(scenario):
     b = bank(energy, power)
     params = params_vector(CFG, b)
     args = (initial_state(b.energy_j), params, load, freq, cap, DT)
-    _, fast = core.simulate(*args)
-    _, slow = core.simulate_reference(*args)
+    fast, slow = core.outputs(len(load)), core.outputs(len(load))
+    end_fast = core.simulate(*args, fast)
+    end_slow = core.simulate_reference(*args, slow)
+    np.testing.assert_allclose(end_fast, end_slow, rtol=1e-9)
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-6)
 
 

@@ -66,8 +66,9 @@ OUTPUT_SIZE = 7
 
 
 @njit(cache=True)
-def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s, out):
-    """One step in place on `state`, results into `out`."""
+def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s):
+    """One step in place on `state`; returns the outputs in O_* order (a tuple, so the
+    compiled loop keeps them in registers)."""
     energy = state[S_ENERGY] if math.isnan(measured_j) else measured_j
     if state[S_INIT] == 0.0:
         state[S_LOWPASS] = load_w
@@ -147,23 +148,25 @@ def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s, out):
     # The ramp limiter continues from where the grid really is.
     state[S_GRID] = plan + excess
     state[S_ENERGY] = energy
-    out[O_GRID] = grid
-    out[O_BATTERY] = battery
     over_cap = grid - cap_in_force
     shed = excess if excess > over_cap else over_cap
-    out[O_UNSERVED] = abs(excess) if abs(excess) > over_cap else over_cap
-    out[O_SHED] = shed if shed > 0.0 else 0.0
-    out[O_RESPONSE] = response
-    out[O_ENERGY] = energy
-    out[O_TARGET] = grid_target
+    unserved = abs(excess) if abs(excess) > over_cap else over_cap
+    return (
+        grid,
+        battery,
+        unserved,
+        shed if shed > 0.0 else 0.0,
+        response,
+        energy,
+        grid_target,
+    )
 
 
 @njit(cache=True)
 def step(state, params, inputs, dt_s):
     """One tick: (new_state, outputs); the given state is left untouched."""
     new_state = state.copy()
-    out = np.empty(OUTPUT_SIZE)
-    _advance(
+    result = _advance(
         new_state,
         params,
         inputs[I_LOAD],
@@ -171,32 +174,38 @@ def step(state, params, inputs, dt_s):
         inputs[I_CAP],
         inputs[I_ENERGY],
         dt_s,
-        out,
     )
+    out = np.empty(OUTPUT_SIZE)
+    for k in range(OUTPUT_SIZE):
+        out[k] = result[k]
     return new_state, out
 
 
 @njit(cache=True)
-def simulate(state, params, load_w, frequency_hz, cap_w, dt_s):
-    """A whole trace at a uniform dt_s, energy integrated by the core: (final state, outputs
-    with one row per step)."""
+def simulate(state, params, load_w, frequency_hz, cap_w, dt_s, out):
+    """A whole trace at a uniform dt_s, energy integrated by the core. Writes one row of
+    outputs per step into `out` (shape (steps, OUTPUT_SIZE), the caller's buffer, so a long
+    replay can reuse it) and returns the final state; the given state is left untouched."""
     s = state.copy()
-    n = load_w.shape[0]
-    out = np.empty((n, OUTPUT_SIZE))
-    for i in range(n):
-        _advance(s, params, load_w[i], frequency_hz[i], cap_w[i], np.nan, dt_s, out[i])
-    return s, out
+    for i in range(load_w.shape[0]):
+        r = _advance(s, params, load_w[i], frequency_hz[i], cap_w[i], np.nan, dt_s)
+        for k in range(OUTPUT_SIZE):
+            out[i, k] = r[k]
+    return s
 
 
-def simulate_reference(state, params, load_w, frequency_hz, cap_w, dt_s):
+def simulate_reference(state, params, load_w, frequency_hz, cap_w, dt_s, out):
     """`simulate` in plain Python: the same step, run by CPython (tests and benchmark only)."""
     s = state.copy()
-    n = load_w.shape[0]
-    out = np.empty((n, OUTPUT_SIZE))
     advance = _advance.py_func
-    for i in range(n):
-        advance(s, params, load_w[i], frequency_hz[i], cap_w[i], math.nan, dt_s, out[i])
-    return s, out
+    for i in range(load_w.shape[0]):
+        out[i] = advance(s, params, load_w[i], frequency_hz[i], cap_w[i], math.nan, dt_s)
+    return s
+
+
+def outputs(steps: int) -> np.ndarray:
+    """A buffer for `simulate`."""
+    return np.empty((steps, OUTPUT_SIZE))
 
 
 @njit(cache=True)

@@ -65,16 +65,20 @@ def simulate(
     nominal = np.full(n, float(settings.dispatch.nominal_frequency_hz))
     caps = np.full(n, settings.dispatch.import_cap_w or math.inf)
     state = initial_state(e0)
-    chunks = []
+    out = core.outputs(n)
     for start in range(0, n, CHUNK_STEPS):
         end = min(start + CHUNK_STEPS, n)
-        state, out = core.simulate(
-            state, params, load_w[start:end], nominal[start:end], caps[start:end], dt_s
+        state = core.simulate(
+            state,
+            params,
+            load_w[start:end],
+            nominal[start:end],
+            caps[start:end],
+            dt_s,
+            out[start:end],
         )
-        chunks.append(out)
         if progress:
             progress(end, n)
-    out = np.concatenate(chunks)
     energy = np.r_[e0, out[:, core.O_ENERGY]]
     figs = figures(
         load_w,

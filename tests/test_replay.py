@@ -1,0 +1,177 @@
+"""Replay and sizing: bad traces refused by line and column, figures right on known signals,
+the LP bound never above what the online controller achieved."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.config import DispatchConfig
+from controller.replay.figures import band_attenuation_db, stored_energy_j
+from controller.replay.run import ReplaySettings, report, simulate, size
+from controller.replay.trace import TraceError, read_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING = ROOT / "drivers" / "sim" / "traces" / "h200_train_1p7b.csv"
+GRIDPILOT = [sys.executable, "-m", "controller.cli"]
+KEYS = {
+    "grid_max_ramp_w_per_s",
+    "band_attenuation_db",
+    "battery_throughput_kwh",
+    "required_capacity_kwh",
+    "max_battery_w",
+    "unserved_kwh",
+    "soc_min",
+    "soc_max",
+    "lp_throughput_kwh",
+    "lp_required_capacity_kwh",
+    "throughput_ratio",
+    "capacity_ratio",
+}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "trace.csv"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("t_s,power\n0,1\n0.1,2\n", "missing column(s) ['gpu_power_w']"),
+        ("t_s,gpu_power_w\n0,100\n0.1,nan\n", "line 3, column gpu_power_w: 'nan' is not a finite"),
+        ("t_s,gpu_power_w\n0,100\n0.1,inf\n", "line 3, column gpu_power_w: 'inf' is not a finite"),
+        ("t_s,gpu_power_w\n0,100\nx,100\n", "line 3, column t_s: 'x' is not a number"),
+        ("t_s,gpu_power_w\n0,100\n0.1,\n", "line 3, column gpu_power_w: '' is not a number"),
+        ("t_s,gpu_power_w\n0,100\n0.1,-5\n", "line 3, column gpu_power_w: -5.0 W is negative"),
+        ("t_s,gpu_power_w\n0,100\n0.1,100\n0.1,100\n", "line 4, column t_s: 0.1 s is not after"),
+        ("t_s,gpu_power_w\n0,1\n0.1,1\n0.2,1\n0.35,1\n0.45,1\n", "line 5, column t_s: step 0.15 s"),
+        ("t_s,gpu_power_w\n0,100\n", "at least two rows"),
+    ],
+)
+def test_bad_traces_name_line_and_column(tmp_path: Path, text: str, message: str):
+    with pytest.raises(TraceError) as err:
+        read_trace(write(tmp_path, text))
+    assert message in str(err.value)
+    assert "trace.csv" in str(err.value)
+
+
+def test_cli_refuses_a_bad_trace_with_status_2(tmp_path: Path):
+    path = write(tmp_path, "t_s,gpu_power_w\n0,100\n0.1,nan\n")
+    out = subprocess.run(
+        [*GRIDPILOT, "replay", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2
+    assert "line 3, column gpu_power_w" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--ramp-w-per-s", "-1"], "--ramp-w-per-s"),
+        (["--gpus", "-3"], "--gpus"),
+        (["--battery-wh", "0"], "--battery-wh"),
+        (["--base-w", "nan"], "--base-w"),
+    ],
+)
+def test_cli_refuses_absurd_parameters_with_status_2(args: list[str], named: str):
+    out = subprocess.run(
+        [*GRIDPILOT, "replay", str(TRAINING), *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2, out.stderr
+    assert named in out.stderr and "Traceback" not in out.stderr
+
+
+def test_soc_band_out_of_order_is_refused():
+    with pytest.raises(ValueError, match="soc_min_ratio"):
+        DispatchConfig(soc_min_ratio=0.9, soc_max_ratio=0.5)
+
+
+def test_replay_json_has_every_figure_and_a_plot(tmp_path: Path):
+    png = tmp_path / "run.png"
+    out = subprocess.run(
+        [*GRIDPILOT, "replay", str(TRAINING), "--json", "--plot", str(png)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result) >= KEYS
+    assert result["grid_max_ramp_w_per_s"] <= 5e5 * (1 + 1e-9)
+    assert result["unserved_kwh"] == 0.0
+    assert result["band_attenuation_db"] < -10
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attenuation_of_known_signals():
+    dt = 0.1
+    t = np.arange(0, 100, dt)
+    load = 5e6 + 1e6 * np.sin(2 * np.pi * 1.0 * t)
+    assert band_attenuation_db(
+        load, 5e6 + 0.1e6 * np.sin(2 * np.pi * 1.0 * t), dt
+    ) == pytest.approx(-20, abs=1e-6)
+    # What lies outside 0.1 Hz – Nyquist does not count: a slow swing is not penalised.
+    slow = 5e6 + 1e6 * np.sin(2 * np.pi * 0.02 * t)
+    assert band_attenuation_db(load, slow, dt) < -40
+
+
+def test_stored_energy_with_efficiency():
+    e = stored_energy_j(np.array([1000.0, -1000.0]), 3.6, 0.0, eta_charge=0.9, eta_discharge=0.8)
+    np.testing.assert_allclose(e, [-4500.0, -4500.0 + 3240.0])
+
+
+def _random_trace(seed: int, n: int = 300) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    high = rng.random(n) < 0.6
+    return 2e6 + np.where(high, 8e6, 1.5e6) + rng.normal(0, 2e5, n).clip(-1e6, 1e6)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), ramp=st.floats(1e5, 2e6), tau=st.floats(0.5, 30))
+def test_bound_is_never_above_the_online_run_that_held_every_limit(seed, ramp, tau):
+    load = _random_trace(seed)
+    s = ReplaySettings(
+        ramp_w_per_s=ramp, battery_w=2e7, battery_wh=2e5, dispatch=DispatchConfig(lowpass_tau_s=tau)
+    )
+    run = simulate(load, 0.1, s)
+    result = report(run, 0.1, s, with_bound=True)
+    if result["unserved_kwh"] == 0.0:
+        assert result["lp_throughput_kwh"] is not None
+        assert result["lp_throughput_kwh"] <= result["battery_throughput_kwh"] * (1 + 1e-6)
+        assert result["lp_required_capacity_kwh"] <= result["required_capacity_kwh"] * (1 + 1e-6)
+
+
+def test_training_trace_online_and_bound_side_by_side():
+    tr = read_trace(TRAINING)
+    s = ReplaySettings()
+    run = simulate(tr.site_load_w(s.gpus, s.base_w), tr.dt_s, s)
+    result = report(run, tr.dt_s, s, with_bound=True)
+    assert result["unserved_kwh"] == 0.0
+    assert 1.0 <= result["throughput_ratio"] < 1.5
+    assert result["capacity_ratio"] >= 1.0
+
+
+def test_size_finds_a_battery_that_holds_and_the_lp_needs_no_more():
+    tr = read_trace(TRAINING)
+    s = ReplaySettings()
+    load = tr.site_load_w(s.gpus, s.base_w)
+    sized = size(load, tr.dt_s, s)
+    check = s.model_copy(
+        update={"battery_w": sized.online_battery_w, "battery_wh": sized.online_battery_wh}
+    )
+    assert simulate(load, tr.dt_s, check).figures.unserved_kwh == 0.0
+    smaller = s.model_copy(
+        update={"battery_w": sized.online_battery_w * 0.8, "battery_wh": sized.online_battery_wh}
+    )
+    assert simulate(load, tr.dt_s, smaller).figures.unserved_kwh > 0.0
+    assert sized.lp_battery_w is not None and sized.lp_battery_w <= sized.online_battery_w
+    assert sized.lp_swing_kwh is not None and sized.lp_swing_kwh <= sized.online_swing_kwh
