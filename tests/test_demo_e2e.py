@@ -126,6 +126,7 @@ def test_grid_ramp_stays_within_limit(demo_run):
                 worst = max(worst, abs(g1 - g0) / (t1 - t0))
                 break
     assert worst <= limit * 1.1, f"grid ramp {worst:.0f} W/s over 1 s beyond {limit:.0f} W/s"
+
     # The controller's own plan never exceeds the limit, tick to tick.
     def plan(s: dict) -> float:  # frequency response acts outside the ramp limiter, by design
         return s["dispatch"]["grid_target_w"] + s["dispatch"]["frequency_response_w"]
