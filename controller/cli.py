@@ -102,6 +102,11 @@ TraceArg = Annotated[Path, typer.Argument(help="CSV with t_s and gpu_power_w col
 GpusOpt = Annotated[int, typer.Option("--gpus", help="GPUs that swing together")]
 BaseOpt = Annotated[float, typer.Option("--base-w", help="non-GPU site load, W")]
 RampOpt = Annotated[float, typer.Option("--ramp-w-per-s", help="grid ramp limit, W/s")]
+TauOpt = Annotated[float | None, typer.Option("--lowpass-tau-s", help="low-pass time constant, s")]
+WindowOpt = Annotated[
+    float | None,
+    typer.Option("--average-window-s", help="moving average before the low-pass, s (0: none)"),
+]
 SiteOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="take the dispatch settings from a site file")
 ]
@@ -138,6 +143,8 @@ def replay(
     battery_w: Annotated[float, typer.Option("--battery-w", help="battery power, W")] = 20e6,
     battery_wh: Annotated[float, typer.Option("--battery-wh", help="battery energy, Wh")] = 20e6,
     config: SiteOpt = None,
+    lowpass_tau_s: TauOpt = None,
+    average_window_s: WindowOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
     plot_to: Annotated[Path | None, typer.Option("--plot", help="draw the run to a PNG")] = None,
     bound: Annotated[bool, typer.Option(help="solve the perfect-foresight LP bound")] = True,
@@ -150,6 +157,8 @@ def replay(
         base_w=base_w,
         battery_w=battery_w,
         battery_wh=battery_wh,
+        lowpass_tau_s=lowpass_tau_s,
+        average_window_s=average_window_s,
     )
     tr = _read(trace)
     load = tr.site_load_w(settings.gpus, settings.base_w)

@@ -55,6 +55,9 @@ class ModuleConfig(Strict):
 class DispatchConfig(Strict):
     """What the dispatch core does; see the README's "Dispatch" section for each behaviour."""
 
+    average_window_s: float = Field(
+        0.0, ge=0, le=200, description="moving average before the low-pass, e.g. one period"
+    )
     lowpass_tau_s: float = Field(10.0, gt=0, le=3600, description="low-pass time constant")
     ramp_up_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit upward")
     ramp_down_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit downward")

@@ -83,6 +83,7 @@ def params_vector(cfg: DispatchConfig, bank: Bank) -> np.ndarray:
     p[core.P_DROOP] = cfg.droop
     p[core.P_DEADBAND_HZ] = cfg.deadband_hz
     p[core.P_RESPONSE_W] = cfg.frequency_response_w
+    p[core.P_WINDOW_S] = cfg.average_window_s
     return p
 
 

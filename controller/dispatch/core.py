@@ -10,7 +10,8 @@ frequency response positive = the site gives power back (draws less).
 
 Vectors (float64), indexed by the constants below:
   params  P_*: filter, ramp, battery limits (W, J), efficiencies, SoC band, droop
-  state   S_*: low-pass, ramp-limited grid plan, stored energy, initialised flag, cap in force
+  state   S_*: low-pass, ramp-limited grid plan, stored energy, initialised flag, cap in force,
+          the moving average's ring buffer
   inputs  per step: site load W, grid frequency Hz, import cap W (inf: none),
           measured stored energy J (nan: integrate our own)
   outputs O_*: grid, battery, unserved, shed request, frequency response, stored energy,
@@ -40,14 +41,20 @@ P_NOMINAL_HZ = 12
 P_DROOP = 13  # per unit: 0.05 = full response at a 5 % frequency deviation
 P_DEADBAND_HZ = 14
 P_RESPONSE_W = 15  # power at full frequency response
-PARAM_SIZE = 16
+P_WINDOW_S = 16  # moving average before the low-pass (0: none), e.g. one workload period
+PARAM_SIZE = 17
 
 S_LOWPASS = 0
 S_GRID = 1
 S_ENERGY = 2
 S_INIT = 3
 S_CAP = 4  # the import cap in force: a lower cap is approached at the ramp rate
-STATE_SIZE = 5
+S_RING_POS = 5  # the moving average's ring buffer: next slot, running sum, length, samples
+S_RING_SUM = 6
+S_RING_LEN = 7
+S_RING = 8
+MAX_WINDOW = 2048  # samples: 204 s at 10 Hz, 41 s at 50 Hz
+STATE_SIZE = S_RING + MAX_WINDOW
 
 I_LOAD = 0
 I_FREQUENCY = 1
@@ -76,9 +83,33 @@ def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s):
         state[S_CAP] = cap_w
         state[S_INIT] = 1.0
 
-    # 1. Smoothing: low-pass of the load.
+    # 1. Smoothing: a moving average over the workload's period (its nulls fall on the period
+    #    and every harmonic), then a first-order low-pass.
+    averaged = load_w
+    length = int(params[P_WINDOW_S] / dt_s + 0.5)
+    if length > MAX_WINDOW:
+        length = MAX_WINDOW
+    if length >= 2:
+        if state[S_RING_LEN] != length:  # (re)start full of the present load: no jump
+            for k in range(length):
+                state[S_RING + k] = load_w
+            state[S_RING_SUM] = load_w * length
+            state[S_RING_POS] = 0.0
+            state[S_RING_LEN] = length
+        pos = int(state[S_RING_POS])
+        state[S_RING_SUM] += load_w - state[S_RING + pos]
+        state[S_RING + pos] = load_w
+        pos += 1
+        if pos == length:  # once a lap, the exact sum: no drift from the running one
+            pos = 0
+            total = 0.0
+            for k in range(length):
+                total += state[S_RING + k]
+            state[S_RING_SUM] = total
+        state[S_RING_POS] = pos
+        averaged = state[S_RING_SUM] / length
     alpha = dt_s / (params[P_TAU_S] + dt_s)
-    state[S_LOWPASS] += alpha * (load_w - state[S_LOWPASS])
+    state[S_LOWPASS] += alpha * (averaged - state[S_LOWPASS])
     target = state[S_LOWPASS]
 
     # 2. State of charge: outside its band the battery drifts back; the bias goes through

@@ -31,12 +31,21 @@ class ReplaySettings(BaseModel):
     battery_wh: float = Field(20e6, gt=0, le=1e12)
     initial_soc: float = Field(0.6, ge=0, le=1)
     ramp_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit, up and down")
+    lowpass_tau_s: float | None = Field(None, gt=0, le=3600, description="override the site's")
+    average_window_s: float | None = Field(None, ge=0, le=200, description="override the site's")
     dispatch: DispatchConfig = DispatchConfig()
 
     @model_validator(mode="after")
-    def _ramp_into_dispatch(self) -> ReplaySettings:
-        ramp = {"ramp_up_w_per_s": self.ramp_w_per_s, "ramp_down_w_per_s": self.ramp_w_per_s}
-        self.dispatch = self.dispatch.model_copy(update=ramp)
+    def _options_into_dispatch(self) -> ReplaySettings:
+        update: dict[str, float] = {
+            "ramp_up_w_per_s": self.ramp_w_per_s,
+            "ramp_down_w_per_s": self.ramp_w_per_s,
+        }
+        if self.lowpass_tau_s is not None:
+            update["lowpass_tau_s"] = self.lowpass_tau_s
+        if self.average_window_s is not None:
+            update["average_window_s"] = self.average_window_s
+        self.dispatch = self.dispatch.model_copy(update=update)
         return self
 
     @property
