@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python bench/bench_dispatch.py
 	$(BIN)/python bench/bench_loop.py
 
 clean:
