@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -70,93 +71,55 @@ class Metrics:
     def __init__(self, site: str, drivers: Mapping[str, DeviceDriver]) -> None:
         self.site = site
         self.registry = CollectorRegistry()
-        r = self.registry
-        s = ["site"]
-        sd = ["site", "device"]
-        self.grid = Gauge(
-            "gridpilot_grid_power_watts",
-            "Grid import measured at the meter (positive = import)",
-            s,
-            registry=r,
+        s, sd = ["site"], ["site", "device"]
+        gauge = partial(Gauge, registry=self.registry)
+        self.grid = gauge("gridpilot_grid_power_watts", "Grid import at the meter (+ = import)", s)
+        self.grid_target = gauge("gridpilot_grid_target_power_watts", "Grid draw aimed for", s)
+        self.it = gauge("gridpilot_it_power_watts", "IT load (sum of UPS outputs)", s)
+        self.cooling = gauge("gridpilot_cooling_power_watts", "Cooling plant electrical power", s)
+        self.site_load = gauge("gridpilot_site_load_watts", "Load smoothed: IT + cooling", s)
+        self.frequency = gauge("gridpilot_grid_frequency_hertz", "Grid frequency at the meter", s)
+        self.unserved = gauge(
+            "gridpilot_unserved_power_watts", "Beyond the ramp limit or cap: batteries could not", s
         )
-        self.grid_target = Gauge(
-            "gridpilot_grid_target_power_watts", "Grid draw the dispatch aims for", s, registry=r
+        self.shed = gauge(
+            "gridpilot_shed_request_watts", "Load to shed to stay within the ramp limit or cap", s
         )
-        self.it = Gauge("gridpilot_it_power_watts", "IT load (sum of UPS outputs)", s, registry=r)
-        self.cooling = Gauge(
-            "gridpilot_cooling_power_watts", "Electrical power of the cooling plant", s, registry=r
+        self.response = gauge(
+            "gridpilot_frequency_response_watts", "Given back for frequency (+ = draw less)", s
         )
-        self.site_load = Gauge(
-            "gridpilot_site_load_watts", "Load the dispatch smooths: IT + cooling", s, registry=r
-        )
-        self.frequency = Gauge(
-            "gridpilot_grid_frequency_hertz", "Grid frequency at the meter", s, registry=r
-        )
-        self.unserved = Gauge(
-            "gridpilot_unserved_power_watts", "Battery power no asset could carry", s, registry=r
-        )
-        self.shed = Gauge(
-            "gridpilot_shed_request_watts",
-            "Load the site should shed to stay within the ramp limit or cap",
-            s,
-            registry=r,
-        )
-        self.response = Gauge(
-            "gridpilot_frequency_response_watts",
-            "Power given back to the grid for frequency (positive = draw less)",
-            s,
-            registry=r,
-        )
-        self.battery = Gauge(
-            "gridpilot_battery_power_watts",
-            "Battery power measured (positive = discharge)",
-            sd,
-            registry=r,
-        )
-        self.setpoint = Gauge(
-            "gridpilot_battery_setpoint_watts",
-            "Battery power commanded (positive = discharge)",
-            sd,
-            registry=r,
-        )
-        self.soc = Gauge(
-            "gridpilot_battery_soc_ratio", "Battery state of charge, 0–1", sd, registry=r
-        )
-        self.degraded = Gauge(
-            "gridpilot_control_degraded",
-            "1 while data is missing and batteries stand down",
-            s,
-            registry=r,
+        self.battery = gauge("gridpilot_battery_power_watts", "Measured (+ = discharge)", sd)
+        self.setpoint = gauge("gridpilot_battery_setpoint_watts", "Commanded (+ = discharge)", sd)
+        self.soc = gauge("gridpilot_battery_soc_ratio", "Battery state of charge, 0–1", sd)
+        self.degraded = gauge(
+            "gridpilot_control_degraded", "1 while data is missing and batteries stand down", s
         )
         self.tick_duration = Histogram(
             "gridpilot_loop_duration_seconds",
             "Work time of one control tick",
             s,
             buckets=TICK_BUCKETS_S,
-            registry=r,
+            registry=self.registry,
         )
         self.tick_lateness = Histogram(
             "gridpilot_loop_lateness_seconds",
             "How late a tick started against its schedule",
             s,
             buckets=TICK_BUCKETS_S,
-            registry=r,
+            registry=self.registry,
         )
         self.overruns = Counter(
             "gridpilot_loop_overruns",
             "Ticks skipped because the loop fell a whole period behind",
             s,
-            registry=r,
+            registry=self.registry,
         )
-        self.ticks = Counter("gridpilot_loop_ticks", "Control ticks run", s, registry=r)
-        self.last_tick = Gauge(
-            "gridpilot_loop_last_tick_timestamp_seconds",
-            "Unix time of the last tick",
-            s,
-            registry=r,
+        self.ticks = Counter("gridpilot_loop_ticks", "Control ticks run", s, registry=self.registry)
+        self.last_tick = gauge(
+            "gridpilot_loop_last_tick_timestamp_seconds", "Unix time of the last tick", s
         )
         self._overruns_seen = 0
-        r.register(DriverCollector(site, drivers))
+        self.registry.register(DriverCollector(site, drivers))
 
     def observe(self, rec: TickRecord) -> None:
         site = self.site
