@@ -175,3 +175,14 @@ def test_size_finds_a_battery_that_holds_and_the_lp_needs_no_more():
     assert simulate(load, tr.dt_s, smaller).figures.unserved_kwh > 0.0
     assert sized.lp_battery_w is not None and sized.lp_battery_w <= sized.online_battery_w
     assert sized.lp_swing_kwh is not None and sized.lp_swing_kwh <= sized.online_swing_kwh
+
+
+def test_bound_is_skipped_with_a_reason_on_long_traces(monkeypatch: pytest.MonkeyPatch):
+    import controller.replay.run as replay_run
+
+    monkeypatch.setattr(replay_run, "BOUND_MAX_STEPS", 100)
+    s = ReplaySettings()
+    load = _random_trace(1, n=300)
+    result = report(simulate(load, 0.1, s), 0.1, s, with_bound=True)
+    assert result["lp_throughput_kwh"] is None and result["throughput_ratio"] is None
+    assert result["bound"].startswith("skipped: 300 steps is over 100")

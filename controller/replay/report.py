@@ -62,6 +62,8 @@ def print_figures(result: dict[str, Any], trace: Path) -> None:
     for key, label, unit, spec in ROWS:
         table.add_row(label, _fmt(result[key], spec), unit)
     console.print(table)
+    if result["bound"] != "solved":
+        console.print(f"bound: {result['bound']}")
 
 
 def print_sizing(s: Sizing, trace: Path, ramp_w_per_s: float) -> None:

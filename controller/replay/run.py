@@ -17,6 +17,7 @@ from controller.replay.bound import BoundProblem, min_capacity_kwh, min_power_w,
 from controller.replay.figures import Figures, figures
 
 CHUNK_STEPS = 200_000  # simulate in chunks this long, so long traces can report progress
+BOUND_MAX_STEPS = 10_000  # the LPs take about 25 s at this size here, and grow faster than it
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
 
@@ -131,6 +132,11 @@ def report(
     """The replay's figures, and the bound's where asked (None where the LP has no solution)."""
     result: dict[str, Any] = asdict(run.figures)
     lp_thr = lp_cap = None
+    steps = len(run.load_w)
+    note = "solved" if with_bound else "not asked for"
+    if with_bound and steps > BOUND_MAX_STEPS:
+        with_bound = False
+        note = f"skipped: {steps:,} steps is over {BOUND_MAX_STEPS:,}; replay a shorter window"
     if with_bound:
         problem = bound_problem(run, dt_s, settings)
         lp_thr, lp_cap = min_throughput_kwh(problem), min_capacity_kwh(problem)
@@ -139,7 +145,8 @@ def report(
         "lp_required_capacity_kwh": lp_cap,
         "throughput_ratio": _ratio(run.figures.battery_throughput_kwh, lp_thr),
         "capacity_ratio": _ratio(run.figures.required_capacity_kwh, lp_cap),
-        "steps": len(run.load_w),
+        "bound": note,
+        "steps": steps,
         "dt_s": dt_s,
     }
     return result
