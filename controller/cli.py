@@ -107,6 +107,10 @@ WindowOpt = Annotated[
     float | None,
     typer.Option("--average-window-s", help="moving average before the low-pass, s (0: none)"),
 ]
+EnergyReturnOpt = Annotated[
+    float | None,
+    typer.Option("--energy-return-s", help="grid replaces the battery's energy over this, s"),
+]
 SiteOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="take the dispatch settings from a site file")
 ]
@@ -145,6 +149,7 @@ def replay(
     config: SiteOpt = None,
     lowpass_tau_s: TauOpt = None,
     average_window_s: WindowOpt = None,
+    energy_return_s: EnergyReturnOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
     plot_to: Annotated[Path | None, typer.Option("--plot", help="draw the run to a PNG")] = None,
     bound: Annotated[bool, typer.Option(help="solve the perfect-foresight LP bound")] = True,
@@ -159,6 +164,7 @@ def replay(
         battery_wh=battery_wh,
         lowpass_tau_s=lowpass_tau_s,
         average_window_s=average_window_s,
+        energy_return_s=energy_return_s,
     )
     tr = _read(trace)
     load = tr.site_load_w(settings.gpus, settings.base_w)

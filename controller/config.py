@@ -68,6 +68,12 @@ class DispatchConfig(Strict):
     soc_return_s: float = Field(
         300.0, gt=0, le=86400, description="time constant of the drift back into the band"
     )
+    energy_return_s: float = Field(
+        0.0, ge=0, le=3600, description="replace the energy the battery gave over this time"
+    )
+    energy_anchor_s: float = Field(
+        60.0, gt=0, le=86400, description="...counted from the stored energy's recent average"
+    )
     ride_through_s: float = Field(
         300.0, ge=0, le=7200, description="UPS reserve: seconds of full rated load, never used"
     )

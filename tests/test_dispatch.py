@@ -96,6 +96,22 @@ def test_moving_average_over_the_period_removes_a_periodic_swing():
     assert tuned[-1, core.O_GRID] == pytest.approx(7.2e6, rel=1e-3)
 
 
+def test_energy_return_keeps_the_stored_energy_swing_small():
+    """After the load's mean steps up, the plain filter lets the battery run down for as long as
+    the low-pass lags; the energy return makes the grid replace what the battery gave."""
+    load = [3e6] * 50 + [7e6] * 1200
+    plain = run(load)
+    pulled = run(load, cfg=CFG.model_copy(update={"energy_return_s": 20.0}))
+
+    def swing(out):
+        return np.ptp(out[:, core.O_ENERGY])
+
+    assert swing(pulled) < 0.8 * swing(plain)  # 16.5 MJ against 21.9 MJ here
+    assert np.max(np.abs(np.diff(pulled[:, core.O_GRID]))) <= RAMP * DT * (1 + 1e-12)
+    # Having given energy, the battery takes it back: the grid overshoots the load for a while.
+    assert np.max(pulled[:, core.O_GRID]) > 7e6 >= np.max(plain[:, core.O_GRID]) - 1.0
+
+
 def test_soc_above_its_band_drifts_back_within_the_ramp():
     cfg = CFG.model_copy(update={"soc_return_s": 60.0})
     out = run([5e6] * 3000, cfg=cfg, energy_ratio=0.9)
@@ -227,16 +243,19 @@ def scenarios(draw):
     cap = draw(st.lists(st.one_of(st.just(math.inf), st.floats(1e6, 2e7)), min_size=n, max_size=n))
     energy = draw(st.floats(CFG.soc_min_ratio, CFG.soc_max_ratio))
     power = draw(st.floats(1e5, 2e7))
-    window = draw(st.sampled_from([0.0, 0.3, 1.0]))
-    return np.array(load), np.array(freq), np.array(cap), energy, power, window
+    tuning = {
+        "average_window_s": draw(st.sampled_from([0.0, 0.3, 1.0])),
+        "energy_return_s": draw(st.sampled_from([0.0, 5.0, 20.0])),
+    }
+    return np.array(load), np.array(freq), np.array(cap), energy, power, tuning
 
 
 @settings(max_examples=100, deadline=None)
 @given(scenarios())
 def test_numba_and_reference_agree(scenario):
-    load, freq, cap, energy, power, window = scenario
+    load, freq, cap, energy, power, tuning = scenario
     b = bank(energy, power)
-    params = params_vector(CFG.model_copy(update={"average_window_s": window}), b)
+    params = params_vector(CFG.model_copy(update=tuning), b)
     args = (initial_state(b.energy_j), params, load, freq, cap, DT)
     fast, slow = core.outputs(len(load)), core.outputs(len(load))
     end_fast = core.simulate(*args, fast)
@@ -248,9 +267,9 @@ def test_numba_and_reference_agree(scenario):
 @settings(max_examples=100, deadline=None)
 @given(scenarios())
 def test_soc_stays_within_its_limits_and_energy_balances(scenario):
-    load, freq, cap, energy, power, window = scenario
+    load, freq, cap, energy, power, tuning = scenario
     b = bank(energy, power)
-    cfg = CFG.model_copy(update={"average_window_s": window})
+    cfg = CFG.model_copy(update=tuning)
     out = run(load, cfg=cfg, b=b, frequency=freq, cap=cap)
     e = np.r_[b.energy_j, out[:, core.O_ENERGY]]
     assert np.all(e >= CFG.soc_min_ratio * CAPACITY_J * (1 - 1e-9))
@@ -263,9 +282,10 @@ def test_soc_stays_within_its_limits_and_energy_balances(scenario):
 
 
 @settings(max_examples=100, deadline=None)
-@given(loads, st.floats(1e5, 2e7))
-def test_ramp_holds_whenever_the_battery_is_within_its_limits(load, power):
-    out = run(load, b=bank(0.6, power))
+@given(loads, st.floats(1e5, 2e7), st.sampled_from([0.0, 5.0]), st.sampled_from([0.0, 1.0]))
+def test_ramp_holds_whenever_the_battery_is_within_its_limits(load, power, pull, window):
+    cfg = CFG.model_copy(update={"energy_return_s": pull, "average_window_s": window})
+    out = run(load, cfg=cfg, b=bank(0.6, power))
     grid = out[:, core.O_GRID]
     served = out[:, core.O_UNSERVED] == 0.0
     for i in range(1, len(grid)):

@@ -84,6 +84,8 @@ def params_vector(cfg: DispatchConfig, bank: Bank) -> np.ndarray:
     p[core.P_DEADBAND_HZ] = cfg.deadband_hz
     p[core.P_RESPONSE_W] = cfg.frequency_response_w
     p[core.P_WINDOW_S] = cfg.average_window_s
+    p[core.P_ENERGY_RETURN_S] = cfg.energy_return_s
+    p[core.P_ENERGY_ANCHOR_S] = cfg.energy_anchor_s
     return p
 
 

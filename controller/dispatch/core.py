@@ -42,17 +42,20 @@ P_DROOP = 13  # per unit: 0.05 = full response at a 5 % frequency deviation
 P_DEADBAND_HZ = 14
 P_RESPONSE_W = 15  # power at full frequency response
 P_WINDOW_S = 16  # moving average before the low-pass (0: none), e.g. one workload period
-PARAM_SIZE = 17
+P_ENERGY_RETURN_S = 17  # the grid replaces what the battery gave over this time (0: off)
+P_ENERGY_ANCHOR_S = 18  # ... measured against its energy's average over this time
+PARAM_SIZE = 19
 
 S_LOWPASS = 0
 S_GRID = 1
 S_ENERGY = 2
 S_INIT = 3
 S_CAP = 4  # the import cap in force: a lower cap is approached at the ramp rate
-S_RING_POS = 5  # the moving average's ring buffer: next slot, running sum, length, samples
-S_RING_SUM = 6
-S_RING_LEN = 7
-S_RING = 8
+S_ANCHOR = 5  # the stored energy's slow average, for the energy return
+S_RING_POS = 6  # the moving average's ring buffer: next slot, running sum, length, samples
+S_RING_SUM = 7
+S_RING_LEN = 8
+S_RING = 9
 MAX_WINDOW = 2048  # samples: 204 s at 10 Hz, 41 s at 50 Hz
 STATE_SIZE = S_RING + MAX_WINDOW
 
@@ -81,6 +84,7 @@ def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s):
         state[S_LOWPASS] = load_w
         state[S_GRID] = load_w
         state[S_CAP] = cap_w
+        state[S_ANCHOR] = energy
         state[S_INIT] = 1.0
 
     # 1. Smoothing: a moving average over the workload's period (its nulls fall on the period
@@ -118,6 +122,13 @@ def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s):
         target -= params[P_SOC_RETURN_PER_S] * (energy - params[P_BAND_HIGH_J])
     elif energy < params[P_BAND_LOW_J]:
         target -= params[P_SOC_RETURN_PER_S] * (energy - params[P_BAND_LOW_J])
+
+    #    Within the band, an optional faster pull: the grid gives back, over energy_return_s,
+    #    the energy the battery has moved away from its own recent average. This keeps the
+    #    swing of stored energy small when the load's mean steps.
+    state[S_ANCHOR] += dt_s / (params[P_ENERGY_ANCHOR_S] + dt_s) * (energy - state[S_ANCHOR])
+    if params[P_ENERGY_RETURN_S] > 0.0:
+        target -= (energy - state[S_ANCHOR]) / params[P_ENERGY_RETURN_S]
 
     # 5. Import cap: a higher cap (or none) holds at once; a lower one is approached from the
     #    grid's present plan at the ramp rate, and from then on it is a hard limit.

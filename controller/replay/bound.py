@@ -63,17 +63,18 @@ def _constraints(p: BoundProblem, extra_cols: int):
     a_ub = sparse.vstack([ramp_rows, -ramp_rows])
     b_ub = np.concatenate([p.ramp_up_w_per_s * dt - dload, p.ramp_down_w_per_s * dt + dload])
     if math.isfinite(p.discharge_max_w) and math.isfinite(p.charge_max_w):
-        # d/P_dis + c/P_ch ≤ 1: exact when only one of them flows, and it keeps the LP from
-        # cycling much power through both at once.
+        # d + c·P_dis/P_ch ≤ P_dis: exact when only one of them flows, and it keeps the LP
+        # from cycling much power through both at once. (Written in watts: scaled to 1 W it
+        # left HiGHS calling feasible problems infeasible.)
         both = sparse.hstack(
             [
-                sparse.identity(n) / p.discharge_max_w,
-                sparse.identity(n) / p.charge_max_w,
+                sparse.identity(n),
+                sparse.identity(n) * (p.discharge_max_w / p.charge_max_w),
                 sparse.csr_matrix((n, n + 1 + extra_cols)),
             ]
         )
         a_ub = sparse.vstack([a_ub, both])
-        b_ub = np.concatenate([b_ub, np.ones(n)])
+        b_ub = np.concatenate([b_ub, np.full(n, p.discharge_max_w)])
     # Energy: E_{t+1} − E_t + d_t·dt/η_d − c_t·dt·η_c = 0.
     e_diff = sparse.diags([np.ones(n), -np.ones(n)], [1, 0], shape=(n, n + 1))
     a_eq = sparse.hstack(
