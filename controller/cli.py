@@ -111,6 +111,9 @@ EnergyReturnOpt = Annotated[
     float | None,
     typer.Option("--energy-return-s", help="grid replaces the battery's energy over this, s"),
 ]
+FromOpt = Annotated[
+    float, typer.Option("--from-s", min=0.0, help="replay from this time on, s (e.g. steady state)")
+]
 SiteOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="take the dispatch settings from a site file")
 ]
@@ -130,9 +133,9 @@ def _replay_settings(config: Path | None, **values: object) -> ReplaySettings:
         raise typer.Exit(2) from None
 
 
-def _read(trace: Path) -> Trace:
+def _read(trace: Path, from_s: float = 0.0) -> Trace:
     try:
-        return read_trace(trace)
+        return read_trace(trace).starting_at(from_s)
     except TraceError as exc:
         typer.echo(f"gridpilot: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -150,6 +153,7 @@ def replay(
     lowpass_tau_s: TauOpt = None,
     average_window_s: WindowOpt = None,
     energy_return_s: EnergyReturnOpt = None,
+    from_s: FromOpt = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
     plot_to: Annotated[Path | None, typer.Option("--plot", help="draw the run to a PNG")] = None,
     bound: Annotated[bool, typer.Option(help="solve the perfect-foresight LP bound")] = True,
@@ -166,7 +170,7 @@ def replay(
         average_window_s=average_window_s,
         energy_return_s=energy_return_s,
     )
-    tr = _read(trace)
+    tr = _read(trace, from_s)
     load = tr.site_load_w(settings.gpus, settings.base_w)
     with replay_progress(len(load)) as progress:
         run = simulate(load, tr.dt_s, settings, progress)

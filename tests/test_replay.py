@@ -186,3 +186,19 @@ def test_bound_is_skipped_with_a_reason_on_long_traces(monkeypatch: pytest.Monke
     result = report(simulate(load, 0.1, s), 0.1, s, with_bound=True)
     assert result["lp_throughput_kwh"] is None and result["throughput_ratio"] is None
     assert result["bound"].startswith("skipped: 300 steps is over 100")
+
+
+def test_replay_from_a_later_time(tmp_path: Path):
+    tr = read_trace(TRAINING)
+    later = tr.starting_at(13.6)
+    assert later.t_s[0] >= 13.6 and len(later.t_s) < len(tr.t_s)
+    with pytest.raises(TraceError, match="fewer than two rows at or after 100"):
+        tr.starting_at(100.0)
+    out = subprocess.run(
+        [*GRIDPILOT, "replay", str(TRAINING), "--from-s", "13.6", "--json", "--no-bound"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["steps"] == len(later.t_s)

@@ -27,6 +27,16 @@ class Trace:
     def dt_s(self) -> float:
         return float(np.median(np.diff(self.t_s)))
 
+    def starting_at(self, from_s: float) -> Trace:
+        """The trace from `from_s` on (e.g. once training has started)."""
+        keep = self.t_s >= from_s
+        if keep.sum() < 2:
+            raise TraceError(
+                f"{self.source}: fewer than two rows at or after {from_s} s "
+                f"(the trace ends at {self.t_s[-1]} s)"
+            )
+        return Trace(self.source, self.t_s[keep], self.gpu_power_w[keep])
+
     def site_load_w(self, gpus: int, base_w: float) -> np.ndarray:
         """Synchronous training: every GPU swings together."""
         return base_w + gpus * self.gpu_power_w
