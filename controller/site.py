@@ -35,25 +35,29 @@ class SiteReadings:
     missing: tuple[str, ...]  # "device.point" that control needs and that is stale or invalid
 
 
+# What the dispatch must know of each battery asset, in the order _asset_state reads it.
+ASSET_POINTS = {
+    "ups": (
+        "battery_soc_ratio",
+        "battery_capacity_wh",
+        "max_discharge_power_w",
+        "max_charge_power_w",
+        "rated_power_w",
+    ),
+    "bess": ("soc_ratio", "wh_rtg", "w_max_rtg"),
+}
+
+
 def _asset_state(dev: DeviceSnapshot, cfg: DispatchConfig) -> AssetState | None:
     """An asset's energy and limits from its points, or None while any is unknown."""
+    vals = dev.values(*ASSET_POINTS[dev.kind])
+    if vals is None:
+        return None
     if dev.kind == "ups":
-        vals = dev.values(
-            "battery_soc_ratio",
-            "battery_capacity_wh",
-            "max_discharge_power_w",
-            "max_charge_power_w",
-            "rated_power_w",
-        )
-        if vals is None:
-            return None
         soc, wh, dis, chg, rated = vals
         # The UPS's first duty: carry its full rated load for ride_through_s on battery.
         reserve_j = rated * cfg.ride_through_s / cfg.discharge_efficiency
     else:
-        vals = dev.values("soc_ratio", "wh_rtg", "w_max_rtg")
-        if vals is None:
-            return None
         soc, wh, dis = vals
         chg, reserve_j = dis, 0.0
     capacity = wh * 3600.0
@@ -90,6 +94,8 @@ def read_site(snapshot: Snapshot) -> SiteReadings:
     battery_w = 0.0
     for dev in snapshot.devices.values():
         if dev.kind in SOC_POINT:
+            for point in ASSET_POINTS[dev.kind]:
+                need(dev, point)
             s, p = dev.value(SOC_POINT[dev.kind]), dev.value(POWER_POINT[dev.kind])
             if s is not None:
                 soc[dev.id] = s

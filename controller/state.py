@@ -36,8 +36,7 @@ class SiteState:
         if age > 3 * self.period_s:
             return False, f"last tick {age:.3f} s ago (limit {3 * self.period_s:.3f} s)"
         if self.last is not None and self.last.mode != "auto":
-            missing = ", ".join(self.last.readings.missing) or "battery limits"
-            return False, f"control degraded: missing {missing}"
+            return False, f"control degraded: missing {', '.join(self.last.readings.missing)}"
         return True, "ok"
 
     def to_json(self) -> dict[str, Any]:

@@ -75,3 +75,39 @@ def test_a_taken_api_port_is_a_clear_error(site_file: Path):
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{site.api_port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_simulators_alone_serve_every_device_and_stop_on_sigterm(site_file: Path):
+    """`gridpilot sim`: what docker-compose runs as the plant, read here by a plain client."""
+    from pymodbus.client import ModbusTcpClient
+
+    from drivers.devicemap import load_map
+
+    site = load_site(site_file)
+    proc = subprocess.Popen(
+        [*GRIDPILOT, "sim", "--config", str(site_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    meter = next(d for d in site.devices if d.kind == "meter")
+    devmap = load_map("meter")
+    try:
+        deadline = time.monotonic() + 60
+        client = ModbusTcpClient("127.0.0.1", port=meter.port, timeout=1, retries=0)
+        while not client.connect():
+            assert time.monotonic() < deadline and proc.poll() is None, "plant never came up"
+            time.sleep(0.2)
+        block = devmap.blocks[0]
+        rr = client.read_holding_registers(block.address, count=block.count, device_id=1)
+        client.close()
+        values = devmap.decode_block(block, rr.registers)
+        assert values["active_power_w"] > 1e6  # the site draws megawatts
+        assert 49.5 < values["frequency_hz"] < 50.5
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "simulators stopped" in stderr

@@ -69,6 +69,16 @@ async def test_lost_ups_degrades_control_and_batteries_stand_down(running):
     await until(lambda: records[-1].mode == "auto", 15, "auto mode again")
 
 
+async def test_lost_bess_degrades_control_naming_what_is_missing(running):
+    _, stack, records, _ = running
+    await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
+    await stack.stop_device("bess-1")
+    await until(lambda: records[-1].mode == "degraded", 5, "degraded mode")
+    assert {"bess-1.soc_ratio", "bess-1.w_max_rtg"} <= set(records[-1].readings.missing)
+    await stack.start_device("bess-1")
+    await until(lambda: records[-1].mode == "auto", 15, "auto mode again")
+
+
 async def test_lost_meter_is_reported_while_smoothing_goes_on(running):
     """Smoothing works from the loads; the meter only observes: its loss is reported, not fatal."""
     _, stack, records, _ = running
