@@ -43,6 +43,7 @@ ASSET_POINTS = {
         "max_discharge_power_w",
         "max_charge_power_w",
         "rated_power_w",
+        "output_power_w",
     ),
     "bess": ("soc_ratio", "wh_rtg", "w_max_rtg"),
 }
@@ -54,9 +55,10 @@ def _asset_state(dev: DeviceSnapshot, cfg: DispatchConfig) -> AssetState | None:
     if vals is None:
         return None
     if dev.kind == "ups":
-        soc, wh, dis, chg, rated = vals
+        soc, wh, dis, chg, rated, output = vals
         # The UPS's first duty: carry its full rated load for ride_through_s on battery.
         reserve_j = rated * cfg.ride_through_s / cfg.discharge_efficiency
+        dis = min(dis, output)  # its battery feeds its load; a UPS does not export
     else:
         soc, wh, dis = vals
         chg, reserve_j = dis, 0.0

@@ -131,3 +131,27 @@ async def test_a_stalled_tick_counts_overruns_and_skips_instead_of_bunching(site
     # No burst of catch-up ticks (those would come back to back, microseconds apart): the
     # tick after the stall keeps the schedule's phase, here 0.05 s after the late one.
     assert min(gaps) > 0.03
+
+
+def test_a_ups_is_never_asked_to_give_more_than_its_load():
+    """A UPS battery feeds the UPS's own load; a share above it could not be delivered."""
+    from controller.config import DispatchConfig
+    from controller.site import _asset_state
+    from controller.snapshot import DeviceSnapshot, PointReading
+
+    def reading(v: float) -> PointReading:
+        return PointReading(v, "W", 0.0, stale=False, valid=True)
+
+    points = {
+        "battery_soc_ratio": 0.6,
+        "battery_capacity_wh": 1.5e6,
+        "max_discharge_power_w": 7e6,
+        "max_charge_power_w": 5e6,
+        "rated_power_w": 7e6,
+        "output_power_w": 2e6,
+    }
+    dev = DeviceSnapshot("ups-a", "ups", True, None, {k: reading(v) for k, v in points.items()})
+    asset = _asset_state(dev, DispatchConfig())
+    assert asset is not None
+    assert asset.discharge_max_w == 2e6 and asset.charge_max_w == 5e6
+    assert asset.floor_j == pytest.approx(7e6 * 300 / 0.96)  # five minutes at rated load
