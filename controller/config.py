@@ -84,6 +84,13 @@ class DispatchConfig(Strict):
     deadband_hz: float = Field(0.015, ge=0, le=1)
     frequency_response_w: float = Field(1e6, ge=0, le=1e9, description="power at full response")
     import_cap_w: float | None = Field(None, gt=0, le=1e10, description="peak limit on import")
+    fast_split_tau_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="assets that follow setpoints with a delay (BESS) get the battery power's "
+        "slow part over this time constant; instant ones (UPS) the rest; 0: all alike",
+    )
     allocation_horizon_s: float = Field(
         300.0, gt=0, le=86400, description="energy an asset must sustain its share for"
     )

@@ -70,6 +70,7 @@ def _asset_state(dev: DeviceSnapshot, cfg: DispatchConfig) -> AssetState | None:
         floor_j=max(reserve_j, cfg.soc_min_ratio * capacity),
         discharge_max_w=dis,
         charge_max_w=chg,
+        instant=dev.kind == "ups",
     )
 
 

@@ -214,6 +214,39 @@ def test_allocation_is_proportional_to_headroom_then_to_spare_power():
     assert rest == pytest.approx(4e6)
 
 
+def test_split_gives_the_swing_to_instant_assets_and_the_slow_part_to_the_rest():
+    dis = np.array([7e6, 7e6, 4e6])
+    chg = np.array([5e6, 5e6, 4e6])
+    instant = np.array([True, True, False])
+    # A swing to 3 MW of charging while the slow part still discharges 1 MW.
+    out, rest = core.allocate_split(-3e6, 1e6, dis, chg, dis, instant)
+    assert rest == 0.0 and out.sum() == pytest.approx(-3e6)
+    assert out[2] > 0  # the BESS keeps following the slow part
+    assert out[0] == pytest.approx(out[1]) and out[0] < -1.5e6  # the UPS modules take the swing
+    # When the instant assets run out of room, the others help.
+    out, rest = core.allocate_split(15e6, 1e6, dis, chg, dis, instant)
+    np.testing.assert_allclose(out, [7e6, 7e6, 1e6])
+    assert rest == 0.0
+    out, rest = core.allocate_split(20e6, 1e6, dis, chg, dis, instant)
+    np.testing.assert_allclose(out, [7e6, 7e6, 4e6])
+    assert rest == pytest.approx(2e6)
+
+
+def test_bess_setpoint_moves_slowly_while_the_ups_modules_take_the_swings():
+    assets = (
+        AssetState("ups-a", 0.6 * 5.4e9, 5.4e9, 2.2e9, 7e6, 5e6, instant=True),
+        AssetState("ups-b", 0.6 * 5.4e9, 5.4e9, 2.2e9, 7e6, 5e6, instant=True),
+        AssetState("bess-1", 0.6 * 28.8e9, 28.8e9, 0.2 * 28.8e9, 4e6, 4e6),
+    )
+    state = initial_state()
+    bess, ups = [], []
+    for load in site_trace(30.0):
+        state, result = dispatch(DispatchInputs(load, 50.0, assets), CFG, state, DT)
+        bess.append(result.asset_w["bess-1"])
+        ups.append(result.asset_w["ups-a"])
+    assert np.max(np.abs(np.diff(bess))) < 0.1 * np.max(np.abs(np.diff(ups)))
+
+
 def test_dispatch_splits_over_unequal_assets_within_each_ones_limits():
     assets = (
         AssetState("ups-a", 0.6 * 5.4e9, 5.4e9, 2.2e9, 7e6, 5e6),

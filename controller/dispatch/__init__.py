@@ -25,6 +25,7 @@ class AssetState:
     floor_j: float  # never discharged below: SoC min, or the UPS's ride-through reserve
     discharge_max_w: float
     charge_max_w: float
+    instant: bool = False  # acts at once (a UPS's rectifier cap), so it takes the fast part
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def params_vector(cfg: DispatchConfig, bank: Bank) -> np.ndarray:
     p[core.P_WINDOW_S] = cfg.average_window_s
     p[core.P_ENERGY_RETURN_S] = cfg.energy_return_s
     p[core.P_ENERGY_ANCHOR_S] = cfg.energy_anchor_s
+    p[core.P_SPLIT_TAU_S] = cfg.fast_split_tau_s
     return p
 
 
@@ -119,13 +121,16 @@ def dispatch(
     step_in = np.array([inputs.site_load_w, inputs.frequency_hz, cap, bank.energy_j])
     new_state, out = core.step(state, params_vector(cfg, bank), step_in, dt_s)
     battery_w = float(out[core.O_BATTERY])
-    limits, headroom = _headroom(inputs.assets, battery_w >= 0.0, cfg, dt_s)
-    zeros = np.zeros(len(inputs.assets))
-    per_asset, rest = core.allocate(
+    slow_w = float(out[core.O_SLOW])
+    dis_limits, dis_headroom = _headroom(inputs.assets, True, cfg, dt_s)
+    chg_limits, chg_headroom = _headroom(inputs.assets, False, cfg, dt_s)
+    per_asset, rest = core.allocate_split(
         battery_w,
-        limits if battery_w >= 0.0 else zeros,
-        limits if battery_w < 0.0 else zeros,
-        headroom,
+        slow_w,
+        dis_limits,
+        chg_limits,
+        dis_headroom if slow_w >= 0.0 else chg_headroom,
+        np.array([a.instant for a in inputs.assets]),
     )
     # What the assets cannot carry one by one (the bank's sum hides it) lands on the grid.
     signed_rest = rest if battery_w >= 0.0 else -rest
