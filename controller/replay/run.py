@@ -17,7 +17,7 @@ from controller.replay.bound import BoundProblem, min_capacity_kwh, min_power_w,
 from controller.replay.figures import Figures, figures
 
 CHUNK_STEPS = 200_000  # simulate in chunks this long, so long traces can report progress
-BOUND_MAX_STEPS = 10_000  # the LPs take about 25 s at this size here, and grow faster than it
+BOUND_MAX_STEPS = 10_000  # the LPs took 31 s at this size here, and grow faster than it
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
 
