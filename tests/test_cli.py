@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from controller.config import load_site
-
-GRIDPILOT = [sys.executable, "-m", "controller.cli"]
+from tests.processes import GRIDPILOT, gridpilot, stop_cleanly
 
 
 def test_help_lists_the_commands():
@@ -28,15 +25,8 @@ def test_controller_alone_without_devices_serves_state_and_stops_on_sigterm(site
     """No plant behind the addresses: the controller runs, reports every device down, is not
     ready, and stops cleanly on SIGTERM."""
     site = load_site(site_file)
-    proc = subprocess.Popen(
-        [*GRIDPILOT, "run", "--config", str(site_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
     base = f"http://127.0.0.1:{site.api_port}"
-    try:
+    with gridpilot("run", "--config", str(site_file)) as proc:
         deadline = time.monotonic() + 60
         state = None
         while time.monotonic() < deadline:
@@ -52,13 +42,7 @@ def test_controller_alone_without_devices_serves_state_and_stops_on_sigterm(site
         assert httpx.get(f"{base}/healthz", timeout=1).status_code == 200
         ready = httpx.get(f"{base}/readyz", timeout=1)
         assert ready.status_code == 503 and "control degraded" in ready.json()["detail"]
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr[-2000:]
-    assert "Traceback" not in stderr and "controller stopped" in stderr
+        stop_cleanly(proc, "controller stopped", signal.SIGTERM)
 
 
 def test_a_taken_api_port_is_a_clear_error(site_file: Path):
@@ -84,15 +68,9 @@ def test_simulators_alone_serve_every_device_and_stop_on_sigterm(site_file: Path
     from drivers.devicemap import load_map
 
     site = load_site(site_file)
-    proc = subprocess.Popen(
-        [*GRIDPILOT, "sim", "--config", str(site_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     meter = next(d for d in site.devices if d.kind == "meter")
     devmap = load_map("meter")
-    try:
+    with gridpilot("sim", "--config", str(site_file)) as proc:
         deadline = time.monotonic() + 60
         client = ModbusTcpClient("127.0.0.1", port=meter.port, timeout=1, retries=0)
         while not client.connect():
@@ -104,10 +82,4 @@ def test_simulators_alone_serve_every_device_and_stop_on_sigterm(site_file: Path
         values = devmap.decode_block(block, rr.registers)
         assert values["active_power_w"] > 1e6  # the site draws megawatts
         assert 49.5 < values["frequency_hz"] < 50.5
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr[-2000:]
-    assert "Traceback" not in stderr and "simulators stopped" in stderr
+        stop_cleanly(proc, "simulators stopped", signal.SIGTERM)

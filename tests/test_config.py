@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from controller.config import ConfigError, load_site, parse_site
+from tests.processes import GRIDPILOT
 
 
 def test_builtin_site_is_the_demo_site():
@@ -100,7 +100,7 @@ def test_cli_rejects_bad_file_with_status_2_and_no_traceback(tmp_path: Path, sit
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(_set(site_data, "dispatch.ramp_down_w_per_s", -1)))
     proc = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "check-config", str(path)],
+        [*GRIDPILOT, "check-config", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -112,7 +112,7 @@ def test_cli_rejects_bad_file_with_status_2_and_no_traceback(tmp_path: Path, sit
 
 def test_cli_check_config_lists_devices(site_file: Path):
     proc = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "check-config", str(site_file)],
+        [*GRIDPILOT, "check-config", str(site_file)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -18,6 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.config import load_site
+from tests.processes import gridpilot
 from tests.sites import site_dict
 
 OBSERVE_S = 12.0
@@ -51,15 +50,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     site_file.write_text(yaml.safe_dump(site_dict(tmp / "data")))
     site = load_site(site_file)
     base = f"http://127.0.0.1:{site.api_port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "demo", "--config", str(site_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
+    with gridpilot("demo", "--config", str(site_file)) as proc:
         wait_ready(base, proc)
         states = []
         end = time.monotonic() + OBSERVE_S
@@ -71,10 +62,6 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
             readyz = client.get("/readyz")
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     yield {
         "site": site,
         "states": states,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,10 @@ from controller.config import DispatchConfig
 from controller.replay.figures import band_attenuation_db, stored_energy_j
 from controller.replay.run import ReplaySettings, report, simulate, size
 from controller.replay.trace import TraceError, read_trace
+from tests.processes import GRIDPILOT
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ROOT / "drivers" / "sim" / "traces" / "h200_train_1p7b.csv"
-GRIDPILOT = [sys.executable, "-m", "controller.cli"]
 KEYS = {
     "grid_max_ramp_w_per_s",
     "band_attenuation_db",

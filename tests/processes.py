@@ -1,0 +1,41 @@
+"""Running `gridpilot` as a user does: a real process, stopped by a signal, checked for a
+clean exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+GRIDPILOT = [sys.executable, "-m", "controller.cli"]
+
+
+@contextmanager
+def gridpilot(*args: str) -> Iterator[subprocess.Popen]:
+    """`gridpilot ARGS` in the background; killed on the way out if still running."""
+    proc = subprocess.Popen(
+        [*GRIDPILOT, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def stop_cleanly(proc: subprocess.Popen, last_words: str, sig: int = signal.SIGINT) -> str:
+    """Send `sig`; assert exit 0, no traceback, and `last_words` logged. Returns stderr."""
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert last_words in stderr
+    return stderr
