@@ -74,7 +74,7 @@ def _asset_state(dev: DeviceSnapshot, cfg: DispatchConfig) -> AssetState | None:
     )
 
 
-SOC_POINT = {"ups": "battery_soc_ratio", "bess": "soc_ratio"}
+SOC_POINT = {kind: points[0] for kind, points in ASSET_POINTS.items()}  # SoC comes first
 POWER_POINT = {"ups": "battery_power_w", "bess": "w"}
 
 

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from asyncua import Client, Node, ua
 
 from drivers.base import DeviceDriver, DeviceRejectedError, DriverSettings
 from drivers.devicemap import DeviceMap
-
-# asyncua logs every session detail at INFO; the driver reports what matters itself.
-logging.getLogger("asyncua").setLevel(logging.WARNING)
 
 
 def opcua_endpoint(host: str, port: int, device_id: str) -> str:

@@ -274,27 +274,19 @@ def allocate(battery_w, discharge_max_w, charge_max_w, headroom_w):
     """
     n = discharge_max_w.shape[0]
     out = np.zeros(n)
-    limits = discharge_max_w if battery_w >= 0.0 else charge_max_w
+    limits = np.maximum(discharge_max_w if battery_w >= 0.0 else charge_max_w, 0.0)
+    weights = np.minimum(np.maximum(headroom_w, 0.0), limits)
     sign = 1.0 if battery_w >= 0.0 else -1.0
     need = abs(battery_w)
-    weight_total = 0.0
-    limit_total = 0.0
-    for i in range(n):
-        w = min(max(headroom_w[i], 0.0), max(limits[i], 0.0))
-        weight_total += w
-        limit_total += max(limits[i], 0.0)
+    weight_total = weights.sum()
     first = min(need, weight_total)
-    for i in range(n):
-        w = min(max(headroom_w[i], 0.0), max(limits[i], 0.0))
-        if weight_total > 0.0:
-            out[i] = first * w / weight_total
+    if weight_total > 0.0:
+        out += first * weights / weight_total
     rest = need - first
-    spare_total = limit_total - weight_total
+    spare_total = limits.sum() - weight_total
     if rest > 0.0 and spare_total > 0.0:
         second = min(rest, spare_total)
-        for i in range(n):
-            w = min(max(headroom_w[i], 0.0), max(limits[i], 0.0))
-            out[i] += second * (max(limits[i], 0.0) - w) / spare_total
+        out += second * (limits - weights) / spare_total
         rest -= second
     for i in range(n):
         out[i] *= sign

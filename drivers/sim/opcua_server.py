@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from asyncua import Node, Server, ua
 
 from drivers.devicemap import DeviceMap
 from drivers.opcua_client import opcua_endpoint
-
-logging.getLogger("asyncua").setLevel(logging.ERROR)
 
 
 class OpcUaDeviceServer:
