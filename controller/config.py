@@ -69,7 +69,7 @@ class DispatchConfig(Strict):
         300.0, gt=0, le=86400, description="time constant of the drift back into the band"
     )
     energy_return_s: float = Field(
-        0.0, ge=0, le=3600, description="replace the energy the battery gave over this time"
+        20.0, ge=0, le=3600, description="replace the energy the battery gave over this time"
     )
     energy_anchor_s: float = Field(
         60.0, gt=0, le=86400, description="...counted from the stored energy's recent average"

@@ -24,7 +24,10 @@ from drivers.sim.load import TraceLoad
 DT = 0.1
 RAMP = 5e5
 CAPACITY_J = 10e6 * 3600  # 10 MWh
-CFG = DispatchConfig(lowpass_tau_s=5.0, ramp_up_w_per_s=RAMP, ramp_down_w_per_s=RAMP)
+# The energy return off: each test turns on what it is about.
+CFG = DispatchConfig(
+    lowpass_tau_s=5.0, ramp_up_w_per_s=RAMP, ramp_down_w_per_s=RAMP, energy_return_s=0.0
+)
 
 
 def bank(energy_ratio: float = 0.6, power_w: float = 20e6, floor_j: float = 0.0) -> Bank:

@@ -123,6 +123,21 @@ def test_attenuation_of_known_signals():
     assert band_attenuation_db(load, slow, dt) < -40
 
 
+def test_attenuation_is_not_flooded_by_the_record_ends():
+    """A load that starts idle and ends busy, and a grid that ramps once and then holds the
+    busy mean: nothing of the grid swings in the band. A bare periodogram saw the jump
+    between the record's ends and rated this grid at -14.5 dB; the windowed estimate
+    sees the smoothing it is."""
+    dt = 0.1
+    t = np.arange(0, 76, dt)
+    busy = t >= 15.0
+    swing = np.where((t % 0.5) < 0.38, 7.8e6, 1.5e6)  # a training step's compute and wait
+    load = np.where(busy, swing, 1.2e6)
+    mean = float(swing[busy].mean())
+    grid = np.clip(1.2e6 + (t - 15.0) * 5e5, 1.2e6, mean)
+    assert band_attenuation_db(load, grid, dt) < -25
+
+
 def test_stored_energy_with_efficiency():
     e = stored_energy_j(np.array([1000.0, -1000.0]), 3.6, 0.0, eta_charge=0.9, eta_discharge=0.8)
     np.testing.assert_allclose(e, [-4500.0, -4500.0 + 3240.0])
