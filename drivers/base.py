@@ -64,6 +64,7 @@ class DeviceDriver(ABC):
         self.map = devmap
         self.settings = settings
         self.values: dict[str, PointValue] = {}
+        self.identity: dict[str, str] = {}  # maker, model, serial: as the device says
         self.counters = DriverCounters()
         self.connected = False
         self._task: asyncio.Task[None] | None = None

@@ -23,9 +23,12 @@ MODBUS_TYPES: dict[str, tuple[int, str]] = {
     "uint32": (2, "I"),
     "int32": (2, "i"),
     "float32": (2, "f"),
+    "string": (0, ""),  # `count` registers, two ASCII characters each, NUL padded
 }
 OPCUA_TYPES = {"double"}
 MAX_BLOCK_REGISTERS = 125  # Modbus limit for one read of holding registers
+SUNSPEC_MARKER = "SunS"
+SUNSPEC_END = 0xFFFF
 
 
 class DeviceMapError(ValueError):
@@ -43,6 +46,9 @@ class Point:
     node: str | None = None
     range: tuple[float, float] | None = None
     description: str = ""
+    count: int = 0  # registers of a string
+    const: float | str | None = None
+    sf: str | None = None
 
     @property
     def writable(self) -> bool:
@@ -50,7 +56,12 @@ class Point:
 
     @property
     def register_count(self) -> int:
-        return MODBUS_TYPES[self.type][0]
+        return self.count if self.type == "string" else MODBUS_TYPES[self.type][0]
+
+    @property
+    def polled(self) -> bool:
+        """Read every poll; const points and strings are read once, at connect."""
+        return self.const is None and self.type != "string"
 
     def in_range(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -75,7 +86,13 @@ class DeviceMap:
     source: str
     word_order: Literal["big", "little"] = "big"
     namespace: str = ""
-    blocks: tuple[Block, ...] = field(default=())
+    blocks: tuple[Block, ...] = field(default=())  # what every poll reads
+    identity_blocks: tuple[Block, ...] = field(default=())  # const and string points, at connect
+
+    @property
+    def polled(self) -> list[str]:
+        """The points every poll reads (not the const and string ones read at connect)."""
+        return [name for name, p in self.points.items() if p.polled or self.protocol == "opcua"]
 
     def point(self, name: str) -> Point:
         try:
@@ -84,7 +101,7 @@ class DeviceMap:
             raise KeyError(f"{self.kind} map ({self.source}) has no point {name!r}") from None
 
     def decode(self, point: Point, registers: list[int]) -> float:
-        """Registers of one point → engineering value (scale applied)."""
+        """Registers of one number point → value with its scale (not yet its `sf`)."""
         words = list(registers[: point.register_count])
         if self.word_order == "little":
             words.reverse()
@@ -92,10 +109,15 @@ class DeviceMap:
         (value,) = struct.unpack(">" + MODBUS_TYPES[point.type][1], raw)
         return float(value) * point.scale
 
-    def encode(self, point: Point, value: float) -> list[int]:
-        """Engineering value → registers; rejects values the type cannot hold."""
+    def decode_text(self, point: Point, registers: list[int]) -> str:
+        raw = b"".join(w.to_bytes(2, "big") for w in registers[: point.register_count])
+        return raw.split(b"\0", 1)[0].decode("ascii", errors="replace").strip()
+
+    def encode(self, point: Point, value: float, sf: float = 0.0) -> list[int]:
+        """Engineering value → registers (`sf`: the scale factor's value, if the point has
+        one); rejects values the type cannot hold."""
         code = MODBUS_TYPES[point.type][1]
-        raw_value: float | int = value / point.scale
+        raw_value: float | int = value / point.scale / 10.0**sf
         if code != "f":
             raw_value = round(raw_value)
         try:
@@ -109,14 +131,54 @@ class DeviceMap:
             words.reverse()
         return words
 
-    def decode_block(self, block: Block, registers: list[int]) -> dict[str, float]:
-        return {
-            p.name: self.decode(p, registers[p.address - block.address :])  # type: ignore[operator]
-            for p in block.points
-        }
+    def encode_text(self, point: Point, text: str) -> list[int]:
+        raw = text.encode("ascii")
+        if len(raw) > 2 * point.register_count:
+            raise ValueError(f"{self.kind}.{point.name}: {text!r} is longer than {point.type}")
+        raw = raw.ljust(2 * point.register_count, b"\0")
+        return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+
+    def decode_block(self, block: Block, registers: list[int]) -> dict[str, float | str]:
+        values: dict[str, float | str] = {}
+        for p in block.points:
+            words = registers[p.address - block.address :]  # type: ignore[operator]
+            values[p.name] = (
+                self.decode_text(p, words) if p.type == "string" else self.decode(p, words)
+            )
+        return values
+
+    def with_scale_factors(self, values: dict[str, float], factors: dict[str, float]) -> None:
+        """Apply each point's `sf` in place; `factors` holds the scale factors' values."""
+        for name, value in values.items():
+            sf = self.points[name].sf
+            if sf is not None:
+                values[name] = value * 10.0 ** factors[sf]
+
+    def const_words(self) -> dict[int, list[int]]:
+        """The registers every const point occupies, by address (for the simulator)."""
+        words: dict[int, list[int]] = {}
+        for p in self.points.values():
+            if p.const is None or p.address is None:
+                continue
+            if isinstance(p.const, str):
+                words[p.address] = self.encode_text(p, p.const)
+            else:
+                words[p.address] = self.encode(p, p.const)
+        return words
+
+    def sf_value(self, point: Point, known: dict[str, float]) -> float:
+        """The value of a point's scale factor: its const, else as last read (`known`)."""
+        if point.sf is None:
+            return 0.0
+        factor = self.points[point.sf]
+        if isinstance(factor.const, int | float):
+            return float(factor.const)
+        if point.sf not in known:
+            raise ValueError(f"{self.kind}.{point.name}: scale factor {point.sf} not read yet")
+        return known[point.sf]
 
 
-def _coalesce(points: list[Point], max_gap: int = 8) -> tuple[Block, ...]:
+def _coalesce(points: list[Point], max_gap: int) -> tuple[Block, ...]:
     """Group points into block reads: adjacent (or nearly, within max_gap) and ≤ 125 registers."""
     blocks: list[Block] = []
     current: list[Point] = []
@@ -136,7 +198,7 @@ def _coalesce(points: list[Point], max_gap: int = 8) -> tuple[Block, ...]:
     return tuple(blocks)
 
 
-def _parse_point(raw: dict, protocol: str, where: str) -> Point:
+def _parse_point(raw: dict, protocol: str, where: str, models: dict[int, tuple[int, int]]) -> Point:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise DeviceMapError(f"{where}: a point has no name")
@@ -160,7 +222,32 @@ def _parse_point(raw: dict, protocol: str, where: str) -> Point:
         if not (numbers and len(rng) == 2 and rng[0] <= rng[1]):
             raise DeviceMapError(f"{ctx}: range must be [min, max] with min ≤ max, not {rng!r}")
         rng = (float(rng[0]), float(rng[1]))
+    count = raw.get("count", 0)
+    if ptype == "string" and not (isinstance(count, int) and 1 <= count <= MAX_BLOCK_REGISTERS):
+        raise DeviceMapError(f"{ctx}: a string needs count, its registers (1–125), not {count!r}")
+    const = raw.get("const")
+    if const is not None:
+        text_ok = ptype == "string" and isinstance(const, str)
+        number_ok = ptype != "string" and isinstance(const, int | float)
+        if not (text_ok or number_ok):
+            raise DeviceMapError(f"{ctx}: const {const!r} does not suit type {ptype}")
+    sf = raw.get("sf")
+    if sf is not None and not (isinstance(sf, str) and sf):
+        raise DeviceMapError(f"{ctx}: sf names a scale-factor point, not {sf!r}")
     address, node = raw.get("address"), raw.get("node")
+    if "model" in raw or "offset" in raw:
+        model, offset = raw.get("model"), raw.get("offset")
+        if model not in models:
+            raise DeviceMapError(f"{ctx}: model {model!r} is not in the map's sunspec models")
+        start, length = models[model]
+        size = count if ptype == "string" else MODBUS_TYPES[ptype][0]
+        if not (isinstance(offset, int) and offset >= 2 and offset + size <= length + 2):
+            raise DeviceMapError(
+                f"{ctx}: offset {offset!r} is outside model {model} (2–{length + 1})"
+            )
+        if address is not None:
+            raise DeviceMapError(f"{ctx}: give address, or model and offset, not both")
+        address = start + offset
     if protocol == "modbus" and not (isinstance(address, int) and 0 <= address <= 65535):
         raise DeviceMapError(f"{ctx}: address must be an integer 0–65535, not {address!r}")
     if protocol == "opcua" and not (isinstance(node, str) and node):
@@ -175,6 +262,11 @@ def _parse_point(raw: dict, protocol: str, where: str) -> Point:
         "node",
         "range",
         "description",
+        "count",
+        "const",
+        "sf",
+        "model",
+        "offset",
     }
     if unknown:
         raise DeviceMapError(f"{ctx}: unknown fields {sorted(unknown)}")
@@ -188,7 +280,62 @@ def _parse_point(raw: dict, protocol: str, where: str) -> Point:
         node=node,
         range=rng,
         description=str(raw.get("description", "")),
+        count=count if ptype == "string" else 0,
+        const=const,
+        sf=sf,
     )
+
+
+def _sunspec_layout(data: object, source: str) -> tuple[list[dict], dict[int, tuple[int, int]]]:
+    """The const points a SunSpec device shows (marker, model headers, end) and where each
+    model starts: {model id: (address of its ID, length L)}."""
+    if data is None:
+        return [], {}
+    base = data.get("base") if isinstance(data, dict) else None
+    models = data.get("models") if isinstance(data, dict) else None
+    if not (isinstance(base, int) and isinstance(models, list) and models):
+        raise DeviceMapError(f"{source}: sunspec needs base (an address) and models")
+    points: list[dict] = [
+        {
+            "name": "sunspec_marker",
+            "address": base,
+            "type": "string",
+            "count": 2,
+            "unit": "1",
+            "const": SUNSPEC_MARKER,
+        }
+    ]
+    starts: dict[int, tuple[int, int]] = {}
+    address = base + 2
+    for m in models:
+        mid, length = (m.get("id"), m.get("length")) if isinstance(m, dict) else (None, None)
+        if not (isinstance(mid, int) and isinstance(length, int) and length >= 0):
+            raise DeviceMapError(f"{source}: a sunspec model needs id and length, not {m!r}")
+        if mid in starts:
+            raise DeviceMapError(f"{source}: sunspec model {mid} appears twice")
+        starts[mid] = (address, length)
+        for name, offset, value in (("id", 0, mid), ("length", 1, length)):
+            points.append(
+                {
+                    "name": f"model_{mid}_{name}",
+                    "address": address + offset,
+                    "type": "uint16",
+                    "unit": "1",
+                    "const": value,
+                }
+            )
+        address += 2 + length
+    for name, offset, value in (("sunspec_end", 0, SUNSPEC_END), ("sunspec_end_length", 1, 0)):
+        points.append(
+            {
+                "name": name,
+                "address": address + offset,
+                "type": "uint16",
+                "unit": "1",
+                "const": value,
+            }
+        )
+    return points, starts
 
 
 def _check_overlaps(points: list[Point], where: str) -> None:
@@ -214,7 +361,11 @@ def parse_map(data: object, source: str) -> DeviceMap:
     raw_points = data.get("points")
     if not isinstance(raw_points, list) or not raw_points:
         raise DeviceMapError(f"{source}: no points")
-    points = [_parse_point(r if isinstance(r, dict) else {}, protocol, source) for r in raw_points]
+    layout, models = _sunspec_layout(data.get("sunspec"), source)
+    points = [
+        _parse_point(r if isinstance(r, dict) else {}, protocol, source, models)
+        for r in [*layout, *raw_points]
+    ]
     names = [p.name for p in points]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -222,10 +373,19 @@ def parse_map(data: object, source: str) -> DeviceMap:
     word_order = data.get("word_order", "big")
     if word_order not in ("big", "little"):
         raise DeviceMapError(f"{source}: word_order must be big or little, not {word_order!r}")
+    for p in points:
+        factor = next((f for f in points if f.name == p.sf), None) if p.sf else None
+        if p.sf and (factor is None or factor.type != "int16"):
+            raise DeviceMapError(f"{source}, point {p.name!r}: sf {p.sf!r} is no int16 point")
+    gap = data.get("block_gap", 8)
+    if not (isinstance(gap, int) and 0 <= gap < MAX_BLOCK_REGISTERS):
+        raise DeviceMapError(f"{source}: block_gap is a register count 0–124, not {gap!r}")
     blocks: tuple[Block, ...] = ()
+    identity: tuple[Block, ...] = ()
     if protocol == "modbus":
         _check_overlaps(points, source)
-        blocks = _coalesce(points)
+        blocks = _coalesce([p for p in points if p.polled], gap)
+        identity = _coalesce([p for p in points if not p.polled], gap)
     return DeviceMap(
         kind=kind,
         protocol=protocol,
@@ -234,6 +394,7 @@ def parse_map(data: object, source: str) -> DeviceMap:
         word_order=word_order,
         namespace=str(data.get("namespace", "")),
         blocks=blocks,
+        identity_blocks=identity,
     )
 
 

@@ -1,11 +1,19 @@
-"""Modbus TCP driver: block reads of holding registers, decoded through the device map."""
+"""Modbus TCP driver: block reads of holding registers, decoded through the device map.
+
+At connect it reads the map's const and string points once: a device that shows other
+constants (another SunSpec layout, a wrong address) is refused with the register named, and
+the strings (maker, model, serial) become its identity."""
 
 from __future__ import annotations
 
 from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.base import DeviceDriver, DeviceRejectedError, DriverSettings
-from drivers.devicemap import DeviceMap
+from drivers.devicemap import Block, DeviceMap
+
+
+class DeviceMismatchError(ConnectionError):
+    """The device answers, but does not show what its map says it must."""
 
 
 class ModbusDriver(DeviceDriver):
@@ -21,6 +29,7 @@ class ModbusDriver(DeviceDriver):
         super().__init__(device_id, devmap, settings)
         self.host, self.port, self.unit_id = host, port, unit_id
         self._client: AsyncModbusTcpClient | None = None
+        self._factors: dict[str, float] = {}  # scale factors: consts, then as polled
 
     async def _connect(self) -> None:
         # Our own loop does the retrying and backoff; pymodbus must not reconnect behind it.
@@ -35,26 +44,63 @@ class ModbusDriver(DeviceDriver):
             client.close()
             raise ConnectionError(f"cannot connect to {self.host}:{self.port}")
         self._client = client
+        try:
+            await self._check_identity()
+        except BaseException:
+            self._client = None
+            client.close()
+            raise
+
+    async def _check_identity(self) -> None:
+        identity: dict[str, str] = {}
+        factors: dict[str, float] = {}
+        for block in self.map.identity_blocks:
+            for name, shown in (await self._read_block(block)).items():
+                p = self.map.points[name]
+                if p.const is not None and shown != p.const:
+                    raise DeviceMismatchError(
+                        f"register {p.address} ({name}) shows {shown!r}, "
+                        f"{self.map.source} expects {p.const!r}"
+                    )
+                if isinstance(shown, str):
+                    identity[name] = shown
+                else:
+                    factors[name] = shown
+        self.identity, self._factors = identity, factors
+
+    async def _read_block(self, block: Block) -> dict[str, float | str]:
+        assert self._client is not None
+        rr = await self._client.read_holding_registers(
+            block.address, count=block.count, device_id=self.unit_id
+        )
+        if rr.isError():
+            raise OSError(f"read of registers {block.address}+{block.count} answered {rr}")
+        return self.map.decode_block(block, rr.registers)
 
     async def _read_all(self) -> dict[str, float]:
-        assert self._client is not None
         values: dict[str, float] = {}
         for block in self.map.blocks:
-            rr = await self._client.read_holding_registers(
-                block.address, count=block.count, device_id=self.unit_id
-            )
-            if rr.isError():
-                raise OSError(f"read of registers {block.address}+{block.count} answered {rr}")
-            values.update(self.map.decode_block(block, rr.registers))
+            values.update(await self._read_block(block))  # type: ignore[arg-type]
+        self.map.with_scale_factors(values, {**self._factors, **values})
         return values
 
     async def _write(self, point: str, value: float) -> None:
         assert self._client is not None
         p = self.map.point(point)
-        words = self.map.encode(p, value)
+        sf = self.map.sf_value(p, self._factors)
+        words = self.map.encode(p, value, sf)
         rr = await self._client.write_registers(p.address, words, device_id=self.unit_id)  # type: ignore[arg-type]
         if rr.isError():
             raise DeviceRejectedError(f"write of register {p.address} answered {rr}")
+        # Read it back: a device may take a write and keep another value (a clamp, a lock).
+        back = await self._client.read_holding_registers(
+            p.address,  # type: ignore[arg-type]
+            count=len(words),
+            device_id=self.unit_id,
+        )
+        if back.isError() or back.registers != words:
+            shown = back if back.isError() else self.map.decode(p, back.registers) * 10.0**sf
+            raise DeviceRejectedError(f"register {p.address} reads back {shown} after the write")
 
     async def _close(self) -> None:
         if self._client is not None:

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from controller.config import SiteConfig, parse_site
+from drivers.sim.stack import SimulatorStack
+from tests.plant import modbus_only
 from tests.sites import site_dict
 
 
@@ -27,3 +29,13 @@ def site_file(tmp_path: Path, site_data: dict[str, Any]) -> Path:
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(site_data))
     return path
+
+
+@pytest.fixture
+async def modbus_plant(site_data: dict[str, Any]):
+    """The site's Modbus devices (no OPC UA: it takes seconds to start), physics running."""
+    site = modbus_only(site_data)
+    stack = SimulatorStack(site)
+    await stack.start()
+    yield site, stack
+    await stack.stop()

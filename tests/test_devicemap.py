@@ -22,15 +22,17 @@ def test_every_shipped_map_loads():
         assert m.points
         for p in m.points.values():
             assert p.unit
-        for block in m.blocks:
+        for block in (*m.blocks, *m.identity_blocks):
             assert block.count <= MAX_BLOCK_REGISTERS
             covered = {p.name for p in block.points}
             assert all(
                 block.address <= p.address < block.address + block.count for p in block.points
             )
             assert covered
-        if m.protocol == "modbus":
-            assert {p.name for b in m.blocks for p in b.points} == set(m.points)
+        if m.protocol == "modbus":  # polled each time, or read once at connect: never both
+            polled = {p.name for b in m.blocks for p in b.points}
+            once = {p.name for b in m.identity_blocks for p in b.points}
+            assert polled | once == set(m.points) and not polled & once
 
 
 @pytest.mark.parametrize("word_order", ["big", "little"])

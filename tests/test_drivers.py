@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
+from pathlib import Path
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from controller.config import SiteConfig, parse_site
+import drivers
+from controller.config import SiteConfig
 from controller.service import make_driver
 from controller.snapshot import take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
+from drivers.devicemap import load_map
 from drivers.sim.stack import SimulatorStack
-
-
-def modbus_only(site_data: dict) -> SiteConfig:
-    data = copy.deepcopy(site_data)
-    data["modules"] = [m for m in data["modules"] if m["id"] != "cooling"]
-    return parse_site(data)
-
-
-async def until(condition, timeout_s: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def modbus_plant(site_data: dict):
-    site = modbus_only(site_data)
-    stack = SimulatorStack(site)
-    await stack.start()
-    yield site, stack
-    await stack.stop()
+from tests.plant import until
 
 
 @pytest.fixture
@@ -96,20 +76,77 @@ async def test_driver_refuses_bad_writes_before_sending(ups_driver: DeviceDriver
 async def test_simulator_answers_modbus_exceptions_like_a_device(modbus_plant):
     site, stack = modbus_plant
     bess = next(d for d in site.devices if d.id == "bess-1")
+    points = load_map("bess").points
+    w, ena, w_set = (points[n].address for n in ("w", "w_set_ena", "w_set"))
     client = AsyncModbusTcpClient("127.0.0.1", port=bess.port, timeout=2, retries=0)
     assert await client.connect()
     try:
-        read_only = await client.write_registers(0, [0, 0], device_id=1)  # `w` is measured
+        read_only = await client.write_registers(w, [0], device_id=1)  # `w` is measured
         assert read_only.isError() and read_only.exception_code == 2
-        bad_value = await client.write_registers(102, [5], device_id=1)  # w_set_ena ∈ {0, 1}
+        bad_value = await client.write_registers(ena, [5], device_id=1)  # w_set_ena ∈ {0, 1}
         assert bad_value.isError() and bad_value.exception_code == 3
-        half_point = await client.write_registers(101, [0], device_id=1)  # second word of w_set
+        half_point = await client.write_registers(w_set + 1, [0], device_id=1)  # w_set's 2nd word
         assert half_point.isError() and half_point.exception_code == 2
         assert not stack.bess["bess-1"].w_set_ena
-        ok = await client.write_registers(102, [1], device_id=1)
+        ok = await client.write_registers(ena, [1], device_id=1)
         assert not ok.isError() and stack.bess["bess-1"].w_set_ena
     finally:
         client.close()
+
+
+async def test_sunspec_bess_through_the_driver(modbus_plant):
+    site, stack = modbus_plant
+    driver = make_driver(next(d for d in site.devices if d.id == "bess-1"))
+    driver.start()
+    try:
+        await until(lambda: len(driver.values) == len(driver.map.polled), what="first poll")
+        assert driver.identity == {
+            "sunspec_marker": "SunS",
+            "manufacturer": "gridpilot",
+            "device_model": "simulated-bess",
+            "serial_number": "SIM-BESS-0001",
+        }
+        model = stack.bess["bess-1"]
+        v = driver.values
+        assert v["w_max_rtg"].value == model.w_max_rtg  # 4 MW as 4000 × 10^3
+        assert v["wh_rtg"].value == model.battery.capacity_wh
+        assert v["soc_ratio"].value == pytest.approx(model.battery.soc, abs=1e-4)  # 0.01 %
+        assert v["hz"].value == pytest.approx(50.0, abs=0.5)
+        await driver.write("w_set", 1_500_000.0)
+        await driver.write("w_set_ena", 1)
+        assert model.w_set == 1_500_000.0 and model.w_set_ena
+        for beat in range(3):  # the battery follows while the heartbeat lives
+            await driver.write("heartbeat", beat)
+            await asyncio.sleep(0.05)
+        await until(lambda: driver.values["w"].value == 1_500_000.0, what="the battery to follow")
+    finally:
+        await driver.stop()
+
+
+async def test_a_device_that_is_not_what_its_map_says_is_refused(modbus_plant, tmp_path: Path):
+    """A map expecting another maker, and a SunSpec map pointed at a UPS: each is refused,
+    with the register named, and nothing is read from it."""
+    site, _ = modbus_plant
+    devices = {d.id: d for d in site.devices}
+    acme = tmp_path / "acme-bess.yaml"
+    acme.write_text(
+        (Path(drivers.__file__).parent / "maps" / "bess.yaml")
+        .read_text()
+        .replace("const: gridpilot", "const: acme")
+    )
+    cases = [
+        (devices["bess-1"].model_copy(update={"map": str(acme)}), "register 40004 (manufacturer)"),
+        (devices["ups-a"].model_copy(update={"kind": "bess"}), "registers 40000+"),
+    ]
+    for config, where in cases:
+        driver = make_driver(config)
+        driver.start()
+        try:
+            await until(lambda d=driver: d.counters.last_error is not None, what="the refusal")
+            assert where in driver.counters.last_error
+            assert not driver.connected and not driver.values
+        finally:
+            await driver.stop()
 
 
 async def test_lost_device_goes_stale_then_recovers(modbus_plant, ups_driver: DeviceDriver):

@@ -12,7 +12,7 @@ from controller.config import SiteConfig
 from controller.loop import ControlLoop, TickRecord
 from controller.service import make_driver
 from drivers.sim.stack import SimulatorStack
-from tests.test_drivers import modbus_only, until
+from tests.plant import modbus_only, until
 
 
 @pytest.fixture

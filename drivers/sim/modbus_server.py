@@ -13,7 +13,7 @@ from drivers.devicemap import DeviceMap, Point
 
 
 class RegisterImage:
-    """The registers a device shows, encoded through its map."""
+    """The registers a device shows, encoded through its map, const points included."""
 
     def __init__(self, devmap: DeviceMap) -> None:
         self.map = devmap
@@ -21,6 +21,8 @@ class RegisterImage:
         self.start = min(p.address for p in points)  # type: ignore[type-var]
         end = max(p.address + p.register_count for p in points)  # type: ignore[operator]
         self.registers = [0] * (end - self.start)
+        for address, words in devmap.const_words().items():
+            self.registers[address - self.start : address - self.start + len(words)] = words
         self._by_register: dict[int, Point] = {
             p.address: p
             for p in points  # type: ignore[misc]
@@ -28,7 +30,7 @@ class RegisterImage:
 
     def set(self, name: str, value: float) -> None:
         p = self.map.point(name)
-        words = self.map.encode(p, value)
+        words = self.map.encode(p, value, self.map.sf_value(p, {}))
         offset = p.address - self.start  # type: ignore[operator]
         self.registers[offset : offset + len(words)] = words
 
@@ -36,9 +38,12 @@ class RegisterImage:
         for name, value in values.items():
             self.set(name, value)
 
+    def _decode(self, p: Point, words: list[int]) -> float:
+        return self.map.decode(p, words) * 10.0 ** self.map.sf_value(p, {})
+
     def get(self, name: str) -> float:
         p = self.map.point(name)
-        return self.map.decode(p, self.registers[p.address - self.start :])  # type: ignore[operator]
+        return self._decode(p, self.registers[p.address - self.start :])  # type: ignore[operator]
 
     def decode_write(self, address: int, words: list[int]) -> dict[str, float] | ExcCodes:
         """What a write request means point by point, or the exception a device would answer."""
@@ -48,7 +53,7 @@ class RegisterImage:
             p = self._by_register.get(reg)
             if p is None or not p.writable or reg + p.register_count > address + len(words):
                 return ExcCodes.ILLEGAL_ADDRESS
-            value = self.map.decode(p, words[reg - address :])
+            value = self._decode(p, words[reg - address :])
             if not p.in_range(value):
                 return ExcCodes.ILLEGAL_VALUE
             changes[p.name] = value
@@ -68,6 +73,7 @@ class ModbusDeviceServer:
         on_write: Callable[[str, float], None],
     ) -> None:
         self.image, self.on_write = image, on_write
+        self.host, self.port = host, port
         self.response_delay_s = 0.0  # a fault knob: a device slow to answer
         device = SimDevice(
             id=unit_id,

@@ -130,6 +130,7 @@ class BessModel:
     w: float = 0.0
     alarms: int = 0
     now_s: float = 0.0
+    hz: float = 50.0  # at its terminals: the grid's
 
     def write(self, point: str, value: float) -> None:
         if point == "w_set":
@@ -156,9 +157,12 @@ class BessModel:
     def points(self) -> dict[str, float]:
         return {
             "w": self.w,
+            "hz": self.hz,
             "soc_ratio": self.battery.soc,
             "w_max_rtg": self.w_max_rtg,
             "wh_rtg": self.battery.capacity_wh,
+            "wh_avail": self.battery.soc * self.battery.capacity_wh,
+            "device_heartbeat": float(int(self.now_s) % 65536),
             "alarms": float(self.alarms),
         }
 

@@ -109,7 +109,9 @@ class SimulatorStack:
         share = self.it_w / max(len(self.ups), 1)
         for ups in self.ups.values():
             ups.step(share, dt)
+        frequency = next(iter(self.meter.values())).frequency_hz if self.meter else None
         for bess in self.bess.values():
+            bess.hz = frequency or bess.hz
             bess.step(dt)
         for cdu in self.cdu.values():
             cdu.step(self.it_w, dt)
