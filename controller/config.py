@@ -114,6 +114,17 @@ class DispatchConfig(Strict):
         return self
 
 
+class FrequencyEvent(Strict):
+    """A scripted grid-frequency excursion the simulated meter shows: a fall (or rise) to
+    `depth_hz` from nominal, a hold, a recovery, on top of the slow random walk."""
+
+    at_s: float = Field(ge=0, le=1e7, description="simulated time it starts")
+    depth_hz: float = Field(ge=-2, le=2, description="deviation at its deepest, e.g. -0.2")
+    fall_s: PositiveSeconds = 5.0
+    hold_s: float = Field(10.0, ge=0, le=3600)
+    recover_s: PositiveSeconds = 30.0
+
+
 class SimulationConfig(Strict):
     """The demo plant: only the simulators read this; the controller learns ratings from devices."""
 
@@ -129,6 +140,13 @@ class SimulationConfig(Strict):
     grid_frequency_hz: Literal[50, 60] = 50
     heartbeat_timeout_s: PositiveSeconds = 2.0
     physics_period_s: float = Field(0.01, gt=0, le=1)
+    racks: int = Field(100, ge=1, le=100_000, description="the GPUs split into racks ...")
+    rack_jitter_s: float = Field(0.02, ge=0, le=1, description="... each offset by up to this")
+    frequency_events: list[FrequencyEvent] = Field(default_factory=list)
+    inference_trace: str = Field("h200_infer_llama1p1b", description="drives the token counter")
+    token_gpus: int = Field(10_000, ge=0, le=10_000_000, description="GPUs generating tokens")
+    inference_host: str = "127.0.0.1"
+    inference_port: Port | None = Field(None, description="serve vLLM-style /metrics here")
 
 
 class SiteConfig(BaseSettings):

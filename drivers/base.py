@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from drivers.devicemap import DeviceMap
 
@@ -40,6 +40,7 @@ class DriverSettings:
 class DriverCounters:
     polls_total: int = 0
     errors_total: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)  # timeout, connection, ...
     writes_total: int = 0
     write_errors_total: int = 0
     last_latency_s: float = math.nan
@@ -52,8 +53,39 @@ class DeviceIOError(RuntimeError):
     """A read or write that failed; the message names device, point and value."""
 
 
+class FrozenDataError(Exception):
+    """The device answers, but its own heartbeat stands still: its values are old."""
+
+    kind = "frozen"
+
+
+class DeviceAnswerError(OSError):
+    """A read the device answered with an error (e.g. a Modbus exception)."""
+
+    kind = "exception"
+
+
+class DeviceMismatchError(ConnectionError):
+    """The device answers, but does not show what its map says it must."""
+
+    kind = "mismatch"
+
+
 class DeviceRejectedError(Exception):
-    """The device answered a request with an error (e.g. a Modbus exception): the link is up."""
+    """The device answered a write with an error (e.g. a Modbus exception): the link is up."""
+
+    kind = "rejected"
+
+
+def error_kind(exc: BaseException) -> str:
+    """A bounded label for an error: what an operator would look for first."""
+    if kind := getattr(exc, "kind", None):
+        return str(kind)
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionError | EOFError):
+        return "connection"
+    return "other"
 
 
 class DeviceDriver(ABC):
@@ -65,6 +97,9 @@ class DeviceDriver(ABC):
         self.settings = settings
         self.values: dict[str, PointValue] = {}
         self.identity: dict[str, str] = {}  # maker, model, serial: as the device says
+        self.frozen = False  # the device's own heartbeat stopped: its values are not refreshed
+        self._alive_value = math.nan
+        self._alive_since = 0.0
         self.counters = DriverCounters()
         self.connected = False
         self._task: asyncio.Task[None] | None = None
@@ -88,6 +123,10 @@ class DeviceDriver(ABC):
 
     @abstractmethod
     async def _close(self) -> None: ...
+
+    def _link_up(self) -> bool:
+        """Whether the transport still stands (to tell a dropped link from a silent device)."""
+        return True
 
     # --- shared behaviour --------------------------------------------------------------
     def start(self) -> None:
@@ -131,6 +170,8 @@ class DeviceDriver(ABC):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any link fault: count, report, reconnect with backoff
+                if isinstance(exc, TimeoutError) and self.connected and not self._link_up():
+                    exc = ConnectionError("the device closed the connection")
                 self._record_error(exc)
                 self._fail_pending(DeviceIOError(f"{self.device_id}: {self.counters.last_error}"))
                 if self.connected:
@@ -147,11 +188,28 @@ class DeviceDriver(ABC):
         now = time.monotonic()
         self.counters.polls_total += 1
         self.counters.last_latency_s = now - started
+        if self._frozen(raw, now):
+            return  # the old values age until the snapshot calls them stale
         points = self.map.points
         self.values = {
             name: PointValue(v, points[name].unit, now, points[name].in_range(v))
             for name, v in raw.items()
         }
+
+    def _frozen(self, raw: dict[str, float], now: float) -> bool:
+        """A device that answers but whose own heartbeat stands still shows old data."""
+        point = self.map.alive_point
+        if point is None or point not in raw:
+            return False
+        if raw[point] != self._alive_value:
+            self._alive_value, self._alive_since = raw[point], now
+            self.frozen = False
+            return False
+        stuck_s = now - self._alive_since
+        if stuck_s > self.map.alive_timeout_s and not self.frozen:
+            self.frozen = True
+            self._record_error(FrozenDataError(f"{point} unchanged for {stuck_s:.1f} s"))
+        return self.frozen
 
     async def _flush_writes(self) -> None:
         while self._pending:
@@ -186,6 +244,8 @@ class DeviceDriver(ABC):
 
     def _record_error(self, exc: BaseException) -> None:
         self.counters.errors_total += 1
+        kind = error_kind(exc)
+        self.counters.errors_by_kind[kind] = self.counters.errors_by_kind.get(kind, 0) + 1
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if message != self.counters.last_error:
             log.warning("device error", extra={"device": self.device_id, "error": message})

@@ -28,6 +28,14 @@ MODBUS_TYPES: dict[str, tuple[int, str]] = {
 OPCUA_TYPES = {"double"}
 MAX_BLOCK_REGISTERS = 125  # Modbus limit for one read of holding registers
 SUNSPEC_MARKER = "SunS"
+# What a SunSpec device shows for a value it does not have (the standard's sentinels).
+NOT_IMPLEMENTED = {
+    "int16": (b"\x80\x00",),
+    "uint16": (b"\xff\xff",),
+    "int32": (b"\x80\x00\x00\x00",),
+    "uint32": (b"\xff\xff\xff\xff",),
+    "float32": (b"\x7f\xc0\x00\x00",),
+}
 SUNSPEC_END = 0xFFFF
 
 
@@ -88,6 +96,9 @@ class DeviceMap:
     namespace: str = ""
     blocks: tuple[Block, ...] = field(default=())  # what every poll reads
     identity_blocks: tuple[Block, ...] = field(default=())  # const and string points, at connect
+    sunspec: bool = False  # SunSpec's "not implemented" values read as NaN
+    alive_point: str | None = None  # a counter the device moves; stuck = its data are frozen
+    alive_timeout_s: float = 3.0
 
     @property
     def polled(self) -> list[str]:
@@ -106,6 +117,8 @@ class DeviceMap:
         if self.word_order == "little":
             words.reverse()
         raw = b"".join(w.to_bytes(2, "big") for w in words)
+        if self.sunspec and point.const is None and raw in NOT_IMPLEMENTED.get(point.type, ()):
+            return math.nan
         (value,) = struct.unpack(">" + MODBUS_TYPES[point.type][1], raw)
         return float(value) * point.scale
 
@@ -377,6 +390,14 @@ def parse_map(data: object, source: str) -> DeviceMap:
         factor = next((f for f in points if f.name == p.sf), None) if p.sf else None
         if p.sf and (factor is None or factor.type != "int16"):
             raise DeviceMapError(f"{source}, point {p.name!r}: sf {p.sf!r} is no int16 point")
+    alive_point, alive_timeout = None, 3.0
+    if (liveness := data.get("liveness")) is not None:
+        alive_point = liveness.get("point") if isinstance(liveness, dict) else None
+        alive_timeout = liveness.get("timeout_s", 3.0) if isinstance(liveness, dict) else None
+        if alive_point not in names:
+            raise DeviceMapError(f"{source}: liveness point {alive_point!r} is not a point")
+        if not (isinstance(alive_timeout, int | float) and alive_timeout > 0):
+            raise DeviceMapError(f"{source}: liveness timeout_s must be > 0 s")
     gap = data.get("block_gap", 8)
     if not (isinstance(gap, int) and 0 <= gap < MAX_BLOCK_REGISTERS):
         raise DeviceMapError(f"{source}: block_gap is a register count 0–124, not {gap!r}")
@@ -395,6 +416,9 @@ def parse_map(data: object, source: str) -> DeviceMap:
         namespace=str(data.get("namespace", "")),
         blocks=blocks,
         identity_blocks=identity,
+        sunspec=data.get("sunspec") is not None,
+        alive_point=alive_point,
+        alive_timeout_s=float(alive_timeout),
     )
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from drivers.base import DeviceDriver, DeviceRejectedError, DriverSettings
+from drivers.base import (
+    DeviceAnswerError,
+    DeviceDriver,
+    DeviceMismatchError,
+    DeviceRejectedError,
+    DriverSettings,
+)
 from drivers.devicemap import Block, DeviceMap
-
-
-class DeviceMismatchError(ConnectionError):
-    """The device answers, but does not show what its map says it must."""
 
 
 class ModbusDriver(DeviceDriver):
@@ -74,7 +76,9 @@ class ModbusDriver(DeviceDriver):
             block.address, count=block.count, device_id=self.unit_id
         )
         if rr.isError():
-            raise OSError(f"read of registers {block.address}+{block.count} answered {rr}")
+            raise DeviceAnswerError(
+                f"read of registers {block.address}+{block.count} answered {rr}"
+            )
         return self.map.decode_block(block, rr.registers)
 
     async def _read_all(self) -> dict[str, float]:
@@ -101,6 +105,9 @@ class ModbusDriver(DeviceDriver):
         if back.isError() or back.registers != words:
             shown = back if back.isError() else self.map.decode(p, back.registers) * 10.0**sf
             raise DeviceRejectedError(f"register {p.address} reads back {shown} after the write")
+
+    def _link_up(self) -> bool:
+        return self._client is not None and self._client.connected
 
     async def _close(self) -> None:
         if self._client is not None:

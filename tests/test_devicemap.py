@@ -82,6 +82,9 @@ def test_value_too_large_for_its_type_is_refused():
         m.encode(m.point("mode"), 70000)
 
 
+SUNSPEC = {"base": 40000, "models": [{"id": 1, "length": 66}]}
+
+
 def _map(**point) -> dict:
     base = {"name": "p", "address": 0, "type": "uint16", "unit": "W"}
     return {"kind": "x", "protocol": "modbus", "points": [{**base, **point}]}
@@ -100,6 +103,12 @@ def _map(**point) -> dict:
         (_map(colour="red"), "unknown fields"),
         ({"kind": "x", "protocol": "bacnet", "points": []}, "protocol must be"),
         ({"kind": "x", "protocol": "modbus", "points": []}, "no points"),
+        (_map(type="string"), "a string needs count"),
+        (_map(const="abc"), "does not suit type uint16"),
+        (_map(sf="nothing"), "sf 'nothing' is no int16 point"),
+        (_map(model=701, offset=10, address=None), "model 701 is not in the map's sunspec"),
+        ({**_map(model=1, offset=68, address=None), "sunspec": SUNSPEC}, "offset 68 is outside"),
+        ({**_map(), "liveness": {"point": "beat"}}, "liveness point 'beat' is not a point"),
     ],
 )
 def test_bad_map_names_file_and_point(data: dict, message: str):
@@ -137,3 +146,20 @@ def test_map_file_by_path(tmp_path: Path):
     assert load_map(path).point("p").unit == "W"
     with pytest.raises(DeviceMapError, match="cannot read"):
         load_map("no-such-map")
+
+
+def test_sunspec_layout_and_its_not_implemented_values():
+    m = load_map("bess")
+    assert m.point("sunspec_marker").address == 40000
+    assert m.point("model_802_id").address == 40353 and m.point("model_802_length").const == 62
+    assert m.point("sunspec_end").address == 40417  # after the last model's 62 registers
+    w, soc, end = m.point("w"), m.point("soc_ratio"), m.point("sunspec_end")
+    assert math.isnan(m.decode(w, [0x8000]))  # int16 "not implemented"
+    assert math.isnan(m.decode(soc, [0xFFFF]))  # uint16 "not implemented"
+    assert m.decode(end, [0xFFFF]) == 0xFFFF  # a const is what it says
+    # Scale factors: W in kW (w_sf 3), SoC in hundredths of a percent (pct_sf -2, scale 0.01).
+    assert m.encode(w, -1_234_000.0, sf=3.0) == [(-1234) & 0xFFFF]
+    assert m.encode(soc, 0.6789, sf=-2.0) == [6789]
+    values = {"w": m.decode(w, [1234]), "soc_ratio": m.decode(soc, [6789])}
+    m.with_scale_factors(values, {"w_sf": 3.0, "pct_sf": -2.0})
+    assert values == {"w": 1_234_000.0, "soc_ratio": pytest.approx(0.6789)}

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import httpx
+import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from drivers.sim.load import TraceLoad
 from drivers.sim.plant import (
     HEARTBEAT_LOST,
     Battery,
     BessModel,
     CduModel,
+    FrequencyExcursion,
     Heartbeat,
     MeterModel,
     UpsModel,
 )
+from drivers.sim.tokens import MetricsEndpoint, TraceTokens
+from tests.sites import free_port
 
 DT = 0.01
 
@@ -107,3 +114,58 @@ def test_meter_averages_over_its_window():
         m.step(3e6, DT)
     assert m.active_power_w == pytest.approx(2e6)
     assert 49.9 < m.frequency_hz < 50.1
+
+
+def test_meter_shows_a_scripted_frequency_dip_and_its_recovery():
+    dip = FrequencyExcursion(at_s=1.0, depth_hz=-0.2, fall_s=2.0, hold_s=3.0, recover_s=4.0)
+    m = MeterModel(50.0, events=[dip])
+    seen = {}
+    for k in range(1, 1101):
+        m.step(1e6, DT)
+        seen[k] = m.frequency_hz
+    walk = 0.06  # the random walk's reach over these 11 s, generously
+    assert seen[100] == pytest.approx(50.0, abs=walk)  # before
+    assert seen[200] == pytest.approx(49.9, abs=walk)  # halfway down
+    assert seen[450] == pytest.approx(49.8, abs=walk)  # holding
+    assert seen[800] == pytest.approx(49.9, abs=walk)  # halfway back
+    assert seen[1100] == pytest.approx(50.0, abs=walk)  # recovered
+    assert dip.deviation_hz(4.5) == -0.2 and dip.deviation_hz(0.5) == 0.0
+
+
+def test_rack_jitter_keeps_the_swing_and_the_energy():
+    lockstep = TraceLoad("h200_train_1p7b", 10_000, 2e6)
+    racks = TraceLoad("h200_train_1p7b", 10_000, 2e6, racks=100, jitter_s=0.02)
+    t = np.arange(0.0, 2 * lockstep.period_s, 0.01)
+    a = np.array([lockstep.it_power_w(x) for x in t])
+    b = np.array([racks.it_power_w(x) for x in t])
+    assert b.mean() == pytest.approx(a.mean(), rel=1e-3)
+    assert np.max(np.abs(np.diff(b))) > 3e6  # still megawatts within 10 ms: the grid's problem
+    assert not np.array_equal(a, b)
+
+
+def test_token_counter_follows_the_inference_trace():
+    tokens = TraceTokens("h200_infer_llama1p1b", gpus=1000)
+    assert tokens.per_period == 85_856  # the trace README's count
+    assert tokens.total(0.0) == 0.0
+    assert tokens.total(tokens.period_s) == pytest.approx(85_856 * 1000)
+    assert tokens.total(2.5 * tokens.period_s) > tokens.total(2 * tokens.period_s)
+    samples = [tokens.total(x) for x in np.linspace(0, 3 * tokens.period_s, 500)]
+    assert np.all(np.diff(samples) >= 0)  # a counter
+
+
+async def test_token_endpoint_speaks_prometheus_text():
+    """Parsed by prometheus_client's own parser, as a scraper would."""
+    endpoint = MetricsEndpoint("127.0.0.1", free_port(), lambda: 1234.0, "llama")
+    await endpoint.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            url = f"http://127.0.0.1:{endpoint.port}"
+            reply = await client.get(f"{url}/metrics")
+            missing = await client.get(f"{url}/nothing")
+    finally:
+        await endpoint.stop()
+    assert reply.status_code == 200 and missing.status_code == 404
+    (family,) = text_string_to_metric_families(reply.text)
+    assert family.name == "vllm:generation_tokens" and family.type == "counter"
+    (sample,) = [s for s in family.samples if s.name.endswith("_total")]
+    assert sample.value == 1234.0 and sample.labels == {"model_name": "llama"}

@@ -34,9 +34,13 @@ def training_start_s(name: str) -> float:
 
 
 class TraceLoad:
-    """site IT load = base_w + gpus × gpu_power_w(t), sample-and-hold, tiled from `start_s`."""
+    """site IT load = base_w + Σ over racks of its GPUs × gpu_power_w(t + its offset),
+    sample-and-hold, tiled from the end of start-up. Each rack runs the trace offset by up to
+    `jitter_s` (seeded): real racks are not in lockstep to the millisecond, but the swing stays."""
 
-    def __init__(self, trace: str, gpus: int, base_w: float) -> None:
+    def __init__(
+        self, trace: str, gpus: int, base_w: float, racks: int = 1, jitter_s: float = 0.0
+    ) -> None:
         t, p = load_gpu_trace(trace)
         keep = t >= training_start_s(trace)
         self._t = t[keep] - t[keep][0]
@@ -44,12 +48,15 @@ class TraceLoad:
         self._step_s = float(np.median(np.diff(self._t)))
         self._period_s = float(self._t[-1]) + self._step_s
         self.gpus, self.base_w = gpus, base_w
+        self._offsets = (
+            np.random.default_rng(11).uniform(0.0, jitter_s, racks) if jitter_s else np.zeros(1)
+        )
 
     @property
     def period_s(self) -> float:
         return self._period_s
 
     def it_power_w(self, t_s: float) -> float:
-        phase = t_s % self._period_s
-        i = int(np.searchsorted(self._t, phase, side="right")) - 1
-        return self.base_w + self.gpus * float(self._p[max(i, 0)])
+        phase = (t_s + self._offsets) % self._period_s
+        i = np.maximum(np.searchsorted(self._t, phase, side="right") - 1, 0)
+        return self.base_w + self.gpus * float(self._p[i].mean())

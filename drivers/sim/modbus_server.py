@@ -10,6 +10,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.devicemap import DeviceMap, Point
+from drivers.sim.faults import LINK_FAULTS, Fault, faulty_words, measured
 
 
 class RegisterImage:
@@ -27,12 +28,27 @@ class RegisterImage:
             p.address: p
             for p in points  # type: ignore[misc]
         }
+        self.fault = Fault.NONE
 
-    def set(self, name: str, value: float) -> None:
-        p = self.map.point(name)
-        words = self.map.encode(p, value, self.map.sf_value(p, {}))
+    def show_fault(self, fault: Fault) -> None:
+        """NaN and absurd spoil every measured point (the heartbeat goes on); freeze stops
+        every update; anything else lets the physics write again."""
+        self.fault = fault
+        if fault in (Fault.NAN, Fault.ABSURD):
+            for p in measured(self.map):
+                self._put(p, faulty_words(self.map, p, fault))
+
+    def _put(self, p: Point, words: list[int]) -> None:
         offset = p.address - self.start  # type: ignore[operator]
         self.registers[offset : offset + len(words)] = words
+
+    def set(self, name: str, value: float) -> None:
+        if self.fault is Fault.FREEZE:
+            return
+        if self.fault in (Fault.NAN, Fault.ABSURD) and name != self.map.alive_point:
+            return
+        p = self.map.point(name)
+        self._put(p, self.map.encode(p, value, self.map.sf_value(p, {})))
 
     def set_many(self, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -75,6 +91,7 @@ class ModbusDeviceServer:
         self.image, self.on_write = image, on_write
         self.host, self.port = host, port
         self.response_delay_s = 0.0  # a fault knob: a device slow to answer
+        self.fault = Fault.NONE  # the link faults; the image shows the value faults
         device = SimDevice(
             id=unit_id,
             simdata=[
@@ -100,6 +117,15 @@ class ModbusDeviceServer:
     ) -> ExcCodes | None:
         if self.response_delay_s > 0:
             await asyncio.sleep(self.response_delay_s)
+        while self.fault is Fault.SILENT:
+            await asyncio.sleep(0.05)
+        if self.fault is Fault.DROP:
+            for connection in list(self.server.active_connections.values()):
+                if connection.transport:
+                    connection.transport.abort()  # a reset, with no answer sent
+            return None
+        if self.fault is Fault.EXCEPTION:
+            return ExcCodes.DEVICE_FAILURE
         if set_values is None:
             registers[: len(self.image.registers)] = self.image.registers
             return None
@@ -110,6 +136,10 @@ class ModbusDeviceServer:
             self.image.set(name, value)
             self.on_write(name, value)
         return None
+
+    def set_fault(self, fault: Fault) -> None:
+        self.fault = fault if fault in LINK_FAULTS else Fault.NONE
+        self.image.show_fault(Fault.NONE if fault in LINK_FAULTS else fault)
 
     async def start(self) -> None:
         await self.server.serve_forever(background=True)

@@ -162,7 +162,6 @@ class BessModel:
             "w_max_rtg": self.w_max_rtg,
             "wh_rtg": self.battery.capacity_wh,
             "wh_avail": self.battery.soc * self.battery.capacity_wh,
-            "device_heartbeat": float(int(self.now_s) % 65536),
             "alarms": float(self.alarms),
         }
 
@@ -227,6 +226,29 @@ class CduModel:
         }
 
 
+@dataclass(frozen=True)
+class FrequencyExcursion:
+    """Fall to depth_hz over fall_s, hold, recover over recover_s (times in simulated s)."""
+
+    at_s: float
+    depth_hz: float
+    fall_s: float = 5.0
+    hold_s: float = 10.0
+    recover_s: float = 30.0
+
+    def deviation_hz(self, t_s: float) -> float:
+        x = t_s - self.at_s
+        if x <= 0:
+            return 0.0
+        if x < self.fall_s:
+            return self.depth_hz * x / self.fall_s
+        x -= self.fall_s
+        if x <= self.hold_s:
+            return self.depth_hz
+        x -= self.hold_s
+        return self.depth_hz * max(0.0, 1.0 - x / self.recover_s)
+
+
 @dataclass
 class MeterModel:
     """Grid meter: power at the connection point, averaged over a measurement window as real
@@ -239,9 +261,12 @@ class MeterModel:
     frequency_hz: float = field(init=False)
     active_power_w: float = 0.0
     energy_import_j: float = 0.0
+    now_s: float = 0.0
+    events: list[FrequencyExcursion] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.frequency_hz = self.nominal_hz
+        self._walk_hz = self.nominal_hz
         self._rng = random.Random(self.seed)
         self._window: deque[tuple[float, float]] = deque()  # (dt, W) of recent steps
 
@@ -257,8 +282,10 @@ class MeterModel:
         self.energy_import_j += max(grid_w, 0.0) * dt
         # Ornstein–Uhlenbeck walk: about ±20 mHz, a few tens of seconds to revert.
         theta, sigma = 0.05, 0.006
-        self.frequency_hz += theta * (self.nominal_hz - self.frequency_hz) * dt
-        self.frequency_hz += sigma * math.sqrt(dt) * self._rng.gauss(0.0, 1.0)
+        self._walk_hz += theta * (self.nominal_hz - self._walk_hz) * dt
+        self._walk_hz += sigma * math.sqrt(dt) * self._rng.gauss(0.0, 1.0)
+        self.now_s += dt
+        self.frequency_hz = self._walk_hz + sum(e.deviation_hz(self.now_s) for e in self.events)
 
     def points(self) -> dict[str, float]:
         return {

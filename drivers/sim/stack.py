@@ -13,11 +13,21 @@ import threading
 import time
 
 from controller.config import DeviceConfig, SiteConfig
-from drivers.devicemap import load_map
+from drivers.devicemap import DeviceMap, load_map
+from drivers.sim.faults import LINK_FAULTS, Fault, faulty_value, measured
 from drivers.sim.load import TraceLoad
 from drivers.sim.modbus_server import ModbusDeviceServer, RegisterImage
 from drivers.sim.opcua_server import OpcUaDeviceServer
-from drivers.sim.plant import Battery, BessModel, CduModel, Heartbeat, MeterModel, UpsModel
+from drivers.sim.plant import (
+    Battery,
+    BessModel,
+    CduModel,
+    FrequencyExcursion,
+    Heartbeat,
+    MeterModel,
+    UpsModel,
+)
+from drivers.sim.tokens import MetricsEndpoint, TraceTokens
 
 log = logging.getLogger("gridpilot.sim")
 OPCUA_PUBLISH_PERIOD_S = 0.1
@@ -27,7 +37,18 @@ class SimulatorStack:
     def __init__(self, site: SiteConfig) -> None:
         sim = site.simulation
         self.site = site
-        self.load = TraceLoad(sim.trace, sim.gpus, sim.base_w)
+        self.load = TraceLoad(sim.trace, sim.gpus, sim.base_w, sim.racks, sim.rack_jitter_s)
+        self.tokens = TraceTokens(sim.inference_trace, sim.token_gpus)
+        self._token_endpoint = (
+            MetricsEndpoint(
+                sim.inference_host,
+                sim.inference_port,
+                lambda: self.tokens.total(self.sim_time_s),
+                sim.inference_trace,
+            )
+            if sim.inference_port is not None
+            else None
+        )
         self.ups: dict[str, UpsModel] = {
             d.id: UpsModel(
                 rated_power_w=sim.ups_rated_power_w,
@@ -46,10 +67,14 @@ class SimulatorStack:
             for d in site.devices_of("bess")
         }
         self.cdu: dict[str, CduModel] = {d.id: CduModel() for d in site.devices_of("cdu")}
+        excursions = [FrequencyExcursion(**e.model_dump()) for e in sim.frequency_events]
         self.meter: dict[str, MeterModel] = {
-            d.id: MeterModel(float(sim.grid_frequency_hz)) for d in site.devices_of("meter")
+            d.id: MeterModel(float(sim.grid_frequency_hz), events=list(excursions))
+            for d in site.devices_of("meter")
         }
         self.models = {**self.ups, **self.bess, **self.cdu, **self.meter}
+        self.maps: dict[str, DeviceMap] = {d.id: load_map(d.map_name) for d in site.devices}
+        self.faults: dict[str, Fault] = {}
         self.images: dict[str, RegisterImage] = {}
         self._modbus: dict[str, ModbusDeviceServer] = {}
         self._opcua: dict[str, OpcUaDeviceServer] = {}
@@ -57,26 +82,36 @@ class SimulatorStack:
         self.sim_time_s = 0.0
         self.it_w = 0.0
 
+    def shown(self, device_id: str) -> dict[str, float]:
+        """What a device shows now: its model's points, and its heartbeat counting seconds."""
+        values = self.models[device_id].points()
+        if (alive := self.maps[device_id].alive_point) is not None:
+            values[alive] = float(int(self.sim_time_s) % 65536)
+        return values
+
     async def _start_device(self, device: DeviceConfig) -> None:
-        devmap = load_map(device.map_name)
+        devmap = self.maps[device.id]
         model = self.models[device.id]
         if devmap.protocol == "modbus":
             image = self.images.setdefault(device.id, RegisterImage(devmap))
-            image.set_many(model.points())
+            image.set_many(self.shown(device.id))
             server = ModbusDeviceServer(
                 image, device.host, device.port, device.unit_id, model.write
             )
+            server.set_fault(self.faults.get(device.id, Fault.NONE))
             await server.start()
             self._modbus[device.id] = server
         else:
             ua_server = OpcUaDeviceServer(devmap, device.host, device.port, device.id)
-            await ua_server.start(model.points())
+            await ua_server.start(self.shown(device.id))
             self._opcua[device.id] = ua_server
 
     async def start(self) -> None:
         self._step(self.site.simulation.physics_period_s)
         for device in self.site.devices:
             await self._start_device(device)
+        if self._token_endpoint is not None:
+            await self._token_endpoint.start()
         self._task = asyncio.create_task(self._run(), name="sim:physics")
         log.info("simulators up", extra={"devices": len(self.site.devices)})
 
@@ -96,12 +131,34 @@ class SimulatorStack:
         """Make a Modbus device slow to answer every request: a fault for tests."""
         self._modbus[device_id].response_delay_s = seconds
 
+    def frequency_event(
+        self, depth_hz: float, fall_s: float, hold_s: float, recover_s: float
+    ) -> None:
+        """Start a grid-frequency excursion now, on every meter (tests, demos)."""
+        for meter in self.meter.values():
+            meter.events.append(
+                FrequencyExcursion(meter.now_s, depth_hz, fall_s, hold_s, recover_s)
+            )
+
+    def set_fault(self, device_id: str, fault: Fault) -> None:
+        """Make a device show a fault (Fault.NONE ends it); its physics goes on meanwhile."""
+        if device_id not in self.models:
+            raise KeyError(f"no simulated device {device_id!r}")
+        if fault in LINK_FAULTS and self.maps[device_id].protocol != "modbus":
+            raise ValueError(f"{device_id}: {fault} is a Modbus link fault")
+        self.faults[device_id] = fault
+        if device_id in self._modbus:
+            self._modbus[device_id].set_fault(fault)
+        log.warning("fault", extra={"device": device_id, "fault": str(fault)})
+
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for device_id in list(self._modbus) + list(self._opcua):
             await self.stop_device(device_id)
+        if self._token_endpoint is not None:
+            await self._token_endpoint.stop()
 
     def _step(self, dt: float) -> None:
         self.sim_time_s += dt
@@ -134,7 +191,7 @@ class SimulatorStack:
             self._step(min(now - last, 10 * period))
             last = now
             for device_id, image in self.images.items():
-                image.set_many(self.models[device_id].points())
+                image.set_many(self.shown(device_id))
             if now >= next_publish:
                 next_publish = now + OPCUA_PUBLISH_PERIOD_S
                 await self._exchange_opcua()
@@ -142,10 +199,16 @@ class SimulatorStack:
     async def _exchange_opcua(self) -> None:
         for device_id, server in list(self._opcua.items()):
             model = self.models[device_id]
+            fault = self.faults.get(device_id, Fault.NONE)
+            if fault is Fault.FREEZE:
+                continue
+            values = self.shown(device_id)
+            if fault in (Fault.NAN, Fault.ABSURD):
+                values |= {p.name: faulty_value(fault) for p in measured(self.maps[device_id])}
             try:
                 for name, value in (await server.take_writes()).items():
                     model.write(name, value)
-                await server.publish(model.points())
+                await server.publish(values)
             except Exception:  # a server being stopped mid-exchange; the physics goes on
                 log.exception("OPC UA exchange failed", extra={"device": device_id})
 

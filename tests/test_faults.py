@@ -1,0 +1,98 @@
+"""Faults on command: each simulated fault is detected by the driver, flagged in the snapshot
+(stale or invalid, never used for control), reported, leaves the rest of the site running,
+and ends with the driver recovering on its own."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from controller.config import SiteConfig
+from controller.service import make_driver
+from controller.snapshot import Snapshot, take_snapshot
+from drivers.sim.faults import Fault
+from drivers.sim.stack import SimulatorStack
+from tests.plant import until
+
+POINT = "output_power_w"
+# fault → (what the snapshot shows, the error kind the driver counts; None: none counted)
+EXPECTED = {
+    Fault.DROP: ("stale", "connection"),
+    Fault.SILENT: ("stale", "timeout"),
+    Fault.EXCEPTION: ("stale", "exception"),
+    Fault.NAN: ("invalid", None),
+    Fault.ABSURD: ("invalid", None),
+    Fault.FREEZE: ("stale", "frozen"),
+}
+
+
+@pytest.fixture
+async def ups_pair(modbus_plant):
+    site, stack = modbus_plant
+    configs = {d.id: d for d in site.devices if d.kind == "ups"}
+    drivers = {i: make_driver(c) for i, c in configs.items()}
+    for d in drivers.values():
+        d.start()
+    await until(lambda: all(d.values for d in drivers.values()), what="first polls")
+
+    def snapshot() -> Snapshot:
+        return take_snapshot(drivers, configs, time.monotonic(), time.time())
+
+    yield site, stack, drivers, snapshot
+    for d in drivers.values():
+        await d.stop()
+
+
+@pytest.mark.parametrize("fault", list(EXPECTED))
+async def test_fault_is_detected_reported_contained_and_recovered(ups_pair, fault: Fault):
+    _, stack, drivers, snapshot = ups_pair
+    shows, kind = EXPECTED[fault]
+    assert snapshot().devices["ups-a"].value(POINT) is not None
+
+    stack.set_fault("ups-a", fault)
+    await until(lambda: snapshot().devices["ups-a"].value(POINT) is None, 10, f"{fault} noticed")
+    reading = snapshot().devices["ups-a"].points[POINT]
+    if shows == "invalid":  # the device answers on time, with values that cannot be used
+        assert not reading.valid and not reading.stale and drivers["ups-a"].connected
+    else:
+        counters = drivers["ups-a"].counters
+        await until(lambda: counters.errors_total > 0, 5, "the error to be counted")
+        assert snapshot().devices["ups-a"].points[POINT].stale
+        assert counters.errors_by_kind.get(kind, 0) >= 1, counters
+    # The rest of the site goes on: the other UPS stays fresh all along.
+    assert snapshot().devices["ups-b"].value(POINT) is not None
+
+    stack.set_fault("ups-a", Fault.NONE)
+    await until(lambda: snapshot().devices["ups-a"].value(POINT) is not None, 15, "recovery")
+    assert drivers["ups-a"].connected and not drivers["ups-a"].frozen
+
+
+async def test_opcua_cdu_value_faults(site: SiteConfig):
+    """Over OPC UA too: NaN is flagged invalid, a frozen CDU goes stale once its heartbeat
+    stands still, and both recover; a Modbus link fault is refused for it, naming it."""
+    stack = SimulatorStack(site)
+    await stack.start()
+    config = next(d for d in site.devices if d.kind == "cdu")
+    driver = make_driver(config)
+    driver.start()
+
+    def reading():
+        snap = take_snapshot({config.id: driver}, {config.id: config}, time.monotonic(), 0.0)
+        return snap.devices[config.id].points["supply_temperature_c"]
+
+    try:
+        await until(lambda: driver.values, 15, "first OPC UA poll")
+        with pytest.raises(ValueError, match="cdu-1: silent is a Modbus link fault"):
+            stack.set_fault(config.id, Fault.SILENT)
+        stack.set_fault(config.id, Fault.NAN)
+        await until(lambda: not reading().valid, 5, "NaN flagged")
+        assert not reading().stale
+        stack.set_fault(config.id, Fault.FREEZE)
+        await until(lambda: reading().stale, 10, "frozen CDU flagged stale")
+        assert driver.frozen and driver.counters.errors_by_kind["frozen"] == 1
+        stack.set_fault(config.id, Fault.NONE)
+        await until(lambda: reading().usable, 10, "recovery")
+    finally:
+        await driver.stop()
+        await stack.stop()
