@@ -41,6 +41,8 @@ class DeviceConfig(Strict):
         0.5, description="a value older than this is stale and not used for control"
     )
     backoff_max_s: PositiveSeconds = 5.0
+    retries: int = Field(1, ge=0, le=5, description="reads answered with an error, tried again")
+    min_gap_s: float = Field(0.0, ge=0, le=1, description="between two requests, s")
 
     @property
     def map_name(self) -> str:

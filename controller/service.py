@@ -35,6 +35,8 @@ def make_driver(device: DeviceConfig) -> DeviceDriver:
         poll_period_s=device.poll_period_s,
         timeout_s=device.timeout_s,
         backoff_max_s=device.backoff_max_s,
+        retries=device.retries,
+        min_gap_s=device.min_gap_s,
     )
     if devmap.protocol == "modbus":
         return ModbusDriver(device.id, devmap, settings, device.host, device.port, device.unit_id)

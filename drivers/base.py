@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 
 from drivers.devicemap import DeviceMap
@@ -34,6 +35,8 @@ class DriverSettings:
     timeout_s: float = 0.5
     backoff_initial_s: float = 0.1
     backoff_max_s: float = 5.0
+    retries: int = 1  # a read the device answered with an error (e.g. busy) is tried again
+    min_gap_s: float = 0.0  # between two requests to the device (slow gateways need one)
 
 
 @dataclass
@@ -41,9 +44,11 @@ class DriverCounters:
     polls_total: int = 0
     errors_total: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)  # timeout, connection, ...
+    retries_total: int = 0
     writes_total: int = 0
     write_errors_total: int = 0
     last_latency_s: float = math.nan
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # of polls
     last_error: str | None = None
     last_write_error: str | None = None
     last_write_error_at: float = -math.inf  # time.monotonic()
@@ -129,6 +134,19 @@ class DeviceDriver(ABC):
         return True
 
     # --- shared behaviour --------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect by hand, for tools and benchmarks that poll with `read_once` (never
+        while the driver's own task runs: one owner per link)."""
+        await asyncio.wait_for(self._connect(), self.settings.timeout_s)
+        self.connected = True
+
+    async def read_once(self) -> dict[str, PointValue]:
+        """One poll of every point by hand, after `open`."""
+        if self._task is not None:
+            raise RuntimeError(f"{self.device_id}: the driver's task owns the link")
+        await self._poll_once()
+        return self.values
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"driver:{self.device_id}")
 
@@ -188,6 +206,7 @@ class DeviceDriver(ABC):
         now = time.monotonic()
         self.counters.polls_total += 1
         self.counters.last_latency_s = now - started
+        self.counters.latencies_s.append(now - started)
         if self._frozen(raw, now):
             return  # the old values age until the snapshot calls them stale
         points = self.map.points

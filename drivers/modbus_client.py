@@ -6,6 +6,10 @@ the strings (maker, model, serial) become its identity."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
+
 from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.base import (
@@ -32,6 +36,7 @@ class ModbusDriver(DeviceDriver):
         self.host, self.port, self.unit_id = host, port, unit_id
         self._client: AsyncModbusTcpClient | None = None
         self._factors: dict[str, float] = {}  # scale factors: consts, then as polled
+        self._last_request_end = -math.inf
 
     async def _connect(self) -> None:
         # Our own loop does the retrying and backoff; pymodbus must not reconnect behind it.
@@ -72,14 +77,22 @@ class ModbusDriver(DeviceDriver):
 
     async def _read_block(self, block: Block) -> dict[str, float | str]:
         assert self._client is not None
-        rr = await self._client.read_holding_registers(
-            block.address, count=block.count, device_id=self.unit_id
-        )
-        if rr.isError():
-            raise DeviceAnswerError(
-                f"read of registers {block.address}+{block.count} answered {rr}"
+        for attempt in range(self.settings.retries + 1):
+            await self._keep_gap()
+            rr = await self._client.read_holding_registers(
+                block.address, count=block.count, device_id=self.unit_id
             )
-        return self.map.decode_block(block, rr.registers)
+            self._last_request_end = time.monotonic()
+            if not rr.isError():
+                return self.map.decode_block(block, rr.registers)
+            if attempt < self.settings.retries:
+                self.counters.retries_total += 1
+        raise DeviceAnswerError(f"read of registers {block.address}+{block.count} answered {rr}")
+
+    async def _keep_gap(self) -> None:
+        wait = self._last_request_end + self.settings.min_gap_s - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _read_all(self) -> dict[str, float]:
         values: dict[str, float] = {}
@@ -93,6 +106,7 @@ class ModbusDriver(DeviceDriver):
         p = self.map.point(point)
         sf = self.map.sf_value(p, self._factors)
         words = self.map.encode(p, value, sf)
+        await self._keep_gap()
         rr = await self._client.write_registers(p.address, words, device_id=self.unit_id)  # type: ignore[arg-type]
         if rr.isError():
             raise DeviceRejectedError(f"write of register {p.address} answered {rr}")

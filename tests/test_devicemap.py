@@ -163,3 +163,15 @@ def test_sunspec_layout_and_its_not_implemented_values():
     values = {"w": m.decode(w, [1234]), "soc_ratio": m.decode(soc, [6789])}
     m.with_scale_factors(values, {"w_sf": 3.0, "pct_sf": -2.0})
     assert values == {"w": 1_234_000.0, "soc_ratio": pytest.approx(0.6789)}
+
+
+@given(registers=st.lists(st.integers(0, 0xFFFF), min_size=125, max_size=125))
+def test_block_decoding_matches_point_by_point(registers: list[int]):
+    """The whole-block fast path reads every point as decoding it alone does."""
+    m = load_map("ups")
+    for block in m.blocks:
+        words = registers[: block.count]
+        fast = m.decode_block(block, words)
+        for p in block.points:
+            alone = m.decode(p, words[p.address - block.address :])
+            assert fast[p.name] == alone or (math.isnan(alone) and math.isnan(fast[p.name]))

@@ -123,6 +123,20 @@ async def test_sunspec_bess_through_the_driver(modbus_plant):
         await driver.stop()
 
 
+async def test_minimum_gap_between_requests(modbus_plant):
+    """A slow gateway's minimum gap: the BESS's four block reads are spread apart."""
+    site, _ = modbus_plant
+    config = next(d for d in site.devices if d.id == "bess-1")
+    driver = make_driver(config.model_copy(update={"min_gap_s": 0.05}))
+    assert len(driver.map.blocks) == 4
+    await driver.open()
+    try:
+        await driver.read_once()
+        assert driver.counters.last_latency_s >= 3 * 0.05
+    finally:
+        await driver.stop()
+
+
 async def test_a_device_that_is_not_what_its_map_says_is_refused(modbus_plant, tmp_path: Path):
     """A map expecting another maker, and a SunSpec map pointed at a UPS: each is refused,
     with the register named, and nothing is read from it."""
