@@ -21,6 +21,7 @@ from controller.replay.report import print_figures, print_sizing, replay_progres
 from controller.replay.run import ReplaySettings, plot, report, simulate
 from controller.replay.run import size as size_battery
 from controller.replay.trace import Trace, TraceError, read_trace
+from drivers.certs import make_site_certs
 
 app = typer.Typer(
     help="gridpilot: a real-time, grid-interactive controller for AI data centers.",
@@ -209,6 +210,30 @@ def check_config(config: Annotated[Path, typer.Argument(help="site file (YAML)")
     for module in site.modules:
         for d in module.devices:
             typer.echo(f"{module.id:12} {d.id:12} {d.kind:6} {d.host}:{d.port}")
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option("--out", help="folder for the PEM files")],
+    host: Annotated[
+        list[str], typer.Option("--host", help="the devices' IP or DNS name (repeat for more)")
+    ],
+    days: Annotated[int, typer.Option("--days", min=1, max=3650, help="valid for")] = 365,
+) -> None:
+    """Make a site CA, a device certificate and a controller certificate for secured links
+    (Modbus/TCP Security, OPC UA Basic256Sha256). Refuses to overwrite existing files."""
+    if out.exists() and any(out.glob("*.pem")):
+        typer.echo(f"gridpilot: {out} already holds certificates; choose an empty folder", err=True)
+        raise typer.Exit(2)
+    made = make_site_certs(out, host, days)
+    for name, path in (
+        ("site CA", made.ca),
+        ("device certificate", made.device.certificate),
+        ("device key", made.device.private_key),
+        ("controller certificate", made.controller.certificate),
+        ("controller key", made.controller.private_key),
+    ):
+        typer.echo(f"{name:24} {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

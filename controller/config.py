@@ -12,7 +12,15 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from drivers.yamlfile import read_yaml
@@ -26,6 +34,29 @@ PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SecurityConfig(Strict):
+    """A secured link. Modbus: Modbus/TCP Security (TLS 1.2+, both sides show certificates).
+    OPC UA: Basic256Sha256 with SignAndEncrypt, and a user name and password when given."""
+
+    certificate: FilePath = Field(description="the controller's certificate (PEM)")
+    private_key: FilePath = Field(description="its private key (PEM)")
+    peer_certificate: FilePath | None = Field(
+        None,
+        description="Modbus: the CA that signed the device's certificate; OPC UA: the "
+        "server's certificate (absent: taken from the endpoint)",
+    )
+    username: str | None = Field(None, min_length=1, max_length=256, description="OPC UA user")
+    password: SecretStr | None = Field(
+        None, description="e.g. GRIDPILOT_..._PASSWORD, not the file"
+    )
+
+    @model_validator(mode="after")
+    def _user_and_password(self) -> SecurityConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
 
 
 class DeviceConfig(Strict):
@@ -43,6 +74,10 @@ class DeviceConfig(Strict):
     backoff_max_s: PositiveSeconds = 5.0
     retries: int = Field(1, ge=0, le=5, description="reads answered with an error, tried again")
     min_gap_s: float = Field(0.0, ge=0, le=1, description="between two requests, s")
+    opcua_mode: Literal["poll", "subscribe"] = Field(
+        "poll", description="OPC UA: one batched read per poll, or a data-change subscription"
+    )
+    security: SecurityConfig | None = None
 
     @property
     def map_name(self) -> str:
@@ -127,6 +162,17 @@ class FrequencyEvent(Strict):
     recover_s: PositiveSeconds = 30.0
 
 
+class ServerSecurityConfig(Strict):
+    """The simulators' side of secured links (every simulated device shows the same)."""
+
+    certificate: FilePath = Field(description="the devices' certificate (PEM)")
+    private_key: FilePath
+    client_ca: FilePath = Field(description="Modbus: clients must show a certificate it signed")
+    users: dict[str, SecretStr] = Field(
+        default_factory=dict, description="OPC UA user names and passwords (none: anonymous)"
+    )
+
+
 class SimulationConfig(Strict):
     """The demo plant: only the simulators read this; the controller learns ratings from devices."""
 
@@ -149,6 +195,7 @@ class SimulationConfig(Strict):
     token_gpus: int = Field(10_000, ge=0, le=10_000_000, description="GPUs generating tokens")
     inference_host: str = "127.0.0.1"
     inference_port: Port | None = Field(None, description="serve vLLM-style /metrics here")
+    security: ServerSecurityConfig | None = Field(None, description="secured devices")
 
 
 class SiteConfig(BaseSettings):

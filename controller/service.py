@@ -24,6 +24,7 @@ from drivers.base import DeviceDriver, DriverSettings
 from drivers.devicemap import load_map
 from drivers.modbus_client import ModbusDriver
 from drivers.opcua_client import OpcUaDriver
+from drivers.security import LinkSecurity
 
 log = logging.getLogger("gridpilot")
 DB_FILE = "gridpilot.sqlite"
@@ -38,9 +39,20 @@ def make_driver(device: DeviceConfig) -> DeviceDriver:
         retries=device.retries,
         min_gap_s=device.min_gap_s,
     )
+    security = None
+    if (sec := device.security) is not None:
+        security = LinkSecurity(
+            sec.certificate,
+            sec.private_key,
+            sec.peer_certificate,
+            sec.username,
+            sec.password.get_secret_value() if sec.password else None,
+        )
     if devmap.protocol == "modbus":
-        return ModbusDriver(device.id, devmap, settings, device.host, device.port, device.unit_id)
-    return OpcUaDriver(device.id, devmap, settings, device.host, device.port)
+        return ModbusDriver(
+            device.id, devmap, settings, device.host, device.port, device.unit_id, security
+        )
+    return OpcUaDriver(device.id, devmap, settings, device.host, device.port, security)
 
 
 class _ApiServer(uvicorn.Server):

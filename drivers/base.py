@@ -76,6 +76,12 @@ class DeviceMismatchError(ConnectionError):
     kind = "mismatch"
 
 
+class DeviceSecurityError(ConnectionError):
+    """The device refused our credentials, or offers no security we accept."""
+
+    kind = "security"
+
+
 class DeviceRejectedError(Exception):
     """The device answered a write with an error (e.g. a Modbus exception): the link is up."""
 

@@ -10,7 +10,8 @@ import asyncio
 import math
 import time
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
+from pymodbus.exceptions import ConnectionException
 
 from drivers.base import (
     DeviceAnswerError,
@@ -20,6 +21,7 @@ from drivers.base import (
     DriverSettings,
 )
 from drivers.devicemap import Block, DeviceMap
+from drivers.security import LinkSecurity, client_tls
 
 
 class ModbusDriver(DeviceDriver):
@@ -31,22 +33,35 @@ class ModbusDriver(DeviceDriver):
         host: str,
         port: int,
         unit_id: int = 1,
+        security: LinkSecurity | None = None,
     ) -> None:
         super().__init__(device_id, devmap, settings)
         self.host, self.port, self.unit_id = host, port, unit_id
+        self.security = security
         self._client: AsyncModbusTcpClient | None = None
         self._factors: dict[str, float] = {}  # scale factors: consts, then as polled
         self._last_request_end = -math.inf
 
     async def _connect(self) -> None:
         # Our own loop does the retrying and backoff; pymodbus must not reconnect behind it.
-        client = AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            timeout=self.settings.timeout_s,
-            retries=0,
-            reconnect_delay=0,
-        )
+        client: AsyncModbusTcpClient
+        if self.security is not None:  # Modbus/TCP Security: mutual TLS, MBAP inside
+            client = AsyncModbusTlsClient(
+                self.host,
+                sslctx=client_tls(self.security),
+                port=self.port,
+                timeout=self.settings.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+        else:
+            client = AsyncModbusTcpClient(
+                self.host,
+                port=self.port,
+                timeout=self.settings.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
         if not await client.connect():
             client.close()
             raise ConnectionError(f"cannot connect to {self.host}:{self.port}")
@@ -97,7 +112,10 @@ class ModbusDriver(DeviceDriver):
     async def _read_all(self) -> dict[str, float]:
         values: dict[str, float] = {}
         for block in self.map.blocks:
-            values.update(await self._read_block(block))  # type: ignore[arg-type]
+            try:
+                values.update(await self._read_block(block))  # type: ignore[arg-type]
+            except ConnectionException as exc:  # pymodbus's: the link is down, say so plainly
+                raise ConnectionError(str(exc)) from exc
         self.map.with_scale_factors(values, {**self._factors, **values})
         return values
 

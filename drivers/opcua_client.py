@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from asyncua import Client, Node, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-from drivers.base import DeviceDriver, DeviceRejectedError, DriverSettings
+from drivers.base import DeviceDriver, DeviceRejectedError, DeviceSecurityError, DriverSettings
+from drivers.certs import CONTROLLER_URI
 from drivers.devicemap import DeviceMap
+from drivers.security import LinkSecurity
 
 
 def opcua_endpoint(host: str, port: int, device_id: str) -> str:
@@ -20,15 +23,32 @@ class OpcUaDriver(DeviceDriver):
         settings: DriverSettings,
         host: str,
         port: int,
+        security: LinkSecurity | None = None,
     ) -> None:
         super().__init__(device_id, devmap, settings)
         self.endpoint = opcua_endpoint(host, port, device_id)
+        self.security = security
         self._client: Client | None = None
         self._nodes: dict[str, Node] = {}
 
     async def _connect(self) -> None:
         client = Client(self.endpoint, timeout=self.settings.timeout_s)
-        await client.connect()
+        if (sec := self.security) is not None:
+            client.application_uri = CONTROLLER_URI  # as our certificate names us
+            await client.set_security(
+                SecurityPolicyBasic256Sha256,
+                str(sec.certificate),
+                str(sec.private_key),
+                server_certificate=str(sec.peer_certificate) if sec.peer_certificate else None,
+                mode=ua.MessageSecurityMode.SignAndEncrypt,
+            )
+            if sec.username is not None:
+                client.set_user(sec.username)
+                client.set_password(sec.password or "")
+        try:
+            await client.connect()
+        except (ua.UaStatusCodeError, ua.UaError) as exc:  # refused, or no endpoint to match
+            raise DeviceSecurityError(f"{self.endpoint}: {exc}") from exc
         try:
             ns = await client.get_namespace_index(self.map.namespace)
         except Exception:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+from cryptography import x509
 
 from controller.config import load_site
 from tests.processes import GRIDPILOT, gridpilot, stop_cleanly
@@ -17,7 +18,7 @@ from tests.processes import GRIDPILOT, gridpilot, stop_cleanly
 def test_help_lists_the_commands():
     out = subprocess.run([*GRIDPILOT, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    for command in ("demo", "run", "sim", "check-config"):
+    for command in ("demo", "run", "sim", "check-config", "replay", "size", "certs"):
         assert command in out.stdout
 
 
@@ -83,3 +84,22 @@ def test_simulators_alone_serve_every_device_and_stop_on_sigterm(site_file: Path
         assert values["active_power_w"] > 1e6  # the site draws megawatts
         assert 49.5 < values["frequency_hz"] < 50.5
         stop_cleanly(proc, "simulators stopped", signal.SIGTERM)
+
+
+def test_certs_makes_a_trust_domain_and_never_overwrites_it(tmp_path: Path):
+    out = tmp_path / "pki"
+    cmd = [*GRIDPILOT, "certs", "--out", str(out), "--host", "127.0.0.1", "--host", "plant.local"]
+    made = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    names = {"ca.pem", "device.pem", "device-key.pem", "controller.pem", "controller-key.pem"}
+    assert {p.name for p in out.iterdir()} == names
+    assert (out / "controller-key.pem").stat().st_mode & 0o077 == 0  # the key is ours alone
+    device = x509.load_pem_x509_certificate((out / "device.pem").read_bytes())
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    device.verify_directly_issued_by(ca)
+    names_in = device.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "plant.local" in names_in.get_values_for_type(x509.DNSName)
+    before = (out / "ca.pem").read_bytes()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "already holds certificates" in again.stderr
+    assert (out / "ca.pem").read_bytes() == before

@@ -6,29 +6,36 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 import subprocess
+from pathlib import Path
 
 import pytest
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 
+from drivers.certs import make_site_certs
 from drivers.devicemap import load_map
+from drivers.security import server_tls
 from drivers.sim.modbus_server import ModbusDeviceServer, RegisterImage
 from tests.sites import free_port
 
 MBPOLL = shutil.which("mbpoll")
 
 
-async def serve(kind: str, values: dict[str, float]):
+async def serve(kind: str, values: dict[str, float], tls: ssl.SSLContext | None = None):
     image = RegisterImage(load_map(kind))
     image.set_many(values)
     writes: list[tuple[str, float]] = []
-    server = ModbusDeviceServer(image, "127.0.0.1", free_port(), 1, lambda *w: writes.append(w))
+    port = free_port()
+    server = ModbusDeviceServer(image, "127.0.0.1", port, 1, lambda *w: writes.append(w), tls)
     await server.start()
     return server, writes
 
 
-def scan(port: int) -> dict[str, object]:
-    device = SunSpecModbusClientDeviceTCP(slave_id=1, ipaddr="127.0.0.1", ipport=port, timeout=5)
+def scan(port: int, **tls: object) -> dict[str, object]:
+    device = SunSpecModbusClientDeviceTCP(
+        slave_id=1, ipaddr="127.0.0.1", ipport=port, timeout=5, **tls
+    )
     try:
         device.scan()
         common = device.models["common"][0]
@@ -46,12 +53,23 @@ def scan(port: int) -> dict[str, object]:
         device.disconnect()
 
 
-async def test_pysunspec2_scans_the_bess_and_reads_soc_and_power():
-    server, _ = await serve(
-        "bess", {"soc_ratio": 0.6789, "w": -1_234_000.0, "wh_rtg": 8e6, "w_max_rtg": 4e6}
-    )
+@pytest.mark.parametrize("secured", [False, True], ids=["tcp", "tls"])
+async def test_pysunspec2_scans_the_bess_and_reads_soc_and_power(secured: bool, tmp_path: Path):
+    """Plain, and over Modbus/TCP Security: pysunspec2's own TLS client against our server."""
+    tls, client = None, {}
+    if secured:
+        certs = make_site_certs(tmp_path, ["127.0.0.1"])
+        tls = server_tls(certs.device.certificate, certs.device.private_key, certs.ca)
+        client = {
+            "tls": True,
+            "cafile": str(certs.ca),
+            "certfile": str(certs.controller.certificate),
+            "keyfile": str(certs.controller.private_key),
+        }
+    values = {"soc_ratio": 0.6789, "w": -1_234_000.0, "wh_rtg": 8e6, "w_max_rtg": 4e6}
+    server, _ = await serve("bess", values, tls)
     try:
-        found = await asyncio.to_thread(scan, server.port)
+        found = await asyncio.to_thread(scan, server.port, **client)
     finally:
         await server.stop()
     assert found == {

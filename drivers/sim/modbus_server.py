@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusTcpServer, ModbusTlsServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.devicemap import DeviceMap, Point
@@ -87,6 +88,7 @@ class ModbusDeviceServer:
         port: int,
         unit_id: int,
         on_write: Callable[[str, float], None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.image, self.on_write = image, on_write
         self.host, self.port = host, port
@@ -104,7 +106,11 @@ class ModbusDeviceServer:
             ],
             action=self._action,
         )
-        self.server = ModbusTcpServer(device, address=(host, port))
+        self.server = (
+            ModbusTlsServer(device, address=(host, port), sslctx=tls)
+            if tls is not None
+            else ModbusTcpServer(device, address=(host, port))
+        )
 
     async def _action(
         self,

@@ -14,6 +14,7 @@ import time
 
 from controller.config import DeviceConfig, SiteConfig
 from drivers.devicemap import DeviceMap, load_map
+from drivers.security import server_tls
 from drivers.sim.faults import LINK_FAULTS, Fault, faulty_value, measured
 from drivers.sim.load import TraceLoad
 from drivers.sim.modbus_server import ModbusDeviceServer, RegisterImage
@@ -92,17 +93,26 @@ class SimulatorStack:
     async def _start_device(self, device: DeviceConfig) -> None:
         devmap = self.maps[device.id]
         model = self.models[device.id]
+        sec = self.site.simulation.security
         if devmap.protocol == "modbus":
             image = self.images.setdefault(device.id, RegisterImage(devmap))
             image.set_many(self.shown(device.id))
+            tls = server_tls(sec.certificate, sec.private_key, sec.client_ca) if sec else None
             server = ModbusDeviceServer(
-                image, device.host, device.port, device.unit_id, model.write
+                image, device.host, device.port, device.unit_id, model.write, tls
             )
             server.set_fault(self.faults.get(device.id, Fault.NONE))
             await server.start()
             self._modbus[device.id] = server
         else:
-            ua_server = OpcUaDeviceServer(devmap, device.host, device.port, device.id)
+            ua_server = OpcUaDeviceServer(
+                devmap,
+                device.host,
+                device.port,
+                device.id,
+                (sec.certificate, sec.private_key) if sec else None,
+                {u: p.get_secret_value() for u, p in sec.users.items()} if sec else None,
+            )
             await ua_server.start(self.shown(device.id))
             self._opcua[device.id] = ua_server
 
