@@ -29,6 +29,7 @@ test: $(STAMP) tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_dispatch.py
+	$(BIN)/python bench/bench_drivers.py
 	$(BIN)/python bench/bench_loop.py
 
 clean:

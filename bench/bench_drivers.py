@@ -38,6 +38,8 @@ def percentiles_ms(samples: list[float]) -> str:
 
 
 def serve_site(data: dict, ready: mp.Event, stop: mp.Event) -> None:
+    setup_logging("WARNING")
+
     async def main() -> None:
         stack = SimulatorStack(parse_site(data))
         await stack.start()
@@ -50,6 +52,8 @@ def serve_site(data: dict, ready: mp.Event, stop: mp.Event) -> None:
 
 
 def serve_many(ports: list[int], ready: mp.Event, stop: mp.Event) -> None:
+    setup_logging("WARNING")
+
     async def main() -> None:
         servers, images = [], []
         for port in ports:

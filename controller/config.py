@@ -48,15 +48,24 @@ class SecurityConfig(Strict):
         "server's certificate (absent: taken from the endpoint)",
     )
     username: str | None = Field(None, min_length=1, max_length=256, description="OPC UA user")
-    password: SecretStr | None = Field(
-        None, description="e.g. GRIDPILOT_..._PASSWORD, not the file"
+    password: SecretStr | None = Field(None, description="better: password_file")
+    password_file: FilePath | None = Field(
+        None, description="a file holding the password (e.g. a mounted secret)"
     )
 
     @model_validator(mode="after")
     def _user_and_password(self) -> SecurityConfig:
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together")
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        has_password = self.password is not None or self.password_file is not None
+        if (self.username is None) == has_password:
+            raise ValueError("username and a password go together")
         return self
+
+    def password_text(self) -> str | None:
+        if self.password_file is not None:
+            return self.password_file.read_text().rstrip("\n")
+        return self.password.get_secret_value() if self.password is not None else None
 
 
 class DeviceConfig(Strict):

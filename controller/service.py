@@ -46,13 +46,21 @@ def make_driver(device: DeviceConfig) -> DeviceDriver:
             sec.private_key,
             sec.peer_certificate,
             sec.username,
-            sec.password.get_secret_value() if sec.password else None,
+            sec.password_text(),
         )
     if devmap.protocol == "modbus":
         return ModbusDriver(
             device.id, devmap, settings, device.host, device.port, device.unit_id, security
         )
-    return OpcUaDriver(device.id, devmap, settings, device.host, device.port, security)
+    return OpcUaDriver(
+        device.id,
+        devmap,
+        settings,
+        device.host,
+        device.port,
+        security,
+        subscribe=device.opcua_mode == "subscribe",
+    )
 
 
 class _ApiServer(uvicorn.Server):

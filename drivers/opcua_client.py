@@ -1,4 +1,9 @@
-"""OPC UA driver: every node of the map read in one batched request per poll."""
+"""OPC UA driver: every node of the map read in one batched request per poll, or (mode
+"subscribe") delivered by a data-change subscription that each poll takes the latest of.
+
+A subscription sends only changes, so a quiet value is not an old one; what tells a stalled
+one apart is the device's own heartbeat node (the map's liveness point), which changes every
+second, and the session's loss, which asyncua's supervisor reports."""
 
 from __future__ import annotations
 
@@ -24,12 +29,15 @@ class OpcUaDriver(DeviceDriver):
         host: str,
         port: int,
         security: LinkSecurity | None = None,
+        subscribe: bool = False,
     ) -> None:
         super().__init__(device_id, devmap, settings)
         self.endpoint = opcua_endpoint(host, port, device_id)
         self.security = security
+        self.subscribe = subscribe
         self._client: Client | None = None
         self._nodes: dict[str, Node] = {}
+        self._changes: _Changes | None = None
 
     async def _connect(self) -> None:
         client = Client(self.endpoint, timeout=self.settings.timeout_s)
@@ -58,9 +66,20 @@ class OpcUaDriver(DeviceDriver):
         self._nodes = {
             name: client.get_node(ua.NodeId(p.node, ns)) for name, p in self.map.points.items()
         }
+        if self.subscribe:
+            changes = _Changes({node.nodeid: name for name, node in self._nodes.items()})
+            client.connection_lost_callback = changes.connection_lost
+            period_ms = self.settings.poll_period_s * 1000.0
+            subscription = await client.create_subscription(period_ms, changes)
+            await subscription.subscribe_data_change(list(self._nodes.values()))
+            self._changes = changes
 
     async def _read_all(self) -> dict[str, float]:
         assert self._client is not None
+        if self._changes is not None:
+            if self._changes.lost is not None:
+                raise self._changes.lost
+            return dict(self._changes.latest)
         names = list(self._nodes)
         raw = await self._client.read_values([self._nodes[n] for n in names])
         return {n: float(v) for n, v in zip(names, raw, strict=True)}
@@ -74,9 +93,28 @@ class OpcUaDriver(DeviceDriver):
             raise DeviceRejectedError(f"write of node {self.map.point(point).node}: {exc}") from exc
 
     async def _close(self) -> None:
+        self._changes = None
         client, self._client = self._client, None
         if client is not None:
             try:
                 await client.disconnect()
             except Exception:  # the link may already be gone
                 client.disconnect_socket()
+
+
+class _Changes:
+    """asyncua's subscription handler: the latest value of each node, and the loss, if any."""
+
+    def __init__(self, names: dict[ua.NodeId, str]) -> None:
+        self.names = names
+        self.latest: dict[str, float] = {}
+        self.lost: ConnectionError | None = None
+
+    def datachange_notification(self, node: Node, value: object, data: object) -> None:
+        self.latest[self.names[node.nodeid]] = float(value)  # type: ignore[arg-type]
+
+    def status_change_notification(self, status: object) -> None:
+        self.lost = ConnectionError(f"subscription ended: {status}")
+
+    async def connection_lost(self, exc: Exception) -> None:
+        self.lost = ConnectionError(f"session lost: {exc}")

@@ -32,5 +32,6 @@ def site_dict(data_dir: Path) -> dict[str, Any]:
         for device in module["devices"]:
             device["port"] = free_port()
     data["api_port"] = free_port()
+    data["simulation"]["inference_port"] = free_port()
     data["data_dir"] = str(data_dir)
     return data

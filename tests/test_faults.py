@@ -70,12 +70,14 @@ async def test_fault_is_detected_reported_contained_and_recovered(ups_pair, faul
     assert drivers["ups-a"].connected and not drivers["ups-a"].frozen
 
 
-async def test_opcua_cdu_value_faults(site: SiteConfig):
-    """Over OPC UA too: NaN is flagged invalid, a frozen CDU goes stale once its heartbeat
-    stands still, and both recover; a Modbus link fault is refused for it, naming it."""
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
+async def test_opcua_cdu_value_faults(site: SiteConfig, mode: str):
+    """Over OPC UA too, read or subscribed: NaN is flagged invalid, a frozen CDU goes stale
+    once its heartbeat stands still, and both recover; a Modbus link fault is refused for it."""
     stack = SimulatorStack(site)
     await stack.start()
-    config = next(d for d in site.devices if d.kind == "cdu")
+    cdu = next(d for d in site.devices if d.kind == "cdu")
+    config = cdu.model_copy(update={"opcua_mode": mode})
     driver = make_driver(config)
     driver.start()
 
@@ -95,6 +97,11 @@ async def test_opcua_cdu_value_faults(site: SiteConfig):
         assert driver.frozen and driver.counters.errors_by_kind["frozen"] == 1
         stack.set_fault(config.id, Fault.NONE)
         await until(lambda: reading().usable, 10, "recovery")
+        # The server goes away and comes back: the session (and subscription) is rebuilt.
+        await stack.stop_device(config.id)
+        await until(lambda: not driver.connected, 10, "the loss noticed")
+        await stack.start_device(config.id)
+        await until(lambda: reading().usable, 20, "a new session")
     finally:
         await driver.stop()
         await stack.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import parse_site
+from controller.config import SiteConfig, parse_site
 from controller.service import make_driver
 from drivers.certs import make_site_certs
 from drivers.sim.stack import SimulatorStack
@@ -51,13 +51,15 @@ def secure(device, certs, client=None, **extra):
     return type(device).model_validate(data)  # validated as a site file's device would be
 
 
-async def test_secured_links_read_and_write(secured):
+async def test_secured_links_read_and_write(secured, tmp_path: Path):
     site, certs = secured
+    secret = tmp_path / "cdu-password"
+    secret.write_text("s3cret-Plant\n")  # as a mounted secret would hold it
     ups = next(d for d in site.devices if d.kind == "ups")
     cdu = next(d for d in site.devices if d.kind == "cdu")
     drivers = [
         make_driver(secure(ups, certs)),
-        make_driver(secure(cdu, certs, username="gridpilot", password="s3cret-Plant")),
+        make_driver(secure(cdu, certs, username="gridpilot", password_file=secret)),
     ]
     for d in drivers:
         d.start()
@@ -92,3 +94,14 @@ async def test_wrong_credentials_are_refused_and_reported(secured, tmp_path: Pat
             assert driver.counters.errors_by_kind.get(kind), driver.counters
         finally:
             await driver.stop()
+
+
+def test_security_config_is_checked(site: SiteConfig, tmp_path: Path):
+    certs = make_site_certs(tmp_path, ["127.0.0.1"])
+    cdu = next(d for d in site.devices if d.kind == "cdu")
+    with pytest.raises(ValueError, match="username and a password go together"):
+        secure(cdu, certs, username="gridpilot")
+    with pytest.raises(ValueError, match="not both"):
+        secure(cdu, certs, username="u", password="p", password_file=certs.ca)
+    with pytest.raises(ValueError, match="does not point to a file"):
+        secure(cdu, certs, peer_certificate=tmp_path / "missing.pem")
