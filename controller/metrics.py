@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 
 from controller.loop import TickRecord
 from controller.site import POWER_POINT
-from drivers.base import DeviceDriver
+from drivers.base import ERROR_KINDS, DeviceDriver
 
 TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -44,6 +44,18 @@ class DriverCollector(Collector):
             lambda d: d.counters.errors_total,
         ),
         (
+            "gridpilot_device_retries",
+            CounterMetricFamily,
+            "Reads the device answered with an error and that were tried again",
+            lambda d: d.counters.retries_total,
+        ),
+        (
+            "gridpilot_device_frozen",
+            GaugeMetricFamily,
+            "1 while the device answers but its own heartbeat stands still",
+            lambda d: 1.0 if d.frozen else 0.0,
+        ),
+        (
             "gridpilot_device_write_errors",
             CounterMetricFamily,
             "Failed setpoint writes",
@@ -65,6 +77,16 @@ class DriverCollector(Collector):
                 if value is not None:
                     family.add_metric([self.site, device_id], value)
             yield family
+        by_kind = CounterMetricFamily(
+            "gridpilot_device_errors_by_kind",
+            "Errors by kind: timeout, connection, exception, frozen, mismatch, security, other",
+            labels=["site", "device", "kind"],
+        )
+        for device_id, driver in self.drivers.items():
+            for kind in ERROR_KINDS:
+                count = driver.counters.errors_by_kind.get(kind, 0)
+                by_kind.add_metric([self.site, device_id, kind], count)
+        yield by_kind
 
 
 class Metrics:

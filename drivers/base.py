@@ -88,6 +88,10 @@ class DeviceRejectedError(Exception):
     kind = "rejected"
 
 
+# Every kind error_kind() can answer: a bounded label set for metrics.
+ERROR_KINDS = ("timeout", "connection", "exception", "frozen", "mismatch", "security", "other")
+
+
 def error_kind(exc: BaseException) -> str:
     """A bounded label for an error: what an operator would look for first."""
     if kind := getattr(exc, "kind", None):
@@ -269,7 +273,7 @@ class DeviceDriver(ABC):
 
     def _record_error(self, exc: BaseException) -> None:
         self.counters.errors_total += 1
-        kind = error_kind(exc)
+        kind = error_kind(exc) if error_kind(exc) in ERROR_KINDS else "other"
         self.counters.errors_by_kind[kind] = self.counters.errors_by_kind.get(kind, 0) + 1
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if message != self.counters.last_error:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.config import SiteConfig
+from controller.metrics import Metrics
 from controller.service import make_driver
 from controller.snapshot import Snapshot, take_snapshot
 from drivers.sim.faults import Fault
@@ -46,7 +49,7 @@ async def ups_pair(modbus_plant):
 
 @pytest.mark.parametrize("fault", list(EXPECTED))
 async def test_fault_is_detected_reported_contained_and_recovered(ups_pair, fault: Fault):
-    _, stack, drivers, snapshot = ups_pair
+    site, stack, drivers, snapshot = ups_pair
     shows, kind = EXPECTED[fault]
     assert snapshot().devices["ups-a"].value(POINT) is not None
 
@@ -62,6 +65,16 @@ async def test_fault_is_detected_reported_contained_and_recovered(ups_pair, faul
         assert counters.errors_by_kind.get(kind, 0) >= 1, counters
         if fault is Fault.EXCEPTION:  # an error answer is tried again before it counts
             assert counters.retries_total >= counters.errors_by_kind["exception"]
+    if kind is not None:  # and the metrics say so, by kind
+        scrape = generate_latest(Metrics(site.name, drivers).registry).decode()
+        samples = {
+            (s.name, s.labels.get("device"), s.labels.get("kind")): s.value
+            for family in text_string_to_metric_families(scrape)
+            for s in family.samples
+        }
+        assert samples[("gridpilot_device_errors_by_kind_total", "ups-a", kind)] >= 1
+        assert samples[("gridpilot_device_errors_by_kind_total", "ups-b", kind)] == 0
+        assert samples[("gridpilot_device_frozen", "ups-a", None)] == (fault is Fault.FREEZE)
     # The rest of the site goes on: the other UPS stays fresh all along.
     assert snapshot().devices["ups-b"].value(POINT) is not None
 
