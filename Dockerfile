@@ -17,10 +17,10 @@ ENV PATH=/opt/gridpilot/bin:$PATH \
     NUMBA_CACHE_DIR=/var/lib/gridpilot/numba-cache \
     GRIDPILOT_API_HOST=0.0.0.0 \
     GRIDPILOT_DATA_DIR=/var/lib/gridpilot
-USER gridpilot
+USER 10001
 VOLUME ["/var/lib/gridpilot", "/etc/gridpilot"]
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status != 200)"]
 ENTRYPOINT ["gridpilot"]
 CMD ["run", "--config", "/etc/gridpilot/site.yaml"]

@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Peers the tests check our simulators against (Debian packages).
-TOOLS := mbpoll
+# Tools the tests check against (Debian packages): mbpoll talks to our Modbus simulators,
+# promtool (package prometheus) lints our metrics, alert rules and dashboard queries.
+TOOL_COMMANDS := mbpoll promtool
+TOOL_PACKAGES := mbpoll prometheus
 
 .PHONY: demo test tools lint bench clean
 
@@ -20,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/gridpilot demo
 
 tools:
-	@command -v $(TOOLS) >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(TOOLS); }
+	@command -v $(TOOL_COMMANDS) >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(TOOL_PACKAGES); }
 
 test: $(STAMP) tools
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AnyHttpUrl,
     BaseModel,
     ConfigDict,
     Field,
@@ -171,6 +172,21 @@ class FrequencyEvent(Strict):
     recover_s: PositiveSeconds = 30.0
 
 
+class TokenSourceConfig(Strict):
+    """An inference server's metrics endpoint whose token counter gridpilot reads."""
+
+    id: Identifier
+    url: AnyHttpUrl = Field(description="e.g. http://vllm-0:8000/metrics")
+    metric: str = Field(
+        "vllm:generation_tokens_total",
+        pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
+        description="vLLM's; SGLang: sglang:generation_tokens_total; "
+        "TGI: tgi_request_generated_tokens_sum",
+    )
+    poll_period_s: float = Field(5.0, ge=0.5, le=3600)
+    timeout_s: float = Field(2.0, gt=0, le=60)
+
+
 class ServerSecurityConfig(Strict):
     """The simulators' side of secured links (every simulated device shows the same)."""
 
@@ -218,6 +234,9 @@ class SiteConfig(BaseSettings):
     api_port: Port = 8080
     data_dir: Path = Path("data")
     modules: list[ModuleConfig] = Field(min_length=1)
+    token_sources: list[TokenSourceConfig] = Field(
+        default_factory=list, description="inference servers whose tokens count (TokEnergy)"
+    )
     dispatch: DispatchConfig = DispatchConfig()
     simulation: SimulationConfig = SimulationConfig()
 
@@ -243,6 +262,9 @@ class SiteConfig(BaseSettings):
         clash = sorted({f"{h}:{p}" for h, p in addresses if addresses.count((h, p)) > 1})
         if clash:
             raise ValueError(f"two devices share an address: {clash}")
+        sources = [t.id for t in self.token_sources]
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"token source ids must be unique: {sources}")
         kinds = [d.kind for d in self.devices]
         if kinds.count("meter") != 1:
             raise ValueError(f"a site has exactly one grid meter, found {kinds.count('meter')}")

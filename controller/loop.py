@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from controller.config import SiteConfig
-from controller.dispatch import DispatchResult, dispatch, initial_state
+from controller.dispatch import DispatchInputs, DispatchResult, dispatch, initial_state
 from controller.site import Command, SiteReadings, commands_for, dispatch_inputs, read_site
 from controller.snapshot import Snapshot, take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
@@ -32,6 +32,7 @@ class TickRecord:
     snapshot: Snapshot
     readings: SiteReadings
     site_load_w: float | None
+    inputs: DispatchInputs | None  # what the core was given (None: data missing)
     result: DispatchResult | None  # None: data missing, every asset stood down
     mode: str  # "auto" or "degraded"
     duration_s: float
@@ -111,6 +112,7 @@ class ControlLoop:
             snapshot=snapshot,
             readings=readings,
             site_load_w=site_load,
+            inputs=inputs,
             result=result,
             mode="auto" if result is not None else "degraded",
             duration_s=time.monotonic() - started,

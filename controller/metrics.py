@@ -1,97 +1,66 @@
-"""Prometheus metrics: units in every name, `site` and `device` labels, one registry per app."""
+"""Prometheus metrics: units in every name, `site` and `device` labels, one registry per app.
+
+Gauges here are set from each tick; counters that have an owner (drivers, the energy account,
+the token meter) are read at scrape time by the collectors in `collectors.py`.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Mapping
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
+from controller.collectors import DriverCollector, EnergyCollector
+from controller.config import DispatchConfig
+from controller.energy import EnergyTotals, RollingRatios, Sample
 from controller.loop import TickRecord
 from controller.site import POWER_POINT
-from drivers.base import ERROR_KINDS, DeviceDriver
+from controller.tokens import TokenMeter
+from drivers.base import DeviceDriver
+
+MODES = ("auto", "degraded")  # the control modes a tick reports
+LATE_FRACTION = 0.1  # a tick that starts later than this share of its period is late
+RAMP_SPAN_S = 1.0  # the grid's ramp is measured over this span (the meter averages 200 ms)
+# CDU point → (metric, help): the cooling loop as the CDU reports it.
+COOLING_POINTS = {
+    "supply_temperature_c": ("gridpilot_coolant_supply_temperature_celsius", "Supply temperature"),
+    "return_temperature_c": ("gridpilot_coolant_return_temperature_celsius", "Return temperature"),
+    "flow_m3_per_s": ("gridpilot_coolant_flow_cubic_meters_per_second", "Coolant flow"),
+    "pump_speed_ratio": ("gridpilot_pump_speed_ratio", "Pump speed, 0–1 of maximum"),
+    "pump_power_w": ("gridpilot_pump_power_watts", "Pump electrical power"),
+    "heat_load_w": ("gridpilot_coolant_heat_load_watts", "Heat the liquid loop carries away"),
+    "differential_pressure_pa": ("gridpilot_coolant_differential_pressure_pascals", "Loop ΔP"),
+}
 
 TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-class DriverCollector(Collector):
-    """Driver counters read at scrape time, so they are never out of step with the drivers."""
-
-    def __init__(self, site: str, drivers: Mapping[str, DeviceDriver]) -> None:
-        self.site, self.drivers = site, drivers
-
-    # name, type, help, value of one driver (None: no sample)
-    FAMILIES: tuple[tuple[str, type, str, Callable[[DeviceDriver], float | None]], ...] = (
-        (
-            "gridpilot_device_up",
-            GaugeMetricFamily,
-            "1 while the driver is connected",
-            lambda d: 1.0 if d.connected else 0.0,
-        ),
-        (
-            "gridpilot_device_polls",
-            CounterMetricFamily,
-            "Completed polls of every point",
-            lambda d: d.counters.polls_total,
-        ),
-        (
-            "gridpilot_device_errors",
-            CounterMetricFamily,
-            "Failed connects, reads and timeouts",
-            lambda d: d.counters.errors_total,
-        ),
-        (
-            "gridpilot_device_retries",
-            CounterMetricFamily,
-            "Reads the device answered with an error and that were tried again",
-            lambda d: d.counters.retries_total,
-        ),
-        (
-            "gridpilot_device_frozen",
-            GaugeMetricFamily,
-            "1 while the device answers but its own heartbeat stands still",
-            lambda d: 1.0 if d.frozen else 0.0,
-        ),
-        (
-            "gridpilot_device_write_errors",
-            CounterMetricFamily,
-            "Failed setpoint writes",
-            lambda d: d.counters.write_errors_total,
-        ),
-        (
-            "gridpilot_device_poll_latency_seconds",
-            GaugeMetricFamily,
-            "Duration of the last complete poll",
-            lambda d: None if math.isnan(d.counters.last_latency_s) else d.counters.last_latency_s,
-        ),
-    )
-
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        for name, family_type, help_text, value_of in self.FAMILIES:
-            family = family_type(name, help_text, labels=["site", "device"])
-            for device_id, driver in self.drivers.items():
-                value = value_of(driver)
-                if value is not None:
-                    family.add_metric([self.site, device_id], value)
-            yield family
-        by_kind = CounterMetricFamily(
-            "gridpilot_device_errors_by_kind",
-            "Errors by kind: timeout, connection, exception, frozen, mismatch, security, other",
-            labels=["site", "device", "kind"],
-        )
-        for device_id, driver in self.drivers.items():
-            for kind in ERROR_KINDS:
-                count = driver.counters.errors_by_kind.get(kind, 0)
-                by_kind.add_metric([self.site, device_id, kind], count)
-        yield by_kind
+def measured_battery_w(rec: TickRecord) -> dict[str, float]:
+    """Each battery asset's measured power this tick (+ = discharge), where usable."""
+    return {
+        dev.id: w
+        for dev in rec.snapshot.devices.values()
+        if dev.kind in POWER_POINT and (w := dev.value(POWER_POINT[dev.kind])) is not None
+    }
 
 
 class Metrics:
-    def __init__(self, site: str, drivers: Mapping[str, DeviceDriver]) -> None:
+    def __init__(
+        self,
+        site: str,
+        drivers: Mapping[str, DeviceDriver],
+        dispatch: DispatchConfig | None = None,
+        tokens: TokenMeter | None = None,
+    ) -> None:
         self.site = site
+        self.dispatch = dispatch or DispatchConfig()
+        self.tokens = tokens or TokenMeter([])
+        self.energy = EnergyTotals()
+        self.ratios = RollingRatios()
+        self._last_tick: float | None = None
+        self._grid_history: deque[tuple[float, float]] = deque(maxlen=64)
         self.registry = CollectorRegistry()
         s, sd = ["site"], ["site", "device"]
         gauge = partial(Gauge, registry=self.registry)
@@ -113,6 +82,11 @@ class Metrics:
         self.battery = gauge("gridpilot_battery_power_watts", "Measured (+ = discharge)", sd)
         self.setpoint = gauge("gridpilot_battery_setpoint_watts", "Commanded (+ = discharge)", sd)
         self.soc = gauge("gridpilot_battery_soc_ratio", "Battery state of charge, 0–1", sd)
+        self.floor = gauge(
+            "gridpilot_battery_floor_ratio",
+            "SoC never discharged below: SoC min or the UPS ride-through reserve, 0–1",
+            sd,
+        )
         self.degraded = gauge(
             "gridpilot_control_degraded", "1 while data is missing and batteries stand down", s
         )
@@ -140,8 +114,34 @@ class Metrics:
         self.last_tick = gauge(
             "gridpilot_loop_last_tick_timestamp_seconds", "Unix time of the last tick", s
         )
+        self.late_ticks = Counter(
+            "gridpilot_loop_late_ticks",
+            f"Ticks that started more than {LATE_FRACTION:.0%} of a period late",
+            s,
+            registry=self.registry,
+        )
+        self.mode = gauge(
+            "gridpilot_control_mode", "1 for the mode control is in", ["site", "mode"]
+        )
+        self.import_cap = gauge("gridpilot_import_cap_watts", "Import cap in force", s)
+        self.grid_ramp = gauge(
+            "gridpilot_grid_ramp_watts_per_second", f"Grid draw's change over {RAMP_SPAN_S} s", s
+        )
+        self.ramp_headroom = gauge(
+            "gridpilot_grid_ramp_headroom_watts_per_second",
+            "Ramp limit minus the grid's ramp in its direction (< 0: limit exceeded)",
+            s,
+        )
+        self.ups_mode = gauge("gridpilot_ups_mode", "UPS mode: 0 normal, 1 battery, 2 bypass", sd)
+        self.stale_points = gauge(
+            "gridpilot_device_stale_points", "Points too old or invalid to use", sd
+        )
+        self.cooling_points = {
+            point: gauge(name, help_text, sd) for point, (name, help_text) in COOLING_POINTS.items()
+        }
         self._overruns_seen = 0
         self.registry.register(DriverCollector(site, drivers))
+        self.registry.register(EnergyCollector(site, self.energy, self.ratios, self.tokens))
 
     def observe(self, rec: TickRecord) -> None:
         site = self.site
@@ -166,12 +166,70 @@ class Metrics:
                 self.setpoint.labels(site, device).set(w)
         for device, soc in rd.soc.items():
             self.soc.labels(site, device).set(soc)
-        for dev in rec.snapshot.devices.values():
-            if dev.kind in POWER_POINT and (w := dev.value(POWER_POINT[dev.kind])) is not None:
-                self.battery.labels(site, dev.id).set(w)
+        for asset in rec.inputs.assets if rec.inputs is not None else ():
+            if asset.capacity_j > 0:
+                self.floor.labels(site, asset.id).set(asset.floor_j / asset.capacity_j)
+        battery = measured_battery_w(rec)
+        for device, w in battery.items():
+            self.battery.labels(site, device).set(w)
         self.tick_duration.labels(site).observe(rec.duration_s)
         self.tick_lateness.labels(site).observe(max(rec.lateness_s, 0.0))
         self.overruns.labels(site).inc(rec.overruns_total - self._overruns_seen)
         self._overruns_seen = rec.overruns_total
         self.ticks.labels(site).inc()
         self.last_tick.labels(site).set(rec.wall_time)
+        if rec.lateness_s > LATE_FRACTION * rec.period_s:
+            self.late_ticks.labels(site).inc()
+        for mode in MODES:
+            self.mode.labels(site, mode).set(1.0 if rec.mode == mode else 0.0)
+        if self.dispatch.import_cap_w is not None:
+            self.import_cap.labels(site).set(self.dispatch.import_cap_w)
+        self._devices(rec)
+        self._grid_ramp(rec)
+        self._account(rec, battery)
+
+    def _devices(self, rec: TickRecord) -> None:
+        for dev in rec.snapshot.devices.values():
+            unusable = sum(1 for p in dev.points.values() if not p.usable)
+            self.stale_points.labels(self.site, dev.id).set(unusable)
+            if dev.kind == "ups" and (mode := dev.value("mode")) is not None:
+                self.ups_mode.labels(self.site, dev.id).set(mode)
+            if dev.kind == "cdu":
+                for point, gauge in self.cooling_points.items():
+                    if (value := dev.value(point)) is not None:
+                        gauge.labels(self.site, dev.id).set(value)
+
+    def _grid_ramp(self, rec: TickRecord) -> None:
+        grid = rec.readings.grid_w
+        if grid is None:
+            return
+        history = self._grid_history
+        history.append((rec.monotonic, grid))
+        while len(history) > 2 and rec.monotonic - history[1][0] >= RAMP_SPAN_S:
+            history.popleft()
+        then, before = history[0]
+        if rec.monotonic - then < 0.5 * RAMP_SPAN_S:
+            return
+        ramp = (grid - before) / (rec.monotonic - then)
+        limit = self.dispatch.ramp_up_w_per_s if ramp >= 0 else self.dispatch.ramp_down_w_per_s
+        self.grid_ramp.labels(self.site).set(ramp)
+        self.ramp_headroom.labels(self.site).set(limit - abs(ramp))
+
+    def _account(self, rec: TickRecord, battery: dict[str, float]) -> None:
+        """Energy since the last tick, at this tick's powers (a gap longer than a few
+        periods is not bridged: the powers across it are unknown)."""
+        if self._last_tick is not None:
+            dt = rec.monotonic - self._last_tick
+            if dt <= 5 * rec.period_s:
+                rd = rec.readings
+                battery = {
+                    dev.id: w
+                    for dev in rec.snapshot.devices.values()
+                    if dev.kind in POWER_POINT
+                    and (w := dev.value(POWER_POINT[dev.kind])) is not None
+                }
+                self.energy.add(dt, rd.grid_w, rd.it_w, rd.cooling_w, battery)
+        self._last_tick = rec.monotonic
+        self.ratios.record(
+            Sample(rec.monotonic, self.energy.it_j, self.energy.facility_j, self.tokens.total())
+        )

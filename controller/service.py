@@ -20,6 +20,7 @@ from controller.metrics import Metrics
 from controller.publish import Publisher
 from controller.state import SiteState
 from controller.store import Store
+from controller.tokens import TokenMeter, TokenSource
 from drivers.base import DeviceDriver, DriverSettings
 from drivers.devicemap import load_map
 from drivers.modbus_client import ModbusDriver
@@ -89,7 +90,13 @@ class Controller:
         self.site = site
         self.drivers = {d.id: make_driver(d) for d in site.devices}
         self.state = SiteState(site.name, site.loop_period_s)
-        self.metrics = Metrics(site.name, self.drivers)
+        self.tokens = TokenMeter(
+            [
+                TokenSource(t.id, str(t.url), t.metric, t.poll_period_s, t.timeout_s)
+                for t in site.token_sources
+            ]
+        )
+        self.metrics = Metrics(site.name, self.drivers, site.dispatch, self.tokens)
         self.store = Store(site.data_dir / DB_FILE)
         self.loop = ControlLoop(site, self.drivers, Publisher(self.state, self.metrics, self.store))
         self.app = create_app(self.state, self.metrics)
@@ -117,6 +124,7 @@ class Controller:
             ) from None
         for driver in self.drivers.values():
             driver.start()
+        self.tokens.start()
         # Half a million long-lived objects (OPC UA address space, numba, FastAPI) exist now;
         # a full GC pass over them stalls the process for 0.2–0.7 s. Collect once, then keep
         # them out of later passes, so GC pauses stay small while the loop runs.
@@ -146,6 +154,7 @@ class Controller:
             await asyncio.gather(loop_task, api_task, return_exceptions=True)
             for driver in self.drivers.values():
                 await driver.stop()
+            await self.tokens.stop()
             self.store.event("controller_stopped", site=self.site.name)
             self.store.close()
             sock.close()

@@ -39,6 +39,9 @@ class DriverSettings:
     min_gap_s: float = 0.0  # between two requests to the device (slow gateways need one)
 
 
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
 @dataclass
 class DriverCounters:
     polls_total: int = 0
@@ -49,6 +52,18 @@ class DriverCounters:
     write_errors_total: int = 0
     last_latency_s: float = math.nan
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # of polls
+    # A histogram of every poll's duration since start: cumulative counts per bucket bound.
+    latency_bucket_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_S))
+    latency_sum_s: float = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        self.last_latency_s = seconds
+        self.latencies_s.append(seconds)
+        self.latency_sum_s += seconds
+        for i, bound in enumerate(LATENCY_BUCKETS_S):
+            if seconds <= bound:
+                self.latency_bucket_counts[i] += 1
+
     last_error: str | None = None
     last_write_error: str | None = None
     last_write_error_at: float = -math.inf  # time.monotonic()
@@ -215,8 +230,7 @@ class DeviceDriver(ABC):
         raw = await asyncio.wait_for(self._read_all(), self.settings.timeout_s)
         now = time.monotonic()
         self.counters.polls_total += 1
-        self.counters.last_latency_s = now - started
-        self.counters.latencies_s.append(now - started)
+        self.counters.observe_latency(now - started)
         if self._frozen(raw, now):
             return  # the old values age until the snapshot calls them stale
         points = self.map.points

@@ -32,6 +32,8 @@ def site_dict(data_dir: Path) -> dict[str, Any]:
         for device in module["devices"]:
             device["port"] = free_port()
     data["api_port"] = free_port()
-    data["simulation"]["inference_port"] = free_port()
+    tokens = free_port()
+    data["simulation"]["inference_port"] = tokens
+    data["token_sources"] = [{"id": "vllm-0", "url": f"http://127.0.0.1:{tokens}/metrics"}]
     data["data_dir"] = str(data_dir)
     return data

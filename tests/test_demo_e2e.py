@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import statistics
@@ -160,6 +161,37 @@ def test_metrics_show_the_site(demo_run):
         if s.name.endswith("_count")
     )
     assert count > 0.6 * OBSERVE_S / demo_run["site"].loop_period_s
+
+
+def test_metrics_count_energy_and_tokens(demo_run):
+    """Energy counters grow with the site's load; the token source (the simulated vLLM
+    endpoint) answers, and its tokens are counted."""
+    samples = {
+        (s.name, s.labels.get("source") or s.labels.get("device")): s.value
+        for f in text_string_to_metric_families(demo_run["metrics"])
+        for s in f.samples
+    }
+    it_j = samples[("gridpilot_it_energy_joules_total", None)]
+    facility_j = samples[("gridpilot_facility_energy_joules_total", None)]
+    assert 0.5 * 3e6 * OBSERVE_S < it_j < facility_j  # at least 3 MW of IT for most of the run
+    assert samples[("gridpilot_grid_import_energy_joules_total", None)] > 0
+    assert samples[("gridpilot_token_source_up", "vllm-0")] == 1.0
+    assert samples[("gridpilot_tokens_generated_total", None)] > 0
+    assert samples[("gridpilot_device_poll_duration_seconds_count", "ups-a")] > 0
+
+
+def test_live_scrape_passes_promtool(demo_run):
+    """`promtool check metrics` (Prometheus's own linter) on the live scrape: no warnings."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test` installs it (Debian package prometheus)"
+    out = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=demo_run["metrics"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), out.stdout + out.stderr
 
 
 def test_state_reports_each_device_with_ages(demo_run):
