@@ -1,19 +1,30 @@
-"""HTTP API: state for operators, metrics for Prometheus, probes for the orchestrator."""
+"""HTTP API: state and operations for operators (API keys), metrics for Prometheus, probes
+for the orchestrator (no key). Every error is an RFC 9457 problem document."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controller.api_operate import operate_router
+from controller.auth import requires
+from controller.config import DeviceConfig
 from controller.metrics import Metrics
+from controller.operations import Operations
+from controller.opsdb import OpsDB
 from controller.state import SiteState
+from drivers.base import DeviceDriver
 
 PROBLEM = "application/problem+json"
+MAX_BODY_BYTES = 64 * 1024
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -22,23 +33,78 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
-def create_app(state: SiteState, metrics: Metrics) -> FastAPI:
+def field_errors(errors: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors as plain JSON: the field, what is wrong, and the bound it broke."""
+    out = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        item: dict[str, Any] = {"field": ".".join(loc) or None, "message": e.get("msg", "")}
+        bounds = {k: v for k, v in (e.get("ctx") or {}).items() if k in ("gt", "ge", "lt", "le")}
+        if bounds:
+            item["bounds"] = {k: v for k, v in bounds.items() if isinstance(v, int | float)}
+        value = e.get("input")
+        if isinstance(value, int | float | str | bool) and not (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            item["value"] = value
+        out.append(item)
+    return out
+
+
+def create_app(
+    state: SiteState,
+    metrics: Metrics,
+    ops: Operations,
+    db: OpsDB,
+    drivers: Mapping[str, DeviceDriver],
+    configs: Mapping[str, DeviceConfig],
+) -> FastAPI:
     app = FastAPI(
         title="gridpilot",
         summary="Grid-interactive controller for AI data centers",
         version="0.1.0",
     )
 
+    @app.middleware("http")
+    async def body_rules(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Bodies: JSON only, and small; checked before anything reads them."""
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                return problem(413, "Body too large", f"at most {MAX_BODY_BYTES} bytes")
+            body = await request.body()  # cached: the handler reads the same bytes
+            if len(body) > MAX_BODY_BYTES:
+                return problem(413, "Body too large", f"at most {MAX_BODY_BYTES} bytes")
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if body and kind != "application/json":
+                return problem(415, "Unsupported media type", "send application/json")
+        return await call_next(request)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), f"{request.method} {request.url.path}")
+        detail = f"{request.method} {request.url.path}"
+        response = problem(exc.status_code, str(exc.detail), detail)
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_problem(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return problem(422, "Invalid request", "see errors", errors=exc.errors())
+        errors = field_errors(list(exc.errors()))
+        return problem(422, "Invalid request", "nothing was changed", errors=errors)
+
+    @app.exception_handler(ValidationError)
+    async def model_problem(request: Request, exc: ValidationError) -> JSONResponse:
+        # A change valid field by field but not as a whole (e.g. SoC band upside down).
+        errors = field_errors(list(exc.errors()))
+        return problem(422, "Invalid request", "nothing was changed", errors=errors)
+
+    viewer = Depends(requires(db, "viewer"))
 
     @app.get("/v1/state", summary="Latest snapshot, dispatch outputs and loop timing")
-    async def get_state() -> dict[str, Any]:
+    async def get_state(_: Any = viewer) -> dict[str, Any]:
         return state.to_json()
 
     # Async on purpose: the scrape runs on the loop's thread and so reads a consistent tick.
@@ -57,4 +123,5 @@ def create_app(state: SiteState, metrics: Metrics) -> FastAPI:
             return JSONResponse({"status": "ready"})
         return problem(503, "Not ready", reason)
 
+    app.include_router(operate_router(ops, db, drivers, configs))
     return app

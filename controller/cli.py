@@ -14,14 +14,19 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from controller.api_operate import KeyIn
 from controller.config import ConfigError, DispatchConfig, SiteConfig, load_site
 from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
+from controller.opsdb import ROLES, Actor, OpsDB
 from controller.replay.report import print_figures, print_sizing, replay_progress
 from controller.replay.run import ReplaySettings, plot, report, simulate
 from controller.replay.run import size as size_battery
 from controller.replay.trace import Trace, TraceError, read_trace
+from controller.service import DB_FILE
 from drivers.certs import make_site_certs
+
+CLI = Actor(None, "cli", "admin")  # who the audit log names for changes made here
 
 app = typer.Typer(
     help="gridpilot: a real-time, grid-interactive controller for AI data centers.",
@@ -210,6 +215,71 @@ def check_config(config: Annotated[Path, typer.Argument(help="site file (YAML)")
     for module in site.modules:
         for d in module.devices:
             typer.echo(f"{module.id:12} {d.id:12} {d.kind:6} {d.host}:{d.port}")
+
+
+keys_app = typer.Typer(help="API keys: create, list, revoke (in the site's SQLite file).")
+app.add_typer(keys_app, name="keys")
+
+
+def _opsdb(config: Path | None, data_dir: Path | None) -> OpsDB:
+    site = _site(config, None, data_dir)
+    return OpsDB(site.data_dir / DB_FILE)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option("--role", help="viewer, operator or admin")],
+    name: Annotated[str, typer.Option("--name", help="who or what holds it")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create a key and print it once: only its salted hash is kept."""
+    if role not in ROLES:
+        typer.echo(f"gridpilot: --role must be one of {', '.join(ROLES)}, not {role!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        KeyIn(name=name, role=role)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        typer.echo(f"gridpilot: --name: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from None
+    db = _opsdb(config, data_dir)
+    try:
+        key_id, token = db.create_key(name, role)  # type: ignore[arg-type]
+        db.audit(CLI, "key.create", None, {"id": key_id, "name": name, "role": role})
+    finally:
+        db.close()
+    typer.echo(f"id    {key_id}\nrole  {role}\nname  {name}\nkey   {token}")
+    typer.echo("(the key is shown only now)", err=True)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Every key: id, role, name, when made and revoked (never the key)."""
+    db = _opsdb(config, data_dir)
+    try:
+        for k in db.api_keys():
+            state = "revoked" if k["revoked_at"] else "active"
+            typer.echo(f"{k['id']:14} {k['role']:9} {state:8} {k['name']}")
+    finally:
+        db.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Revoke a key: requests with it get 401 from then on."""
+    db = _opsdb(config, data_dir)
+    try:
+        if not db.revoke_key(key_id):
+            typer.echo(f"gridpilot: no active key {key_id!r}", err=True)
+            raise typer.Exit(2)
+        db.audit(CLI, "key.revoke", {"id": key_id}, None)
+    finally:
+        db.close()
+    typer.echo(f"revoked {key_id}")
 
 
 @app.command()

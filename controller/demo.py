@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from controller.config import SiteConfig
-from controller.service import Controller, stop_on_signals
+from controller.opsdb import OpsDB
+from controller.service import DB_FILE, Controller, stop_on_signals
 from drivers.sim.stack import SimulatorStack, SimulatorThread
 
 log = logging.getLogger("gridpilot")
@@ -19,6 +21,15 @@ async def run_controller(site: SiteConfig, stop: asyncio.Event | None = None) ->
 
 
 async def run_demo(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
+    db = OpsDB(site.data_dir / DB_FILE)
+    try:
+        new_key = db.ensure_demo_key(os.environ.get("GRIDPILOT_API_KEY"))
+    finally:
+        db.close()
+    if new_key:  # shown once; only its hash is kept
+        print(f"demo admin API key (shown once, keep it): {new_key}", flush=True)
+        print(f"  curl -H 'Authorization: Bearer {new_key}' "
+              f"http://{site.api_host}:{site.api_port}/v1/state", flush=True)  # fmt: skip
     # The plant runs on its own thread and event loop: its physics keeps time on its own.
     plant = SimulatorThread(site)
     await asyncio.to_thread(plant.start)

@@ -12,10 +12,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from controller.config import SiteConfig
-from controller.dispatch import DispatchInputs, DispatchResult, dispatch, initial_state
+from controller.config import DispatchConfig, SiteConfig
+from controller.dispatch import (
+    DispatchInputs,
+    DispatchResult,
+    bank_of,
+    dispatch,
+    hold,
+    initial_state,
+    resume_state,
+    toward_zero,
+)
+from controller.operations import InForce, Operations
 from controller.site import Command, SiteReadings, commands_for, dispatch_inputs, read_site
 from controller.snapshot import Snapshot, take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
@@ -34,7 +44,8 @@ class TickRecord:
     site_load_w: float | None
     inputs: DispatchInputs | None  # what the core was given (None: data missing)
     result: DispatchResult | None  # None: data missing, every asset stood down
-    mode: str  # "auto" or "degraded"
+    mode: str  # "auto", "manual", "safe", or "degraded" (data missing: assets stand down)
+    in_force: InForce | None  # the operators' settings this tick ran with
     duration_s: float
     lateness_s: float
     overruns_total: int
@@ -47,8 +58,10 @@ class ControlLoop:
         site: SiteConfig,
         drivers: Mapping[str, DeviceDriver],
         publish: Callable[[TickRecord], None],
+        operations: Operations | None = None,
     ) -> None:
         self.site = site
+        self.operations = operations
         self.drivers = drivers
         self.publish = publish
         self.configs = {d.id: d for d in site.devices}
@@ -58,6 +71,8 @@ class ControlLoop:
         self._cooling_hold_w = 0.0  # last good cooling power: the CDU may report slowly
         self._last_write_errors: set[str] = set()
         self._last_tick = 0.0
+        self._mode = "auto"
+        self._battery_w = 0.0  # the last tick's total battery power (safe mode ramps it down)
 
     async def run(self, stop: asyncio.Event) -> None:
         period = self.site.loop_period_s
@@ -91,17 +106,31 @@ class ControlLoop:
         if readings.cooling_w is not None:
             self._cooling_hold_w = readings.cooling_w
         site_load = None if readings.it_w is None else readings.it_w + self._cooling_hold_w
+        force = self.operations.in_force(time.time()) if self.operations else None
+        cfg = force.dispatch if force else self.site.dispatch
+        mode = force.mode if force else "auto"
         result = None
-        inputs = (
-            None
-            if site_load is None
-            else dispatch_inputs(snapshot, readings, site_load, self.site.dispatch)
-        )
-        if inputs is not None:
-            self.state, result = dispatch(inputs, self.site.dispatch, self.state, period)
-        else:
+        inputs = None if site_load is None else dispatch_inputs(snapshot, readings, site_load, cfg)
+        if inputs is None:
             # Start again from the measured load when data returns: no jump on the grid.
             self.state = initial_state()
+            mode = "degraded"
+        elif mode == "auto":
+            if self._mode != "auto":  # carry on from where the grid is
+                energy = bank_of(inputs.assets).energy_j
+                self.state = resume_state(site_load - self._battery_w, energy)
+            self.state, result = dispatch(inputs, cfg, self.state, period)
+        else:
+            target = (
+                force.setpoints.manual_battery_w  # type: ignore[union-attr]
+                if mode == "manual"
+                else toward_zero(self._battery_w, self._ramp(cfg), period)
+            )
+            result = hold(inputs, cfg, target, period)
+        if force is not None and result is not None and force.shed_w > result.shed_request_w:
+            result = replace(result, shed_request_w=force.shed_w)
+        self._mode = mode
+        self._battery_w = result.battery_w if result is not None else 0.0
         write_errors = self._submit(commands_for(snapshot, result, self.seq), self._last_tick)
         self._last_tick = started
         record = TickRecord(
@@ -114,7 +143,8 @@ class ControlLoop:
             site_load_w=site_load,
             inputs=inputs,
             result=result,
-            mode="auto" if result is not None else "degraded",
+            mode=mode,
+            in_force=force,
             duration_s=time.monotonic() - started,
             lateness_s=lateness,
             overruns_total=self.overruns,
@@ -122,6 +152,10 @@ class ControlLoop:
         )
         self.publish(record)
         return record
+
+    def _ramp(self, cfg: DispatchConfig) -> float:
+        """The limit the grid moves by as the battery's power goes to zero."""
+        return cfg.ramp_up_w_per_s if self._battery_w >= 0.0 else cfg.ramp_down_w_per_s
 
     def _submit(self, commands: list[Command], since: float) -> tuple[str, ...]:
         """Hand each command to its driver, which writes it at once on its own task. Returns

@@ -20,7 +20,7 @@ from controller.site import POWER_POINT
 from controller.tokens import TokenMeter
 from drivers.base import DeviceDriver
 
-MODES = ("auto", "degraded")  # the control modes a tick reports
+MODES = ("auto", "manual", "safe", "degraded")  # the control modes a tick reports
 LATE_FRACTION = 0.1  # a tick that starts later than this share of its period is late
 RAMP_SPAN_S = 1.0  # the grid's ramp is measured over this span (the meter averages 200 ms)
 # CDU point → (metric, help): the cooling loop as the CDU reports it.

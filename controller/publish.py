@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from controller.alarms import AlarmBook
 from controller.loop import TickRecord
 from controller.metrics import Metrics
 from controller.state import SiteState
@@ -14,8 +15,10 @@ SAMPLE_PERIOD_S = 1.0
 
 
 class Publisher:
-    def __init__(self, state: SiteState, metrics: Metrics, store: Store) -> None:
-        self.state, self.metrics, self.store = state, metrics, store
+    def __init__(
+        self, state: SiteState, metrics: Metrics, store: Store, alarms: AlarmBook | None = None
+    ) -> None:
+        self.state, self.metrics, self.store, self.alarms = state, metrics, store, alarms
         self._next_sample_at = 0.0
         self._mode: str | None = None
         self._connected: dict[str, bool] = {}
@@ -23,6 +26,8 @@ class Publisher:
     def __call__(self, rec: TickRecord) -> None:
         self.state.update(rec)
         self.metrics.observe(rec)
+        if self.alarms is not None:
+            self.alarms.update(rec)
         self._events(rec)
         if rec.monotonic >= self._next_sample_at:
             self._next_sample_at = rec.monotonic + SAMPLE_PERIOD_S
@@ -33,7 +38,7 @@ class Publisher:
             self.store.event(
                 "mode_changed", old=self._mode, new=rec.mode, missing=list(rec.readings.missing)
             )
-            if rec.mode != "auto":
+            if rec.mode == "degraded":
                 log.warning("control degraded", extra={"missing": ",".join(rec.readings.missing)})
             self._mode = rec.mode
         for dev in rec.snapshot.devices.values():

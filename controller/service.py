@@ -12,11 +12,14 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from controller.alarms import AlarmBook
 from controller.api import create_app
 from controller.config import DeviceConfig, SiteConfig
 from controller.dispatch import warm_up
 from controller.loop import ControlLoop
 from controller.metrics import Metrics
+from controller.operations import Operations
+from controller.opsdb import OpsDB
 from controller.publish import Publisher
 from controller.state import SiteState
 from controller.store import Store
@@ -88,6 +91,8 @@ class Controller:
     def __init__(self, site: SiteConfig) -> None:
         warm_up()  # compile (or load from cache) before the first tick, not during it
         self.site = site
+        self.db = OpsDB(site.data_dir / DB_FILE)
+        self.operations = Operations(site, self.db)
         self.drivers = {d.id: make_driver(d) for d in site.devices}
         self.state = SiteState(site.name, site.loop_period_s)
         self.tokens = TokenMeter(
@@ -98,8 +103,16 @@ class Controller:
         )
         self.metrics = Metrics(site.name, self.drivers, site.dispatch, self.tokens)
         self.store = Store(site.data_dir / DB_FILE)
-        self.loop = ControlLoop(site, self.drivers, Publisher(self.state, self.metrics, self.store))
-        self.app = create_app(self.state, self.metrics)
+        self.loop = ControlLoop(
+            site,
+            self.drivers,
+            Publisher(self.state, self.metrics, self.store, AlarmBook(self.db)),
+            self.operations,
+        )
+        configs = {d.id: d for d in site.devices}
+        self.app = create_app(
+            self.state, self.metrics, self.operations, self.db, self.drivers, configs
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then close every device link, the API and the store."""
@@ -157,5 +170,6 @@ class Controller:
             await self.tokens.stop()
             self.store.event("controller_stopped", site=self.site.name)
             self.store.close()
+            self.db.close()
             sock.close()
             log.info("controller stopped")

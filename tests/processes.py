@@ -14,14 +14,14 @@ GRIDPILOT = [sys.executable, "-m", "controller.cli"]
 
 
 @contextmanager
-def gridpilot(*args: str) -> Iterator[subprocess.Popen]:
+def gridpilot(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """`gridpilot ARGS` in the background; killed on the way out if still running."""
     proc = subprocess.Popen(
         [*GRIDPILOT, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     try:
         yield proc
@@ -39,3 +39,15 @@ def stop_cleanly(proc: subprocess.Popen, last_words: str, sig: int = signal.SIGI
     assert "Traceback" not in stderr
     assert last_words in stderr
     return stderr
+
+
+def create_key(site_file: str, role: str, name: str = "test") -> str:
+    """`gridpilot keys create` for the site; returns the key it printed."""
+    out = subprocess.run(
+        [*GRIDPILOT, "keys", "create", "--role", role, "--name", name, "--config", site_file],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("key "))

@@ -11,18 +11,29 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.api import create_app
+from controller.config import SiteConfig
 from controller.logs import LogfmtFormatter
 from controller.metrics import Metrics
+from controller.operations import Operations
+from controller.opsdb import OpsDB
 from controller.state import SiteState
 from controller.store import Store
 
 
 @pytest.fixture
-async def client():
-    app = create_app(SiteState("test-site", 0.1), Metrics("test-site", {}))
+async def client(site: SiteConfig, tmp_path: Path):
+    db = OpsDB(tmp_path / "ops.sqlite")
+    _, key = db.create_key("reader", "viewer")
+    app = create_app(
+        SiteState("test-site", 0.1), Metrics("test-site", {}), Operations(site, db), db, {}, {}
+    )
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gridpilot") as c:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://gridpilot", headers=headers
+    ) as c:
         yield c
+    db.close()
 
 
 async def test_not_ready_before_the_first_tick_as_a_problem_document(client: httpx.AsyncClient):

@@ -12,7 +12,7 @@ import httpx
 from cryptography import x509
 
 from controller.config import load_site
-from tests.processes import GRIDPILOT, gridpilot, stop_cleanly
+from tests.processes import GRIDPILOT, create_key, gridpilot, stop_cleanly
 
 
 def test_help_lists_the_commands():
@@ -27,12 +27,17 @@ def test_controller_alone_without_devices_serves_state_and_stops_on_sigterm(site
     ready, and stops cleanly on SIGTERM."""
     site = load_site(site_file)
     base = f"http://127.0.0.1:{site.api_port}"
+    key = {"Authorization": f"Bearer {create_key(str(site_file), 'viewer')}"}
     with gridpilot("run", "--config", str(site_file)) as proc:
         deadline = time.monotonic() + 60
         state = None
+        assert_unauthorised = False
         while time.monotonic() < deadline:
             try:
-                state = httpx.get(f"{base}/v1/state", timeout=1).json()
+                if not assert_unauthorised:  # no key, no state
+                    assert httpx.get(f"{base}/v1/state", timeout=1).status_code == 401
+                    assert_unauthorised = True
+                state = httpx.get(f"{base}/v1/state", headers=key, timeout=1).json()
                 if state["tick"] is not None:
                     break
             except httpx.TransportError:

@@ -21,6 +21,7 @@ from tests.processes import gridpilot
 from tests.sites import site_dict
 
 OBSERVE_S = 12.0
+DEMO_KEY = "e2e-demo-admin-key-0123456789"  # as an operator would give GRIDPILOT_API_KEY
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
@@ -51,11 +52,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     site_file.write_text(yaml.safe_dump(site_dict(tmp / "data")))
     site = load_site(site_file)
     base = f"http://127.0.0.1:{site.api_port}"
-    with gridpilot("demo", "--config", str(site_file)) as proc:
+    with gridpilot("demo", "--config", str(site_file), env={"GRIDPILOT_API_KEY": DEMO_KEY}) as proc:
         wait_ready(base, proc)
         states = []
         end = time.monotonic() + OBSERVE_S
-        with httpx.Client(base_url=base, timeout=2.0) as client:
+        auth = {"Authorization": f"Bearer {DEMO_KEY}"}
+        with httpx.Client(base_url=base, timeout=2.0, headers=auth) as client:
             while time.monotonic() < end:
                 states.append(client.get("/v1/state").json())
                 time.sleep(0.05)

@@ -145,6 +145,42 @@ def dispatch(
     return new_state, result
 
 
+def hold(
+    inputs: DispatchInputs, cfg: DispatchConfig, battery_w: float, dt_s: float
+) -> DispatchResult:
+    """No smoothing: the assets carry `battery_w` (manual and safe modes), within each one's
+    power and energy limits; what they cannot carry stays on the grid and is reported."""
+    discharging = battery_w >= 0.0
+    limits, headroom = _headroom(inputs.assets, discharging, cfg, dt_s)
+    per_asset, rest = core.allocate(battery_w, limits, limits, headroom)
+    carried = float(per_asset.sum())
+    return DispatchResult(
+        grid_target_w=inputs.site_load_w - carried,
+        battery_w=carried,
+        asset_w={a.id: float(w) for a, w in zip(inputs.assets, per_asset, strict=True)},
+        unserved_w=float(rest),
+        shed_request_w=0.0,
+        frequency_response_w=0.0,
+    )
+
+
+def toward_zero(battery_w: float, ramp_w_per_s: float, dt_s: float) -> float:
+    """Safe mode: the battery's power falls to zero no faster than the grid may take it up."""
+    step = ramp_w_per_s * dt_s
+    return max(battery_w - step, 0.0) if battery_w >= 0.0 else min(battery_w + step, 0.0)
+
+
+def resume_state(grid_w: float, energy_j: float) -> np.ndarray:
+    """A core state that carries on from where the grid is now (back to auto from manual or
+    safe): the low-pass and the ramp limiter start at grid_w, not at the load."""
+    s = initial_state(energy_j)
+    s[core.S_LOWPASS] = s[core.S_GRID] = grid_w
+    s[core.S_CAP] = math.inf
+    s[core.S_ANCHOR] = energy_j
+    s[core.S_INIT] = 1.0
+    return s
+
+
 def warm_up() -> None:
     """Compile the core once (numba caches it on disk), so no tick pays for compilation."""
     asset = AssetState("warm-up", 5e9, 1e10, 1e9, 1e6, 1e6)

@@ -1,0 +1,196 @@
+"""The operator API (/v1): devices, setpoints, mode, demand-response events, alarms, audit,
+keys. Every change is authorised, validated before anything changes, persisted and audited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.auth import requires
+from controller.config import DeviceConfig
+from controller.operations import EventIn, Mode, Operations, Setpoints
+from controller.opsdb import Actor, OpsDB, Role
+from drivers.base import DeviceDriver
+
+
+class SetpointsPatch(BaseModel):
+    """Any of the setpoints, and optionally how long the change holds before it reverts."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    ramp_up_w_per_s: float | None = Field(None, gt=0, le=1e9)
+    ramp_down_w_per_s: float | None = Field(None, gt=0, le=1e9)
+    soc_target_low_ratio: float | None = Field(None, ge=0, le=1)
+    soc_target_high_ratio: float | None = Field(None, ge=0, le=1)
+    soc_min_ratio: float | None = Field(None, ge=0, le=1)
+    ride_through_s: float | None = Field(None, ge=0, le=7200)
+    import_cap_w: float | None = Field(None, gt=0, le=1e10, description="null: no cap")
+    droop: float | None = Field(None, gt=0, le=1)
+    deadband_hz: float | None = Field(None, ge=0, le=1)
+    supply_temperature_c: float | None = Field(None, ge=15, le=60)
+    heat_reuse_mode: Literal["off", "on"] | None = None
+    manual_battery_w: float | None = Field(None, ge=-1e9, le=1e9)
+    ttl_s: float | None = Field(
+        None, gt=0, le=86400, description="revert to the values before, after this long"
+    )
+
+
+class SetpointsPut(Setpoints):
+    ttl_s: float | None = Field(None, gt=0, le=86400)
+
+
+class ModeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    mode: Mode
+    ttl_s: float | None = Field(None, gt=0, le=86400, description="back to the mode before")
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 ._-]+$")
+    role: Role
+
+
+def operate_router(
+    ops: Operations,
+    db: OpsDB,
+    drivers: Mapping[str, DeviceDriver],
+    configs: Mapping[str, DeviceConfig],
+) -> APIRouter:
+    viewer, operator, admin = (Depends(requires(db, r)) for r in ("viewer", "operator", "admin"))
+    router = APIRouter(prefix="/v1")
+
+    def device_json(device_id: str) -> dict[str, Any]:
+        d, c = drivers[device_id], configs[device_id]
+        counters = d.counters
+        return {
+            "id": device_id,
+            "kind": c.kind,
+            "address": f"{c.host}:{c.port}",
+            "protocol": d.map.protocol,
+            "map": d.map.source,
+            "secured": c.security is not None,
+            "connected": d.connected,
+            "frozen": d.frozen,
+            "identity": d.identity,
+            "poll_period_s": c.poll_period_s,
+            "timeout_s": c.timeout_s,
+            "stale_after_s": c.stale_after_s,
+            "counters": {
+                "polls": counters.polls_total,
+                "errors": counters.errors_total,
+                "errors_by_kind": counters.errors_by_kind,
+                "retries": counters.retries_total,
+                "writes": counters.writes_total,
+                "write_errors": counters.write_errors_total,
+                "last_poll_s": counters.last_latency_s if counters.polls_total else None,
+            },
+            "last_error": counters.last_error,
+            "last_write_error": counters.last_write_error,
+        }
+
+    @router.get("/devices", summary="Every device: configuration, link state, counters")
+    async def list_devices(_: Actor = viewer) -> list[dict[str, Any]]:
+        return [device_json(i) for i in drivers]
+
+    @router.get("/devices/{device_id}", summary="One device")
+    async def get_device(device_id: str, _: Actor = viewer) -> dict[str, Any]:
+        if device_id not in drivers:
+            raise HTTPException(404, f"No device {device_id!r}")
+        return device_json(device_id)
+
+    def setpoints_json() -> dict[str, Any]:
+        return {**ops.setpoints.model_dump(), "override": ops.override}
+
+    @router.get("/setpoints", summary="Setpoints in force, and a pending revert if any")
+    async def get_setpoints(_: Actor = viewer) -> dict[str, Any]:
+        return setpoints_json()
+
+    @router.put("/setpoints", summary="Replace every setpoint")
+    async def put_setpoints(body: SetpointsPut, who: Actor = operator) -> dict[str, Any]:
+        values = body.model_dump(exclude={"ttl_s"})
+        await asyncio.to_thread(ops.change_setpoints, values, who, body.ttl_s, True)
+        return setpoints_json()
+
+    @router.patch("/setpoints", summary="Change some setpoints")
+    async def patch_setpoints(body: SetpointsPatch, who: Actor = operator) -> dict[str, Any]:
+        values = body.model_dump(exclude={"ttl_s"}, exclude_unset=True)
+        await asyncio.to_thread(ops.change_setpoints, values, who, body.ttl_s)
+        return setpoints_json()
+
+    @router.get("/mode", summary="The control mode")
+    async def get_mode(_: Actor = viewer) -> dict[str, Any]:
+        return {"mode": ops.mode, "override": ops.mode_override}
+
+    @router.post("/mode", summary="auto, manual (batteries hold manual_battery_w) or safe")
+    async def post_mode(body: ModeIn, who: Actor = operator) -> dict[str, Any]:
+        await asyncio.to_thread(ops.change_mode, body.mode, who, body.ttl_s)
+        return {"mode": ops.mode, "override": ops.mode_override}
+
+    @router.get("/events", summary="Demand-response events, past and planned")
+    async def list_events(_: Actor = viewer) -> list[dict[str, Any]]:
+        return ops.events()
+
+    @router.post("/events", status_code=201, summary="Schedule an import cap or a shed target")
+    async def post_event(body: EventIn, who: Actor = operator) -> dict[str, Any]:
+        return await asyncio.to_thread(ops.add_event, body, who)
+
+    @router.delete("/events/{event_id}", summary="Cancel an event (it ends now if running)")
+    async def delete_event(event_id: int, who: Actor = operator) -> dict[str, Any]:
+        row = await asyncio.to_thread(ops.cancel_event, event_id, who)
+        if row is None:
+            raise HTTPException(404, f"No event {event_id} to cancel")
+        return row
+
+    @router.get("/alarms", summary="Active alarms, or the history")
+    async def list_alarms(
+        _: Actor = viewer, active: Annotated[bool, Query()] = False
+    ) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(db.alarms, active)
+
+    @router.post("/alarms/{alarm_id}/ack", summary="Acknowledge an alarm")
+    async def ack_alarm(alarm_id: int, who: Actor = operator) -> dict[str, Any]:
+        row = await asyncio.to_thread(db.alarm, alarm_id)
+        if row is None:
+            raise HTTPException(404, f"No alarm {alarm_id}")
+        if row["acked_at"] is None:
+            await asyncio.to_thread(db.ack_alarm, alarm_id, who)
+            await asyncio.to_thread(db.audit, who, "alarm.ack", None, {"id": alarm_id})
+        return await asyncio.to_thread(db.alarm, alarm_id)  # type: ignore[return-value]
+
+    @router.get("/audit", summary="The audit log, newest first, paged by id")
+    async def get_audit(
+        _: Actor = viewer,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+    ) -> dict[str, Any]:
+        rows = await asyncio.to_thread(db.audit_page, limit, before_id)
+        next_before = rows[-1]["id"] if len(rows) == limit else None
+        return {"entries": rows, "next_before_id": next_before}
+
+    @router.get("/keys", summary="API keys (never the keys themselves)")
+    async def list_keys(_: Actor = admin) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(db.api_keys)
+
+    @router.post("/keys", status_code=201, summary="Create a key; it is shown only here")
+    async def create_key(body: KeyIn, who: Actor = admin) -> dict[str, Any]:
+        key_id, token = await asyncio.to_thread(db.create_key, body.name, body.role)
+        await asyncio.to_thread(
+            db.audit, who, "key.create", None, {"id": key_id, "name": body.name, "role": body.role}
+        )
+        return {"id": key_id, "name": body.name, "role": body.role, "key": token}
+
+    @router.delete("/keys/{key_id}", summary="Revoke a key")
+    async def revoke_key(key_id: str, who: Actor = admin) -> dict[str, Any]:
+        if not await asyncio.to_thread(db.revoke_key, key_id):
+            raise HTTPException(404, f"No active key {key_id!r}")
+        await asyncio.to_thread(db.audit, who, "key.revoke", {"id": key_id}, None)
+        return {"id": key_id, "revoked": True}
+
+    return router

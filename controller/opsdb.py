@@ -1,0 +1,235 @@
+"""The operators' side of the SQLite file: API keys, setpoints and mode, demand-response
+events, alarms and the audit log. Everything here survives a restart.
+
+Its own connection (WAL lets it share the file with the sample writer); calls are short and
+rare, and the API runs them in a worker thread so the control loop never waits on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Role = Literal["viewer", "operator", "admin"]
+MIN_KEY_CHARS = 16
+ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")  # each may do what those before may
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL,
+    salt BLOB NOT NULL, hash BLOB NOT NULL,      -- sha256(salt + secret): never the key
+    created_at REAL NOT NULL, revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dr_events (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, value_w REAL NOT NULL,
+    start_s REAL NOT NULL, end_s REAL NOT NULL,  -- unix time
+    created_by TEXT NOT NULL, created_at REAL NOT NULL, cancelled_at REAL,
+    started_at REAL, ended_at REAL               -- when the controller saw it start and end
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL, severity TEXT NOT NULL, message TEXT NOT NULL,
+    raised_at REAL NOT NULL, cleared_at REAL, acked_at REAL, acked_by TEXT
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, time_s REAL NOT NULL,
+    key_id TEXT, key_name TEXT NOT NULL,         -- who: a key, or "system" for TTL and events
+    action TEXT NOT NULL, old TEXT, new TEXT     -- JSON
+);
+"""
+
+
+@dataclass(frozen=True)
+class Actor:
+    key_id: str | None
+    name: str
+    role: Role
+
+    @property
+    def label(self) -> str:
+        return self.name if self.key_id is None else f"{self.name} ({self.key_id})"
+
+
+SYSTEM = Actor(None, "system", "admin")
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    # Keys are 192 random bits, not passwords: a salted SHA-256 cannot be brute-forced, and it
+    # keeps every request's check in microseconds (a slow KDF would cap the API's throughput).
+    return hashlib.sha256(salt + secret.encode()).digest()
+
+
+class OpsDB:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._conn.execute(sql, args).fetchall()]
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        with self._lock:
+            return self._conn.execute(sql, args).lastrowid or 0
+
+    # --- keys -------------------------------------------------------------------------
+    def create_key(self, name: str, role: Role) -> tuple[str, str]:
+        """A new key: (id, the key itself). The key is shown once and never stored."""
+        key_id, secret, salt = (
+            secrets.token_hex(6),
+            secrets.token_urlsafe(24),
+            secrets.token_bytes(16),
+        )
+        self._write(
+            "INSERT INTO api_keys (id, name, role, salt, hash, created_at) VALUES (?,?,?,?,?,?)",
+            (key_id, name, role, salt, _digest(salt, secret), time.time()),
+        )
+        return key_id, f"gp_{key_id}_{secret}"
+
+    def add_key(self, token: str, name: str, role: Role) -> str:
+        """Store a key given from outside (the demo's GRIDPILOT_API_KEY); returns its id."""
+        if len(token) < MIN_KEY_CHARS:
+            raise ValueError(f"an API key has at least {MIN_KEY_CHARS} characters")
+        key_id, secret = parse_token(token)
+        salt = secrets.token_bytes(16)
+        self._write(
+            "INSERT OR REPLACE INTO api_keys (id, name, role, salt, hash, created_at)"
+            " VALUES (?,?,?,?,?,?)",
+            (key_id, name, role, salt, _digest(salt, secret), time.time()),
+        )
+        return key_id
+
+    def verify(self, token: str) -> Actor | None:
+        if len(token) < MIN_KEY_CHARS or len(token) > 512:
+            return None
+        key_id, secret = parse_token(token)
+        rows = self._rows("SELECT * FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,))
+        if not rows or not hmac.compare_digest(rows[0]["hash"], _digest(rows[0]["salt"], secret)):
+            return None
+        return Actor(key_id, rows[0]["name"], rows[0]["role"])
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT id, name, role, created_at, revoked_at FROM api_keys ORDER BY created_at"
+        )
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (time.time(), key_id),
+            )
+            return cur.rowcount == 1
+
+    def ensure_demo_key(self, env_key: str | None) -> str | None:
+        """The demo's admin key: GRIDPILOT_API_KEY when given, else one made at first start.
+        Returns a key to show (only a new one)."""
+        if env_key:
+            self.add_key(env_key, "demo-admin", "admin")
+            return None
+        if self.has_keys():
+            return None
+        return self.create_key("demo-admin", "admin")[1]
+
+    def has_keys(self) -> bool:
+        return bool(self._rows("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1"))
+
+    # --- settings (setpoints, mode) ---------------------------------------------------
+    def get_setting(self, key: str) -> Any:
+        rows = self._rows("SELECT value FROM settings WHERE key = ?", (key,))
+        return json.loads(rows[0]["value"]) if rows else None
+
+    def put_setting(self, key: str, value: Any) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
+
+    # --- demand-response events -------------------------------------------------------
+    def add_event(self, kind: str, value_w: float, start_s: float, end_s: float, by: Actor) -> int:
+        return self._write(
+            "INSERT INTO dr_events (kind, value_w, start_s, end_s, created_by, created_at)"
+            " VALUES (?,?,?,?,?,?)",
+            (kind, value_w, start_s, end_s, by.label, time.time()),
+        )
+
+    def events(self, include_past: bool = True) -> list[dict[str, Any]]:
+        where = (
+            "" if include_past else "WHERE cancelled_at IS NULL AND end_s > strftime('%s','now')"
+        )
+        return self._rows(f"SELECT * FROM dr_events {where} ORDER BY start_s, id")
+
+    def event(self, event_id: int) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM dr_events WHERE id = ?", (event_id,))
+        return rows[0] if rows else None
+
+    def mark_event(
+        self, event_id: int, column: Literal["started_at", "ended_at", "cancelled_at"]
+    ) -> None:
+        self._write(f"UPDATE dr_events SET {column} = ? WHERE id = ?", (time.time(), event_id))
+
+    # --- alarms -----------------------------------------------------------------------
+    def raise_alarm(self, key: str, severity: str, message: str) -> int:
+        return self._write(
+            "INSERT INTO alarms (key, severity, message, raised_at) VALUES (?,?,?,?)",
+            (key, severity, message, time.time()),
+        )
+
+    def clear_alarm(self, alarm_id: int) -> None:
+        self._write("UPDATE alarms SET cleared_at = ? WHERE id = ?", (time.time(), alarm_id))
+
+    def alarms(self, active_only: bool = False, limit: int = 200) -> list[dict[str, Any]]:
+        where = "WHERE cleared_at IS NULL" if active_only else ""
+        return self._rows(f"SELECT * FROM alarms {where} ORDER BY id DESC LIMIT ?", (limit,))
+
+    def alarm(self, alarm_id: int) -> dict[str, Any] | None:
+        rows = self._rows("SELECT * FROM alarms WHERE id = ?", (alarm_id,))
+        return rows[0] if rows else None
+
+    def ack_alarm(self, alarm_id: int, by: Actor) -> None:
+        self._write(
+            "UPDATE alarms SET acked_at = ?, acked_by = ? WHERE id = ?",
+            (time.time(), by.label, alarm_id),
+        )
+
+    # --- audit ------------------------------------------------------------------------
+    def audit(self, by: Actor, action: str, old: Any, new: Any) -> None:
+        self._write(
+            "INSERT INTO audit (time_s, key_id, key_name, action, old, new) VALUES (?,?,?,?,?,?)",
+            (time.time(), by.key_id, by.name, action, json.dumps(old), json.dumps(new)),
+        )
+
+    def audit_page(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
+        rows = self._rows(
+            "SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before_id if before_id is not None else 2**62, limit),
+        )
+        for r in rows:
+            r["old"], r["new"] = json.loads(r["old"]), json.loads(r["new"])
+        return rows
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    """`gp_<id>_<secret>` → (id, secret). A key made elsewhere (e.g. GRIDPILOT_API_KEY) has
+    no id in it: its id is derived from it, and all of it is the secret."""
+    parts = token.split("_", 2)
+    if len(parts) == 3 and parts[0] == "gp" and parts[1] and parts[2]:
+        return parts[1], parts[2]
+    return "x" + hashlib.sha256(token.encode()).hexdigest()[:11], token

@@ -1,0 +1,213 @@
+"""The operator API: who may do what, what is refused (and then changes nothing), what is
+audited, and how setpoints, modes and demand-response events take effect over time."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.api import create_app
+from controller.config import SiteConfig
+from controller.metrics import Metrics
+from controller.operations import Operations
+from controller.opsdb import OpsDB
+from controller.state import SiteState
+
+
+@pytest.fixture
+async def api(site: SiteConfig, tmp_path: Path):
+    db = OpsDB(tmp_path / "ops.sqlite")
+    ops = Operations(site, db)
+    keys = {role: db.create_key(f"{role}-key", role)[1] for role in ("viewer", "operator", "admin")}
+    keys["bad"] = "gp_000000000000_not-a-real-secret"
+    app = create_app(SiteState(site.name, 0.1), Metrics(site.name, {}), ops, db, {}, {})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gridpilot") as client:
+        yield client, keys, ops, db
+    db.close()
+
+
+def auth(key: str | None) -> dict[str, str]:
+    return {} if key is None else {"Authorization": f"Bearer {key}"}
+
+
+FUTURE = time.time() + 3600
+# (method, path, body, the least role that may)
+ENDPOINTS = [
+    ("GET", "/v1/state", None, "viewer"),
+    ("GET", "/v1/devices", None, "viewer"),
+    ("GET", "/v1/setpoints", None, "viewer"),
+    ("PATCH", "/v1/setpoints", {"ramp_up_w_per_s": 400000}, "operator"),
+    ("GET", "/v1/mode", None, "viewer"),
+    ("POST", "/v1/mode", {"mode": "auto"}, "operator"),
+    ("GET", "/v1/events", None, "viewer"),
+    ("POST", "/v1/events",
+     {"kind": "import_cap", "value_w": 8e6, "start_s": FUTURE, "end_s": FUTURE + 600},
+     "operator"),
+    ("GET", "/v1/alarms", None, "viewer"),
+    ("GET", "/v1/audit", None, "viewer"),
+    ("GET", "/v1/keys", None, "admin"),
+    ("POST", "/v1/keys", {"name": "night shift", "role": "viewer"}, "admin"),
+]  # fmt: skip
+ORDER = ["viewer", "operator", "admin"]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "least"), ENDPOINTS)
+async def test_authorisation_matrix(api, method: str, path: str, body, least: str):
+    client, keys, _, _ = api
+    for who in (None, "bad", "viewer", "operator", "admin"):
+        r = await client.request(method, path, json=body, headers=auth(keys.get(who or "")))
+        if who in (None, "bad"):
+            expected = 401
+        elif ORDER.index(who) < ORDER.index(least):
+            expected = 403
+        else:
+            expected = 201 if method == "POST" and path in ("/v1/events", "/v1/keys") else 200
+        assert r.status_code == expected, (who, r.text)
+        if r.status_code >= 400:
+            assert r.headers["content-type"] == "application/problem+json"
+    # The probes and the metrics need no key.
+    for path in ("/healthz", "/metrics"):
+        assert (await client.get(path)).status_code == 200
+    assert (await client.get("/readyz")).status_code == 503  # no tick yet: not ready, not 401
+
+
+async def test_setpoint_change_is_applied_persisted_and_audited(api, site: SiteConfig):
+    client, keys, ops, db = api
+    r = await client.patch(
+        "/v1/setpoints", json={"ramp_up_w_per_s": 250000, "import_cap_w": 9e6},
+        headers=auth(keys["operator"]),
+    )  # fmt: skip
+    assert r.status_code == 200 and r.json()["ramp_up_w_per_s"] == 250000
+    force = ops.in_force(time.time())
+    assert force.dispatch.ramp_up_w_per_s == 250000 and force.dispatch.import_cap_w == 9e6
+    assert force.dispatch.lowpass_tau_s == site.dispatch.lowpass_tau_s  # the rest as configured
+    (entry,) = db.audit_page(10, None)
+    assert entry["action"] == "setpoints.change" and entry["key_name"] == "operator-key"
+    assert entry["old"] == {"ramp_up_w_per_s": 500000.0, "import_cap_w": None}
+    assert entry["new"] == {"ramp_up_w_per_s": 250000.0, "import_cap_w": 9e6}
+    assert Operations(site, db).setpoints.ramp_up_w_per_s == 250000  # as a restart finds it
+
+
+BAD_BODIES = [
+    ('{"ramp_up_w_per_s": -5}', "application/json", 422, "ramp_up_w_per_s"),
+    ('{"ramp_up_w_per_s": 2e9}', "application/json", 422, "ramp_up_w_per_s"),
+    ('{"ramp_up_w_per_s": NaN}', "application/json", 422, "ramp_up_w_per_s"),
+    ('{"import_cap_w": Infinity}', "application/json", 422, "import_cap_w"),
+    ('{"colour": "red"}', "application/json", 422, "colour"),
+    ('{"soc_target_low_ratio": 0.9}', "application/json", 422, None),  # above the high end
+    ('{"ramp_up_w_per_s": 1e5', "application/json", 422, None),  # not JSON
+    ('{"ramp_up_w_per_s": 1e5}', "text/plain", 415, None),
+    ('{"ramp_up_w_per_s": ' + "1" * 70000 + "}", "application/json", 413, None),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "field"), BAD_BODIES)
+async def test_bad_input_is_refused_and_changes_nothing(api, body, content_type, status, field):
+    client, keys, ops, db = api
+    before = ops.setpoints
+    r = await client.patch(
+        "/v1/setpoints",
+        content=body,
+        headers={**auth(keys["operator"]), "content-type": content_type},
+    )
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert problem["status"] == status and problem["title"]
+    if field is not None:
+        assert any(e["field"] == field for e in problem["errors"]), problem
+    if "-5" in body or "2e9" in body:  # the bound is named
+        (error,) = problem["errors"]
+        assert error["bounds"] in ({"gt": 0}, {"le": 1e9})
+    assert ops.setpoints == before
+    assert db.audit_page(10, None) == []  # nothing accepted, nothing audited
+
+
+async def test_override_with_ttl_reverts_and_the_revert_is_audited(api):
+    client, keys, ops, db = api
+    r = await client.patch(
+        "/v1/setpoints", json={"droop": 0.04, "ttl_s": 0.3}, headers=auth(keys["operator"])
+    )
+    assert r.status_code == 200 and r.json()["override"]["previous"]["droop"] == 0.05
+    assert ops.in_force(time.time()).dispatch.droop == 0.04
+    assert ops.in_force(time.time() + 1.0).dispatch.droop == 0.05  # expired: back to before
+    actions = [(e["action"], e["key_name"]) for e in db.audit_page(10, None)]
+    assert actions[0] == ("setpoints.revert", "system")
+    assert ("setpoints.change", "operator-key") in actions
+
+
+async def test_events_overlap_to_the_strictest_and_start_and_end_on_time(api):
+    client, keys, ops, db = api
+    now = time.time()
+    head = auth(keys["operator"])
+    for value, start, end in ((9e6, 10, 100), (7e6, 50, 80), (8e6, 60, 200)):
+        r = await client.post(
+            "/v1/events",
+            json={"kind": "import_cap", "value_w": value, "start_s": now + start,
+                  "end_s": now + end},
+            headers=head,
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+    shed = {"kind": "shed", "value_w": 5e5, "start_s": now + 20, "end_s": now + 30}
+    assert (await client.post("/v1/events", json=shed, headers=head)).status_code == 201
+
+    def cap_at(offset: float) -> float | None:
+        return ops.in_force(now + offset).dispatch.import_cap_w
+
+    assert cap_at(5) is None
+    assert cap_at(15) == 9e6
+    assert ops.in_force(now + 25).shed_w == 5e5
+    assert cap_at(55) == 7e6  # the strictest of those in force
+    assert cap_at(70) == 7e6
+    assert cap_at(90) == 8e6
+    assert cap_at(150) == 8e6
+    assert cap_at(250) is None
+    starts = [e for e in db.audit_page(50, None) if e["action"] == "event.start"]
+    ends = [e for e in db.audit_page(50, None) if e["action"] == "event.end"]
+    assert len(starts) == 4 and len(ends) == 4  # each once, by the system
+    # A cancelled event ends at once.
+    late = {"kind": "import_cap", "value_w": 6e6, "start_s": now, "end_s": now + 1000}
+    event = (await client.post("/v1/events", json=late, headers=head)).json()
+    assert ops.in_force(time.time()).dispatch.import_cap_w == 6e6
+    assert (await client.delete(f"/v1/events/{event['id']}", headers=head)).status_code == 200
+    assert ops.in_force(time.time()).dispatch.import_cap_w is None
+    assert (await client.delete(f"/v1/events/{event['id']}", headers=head)).status_code == 404
+    bad = {"kind": "import_cap", "value_w": 6e6, "start_s": now + 10, "end_s": now + 5}
+    r = await client.post("/v1/events", json=bad, headers=head)
+    assert r.status_code == 422 and "end_s must be after start_s" in json.dumps(r.json())
+
+
+async def test_mode_with_ttl_and_keys_lifecycle(api):
+    client, keys, ops, _ = api
+    r = await client.post(
+        "/v1/mode", json={"mode": "safe", "ttl_s": 0.2}, headers=auth(keys["operator"])
+    )
+    assert r.status_code == 200 and ops.in_force(time.time()).mode == "safe"
+    assert ops.in_force(time.time() + 1).mode == "auto"
+    assert (
+        await client.post("/v1/mode", json={"mode": "off"}, headers=auth(keys["operator"]))
+    ).status_code == 422
+    made = await client.post(
+        "/v1/keys", json={"name": "night shift", "role": "operator"}, headers=auth(keys["admin"])
+    )
+    new = made.json()
+    assert made.status_code == 201 and new["key"].startswith("gp_")
+    listed = (await client.get("/v1/keys", headers=auth(keys["admin"]))).json()
+    assert all("key" not in k and "hash" not in k for k in listed)
+    assert (await client.get("/v1/mode", headers=auth(new["key"]))).status_code == 200
+    gone = await client.delete(f"/v1/keys/{new['id']}", headers=auth(keys["admin"]))
+    assert gone.status_code == 200
+    assert (await client.get("/v1/mode", headers=auth(new["key"]))).status_code == 401
+    log = (await client.get("/v1/audit?limit=2", headers=auth(keys["viewer"]))).json()
+    assert [e["action"] for e in log["entries"]] == ["key.revoke", "key.create"]
+    assert log["next_before_id"] is not None
+    older = await client.get(
+        f"/v1/audit?limit=50&before_id={log['next_before_id']}", headers=auth(keys["viewer"])
+    )
+    assert [e["action"] for e in older.json()["entries"]][-1] == "mode.change"
+    assert not any(new["key"] in json.dumps(e) for e in older.json()["entries"])  # never the key
