@@ -3,13 +3,14 @@ for the orchestrator (no key). Every error is an RFC 9457 problem document."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,35 +21,11 @@ from controller.config import DeviceConfig
 from controller.metrics import Metrics
 from controller.operations import Operations
 from controller.opsdb import OpsDB
+from controller.problems import Problem, field_errors, problem, problem_responses
 from controller.state import SiteState
 from drivers.base import DeviceDriver
 
-PROBLEM = "application/problem+json"
 MAX_BODY_BYTES = 64 * 1024
-
-
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    """An RFC 9457 problem document."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
-
-
-def field_errors(errors: list[Any]) -> list[dict[str, Any]]:
-    """Pydantic's errors as plain JSON: the field, what is wrong, and the bound it broke."""
-    out = []
-    for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
-        item: dict[str, Any] = {"field": ".".join(loc) or None, "message": e.get("msg", "")}
-        bounds = {k: v for k, v in (e.get("ctx") or {}).items() if k in ("gt", "ge", "lt", "le")}
-        if bounds:
-            item["bounds"] = {k: v for k, v in bounds.items() if isinstance(v, int | float)}
-        value = e.get("input")
-        if isinstance(value, int | float | str | bool) and not (
-            isinstance(value, float) and not math.isfinite(value)
-        ):
-            item["value"] = value
-        out.append(item)
-    return out
 
 
 def create_app(
@@ -63,6 +40,7 @@ def create_app(
         title="gridpilot",
         summary="Grid-interactive controller for AI data centers",
         version="0.1.0",
+        responses=problem_responses(400, 413, 415, 500),
     )
 
     @app.middleware("http")
@@ -88,6 +66,14 @@ def create_app(
         response = problem(exc.status_code, str(exc.detail), detail)
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
+        if exc.status_code == 405:  # every method the path has, not just one route's
+            methods = {
+                m
+                for r in app.routes
+                if isinstance(r, APIRoute) and r.path_regex.match(request.url.path)
+                for m in r.methods
+            }
+            response.headers["Allow"] = ", ".join(sorted(methods))
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -103,7 +89,11 @@ def create_app(
 
     viewer = Depends(requires(db, "viewer"))
 
-    @app.get("/v1/state", summary="Latest snapshot, dispatch outputs and loop timing")
+    @app.get(
+        "/v1/state",
+        summary="Latest snapshot, dispatch outputs and loop timing",
+        responses=problem_responses(401, 403),
+    )
     async def get_state(_: Any = viewer) -> dict[str, Any]:
         return state.to_json()
 
@@ -116,7 +106,11 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Ready while ticks are fresh and control is not degraded")
+    @app.get(
+        "/readyz",
+        summary="Ready while ticks are fresh and control is not degraded",
+        responses=problem_responses(503),
+    )
     async def readyz() -> Response:
         ok, reason = state.ready()
         if ok:
@@ -124,4 +118,26 @@ def create_app(
         return problem(503, "Not ready", reason)
 
     app.include_router(operate_router(ops, db, drivers, configs))
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the Problem model, and 422 as the problem document this
+        app answers (not FastAPI's default shape)."""
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["Problem"] = Problem.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    if "422" in operation.get("responses", {}):
+                        operation["responses"]["422"] = problem_responses(422)[422]
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -7,20 +7,25 @@ import asyncio
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.auth import requires
 from controller.config import DeviceConfig
 from controller.operations import EventIn, Mode, Operations, Setpoints
 from controller.opsdb import Actor, OpsDB, Role
+from controller.problems import problem_responses
 from drivers.base import DeviceDriver
+
+RowId = Annotated[int, Path(ge=1, le=2**62, description="as listed")]
+KeyId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9]+$")]
+DeviceId = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 
 
 class SetpointsPatch(BaseModel):
     """Any of the setpoints, and optionally how long the change holds before it reverts."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     ramp_up_w_per_s: float | None = Field(None, gt=0, le=1e9)
     ramp_down_w_per_s: float | None = Field(None, gt=0, le=1e9)
@@ -44,14 +49,14 @@ class SetpointsPut(Setpoints):
 
 
 class ModeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     mode: Mode
     ttl_s: float | None = Field(None, gt=0, le=86400, description="back to the mode before")
 
 
 class KeyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 ._-]+$")
     role: Role
@@ -64,7 +69,7 @@ def operate_router(
     configs: Mapping[str, DeviceConfig],
 ) -> APIRouter:
     viewer, operator, admin = (Depends(requires(db, r)) for r in ("viewer", "operator", "admin"))
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", responses=problem_responses(401, 403, 404, 422))
 
     def device_json(device_id: str) -> dict[str, Any]:
         d, c = drivers[device_id], configs[device_id]
@@ -100,7 +105,7 @@ def operate_router(
         return [device_json(i) for i in drivers]
 
     @router.get("/devices/{device_id}", summary="One device")
-    async def get_device(device_id: str, _: Actor = viewer) -> dict[str, Any]:
+    async def get_device(device_id: DeviceId, _: Actor = viewer) -> dict[str, Any]:
         if device_id not in drivers:
             raise HTTPException(404, f"No device {device_id!r}")
         return device_json(device_id)
@@ -142,7 +147,7 @@ def operate_router(
         return await asyncio.to_thread(ops.add_event, body, who)
 
     @router.delete("/events/{event_id}", summary="Cancel an event (it ends now if running)")
-    async def delete_event(event_id: int, who: Actor = operator) -> dict[str, Any]:
+    async def delete_event(event_id: RowId, who: Actor = operator) -> dict[str, Any]:
         row = await asyncio.to_thread(ops.cancel_event, event_id, who)
         if row is None:
             raise HTTPException(404, f"No event {event_id} to cancel")
@@ -155,7 +160,7 @@ def operate_router(
         return await asyncio.to_thread(db.alarms, active)
 
     @router.post("/alarms/{alarm_id}/ack", summary="Acknowledge an alarm")
-    async def ack_alarm(alarm_id: int, who: Actor = operator) -> dict[str, Any]:
+    async def ack_alarm(alarm_id: RowId, who: Actor = operator) -> dict[str, Any]:
         row = await asyncio.to_thread(db.alarm, alarm_id)
         if row is None:
             raise HTTPException(404, f"No alarm {alarm_id}")
@@ -187,7 +192,7 @@ def operate_router(
         return {"id": key_id, "name": body.name, "role": body.role, "key": token}
 
     @router.delete("/keys/{key_id}", summary="Revoke a key")
-    async def revoke_key(key_id: str, who: Actor = admin) -> dict[str, Any]:
+    async def revoke_key(key_id: KeyId, who: Actor = admin) -> dict[str, Any]:
         if not await asyncio.to_thread(db.revoke_key, key_id):
             raise HTTPException(404, f"No active key {key_id!r}")
         await asyncio.to_thread(db.audit, who, "key.revoke", {"id": key_id}, None)

@@ -28,7 +28,7 @@ MAX_EVENT_S = 7 * 86400.0
 class Setpoints(BaseModel):
     """Everything an operator may set, each with its bounds (the API's schema says them)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     ramp_up_w_per_s: float = Field(gt=0, le=1e9, description="grid ramp limit upward, W/s")
     ramp_down_w_per_s: float = Field(gt=0, le=1e9, description="grid ramp limit downward, W/s")
@@ -73,7 +73,7 @@ def initial_setpoints(site: SiteConfig) -> Setpoints:
 class EventIn(BaseModel):
     """A demand-response event: an import cap, or a load to shed, from start to end."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     kind: Literal["import_cap", "shed"]
     value_w: float = Field(gt=0, le=1e10, description="the cap, or the load to shed, W")

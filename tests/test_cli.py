@@ -108,3 +108,41 @@ def test_certs_makes_a_trust_domain_and_never_overwrites_it(tmp_path: Path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "already holds certificates" in again.stderr
     assert (out / "ca.pem").read_bytes() == before
+
+
+def test_setpoints_mode_and_events_survive_a_kill(site_file: Path):
+    """Change setpoints, the mode and schedule an event; kill -9 the controller; a new one
+    resumes with all three."""
+    site = load_site(site_file)
+    base = f"http://127.0.0.1:{site.api_port}"
+    key = {"Authorization": f"Bearer {create_key(str(site_file), 'operator')}"}
+    start = time.time() + 3600
+    event = {"kind": "import_cap", "value_w": 7.5e6, "start_s": start, "end_s": start + 900}
+
+    def wait_up() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError("controller never answered")
+
+    with gridpilot("run", "--config", str(site_file)) as proc:
+        wait_up()
+        patch = {"ramp_up_w_per_s": 321000, "soc_target_low_ratio": 0.45}
+        assert httpx.patch(f"{base}/v1/setpoints", json=patch, headers=key).status_code == 200
+        assert httpx.post(f"{base}/v1/mode", json={"mode": "safe"}, headers=key).status_code == 200
+        made = httpx.post(f"{base}/v1/events", json=event, headers=key)
+        assert made.status_code == 201
+        proc.kill()  # no clean shutdown: what was acknowledged must already be on disk
+        proc.communicate()
+    with gridpilot("run", "--config", str(site_file)) as proc:
+        wait_up()
+        setpoints = httpx.get(f"{base}/v1/setpoints", headers=key).json()
+        assert setpoints["ramp_up_w_per_s"] == 321000 and setpoints["soc_target_low_ratio"] == 0.45
+        assert httpx.get(f"{base}/v1/mode", headers=key).json()["mode"] == "safe"
+        (found,) = httpx.get(f"{base}/v1/events", headers=key).json()
+        assert found["id"] == made.json()["id"] and found["value_w"] == 7.5e6
+        stop_cleanly(proc, "controller stopped", signal.SIGTERM)

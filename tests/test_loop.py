@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import time
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
 from controller.config import SiteConfig
 from controller.loop import ControlLoop, TickRecord
+from controller.operations import Operations
+from controller.opsdb import SYSTEM, OpsDB
 from controller.service import make_driver
 from drivers.sim.stack import SimulatorStack
 from tests.plant import modbus_only, until
 
 
 @pytest.fixture
-async def running(site_data: dict):
+async def running(site_data: dict, tmp_path: Path):
     """Plant, drivers and a running loop; yields (site, stack, records, loop)."""
     site: SiteConfig = modbus_only(site_data)
     stack = SimulatorStack(site)
@@ -25,7 +28,8 @@ async def running(site_data: dict):
     for d in drivers.values():
         d.start()
     records: list[TickRecord] = []
-    loop = ControlLoop(site, drivers, records.append)
+    db = OpsDB(tmp_path / "ops.sqlite")
+    loop = ControlLoop(site, drivers, records.append, Operations(site, db))
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
     yield site, stack, records, loop
@@ -34,6 +38,7 @@ async def running(site_data: dict):
     for d in drivers.values():
         await d.stop()
     await stack.stop()
+    db.close()
 
 
 async def test_loop_commands_every_battery_asset(running):
@@ -155,3 +160,43 @@ def test_a_ups_is_never_asked_to_give_more_than_its_load():
     assert asset is not None
     assert asset.discharge_max_w == 2e6 and asset.charge_max_w == 5e6
     assert asset.floor_j == pytest.approx(7e6 * 300 / 0.96)  # five minutes at rated load
+
+
+async def test_safe_then_manual_then_auto_without_a_jump(running):
+    """Safe: the batteries' power goes to zero no faster than the grid may ramp; manual: they
+    hold the operator's power; back to auto, the grid carries on from where it is."""
+    site, _, records, loop = running
+    ops = loop.operations
+    await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
+    await asyncio.sleep(2.0)
+    ops.change_mode("safe", SYSTEM, None)
+    mark = len(records)
+    await until(lambda: records[-1].mode == "safe" and records[-1].result.battery_w == 0.0, 30,
+                "batteries at 0 W")  # fmt: skip
+    safe = [r for r in records[mark:] if r.mode == "safe"]
+    step = max(site.dispatch.ramp_up_w_per_s, site.dispatch.ramp_down_w_per_s) * 0.1
+    for a, b in pairwise(safe):
+        assert abs(b.result.battery_w) <= abs(a.result.battery_w) + 1.0
+        assert abs(b.result.battery_w - a.result.battery_w) <= step * 1.001
+    ops.change_setpoints({"manual_battery_w": 1.5e6}, SYSTEM, None)
+    ops.change_mode("manual", SYSTEM, None)
+    await until(lambda: records[-1].mode == "manual", 5, "manual mode")
+    await asyncio.sleep(0.5)
+    assert records[-1].result.battery_w == pytest.approx(1.5e6)
+    ops.change_mode("auto", SYSTEM, None)
+    mark = len(records)
+    await until(lambda: len(records) > mark + 20 and records[mark].mode == "auto", 10, "auto")
+    switch = next(i for i in range(mark - 1, len(records)) if records[i].mode == "auto")
+    last_manual, first_auto = records[switch - 1], records[switch]
+    # The batteries carry on from their manual power (in manual the grid took the load's
+    # swings; auto does not add a step of its own) ...
+    assert first_auto.result.battery_w == pytest.approx(
+        last_manual.result.battery_w, abs=step * 1.001
+    )
+    # ... and from there the grid moves within the ramp limit (frequency response aside: it
+    # acts outside the limiter by design).
+    plan = [
+        r.result.grid_target_w + r.result.frequency_response_w
+        for r in records[switch : switch + 20]
+    ]
+    assert max(abs(b - a) for a, b in pairwise(plan)) <= step * 1.001
