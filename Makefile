@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_dispatch.py
 	$(BIN)/python bench/bench_drivers.py
 	$(BIN)/python bench/bench_loop.py
+	$(BIN)/python bench/bench_api.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -85,10 +85,11 @@ class RollingRatios:
     def _delta(self, window_s: float) -> tuple[Sample, Sample] | None:
         """The newest sample and the oldest one still inside the window, if the window is
         at least half covered (a 1 h PUE from 30 s of data would mislead)."""
-        if len(self._samples) < 2:
+        samples = list(self._samples)  # one C-level copy: the loop's thread appends meanwhile
+        if len(samples) < 2:
             return None
-        newest = self._samples[-1]
-        oldest = next(s for s in self._samples if newest.t_s - s.t_s <= window_s)
+        newest = samples[-1]
+        oldest = next(s for s in samples if newest.t_s - s.t_s <= window_s)
         if newest.t_s - oldest.t_s < 0.5 * window_s:
             return None
         return oldest, newest

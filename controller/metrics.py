@@ -139,6 +139,8 @@ class Metrics:
         self.cooling_points = {
             point: gauge(name, help_text, sd) for point, (name, help_text) in COOLING_POINTS.items()
         }
+        for counter in (self.late_ticks, self.overruns, self.ticks):
+            counter.labels(site)  # every series from the start: rates over them work at once
         self._overruns_seen = 0
         self.registry.register(DriverCollector(site, drivers))
         self.registry.register(EnergyCollector(site, self.energy, self.ratios, self.tokens))

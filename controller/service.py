@@ -128,6 +128,9 @@ class Controller:
         # Bind before anything starts, so a taken port is a clear error, not a half-started site.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: a response's head and body leave at once, instead
+        # of the body waiting ~40 ms for the client's delayed ACK on keep-alive requests.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.site.api_host, self.site.api_port))
         except OSError as exc:
@@ -144,7 +147,11 @@ class Controller:
         gc.collect()
         gc.freeze()
         self.store.event("controller_started", site=self.site.name)
-        api_task = asyncio.create_task(api.serve(sockets=[sock]), name="api")
+        # The API serves on its own thread and event loop: a burst of requests cannot delay a
+        # tick (at 64 connections on one loop, ticks were skipped; on two, none are).
+        api_task = asyncio.create_task(
+            asyncio.to_thread(asyncio.run, api.serve(sockets=[sock])), name="api"
+        )
         loop_task = asyncio.create_task(self.loop.run(stop), name="loop")
         log.info(
             "controller running",

@@ -29,13 +29,14 @@ class SiteState:
         return (now_monotonic or time.monotonic()) - self.last.monotonic
 
     def ready(self) -> tuple[bool, str]:
-        """Ready while ticks are fresh (within 3 periods) and control is not degraded."""
+        """Ready while ticks are fresh (within 3 periods) and the devices control needs are
+        (not degraded; manual and safe modes are control as an operator asked for it)."""
         age = self.tick_age_s()
         if age is None:
             return False, "no tick yet"
         if age > 3 * self.period_s:
             return False, f"last tick {age:.3f} s ago (limit {3 * self.period_s:.3f} s)"
-        if self.last is not None and self.last.mode != "auto":
+        if self.last is not None and self.last.mode == "degraded":
             return False, f"control degraded: missing {', '.join(self.last.readings.missing)}"
         return True, "ok"
 
