@@ -4,6 +4,7 @@ for the orchestrator (no key). Every error is an RFC 9457 problem document."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +12,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -101,10 +101,10 @@ def create_app(
             response.headers[name] = value
         if exc.status_code == 405:  # every method the path has, not just one route's
             methods = {
-                m
-                for r in app.routes
-                if isinstance(r, APIRoute) and r.path_regex.match(request.url.path)
-                for m in r.methods
+                method.upper()
+                for template, operations in app.openapi()["paths"].items()
+                if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), request.url.path)
+                for method in operations
             }
             response.headers["Allow"] = ", ".join(sorted(methods))
         return response

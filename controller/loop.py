@@ -26,7 +26,14 @@ from controller.dispatch import (
     toward_zero,
 )
 from controller.operations import InForce, Operations
-from controller.site import Command, SiteReadings, commands_for, dispatch_inputs, read_site
+from controller.site import (
+    Command,
+    SiteReadings,
+    commands_for,
+    cooling_commands,
+    dispatch_inputs,
+    read_site,
+)
 from controller.snapshot import Snapshot, take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
 
@@ -131,7 +138,10 @@ class ControlLoop:
             result = replace(result, shed_request_w=force.shed_w)
         self._mode = mode
         self._battery_w = result.battery_w if result is not None else 0.0
-        write_errors = self._submit(commands_for(snapshot, result, self.seq), self._last_tick)
+        commands = commands_for(snapshot, result, self.seq)
+        if force is not None:
+            commands += cooling_commands(snapshot, force.setpoints.supply_temperature_c)
+        write_errors = self._submit(commands, self._last_tick)
         self._last_tick = started
         record = TickRecord(
             seq=self.seq,

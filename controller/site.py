@@ -154,3 +154,18 @@ def commands_for(snapshot: Snapshot, result: DispatchResult | None, beat: int) -
             asset_w = None if result is None else result.asset_w.get(dev.id)
             cmds.extend(_asset_commands(dev, asset_w, beat))
     return cmds
+
+
+SUPPLY_SETPOINT = "supply_temperature_setpoint_c"
+
+
+def cooling_commands(snapshot: Snapshot, supply_c: float) -> list[Command]:
+    """The operator's supply temperature to each CDU that shows another (once it reads back
+    the new value, nothing more is sent)."""
+    return [
+        Command(dev.id, SUPPLY_SETPOINT, supply_c)
+        for dev in snapshot.of_kind("cdu")
+        if dev.connected
+        and (shown := dev.value(SUPPLY_SETPOINT)) is not None
+        and abs(shown - supply_c) > 0.05
+    ]

@@ -36,37 +36,51 @@ def auth(key: str | None) -> dict[str, str]:
 
 
 FUTURE = time.time() + 3600
-# (method, path, body, the least role that may)
+FULL_SETPOINTS = {
+    "ramp_up_w_per_s": 5e5, "ramp_down_w_per_s": 5e5, "soc_target_low_ratio": 0.5,
+    "soc_target_high_ratio": 0.7, "soc_min_ratio": 0.2, "ride_through_s": 300,
+    "import_cap_w": None, "droop": 0.05, "deadband_hz": 0.015, "supply_temperature_c": 32,
+    "heat_reuse_mode": "off", "manual_battery_w": 0,
+}  # fmt: skip
+# (method, path, body, the least role that may, the answer when allowed). Ids that do not
+# exist answer 404 once authorised: the key is checked first.
 ENDPOINTS = [
-    ("GET", "/v1/state", None, "viewer"),
-    ("GET", "/v1/devices", None, "viewer"),
-    ("GET", "/v1/setpoints", None, "viewer"),
-    ("PATCH", "/v1/setpoints", {"ramp_up_w_per_s": 400000}, "operator"),
-    ("GET", "/v1/mode", None, "viewer"),
-    ("POST", "/v1/mode", {"mode": "auto"}, "operator"),
-    ("GET", "/v1/events", None, "viewer"),
+    ("GET", "/v1/state", None, "viewer", 200),
+    ("GET", "/v1/devices", None, "viewer", 200),
+    ("GET", "/v1/devices/{device_id}", None, "viewer", 404),
+    ("GET", "/v1/setpoints", None, "viewer", 200),
+    ("PUT", "/v1/setpoints", FULL_SETPOINTS, "operator", 200),
+    ("PATCH", "/v1/setpoints", {"ramp_up_w_per_s": 400000}, "operator", 200),
+    ("GET", "/v1/mode", None, "viewer", 200),
+    ("POST", "/v1/mode", {"mode": "auto"}, "operator", 200),
+    ("GET", "/v1/events", None, "viewer", 200),
     ("POST", "/v1/events",
      {"kind": "import_cap", "value_w": 8e6, "start_s": FUTURE, "end_s": FUTURE + 600},
-     "operator"),
-    ("GET", "/v1/alarms", None, "viewer"),
-    ("GET", "/v1/audit", None, "viewer"),
-    ("GET", "/v1/keys", None, "admin"),
-    ("POST", "/v1/keys", {"name": "night shift", "role": "viewer"}, "admin"),
+     "operator", 201),
+    ("DELETE", "/v1/events/{event_id}", None, "operator", 404),
+    ("GET", "/v1/alarms", None, "viewer", 200),
+    ("POST", "/v1/alarms/{alarm_id}/ack", None, "operator", 404),
+    ("GET", "/v1/audit", None, "viewer", 200),
+    ("GET", "/v1/keys", None, "admin", 200),
+    ("POST", "/v1/keys", {"name": "night shift", "role": "viewer"}, "admin", 201),
+    ("DELETE", "/v1/keys/{key_id}", None, "admin", 404),
 ]  # fmt: skip
 ORDER = ["viewer", "operator", "admin"]
+MISSING = {"device_id": "ups-z", "event_id": "999", "alarm_id": "999", "key_id": "abc123"}
 
 
-@pytest.mark.parametrize(("method", "path", "body", "least"), ENDPOINTS)
-async def test_authorisation_matrix(api, method: str, path: str, body, least: str):
+@pytest.mark.parametrize(("method", "path", "body", "least", "allowed"), ENDPOINTS)
+async def test_authorisation_matrix(api, method: str, path: str, body, least: str, allowed: int):
     client, keys, _, _ = api
     for who in (None, "bad", "viewer", "operator", "admin"):
-        r = await client.request(method, path, json=body, headers=auth(keys.get(who or "")))
+        url = path.format(**MISSING)
+        r = await client.request(method, url, json=body, headers=auth(keys.get(who or "")))
         if who in (None, "bad"):
             expected = 401
         elif ORDER.index(who) < ORDER.index(least):
             expected = 403
         else:
-            expected = 201 if method == "POST" and path in ("/v1/events", "/v1/keys") else 200
+            expected = allowed
         assert r.status_code == expected, (who, r.text)
         if r.status_code >= 400:
             assert r.headers["content-type"] == "application/problem+json"
@@ -211,3 +225,21 @@ async def test_mode_with_ttl_and_keys_lifecycle(api):
     )
     assert [e["action"] for e in older.json()["entries"]][-1] == "mode.change"
     assert not any(new["key"] in json.dumps(e) for e in older.json()["entries"])  # never the key
+
+
+def test_the_matrix_covers_every_operation(site: SiteConfig, tmp_path: Path):
+    db = OpsDB(tmp_path / "ops.sqlite")
+    app = create_app(
+        SiteState(site.name, 0.1), Metrics(site.name, {}), Operations(site, db), db, {}, {}
+    )
+    paths = app.openapi()["paths"]  # what the app says it serves
+    served = {(m.upper(), p) for p, ops in paths.items() if p.startswith("/v1") for m in ops}
+    assert served == {(m, p) for m, p, *_ in ENDPOINTS}
+    db.close()
+
+
+async def test_wrong_method_names_the_allowed_ones(api):
+    client, keys, _, _ = api
+    r = await client.request("OPTIONS", "/v1/setpoints", headers=auth(keys["viewer"]))
+    assert r.status_code == 405 and r.headers["allow"] == "GET, PATCH, PUT"
+    assert r.headers["content-type"] == "application/problem+json"
