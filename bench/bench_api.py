@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.processes import wait_http
 from tests.sites import site_dict
 
 
@@ -105,16 +106,7 @@ def main() -> None:
     demo = subprocess.Popen([*cli, "run", "--config", str(site_file), "--log-level", "WARNING"],
                             **quiet)  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise SystemExit("the controller never became ready")
+        wait_http(f"{base}/readyz", demo)
         time.sleep(3.0)  # let it settle
         cpus = os.cpu_count()
         print(f"machine: {platform.machine()}, {cpus} CPUs, Python {platform.python_version()}")

@@ -94,18 +94,17 @@ class RollingRatios:
             return None
         return oldest, newest
 
-    def pue(self, window: str) -> float | None:
+    def _ratio(self, window: str, numerator: str, denominator: str) -> float | None:
+        """Δnumerator / Δdenominator over the window (Sample fields), if defined."""
         pair = self._delta(WINDOWS_S[window])
         if pair is None:
             return None
-        it = pair[1].it_j - pair[0].it_j
-        facility = pair[1].facility_j - pair[0].facility_j
-        return facility / it if it > 0 else None
+        old, new = pair
+        below = getattr(new, denominator) - getattr(old, denominator)
+        return (getattr(new, numerator) - getattr(old, numerator)) / below if below > 0 else None
+
+    def pue(self, window: str) -> float | None:
+        return self._ratio(window, "facility_j", "it_j")
 
     def tokens_per_joule(self, window: str) -> float | None:
-        pair = self._delta(WINDOWS_S[window])
-        if pair is None:
-            return None
-        energy = pair[1].facility_j - pair[0].facility_j
-        tokens = pair[1].tokens - pair[0].tokens
-        return tokens / energy if energy > 0 else None
+        return self._ratio(window, "tokens", "facility_j")

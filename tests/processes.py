@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import httpx
 
 GRIDPILOT = [sys.executable, "-m", "controller.cli"]
 
@@ -51,3 +54,18 @@ def create_key(site_file: str, role: str, name: str = "test") -> str:
     )
     assert out.returncode == 0, out.stderr
     return next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("key "))
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 90.0) -> None:
+    """Until `url` answers 200 (a probe); fails if `proc` exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited early: {proc.stderr and proc.stderr.read()}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never answered 200")

@@ -12,7 +12,7 @@ import httpx
 from cryptography import x509
 
 from controller.config import load_site
-from tests.processes import GRIDPILOT, create_key, gridpilot, stop_cleanly
+from tests.processes import GRIDPILOT, create_key, gridpilot, stop_cleanly, wait_http
 
 
 def test_help_lists_the_commands():
@@ -119,18 +119,8 @@ def test_setpoints_mode_and_events_survive_a_kill(site_file: Path):
     start = time.time() + 3600
     event = {"kind": "import_cap", "value_w": 7.5e6, "start_s": start, "end_s": start + 900}
 
-    def wait_up() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError("controller never answered")
-
     with gridpilot("run", "--config", str(site_file)) as proc:
-        wait_up()
+        wait_http(f"{base}/healthz", proc)
         patch = {"ramp_up_w_per_s": 321000, "soc_target_low_ratio": 0.45}
         assert httpx.patch(f"{base}/v1/setpoints", json=patch, headers=key).status_code == 200
         assert httpx.post(f"{base}/v1/mode", json={"mode": "safe"}, headers=key).status_code == 200
@@ -139,7 +129,7 @@ def test_setpoints_mode_and_events_survive_a_kill(site_file: Path):
         proc.kill()  # no clean shutdown: what was acknowledged must already be on disk
         proc.communicate()
     with gridpilot("run", "--config", str(site_file)) as proc:
-        wait_up()
+        wait_http(f"{base}/healthz", proc)
         setpoints = httpx.get(f"{base}/v1/setpoints", headers=key).json()
         assert setpoints["ramp_up_w_per_s"] == 321000 and setpoints["soc_target_low_ratio"] == 0.45
         assert httpx.get(f"{base}/v1/mode", headers=key).json()["mode"] == "safe"

@@ -17,26 +17,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.config import load_site
-from tests.processes import gridpilot
+from tests.processes import gridpilot, wait_http
 from tests.sites import site_dict
 
 OBSERVE_S = 12.0
 DEMO_KEY = "e2e-demo-admin-key-0123456789"  # as an operator would give GRIDPILOT_API_KEY
-
-
-def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (
-            f"demo exited early: {proc.stderr.read() if proc.stderr else ''}"
-        )
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("demo never became ready")
 
 
 def port_closed(port: int) -> bool:
@@ -53,7 +38,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     site = load_site(site_file)
     base = f"http://127.0.0.1:{site.api_port}"
     with gridpilot("demo", "--config", str(site_file), env={"GRIDPILOT_API_KEY": DEMO_KEY}) as proc:
-        wait_ready(base, proc)
+        wait_http(f"{base}/readyz", proc)
         states = []
         end = time.monotonic() + OBSERVE_S
         auth = {"Authorization": f"Bearer {DEMO_KEY}"}
