@@ -32,6 +32,13 @@ def conditions(rec: TickRecord) -> list[Condition]:
             found.append(
                 Condition(f"device_down:{dev.id}", "warning", f"{dev.id}: {dev.last_error}")
             )
+    for device, command in rec.cooling.items():
+        if command.fallback:
+            found.append(
+                Condition(f"cooling_fallback:{device}", "critical",
+                          f"{device}: telemetry stale or invalid; pumps at safe speed, "
+                          "lowest supply setpoint")
+            )  # fmt: skip
     if rec.result is not None and rec.result.shed_request_w > 0:
         w = rec.result.shed_request_w
         found.append(Condition("shed_request", "warning", f"shed {w:.0f} W to hold the limits"))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from controller.config import DispatchConfig, SiteConfig
+from controller.cooling import CoolingCommand, CoolingConfig, CoolingState, cooling_step
 from controller.dispatch import (
     DispatchInputs,
     DispatchResult,
@@ -29,6 +30,7 @@ from controller.operations import InForce, Operations
 from controller.site import (
     Command,
     SiteReadings,
+    cdu_readings,
     commands_for,
     cooling_commands,
     dispatch_inputs,
@@ -53,6 +55,7 @@ class TickRecord:
     result: DispatchResult | None  # None: data missing, every asset stood down
     mode: str  # "auto", "manual", "safe", or "degraded" (data missing: assets stand down)
     in_force: InForce | None  # the operators' settings this tick ran with
+    cooling: dict[str, CoolingCommand]  # per CDU: supply setpoint and pump speed sent
     duration_s: float
     lateness_s: float
     overruns_total: int
@@ -78,6 +81,8 @@ class ControlLoop:
         self._cooling_hold_w = 0.0  # last good cooling power: the CDU may report slowly
         self._last_write_errors: set[str] = set()
         self._last_tick = 0.0
+        self.cooling_cfg = CoolingConfig()
+        self._cooling_state: dict[str, CoolingState] = {}
         self._mode = "auto"
         self._battery_w = 0.0  # the last tick's total battery power (safe mode ramps it down)
 
@@ -139,8 +144,11 @@ class ControlLoop:
         self._mode = mode
         self._battery_w = result.battery_w if result is not None else 0.0
         commands = commands_for(snapshot, result, self.seq)
-        if force is not None:
-            commands += cooling_commands(snapshot, force.setpoints.supply_temperature_c)
+        cooling = self._cooling(snapshot, force, period)
+        for device, command in cooling.items():
+            commands += cooling_commands(
+                snapshot, device, command.supply_setpoint_c, command.pump_speed
+            )
         write_errors = self._submit(commands, self._last_tick)
         self._last_tick = started
         record = TickRecord(
@@ -155,6 +163,7 @@ class ControlLoop:
             result=result,
             mode=mode,
             in_force=force,
+            cooling=cooling,
             duration_s=time.monotonic() - started,
             lateness_s=lateness,
             overruns_total=self.overruns,
@@ -162,6 +171,18 @@ class ControlLoop:
         )
         self.publish(record)
         return record
+
+    def _cooling(
+        self, snapshot: Snapshot, force: InForce | None, period: float
+    ) -> dict[str, CoolingCommand]:
+        """Each CDU's supply and pump, from its readings (fallback while they are unusable)."""
+        target = force.setpoints.supply_temperature_c if force else self.cooling_cfg.target_supply_c
+        cfg = replace(self.cooling_cfg, target_supply_c=target)
+        out = {}
+        for device, (supply, ret) in cdu_readings(snapshot).items():
+            state = self._cooling_state.get(device, CoolingState())
+            self._cooling_state[device], out[device] = cooling_step(state, cfg, supply, ret, period)
+        return out
 
     def _ramp(self, cfg: DispatchConfig) -> float:
         """The limit the grid moves by as the battery's power goes to zero."""

@@ -136,6 +136,13 @@ class Metrics:
         self.stale_points = gauge(
             "gridpilot_device_stale_points", "Points too old or invalid to use", sd
         )
+        self.cooling_setpoint = gauge(
+            "gridpilot_coolant_supply_setpoint_celsius", "Supply setpoint sent to the CDU", sd
+        )
+        self.pump_command = gauge("gridpilot_pump_speed_command_ratio", "Pump speed sent", sd)
+        self.cooling_fallback = gauge(
+            "gridpilot_cooling_fallback", "1 while CDU data is unusable: safe pumps, coldest", sd
+        )
         self.cooling_points = {
             point: gauge(name, help_text, sd) for point, (name, help_text) in COOLING_POINTS.items()
         }
@@ -187,6 +194,10 @@ class Metrics:
         if self.dispatch.import_cap_w is not None:
             self.import_cap.labels(site).set(self.dispatch.import_cap_w)
         self._devices(rec)
+        for device, command in rec.cooling.items():
+            self.cooling_setpoint.labels(site, device).set(command.supply_setpoint_c)
+            self.pump_command.labels(site, device).set(command.pump_speed)
+            self.cooling_fallback.labels(site, device).set(1.0 if command.fallback else 0.0)
         self._grid_ramp(rec)
         self._account(rec, battery)
 

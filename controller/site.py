@@ -157,15 +157,30 @@ def commands_for(snapshot: Snapshot, result: DispatchResult | None, beat: int) -
 
 
 SUPPLY_SETPOINT = "supply_temperature_setpoint_c"
+PUMP_SETPOINT = "pump_speed_setpoint_ratio"
 
 
-def cooling_commands(snapshot: Snapshot, supply_c: float) -> list[Command]:
-    """The operator's supply temperature to each CDU that shows another (once it reads back
-    the new value, nothing more is sent)."""
-    return [
-        Command(dev.id, SUPPLY_SETPOINT, supply_c)
+def cdu_readings(snapshot: Snapshot) -> dict[str, tuple[float | None, float | None]]:
+    """Each CDU's (supply, return) temperature, None where stale or invalid."""
+    return {
+        dev.id: (dev.value("supply_temperature_c"), dev.value("return_temperature_c"))
         for dev in snapshot.of_kind("cdu")
-        if dev.connected
-        and (shown := dev.value(SUPPLY_SETPOINT)) is not None
-        and abs(shown - supply_c) > 0.05
-    ]
+    }
+
+
+def cooling_commands(
+    snapshot: Snapshot, device: str, supply_setpoint_c: float, pump_speed: float
+) -> list[Command]:
+    """A CDU's setpoints where it shows other values (so a steady command is not resent)."""
+    dev = snapshot.devices[device]
+    if not dev.connected:
+        return []
+    cmds = []
+    for point, value, tolerance in (
+        (SUPPLY_SETPOINT, supply_setpoint_c, 0.01),
+        (PUMP_SETPOINT, pump_speed, 0.001),
+    ):
+        shown = dev.value(point)
+        if shown is None or abs(shown - value) > tolerance:
+            cmds.append(Command(device, point, value))
+    return cmds

@@ -14,6 +14,7 @@ from controller.loop import ControlLoop, TickRecord
 from controller.operations import Operations
 from controller.opsdb import SYSTEM, OpsDB
 from controller.service import make_driver
+from drivers.sim.faults import Fault
 from drivers.sim.stack import SimulatorStack
 from tests.plant import modbus_only, until
 
@@ -200,3 +201,35 @@ async def test_safe_then_manual_then_auto_without_a_jump(running):
         for r in records[switch : switch + 20]
     ]
     assert max(abs(b - a) for a, b in pairwise(plan)) <= step * 1.001
+
+
+async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(site: SiteConfig):
+    """Over OPC UA: the loop trims the CDU's setpoint and drives its pumps; when the CDU shows
+    NaN, the pumps go to the safe speed and the setpoint to the lowest allowed; then back."""
+    stack = SimulatorStack(site)
+    await stack.start()
+    drivers = {d.id: make_driver(d) for d in site.devices}
+    for d in drivers.values():
+        d.start()
+    records: list[TickRecord] = []
+    loop = ControlLoop(site, drivers, records.append)
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.run(stop))
+    cdu = stack.cdu["cdu-1"]
+    safe = loop.cooling_cfg
+    try:
+        await until(lambda: records and "cdu-1" in records[-1].cooling, 20, "cooling commands")
+        await until(lambda: cdu.pump_speed != 0.8, 10, "the pump command to land")
+        assert not records[-1].cooling["cdu-1"].fallback
+        stack.set_fault("cdu-1", Fault.NAN)
+        await until(lambda: records[-1].cooling["cdu-1"].fallback, 10, "fallback")
+        await until(lambda: cdu.pump_speed == safe.safe_pump_speed, 10, "safe pump speed")
+        assert cdu.supply_setpoint_c == safe.min_supply_c
+        stack.set_fault("cdu-1", Fault.NONE)
+        await until(lambda: not records[-1].cooling["cdu-1"].fallback, 10, "recovery")
+    finally:
+        stop.set()
+        await task
+        for d in drivers.values():
+            await d.stop()
+        await stack.stop()

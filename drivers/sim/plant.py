@@ -166,36 +166,108 @@ class BessModel:
         }
 
 
+WATER_J_PER_M3_K = 4.18e6
+
+
 @dataclass
 class CduModel:
-    """Liquid-cooling loop, first order: supply temperature relaxes to its setpoint, the return
-    carries the IT heat, pump power grows with the cube of speed."""
+    """Liquid-cooling loop behind a CDU, good enough to tune a controller against.
+
+    One thermal mass (the loop's water, at the supply temperature) takes the IT heat the
+    liquid captures and gives it to the heat-reuse exchanger and the dry cooler. The racks see
+    the supply `transport_delay_s` late; the return is what they add to it. The CDU's own
+    valve is a proportional controller on its setpoint, so under load its supply sits off the
+    setpoint (as real ones do) until a supervisor trims the setpoint. The dry cooler rejects at
+    most UA × (return − ambient); its fans draw more the hotter the ambient. Energy is counted:
+    heat in = rejected + reused + stored, exactly.
+    """
 
     liquid_fraction: float = 0.8  # share of IT heat captured by the liquid loop
     flow_max_m3_per_s: float = 0.12
     pump_power_max_w: float = 150_000.0
     dp_max_pa: float = 250_000.0
-    dry_cooler_w_per_w: float = 0.03  # fan power per watt rejected
-    rejection_tau_s: float = 60.0  # the loop's thermal mass delays heat reaching the dry cooler
-    supply_tau_s: float = 30.0
+    loop_volume_m3: float = 15.0  # thermal capacity: 6.3e7 J/K
+    transport_delay_s: float = 10.0
+    return_mixing_s: float = 20.0  # the return header mixes what the racks send back
+    fan_tau_s: float = 30.0  # the dry cooler's fans change speed this slowly
+    dry_cooler_ua_w_per_k: float = 1.0e6
+    ambient_c: float = 25.0
+    fan_w_per_w: float = 0.02  # fan power per watt rejected at 25 °C ambient ...
+    fan_per_k_above_25: float = 0.04  # ... and 4 % more per kelvin above
+    valve_gain_per_k: float = 0.25  # the CDU's own P control: valve = 0.5 + gain × error
+    reuse_effectiveness: float = 0.8  # heat-reuse exchanger
     supply_c: float = 32.0
     supply_setpoint_c: float = 32.0
     pump_speed: float = 0.8
+    reuse_request_w: float = 0.0  # the heat consumer asks for this ...
+    reuse_min_temperature_c: float = 45.0  # ... at least this hot
     heat_w: float = 0.0
-    rejected_w: float = -1.0  # heat leaving through the dry cooler; <0 until the first step
+    return_c: float = 32.0  # at the CDU's inlet, after the return header
+    racks_return_c: float = 32.0  # leaving the racks
+    fan_w: float = 0.0
+    rejected_w: float = 0.0
+    reused_w: float = 0.0
+    heat_in_j: float = 0.0
+    rejected_j: float = 0.0
+    reused_j: float = 0.0
+    now_s: float = 0.0
+    initial_supply_c: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.initial_supply_c = self.supply_c
+        self.return_c = self.racks_return_c = self.supply_c
+        self._history: deque[tuple[float, float]] = deque([(0.0, self.supply_c)])
 
     def write(self, point: str, value: float) -> None:
         if point == "supply_temperature_setpoint_c":
             self.supply_setpoint_c = value
         elif point == "pump_speed_setpoint_ratio":
             self.pump_speed = value
+        elif point == "heat_reuse_request_w":
+            self.reuse_request_w = value
+        elif point == "heat_reuse_min_temperature_c":
+            self.reuse_min_temperature_c = value
+
+    @property
+    def capacity_j_per_k(self) -> float:
+        return self.loop_volume_m3 * WATER_J_PER_M3_K
+
+    @property
+    def stored_j(self) -> float:
+        """Heat held by the loop above where it started."""
+        return self.capacity_j_per_k * (self.supply_c - self.initial_supply_c)
+
+    def _supply_at_racks(self) -> float:
+        then = self.now_s - self.transport_delay_s
+        while len(self._history) > 1 and self._history[1][0] <= then:
+            self._history.popleft()
+        return self._history[0][1]
 
     def step(self, it_w: float, dt: float) -> None:
+        self.now_s += dt
+        self._history.append((self.now_s, self.supply_c))
         self.heat_w = it_w * self.liquid_fraction
-        if self.rejected_w < 0:
-            self.rejected_w = self.heat_w
-        self.rejected_w += (self.heat_w - self.rejected_w) * dt / (self.rejection_tau_s + dt)
-        self.supply_c += (self.supply_setpoint_c - self.supply_c) * dt / (self.supply_tau_s + dt)
+        flow_w_per_k = max(self.flow_m3_per_s * WATER_J_PER_M3_K, 1.0)
+        self.racks_return_c = self._supply_at_racks() + self.heat_w / flow_w_per_k
+        mix = dt / (self.return_mixing_s + dt)
+        self.return_c += (self.racks_return_c - self.return_c) * mix
+        reuse = 0.0
+        if self.reuse_request_w > 0 and self.return_c >= self.reuse_min_temperature_c:
+            # The consumer's water comes back 10 K below its minimum.
+            lift = self.return_c - (self.reuse_min_temperature_c - 10.0)
+            reuse = min(self.reuse_request_w, self.reuse_effectiveness * flow_w_per_k * lift)
+        valve = min(
+            max(0.5 + self.valve_gain_per_k * (self.supply_c - self.supply_setpoint_c), 0.0), 1.0
+        )
+        reject = valve * self.dry_cooler_ua_w_per_k * max(self.return_c - self.ambient_c, 0.0)
+        self.reused_w, self.rejected_w = reuse, reject
+        hot = 1.0 + self.fan_per_k_above_25 * max(self.ambient_c - 25.0, 0.0)
+        fan_target = reject * self.fan_w_per_w * hot
+        self.fan_w += (fan_target - self.fan_w) * dt / (self.fan_tau_s + dt)
+        self.supply_c += (self.heat_w - reject - reuse) * dt / self.capacity_j_per_k
+        self.heat_in_j += self.heat_w * dt
+        self.rejected_j += reject * dt
+        self.reused_j += reuse * dt
 
     @property
     def flow_m3_per_s(self) -> float:
@@ -207,14 +279,12 @@ class CduModel:
 
     @property
     def cooling_power_w(self) -> float:
-        return self.pump_power_w + self.dry_cooler_w_per_w * self.rejected_w
+        return self.pump_power_w + self.fan_w
 
     def points(self) -> dict[str, float]:
-        water_j_per_m3_k = 4.18e6
-        delta_t = self.heat_w / max(self.flow_m3_per_s * water_j_per_m3_k, 1e-9)
         return {
             "supply_temperature_c": self.supply_c,
-            "return_temperature_c": self.supply_c + delta_t,
+            "return_temperature_c": self.return_c,
             "flow_m3_per_s": self.flow_m3_per_s,
             "pump_speed_ratio": self.pump_speed,
             "differential_pressure_pa": self.dp_max_pa * self.pump_speed**2,
@@ -223,6 +293,12 @@ class CduModel:
             "cooling_power_w": self.cooling_power_w,
             "supply_temperature_setpoint_c": self.supply_setpoint_c,
             "pump_speed_setpoint_ratio": self.pump_speed,
+            "heat_reused_w": self.reused_w,
+            "heat_reused_j": self.reused_j,
+            "heat_rejected_w": self.rejected_w,
+            "ambient_temperature_c": self.ambient_c,
+            "heat_reuse_request_w": self.reuse_request_w,
+            "heat_reuse_min_temperature_c": self.reuse_min_temperature_c,
         }
 
 

@@ -1,0 +1,91 @@
+"""Cooling control, pure: the CDU's supply temperature held at its target and the loop's ΔT at
+its own, from the CDU's readings; a safe fallback when they cannot be trusted.
+
+Supply: the CDU regulates its supply itself, proportionally, so under load it settles off its
+setpoint. A PI supervisor trims the setpoint it is given until the measured supply sits on the
+target, within the ASHRAE class's band, with anti-windup (the integral stops while the output
+is pinned at a bound and the error pushes further) and a rate limit on setpoint changes.
+Pump: a PI on the loop's ΔT (return − supply): too wide a ΔT means too little flow. Minimum
+speed keeps the minimum flow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class CoolingConfig:
+    target_supply_c: float = 32.0
+    min_supply_c: float = 18.0  # the lowest setpoint allowed (also the fallback's)
+    max_supply_c: float = 45.0  # the class's maximum (ASHRAE W45): never above
+    setpoint_rate_c_per_s: float = 0.2  # how fast the CDU's setpoint may move
+    kp: float = 0.8  # °C of setpoint per °C of error
+    ki_per_s: float = 0.02  # integral: 1 / (50 s)
+    delta_t_target_k: float = 15.0
+    pump_kp: float = 0.02  # speed per K of ΔT error
+    pump_ki_per_s: float = 0.001
+    min_pump_speed: float = 0.3  # minimum flow
+    safe_pump_speed: float = 0.9
+
+
+@dataclass(frozen=True)
+class CoolingState:
+    integral_c: float = 0.0
+    setpoint_c: float = math.nan  # the setpoint last sent (nan: none yet)
+    pump_integral: float = 0.0
+    fallback: bool = False
+
+
+@dataclass(frozen=True)
+class CoolingCommand:
+    supply_setpoint_c: float
+    pump_speed: float
+    fallback: bool  # telemetry not usable: safe speed, lowest setpoint, alarm
+
+
+def _limit(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
+def cooling_step(
+    state: CoolingState,
+    cfg: CoolingConfig,
+    supply_c: float | None,
+    return_c: float | None,
+    dt_s: float,
+) -> tuple[CoolingState, CoolingCommand]:
+    """One control step from the CDU's measured supply and return (None: stale or invalid)."""
+    if (
+        supply_c is None
+        or return_c is None
+        or not (math.isfinite(supply_c) and math.isfinite(return_c))
+    ):
+        # Blind: run the pumps at a safe speed and ask for the coldest supply allowed; the
+        # integrators restart from zero when data returns.
+        fallback = CoolingState(setpoint_c=cfg.min_supply_c, fallback=True)
+        return fallback, CoolingCommand(cfg.min_supply_c, cfg.safe_pump_speed, True)
+
+    target = _limit(cfg.target_supply_c, cfg.min_supply_c, cfg.max_supply_c)
+    error = target - supply_c
+    integral = state.integral_c + cfg.ki_per_s * error * dt_s
+    wanted = target + cfg.kp * error + integral
+    bounded = _limit(wanted, cfg.min_supply_c, cfg.max_supply_c)
+    if bounded != wanted and (wanted - bounded) * error > 0:
+        integral = state.integral_c  # pinned, and the error pushes further: hold the integral
+    previous = bounded if math.isnan(state.setpoint_c) else state.setpoint_c
+    step = cfg.setpoint_rate_c_per_s * dt_s
+    setpoint = _limit(bounded, previous - step, previous + step)
+
+    delta_t = return_c - supply_c
+    pump_error = delta_t - cfg.delta_t_target_k
+    pump_integral = state.pump_integral + cfg.pump_ki_per_s * pump_error * dt_s
+    speed_wanted = 0.5 + cfg.pump_kp * pump_error + pump_integral
+    speed = _limit(speed_wanted, cfg.min_pump_speed, 1.0)
+    if speed != speed_wanted and (speed_wanted - speed) * pump_error > 0:
+        pump_integral = state.pump_integral
+
+    new = replace(state, integral_c=integral, setpoint_c=setpoint, pump_integral=pump_integral,
+                  fallback=False)  # fmt: skip
+    return new, CoolingCommand(setpoint, speed, False)
