@@ -38,6 +38,8 @@ class SetpointsPatch(BaseModel):
     deadband_hz: float | None = Field(None, ge=0, le=1)
     supply_temperature_c: float | None = Field(None, ge=15, le=60)
     heat_reuse_mode: Literal["off", "on"] | None = None
+    heat_reuse_request_w: float | None = Field(None, ge=0, le=1e9)
+    heat_reuse_min_temperature_c: float | None = Field(None, ge=20, le=90)
     manual_battery_w: float | None = Field(None, ge=-1e9, le=1e9)
     ttl_s: float | None = Field(
         None, gt=0, le=86400, description="revert to the values before, after this long"

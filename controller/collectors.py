@@ -98,6 +98,11 @@ class EnergyCollector(Collector):
             ("gridpilot_it_energy_joules", "Energy the IT load drew", t.it_j),
             ("gridpilot_cooling_energy_joules", "Energy the cooling plant drew", t.cooling_j),
             ("gridpilot_facility_energy_joules", "IT and cooling: the site load", t.facility_j),
+            (
+                "gridpilot_recovered_heat_energy_joules",
+                "Heat delivered to the consumer",
+                t.reused_heat_j,
+            ),
         ):
             family = CounterMetricFamily(name, help_text, labels=["site"])
             family.add_metric(site, value)
@@ -152,12 +157,19 @@ class EnergyCollector(Collector):
             "Joules of facility energy per token generated, rolling",
             labels=labels,
         )
+        erf = GaugeMetricFamily(
+            "gridpilot_erf_ratio",
+            "Energy reuse factor: heat reused over facility energy",
+            labels=labels,
+        )
         for window in WINDOWS_S:
             if (value := self.ratios.pue(window)) is not None:
                 pue.add_metric([self.site, window], value)
+            if (value := self.ratios.erf(window)) is not None:
+                erf.add_metric([self.site, window], value)
             rate = self.ratios.tokens_per_joule(window)
             if rate is not None:
                 per_joule.add_metric([self.site, window], rate)
                 if rate > 0:
                     per_token.add_metric([self.site, window], 1.0 / rate)
-        yield from (pue, per_joule, per_token)
+        yield from (pue, per_joule, per_token, erf)

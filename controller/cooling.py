@@ -45,6 +45,16 @@ class CoolingCommand:
     fallback: bool  # telemetry not usable: safe speed, lowest setpoint, alarm
 
 
+REUSE_MARGIN_K = 1.0  # the mean return this far above what the heat consumer needs
+
+
+def reuse_target_c(cfg: CoolingConfig, wanted_c: float, consumer_min_c: float) -> float:
+    """Heat reuse: a supply warm enough that the return (supply + the loop's ΔT) reaches the
+    consumer's temperature, never above the class's maximum."""
+    needed = consumer_min_c + REUSE_MARGIN_K - cfg.delta_t_target_k
+    return _limit(max(wanted_c, needed), cfg.min_supply_c, cfg.max_supply_c)
+
+
 def _limit(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 

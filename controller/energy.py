@@ -25,6 +25,7 @@ class EnergyTotals:
     it_j: float = 0.0
     cooling_j: float = 0.0
     facility_j: float = 0.0
+    reused_heat_j: float = 0.0
     battery_charge_j: dict[str, float] = field(default_factory=dict)
     battery_discharge_j: dict[str, float] = field(default_factory=dict)
 
@@ -35,9 +36,12 @@ class EnergyTotals:
         it_w: float | None,
         cooling_w: float | None,
         battery_w: dict[str, float],
+        reused_heat_w: float | None = None,
     ) -> None:
         if not (math.isfinite(dt_s) and dt_s > 0):
             return
+        if _known(reused_heat_w):
+            self.reused_heat_j += reused_heat_w * dt_s  # type: ignore[operator]
         if _known(grid_w):
             self.grid_import_j += max(grid_w, 0.0) * dt_s  # type: ignore[arg-type]
         if _known(it_w):
@@ -67,6 +71,7 @@ class Sample:
     it_j: float
     facility_j: float
     tokens: float
+    reused_heat_j: float = 0.0
 
 
 class RollingRatios:
@@ -108,3 +113,7 @@ class RollingRatios:
 
     def tokens_per_joule(self, window: str) -> float | None:
         return self._ratio(window, "tokens", "facility_j")
+
+    def erf(self, window: str) -> float | None:
+        """Energy reuse factor: heat reused over the facility's energy."""
+        return self._ratio(window, "reused_heat_j", "facility_j")

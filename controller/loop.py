@@ -15,7 +15,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from controller.config import DispatchConfig, SiteConfig
-from controller.cooling import CoolingCommand, CoolingConfig, CoolingState, cooling_step
+from controller.cooling import (
+    CoolingCommand,
+    CoolingConfig,
+    CoolingState,
+    cooling_step,
+    reuse_target_c,
+)
 from controller.dispatch import (
     DispatchInputs,
     DispatchResult,
@@ -28,6 +34,10 @@ from controller.dispatch import (
 )
 from controller.operations import InForce, Operations
 from controller.site import (
+    PUMP_SETPOINT,
+    REUSE_MIN_TEMPERATURE,
+    REUSE_REQUEST,
+    SUPPLY_SETPOINT,
     Command,
     SiteReadings,
     cdu_readings,
@@ -145,10 +155,17 @@ class ControlLoop:
         self._battery_w = result.battery_w if result is not None else 0.0
         commands = commands_for(snapshot, result, self.seq)
         cooling = self._cooling(snapshot, force, period)
+        reuse = force.setpoints if force else None
+        request = reuse.heat_reuse_request_w if reuse and reuse.heat_reuse_mode == "on" else 0.0
         for device, command in cooling.items():
-            commands += cooling_commands(
-                snapshot, device, command.supply_setpoint_c, command.pump_speed
-            )
+            values = {
+                SUPPLY_SETPOINT: command.supply_setpoint_c,
+                PUMP_SETPOINT: command.pump_speed,
+                REUSE_REQUEST: request,
+            }
+            if reuse is not None:
+                values[REUSE_MIN_TEMPERATURE] = reuse.heat_reuse_min_temperature_c
+            commands += cooling_commands(snapshot, device, values)
         write_errors = self._submit(commands, self._last_tick)
         self._last_tick = started
         record = TickRecord(
@@ -177,6 +194,10 @@ class ControlLoop:
     ) -> dict[str, CoolingCommand]:
         """Each CDU's supply and pump, from its readings (fallback while they are unusable)."""
         target = force.setpoints.supply_temperature_c if force else self.cooling_cfg.target_supply_c
+        if force is not None and force.setpoints.heat_reuse_mode == "on":
+            target = reuse_target_c(
+                self.cooling_cfg, target, force.setpoints.heat_reuse_min_temperature_c
+            )
         cfg = replace(self.cooling_cfg, target_supply_c=target)
         out = {}
         for device, (supply, ret) in cdu_readings(snapshot).items():

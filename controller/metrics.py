@@ -32,6 +32,10 @@ COOLING_POINTS = {
     "pump_power_w": ("gridpilot_pump_power_watts", "Pump electrical power"),
     "heat_load_w": ("gridpilot_coolant_heat_load_watts", "Heat the liquid loop carries away"),
     "differential_pressure_pa": ("gridpilot_coolant_differential_pressure_pascals", "Loop ΔP"),
+    "heat_reused_w": ("gridpilot_heat_reuse_delivered_watts", "Heat delivered to the consumer"),
+    "heat_reuse_request_w": ("gridpilot_heat_reuse_requested_watts", "Heat the consumer asks"),
+    "heat_rejected_w": ("gridpilot_heat_rejected_watts", "Heat given to the dry cooler"),
+    "ambient_temperature_c": ("gridpilot_ambient_temperature_celsius", "Outdoor air at the cooler"),
 }
 
 TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -44,6 +48,12 @@ def measured_battery_w(rec: TickRecord) -> dict[str, float]:
         for dev in rec.snapshot.devices.values()
         if dev.kind in POWER_POINT and (w := dev.value(POWER_POINT[dev.kind])) is not None
     }
+
+
+def reused_heat_w(rec: TickRecord) -> float | None:
+    """Heat delivered to the consumer by every CDU (None while any CDU does not say)."""
+    values = [dev.value("heat_reused_w") for dev in rec.snapshot.of_kind("cdu")]
+    return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
 
 
 class Metrics:
@@ -243,6 +253,7 @@ class Metrics:
                 }
                 self.energy.add(dt, rd.grid_w, rd.it_w, rd.cooling_w, battery)
         self._last_tick = rec.monotonic
+        e = self.energy
         self.ratios.record(
-            Sample(rec.monotonic, self.energy.it_j, self.energy.facility_j, self.tokens.total())
+            Sample(rec.monotonic, e.it_j, e.facility_j, self.tokens.total(), e.reused_heat_j)
         )

@@ -41,6 +41,10 @@ class Setpoints(BaseModel):
     deadband_hz: float = Field(ge=0, le=1, description="frequency deadband, Hz")
     supply_temperature_c: float = Field(ge=15, le=60, description="CDU supply setpoint, °C")
     heat_reuse_mode: Literal["off", "on"] = Field(description="serve the heat consumer")
+    heat_reuse_request_w: float = Field(ge=0, le=1e9, description="heat the consumer asks, W")
+    heat_reuse_min_temperature_c: float = Field(
+        ge=20, le=90, description="the consumer needs its heat at least this hot, °C"
+    )
     manual_battery_w: float = Field(
         ge=-1e9, le=1e9, description="manual mode: total battery power, W (+ = discharge)"
     )
@@ -66,6 +70,8 @@ def initial_setpoints(site: SiteConfig) -> Setpoints:
         **{f: getattr(d, f) for f in DISPATCH_FIELDS},
         supply_temperature_c=32.0,
         heat_reuse_mode="off",
+        heat_reuse_request_w=0.0,
+        heat_reuse_min_temperature_c=45.0,
         manual_battery_w=0.0,
     )
 

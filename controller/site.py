@@ -158,6 +158,9 @@ def commands_for(snapshot: Snapshot, result: DispatchResult | None, beat: int) -
 
 SUPPLY_SETPOINT = "supply_temperature_setpoint_c"
 PUMP_SETPOINT = "pump_speed_setpoint_ratio"
+REUSE_REQUEST = "heat_reuse_request_w"
+REUSE_MIN_TEMPERATURE = "heat_reuse_min_temperature_c"
+TOLERANCE = {SUPPLY_SETPOINT: 0.01, PUMP_SETPOINT: 0.001, REUSE_REQUEST: 1.0}  # else 0.01
 
 
 def cdu_readings(snapshot: Snapshot) -> dict[str, tuple[float | None, float | None]]:
@@ -168,19 +171,13 @@ def cdu_readings(snapshot: Snapshot) -> dict[str, tuple[float | None, float | No
     }
 
 
-def cooling_commands(
-    snapshot: Snapshot, device: str, supply_setpoint_c: float, pump_speed: float
-) -> list[Command]:
+def cooling_commands(snapshot: Snapshot, device: str, values: dict[str, float]) -> list[Command]:
     """A CDU's setpoints where it shows other values (so a steady command is not resent)."""
     dev = snapshot.devices[device]
     if not dev.connected:
         return []
-    cmds = []
-    for point, value, tolerance in (
-        (SUPPLY_SETPOINT, supply_setpoint_c, 0.01),
-        (PUMP_SETPOINT, pump_speed, 0.001),
-    ):
-        shown = dev.value(point)
-        if shown is None or abs(shown - value) > tolerance:
-            cmds.append(Command(device, point, value))
-    return cmds
+    return [
+        Command(device, point, value)
+        for point, value in values.items()
+        if (shown := dev.value(point)) is None or abs(shown - value) > TOLERANCE.get(point, 0.01)
+    ]

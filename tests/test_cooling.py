@@ -8,7 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from controller.cooling import CoolingConfig, CoolingState, cooling_step
+from controller.cooling import CoolingConfig, CoolingState, cooling_step, reuse_target_c
+from controller.energy import EnergyTotals, RollingRatios, Sample
 from drivers.sim.load import TraceLoad
 from drivers.sim.plant import CduModel
 
@@ -106,3 +107,47 @@ def test_stale_telemetry_falls_back_safely_and_recovers():
     assert not cmd.fallback
     # ... leaving the fallback's setpoint no faster than the rate limit
     assert cmd.supply_setpoint_c <= cfg.min_supply_c + cfg.setpoint_rate_c_per_s * DT + 1e-9
+
+
+def reuse_loop(consumer_min_c: float, request_w: float, seconds: float, it_w=lambda t: 8e6):
+    """The loop with heat reuse on, as the control loop runs it: the supply target raised for
+    the consumer, the request passed to the CDU. Returns (cdu, ratios, independent ERF)."""
+    cfg = CoolingConfig()
+    target = replace(cfg, target_supply_c=reuse_target_c(cfg, 32.0, consumer_min_c))
+    cdu = CduModel(reuse_request_w=request_w, reuse_min_temperature_c=consumer_min_c)
+    state, totals, ratios = CoolingState(), EnergyTotals(), RollingRatios()
+    facility_j = 0.0  # integrated at the physics' own step: the independent account
+    for k in range(int(seconds / DT)):
+        t = k * DT
+        for j in range(5):
+            it = it_w(t + j * 0.1)
+            cdu.step(it, 0.1)
+            facility_j += (it + cdu.cooling_power_w) * 0.1
+        # The controller's account: what it reads every DT, as a tick would.
+        totals.add(DT, None, it, cdu.cooling_power_w, {}, cdu.reused_w)
+        ratios.record(Sample(t + DT, totals.it_j, totals.facility_j, 0.0, totals.reused_heat_j))
+        state, cmd = cooling_step(state, target, cdu.supply_c, cdu.return_c, DT)
+        cdu.write("supply_temperature_setpoint_c", cmd.supply_setpoint_c)
+        cdu.write("pump_speed_setpoint_ratio", cmd.pump_speed)
+    return cdu, ratios, cdu.reused_j / facility_j
+
+
+def test_heat_reuse_raises_the_supply_and_serves_the_request():
+    cdu, _, _ = reuse_loop(consumer_min_c=55.0, request_w=2e6, seconds=3600)
+    assert cdu.supply_c == pytest.approx(41.0, abs=0.3)  # 55 °C + 1 K − ΔT 15 K
+    assert cdu.return_c > 55.0
+    assert cdu.reused_w == pytest.approx(2e6, rel=0.02)
+
+
+def test_heat_reuse_stops_at_the_class_maximum():
+    """A consumer that needs 65 °C would need a 51 °C supply: above W45, so none is served."""
+    cdu, _, _ = reuse_loop(consumer_min_c=65.0, request_w=2e6, seconds=3600)
+    assert cdu.supply_c <= 45.0 + 0.1
+    assert cdu.reused_w == 0.0
+
+
+def test_erf_matches_an_independent_account_within_half_a_percent():
+    load = TraceLoad("h200_train_1p7b", 10_000, 2e6, racks=100, jitter_s=0.02)
+    _, ratios, independent = reuse_loop(55.0, 2e6, 3600, load.it_power_w)
+    assert independent > 0.1
+    assert ratios.erf("1h") == pytest.approx(independent, rel=0.005)

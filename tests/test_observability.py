@@ -20,12 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
-# Named by the alerts and dashboards, exported once heat reuse exists (the cooling issue).
-AWAITING_HEAT_REUSE = {
-    "gridpilot_heat_reuse_delivered_watts",
-    "gridpilot_heat_reuse_requested_watts",
-    "gridpilot_erf_ratio",
-}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -125,7 +119,7 @@ def test_alerts_and_dashboards_name_metrics_that_exist():
     named = set(re.findall(r"\bgridpilot_[a-z0-9_]+", rules))
     for _, expr in expressions():
         named |= set(re.findall(r"\bgridpilot_[a-z0-9_]+", expr))
-    missing = named - exported_names() - AWAITING_HEAT_REUSE
+    missing = named - exported_names()
     assert not missing, f"named but never exported: {sorted(missing)}"
 
 

@@ -40,7 +40,8 @@ FULL_SETPOINTS = {
     "ramp_up_w_per_s": 5e5, "ramp_down_w_per_s": 5e5, "soc_target_low_ratio": 0.5,
     "soc_target_high_ratio": 0.7, "soc_min_ratio": 0.2, "ride_through_s": 300,
     "import_cap_w": None, "droop": 0.05, "deadband_hz": 0.015, "supply_temperature_c": 32,
-    "heat_reuse_mode": "off", "manual_battery_w": 0,
+    "heat_reuse_mode": "off", "heat_reuse_request_w": 0, "heat_reuse_min_temperature_c": 45,
+    "manual_battery_w": 0,
 }  # fmt: skip
 # (method, path, body, the least role that may, the answer when allowed). Ids that do not
 # exist answer 404 once authorised: the key is checked first.
