@@ -172,6 +172,29 @@ class FrequencyEvent(Strict):
     recover_s: PositiveSeconds = 30.0
 
 
+class CoolingSettings(Strict):
+    """Cooling control; see the README's "Cooling control"."""
+
+    water_class: Literal["W32", "W40", "W45"] = Field(
+        "W45", description="ASHRAE liquid-cooling class: the supply's maximum, °C"
+    )
+    min_supply_c: float = Field(18.0, ge=5, le=40, description="the lowest supply setpoint")
+    setpoint_rate_c_per_s: float = Field(0.2, gt=0, le=5, description="setpoint slew limit")
+    delta_t_target_k: float = Field(15.0, gt=2, le=30, description="the loop's mean ΔT")
+    min_pump_speed: float = Field(0.3, ge=0.05, le=1, description="for the minimum flow")
+    safe_pump_speed: float = Field(0.9, ge=0.05, le=1, description="when data is unusable")
+
+    @property
+    def max_supply_c(self) -> float:
+        return float(self.water_class[1:])
+
+    @model_validator(mode="after")
+    def _band(self) -> CoolingSettings:
+        if self.min_supply_c >= self.max_supply_c:
+            raise ValueError(f"min_supply_c must be below the {self.water_class} maximum")
+        return self
+
+
 class TokenSourceConfig(Strict):
     """An inference server's metrics endpoint whose token counter gridpilot reads."""
 
@@ -238,6 +261,7 @@ class SiteConfig(BaseSettings):
         default_factory=list, description="inference servers whose tokens count (TokEnergy)"
     )
     dispatch: DispatchConfig = DispatchConfig()
+    cooling: CoolingSettings = CoolingSettings()
     simulation: SimulationConfig = SimulationConfig()
 
     @classmethod

@@ -91,7 +91,15 @@ class ControlLoop:
         self._cooling_hold_w = 0.0  # last good cooling power: the CDU may report slowly
         self._last_write_errors: set[str] = set()
         self._last_tick = 0.0
-        self.cooling_cfg = CoolingConfig()
+        c = site.cooling
+        self.cooling_cfg = CoolingConfig(
+            min_supply_c=c.min_supply_c,
+            max_supply_c=c.max_supply_c,
+            setpoint_rate_c_per_s=c.setpoint_rate_c_per_s,
+            delta_t_target_k=c.delta_t_target_k,
+            min_pump_speed=c.min_pump_speed,
+            safe_pump_speed=c.safe_pump_speed,
+        )
         self._cooling_state: dict[str, CoolingState] = {}
         self._mode = "auto"
         self._battery_w = 0.0  # the last tick's total battery power (safe mode ramps it down)

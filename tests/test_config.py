@@ -65,10 +65,15 @@ def _set(data: dict, path: str, value: object) -> dict:
         ("simulation.initial_soc_ratio", 1.5, "simulation.initial_soc_ratio"),
         ("modules.1.devices.0.id", "ups-a", "unique"),
         ("modules.1.devices.0.port", None, "modules.1.devices.0.port"),
+        ("cooling.water_class", "W60", "cooling.water_class"),
+        ("cooling.min_supply_c", 33, "below the W32 maximum"),
+        ("token_sources.0.url", "not a url", "token_sources.0.url"),
     ],
 )
 def test_each_bad_value_is_named(site_data: dict, path: str, value: object, named: str):
     bad = _set(site_data, path, value)
+    if path == "cooling.min_supply_c":
+        bad["cooling"]["water_class"] = "W32"
     with pytest.raises(ConfigError) as err:
         parse_site(bad)
     assert named in str(err.value)

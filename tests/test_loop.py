@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.alarms import AlarmBook
 from controller.config import SiteConfig
 from controller.loop import ControlLoop, TickRecord
 from controller.operations import Operations
@@ -203,7 +204,9 @@ async def test_safe_then_manual_then_auto_without_a_jump(running):
     assert max(abs(b - a) for a, b in pairwise(plan)) <= step * 1.001
 
 
-async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(site: SiteConfig):
+async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(
+    site: SiteConfig, tmp_path: Path
+):
     """Over OPC UA: the loop trims the CDU's setpoint and drives its pumps; when the CDU shows
     NaN, the pumps go to the safe speed and the setpoint to the lowest allowed; then back."""
     stack = SimulatorStack(site)
@@ -212,10 +215,21 @@ async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(site
     for d in drivers.values():
         d.start()
     records: list[TickRecord] = []
-    loop = ControlLoop(site, drivers, records.append)
+    db = OpsDB(tmp_path / "ops.sqlite")
+    alarms = AlarmBook(db)
+
+    def publish(rec: TickRecord) -> None:
+        records.append(rec)
+        alarms.update(rec)
+
+    loop = ControlLoop(site, drivers, publish)
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
     cdu = stack.cdu["cdu-1"]
+
+    def fallback_alarm() -> list[dict]:
+        return [a for a in db.alarms(active_only=True) if a["key"] == "cooling_fallback:cdu-1"]
+
     safe = loop.cooling_cfg
     try:
         await until(lambda: records and "cdu-1" in records[-1].cooling, 20, "cooling commands")
@@ -225,11 +239,15 @@ async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(site
         await until(lambda: records[-1].cooling["cdu-1"].fallback, 10, "fallback")
         await until(lambda: cdu.pump_speed == safe.safe_pump_speed, 10, "safe pump speed")
         assert cdu.supply_setpoint_c == safe.min_supply_c
+        await until(lambda: fallback_alarm(), 5, "the alarm")
+        assert fallback_alarm()[0]["severity"] == "critical"
         stack.set_fault("cdu-1", Fault.NONE)
         await until(lambda: not records[-1].cooling["cdu-1"].fallback, 10, "recovery")
+        await until(lambda: not fallback_alarm(), 5, "the alarm to clear")
     finally:
         stop.set()
         await task
+        db.close()
         for d in drivers.values():
             await d.stop()
         await stack.stop()
