@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -20,26 +21,43 @@ from drivers.sim.stack import SimulatorStack
 from tests.plant import modbus_only, until
 
 
-@pytest.fixture
-async def running(site_data: dict, tmp_path: Path):
-    """Plant, drivers and a running loop; yields (site, stack, records, loop)."""
-    site: SiteConfig = modbus_only(site_data)
+@contextlib.asynccontextmanager
+async def site_running(site: SiteConfig, db: OpsDB, alarms: bool = False):
+    """The plant, the drivers and a running loop with operations (and an alarm book);
+    yields (stack, records, loop), and stops it all on the way out."""
     stack = SimulatorStack(site)
     await stack.start()
     drivers = {d.id: make_driver(d) for d in site.devices}
     for d in drivers.values():
         d.start()
     records: list[TickRecord] = []
-    db = OpsDB(tmp_path / "ops.sqlite")
-    loop = ControlLoop(site, drivers, records.append, Operations(site, db))
+    book = AlarmBook(db) if alarms else None
+
+    def publish(rec: TickRecord) -> None:
+        records.append(rec)
+        if book is not None:
+            book.update(rec)
+
+    loop = ControlLoop(site, drivers, publish, Operations(site, db))
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
-    yield site, stack, records, loop
-    stop.set()
-    await task
-    for d in drivers.values():
-        await d.stop()
-    await stack.stop()
+    try:
+        yield stack, records, loop
+    finally:
+        stop.set()
+        await task
+        for d in drivers.values():
+            await d.stop()
+        await stack.stop()
+
+
+@pytest.fixture
+async def running(site_data: dict, tmp_path: Path):
+    """The Modbus plant under a running loop; yields (site, stack, records, loop)."""
+    site: SiteConfig = modbus_only(site_data)
+    db = OpsDB(tmp_path / "ops.sqlite")
+    async with site_running(site, db) as (stack, records, loop):
+        yield site, stack, records, loop
     db.close()
 
 
@@ -208,30 +226,15 @@ async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(
     site: SiteConfig, tmp_path: Path
 ):
     """Over OPC UA: the loop trims the CDU's setpoint and drives its pumps; when the CDU shows
-    NaN, the pumps go to the safe speed and the setpoint to the lowest allowed; then back."""
-    stack = SimulatorStack(site)
-    await stack.start()
-    drivers = {d.id: make_driver(d) for d in site.devices}
-    for d in drivers.values():
-        d.start()
-    records: list[TickRecord] = []
+    NaN, the pumps go to the safe speed and the setpoint to the lowest allowed, and an alarm
+    is raised; then back, and the alarm clears."""
     db = OpsDB(tmp_path / "ops.sqlite")
-    alarms = AlarmBook(db)
-
-    def publish(rec: TickRecord) -> None:
-        records.append(rec)
-        alarms.update(rec)
-
-    loop = ControlLoop(site, drivers, publish)
-    stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop))
-    cdu = stack.cdu["cdu-1"]
 
     def fallback_alarm() -> list[dict]:
         return [a for a in db.alarms(active_only=True) if a["key"] == "cooling_fallback:cdu-1"]
 
-    safe = loop.cooling_cfg
-    try:
+    async with site_running(site, db, alarms=True) as (stack, records, loop):
+        cdu, safe = stack.cdu["cdu-1"], loop.cooling_cfg
         await until(lambda: records and "cdu-1" in records[-1].cooling, 20, "cooling commands")
         await until(lambda: cdu.pump_speed != 0.8, 10, "the pump command to land")
         assert not records[-1].cooling["cdu-1"].fallback
@@ -244,10 +247,4 @@ async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(
         stack.set_fault("cdu-1", Fault.NONE)
         await until(lambda: not records[-1].cooling["cdu-1"].fallback, 10, "recovery")
         await until(lambda: not fallback_alarm(), 5, "the alarm to clear")
-    finally:
-        stop.set()
-        await task
-        db.close()
-        for d in drivers.values():
-            await d.stop()
-        await stack.stop()
+    db.close()
