@@ -180,7 +180,11 @@ class CoolingSettings(Strict):
     )
     min_supply_c: float = Field(18.0, ge=5, le=40, description="the lowest supply setpoint")
     setpoint_rate_c_per_s: float = Field(0.2, gt=0, le=5, description="setpoint slew limit")
+    pump_control: Literal["delta_t", "pressure"] = Field(
+        "delta_t", description="the pumps hold the loop's mean ΔT, or its differential pressure"
+    )
     delta_t_target_k: float = Field(15.0, gt=2, le=30, description="the loop's mean ΔT")
+    pressure_target_pa: float = Field(150_000.0, gt=0, le=1e6, description="loop ΔP held")
     min_pump_speed: float = Field(0.3, ge=0.05, le=1, description="for the minimum flow")
     safe_pump_speed: float = Field(0.9, ge=0.05, le=1, description="when data is unusable")
 

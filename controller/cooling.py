@@ -5,8 +5,9 @@ Supply: the CDU regulates its supply itself, proportionally, so under load it se
 setpoint. A PI supervisor trims the setpoint it is given until the measured supply sits on the
 target, within the ASHRAE class's band, with anti-windup (the integral stops while the output
 is pinned at a bound and the error pushes further) and a rate limit on setpoint changes.
-Pump: a PI on the loop's ΔT (return − supply): too wide a ΔT means too little flow. Minimum
-speed keeps the minimum flow.
+Pump: a PI on the loop's ΔT (return − supply): too wide a ΔT means too little flow; or, with
+`pump_control="pressure"`, a PI on the loop's differential pressure. Minimum speed keeps the
+minimum flow.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class CoolingConfig:
     kp: float = 0.8  # °C of setpoint per °C of error
     ki_per_s: float = 0.02  # integral: 1 / (50 s)
     delta_t_target_k: float = 15.0
+    pump_control: str = "delta_t"  # or "pressure"
+    pressure_target_pa: float = 150_000.0
+    pressure_kp_per_pa: float = 2e-6  # speed per Pa of error
     pump_kp: float = 0.02  # speed per K of ΔT error
     pump_ki_per_s: float = 0.001
     min_pump_speed: float = 0.3  # minimum flow
@@ -65,19 +69,19 @@ def cooling_step(
     supply_c: float | None,
     return_c: float | None,
     dt_s: float,
+    pressure_pa: float | None = None,
 ) -> tuple[CoolingState, CoolingCommand]:
-    """One control step from the CDU's measured supply and return (None: stale or invalid)."""
-    if (
-        supply_c is None
-        or return_c is None
-        or not (math.isfinite(supply_c) and math.isfinite(return_c))
-    ):
+    """One control step from the CDU's measured supply and return, and its differential
+    pressure when the pumps hold that (None: stale or invalid)."""
+    needed = [supply_c, return_c] + ([pressure_pa] if cfg.pump_control == "pressure" else [])
+    if any(v is None or not math.isfinite(v) for v in needed):
         # Blind: run the pumps at a safe speed and ask for the coldest supply allowed; the
         # integrators restart from zero when data returns.
         fallback = CoolingState(setpoint_c=cfg.min_supply_c, fallback=True)
         return fallback, CoolingCommand(cfg.min_supply_c, cfg.safe_pump_speed, True)
 
     target = _limit(cfg.target_supply_c, cfg.min_supply_c, cfg.max_supply_c)
+    assert supply_c is not None and return_c is not None
     error = target - supply_c
     integral = state.integral_c + cfg.ki_per_s * error * dt_s
     wanted = target + cfg.kp * error + integral
@@ -88,10 +92,14 @@ def cooling_step(
     step = cfg.setpoint_rate_c_per_s * dt_s
     setpoint = _limit(bounded, previous - step, previous + step)
 
-    delta_t = return_c - supply_c
-    pump_error = delta_t - cfg.delta_t_target_k
-    pump_integral = state.pump_integral + cfg.pump_ki_per_s * pump_error * dt_s
-    speed_wanted = 0.5 + cfg.pump_kp * pump_error + pump_integral
+    if cfg.pump_control == "pressure":  # too little pressure: faster
+        pump_error = (cfg.pressure_target_pa - pressure_pa) * cfg.pressure_kp_per_pa  # type: ignore[operator]
+        gain = 1.0
+    else:  # too wide a ΔT: too little flow, faster
+        pump_error = return_c - supply_c - cfg.delta_t_target_k
+        gain = cfg.pump_kp
+    pump_integral = state.pump_integral + cfg.pump_ki_per_s / cfg.pump_kp * gain * pump_error * dt_s
+    speed_wanted = 0.5 + gain * pump_error + pump_integral
     speed = _limit(speed_wanted, cfg.min_pump_speed, 1.0)
     if speed != speed_wanted and (speed_wanted - speed) * pump_error > 0:
         pump_integral = state.pump_integral

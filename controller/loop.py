@@ -97,6 +97,8 @@ class ControlLoop:
             max_supply_c=c.max_supply_c,
             setpoint_rate_c_per_s=c.setpoint_rate_c_per_s,
             delta_t_target_k=c.delta_t_target_k,
+            pump_control=c.pump_control,
+            pressure_target_pa=c.pressure_target_pa,
             min_pump_speed=c.min_pump_speed,
             safe_pump_speed=c.safe_pump_speed,
         )
@@ -208,9 +210,11 @@ class ControlLoop:
             )
         cfg = replace(self.cooling_cfg, target_supply_c=target)
         out = {}
-        for device, (supply, ret) in cdu_readings(snapshot).items():
+        for device, (supply, ret, dp) in cdu_readings(snapshot).items():
             state = self._cooling_state.get(device, CoolingState())
-            self._cooling_state[device], out[device] = cooling_step(state, cfg, supply, ret, period)
+            self._cooling_state[device], out[device] = cooling_step(
+                state, cfg, supply, ret, period, dp
+            )
         return out
 
     def _ramp(self, cfg: DispatchConfig) -> float:

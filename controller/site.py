@@ -163,10 +163,17 @@ REUSE_MIN_TEMPERATURE = "heat_reuse_min_temperature_c"
 TOLERANCE = {SUPPLY_SETPOINT: 0.01, PUMP_SETPOINT: 0.001, REUSE_REQUEST: 1.0}  # else 0.01
 
 
-def cdu_readings(snapshot: Snapshot) -> dict[str, tuple[float | None, float | None]]:
-    """Each CDU's (supply, return) temperature, None where stale or invalid."""
+def cdu_readings(
+    snapshot: Snapshot,
+) -> dict[str, tuple[float | None, float | None, float | None]]:
+    """Each CDU's supply and return temperature and differential pressure, None where stale
+    or invalid."""
     return {
-        dev.id: (dev.value("supply_temperature_c"), dev.value("return_temperature_c"))
+        dev.id: (
+            dev.value("supply_temperature_c"),
+            dev.value("return_temperature_c"),
+            dev.value("differential_pressure_pa"),
+        )
         for dev in snapshot.of_kind("cdu")
     }
 

@@ -151,3 +151,18 @@ def test_erf_matches_an_independent_account_within_half_a_percent():
     _, ratios, independent = reuse_loop(55.0, 2e6, 3600, load.it_power_w)
     assert independent > 0.1
     assert ratios.erf("1h") == pytest.approx(independent, rel=0.005)
+
+
+def test_pumps_can_hold_the_differential_pressure_instead():
+    cfg = CoolingConfig(pump_control="pressure", pressure_target_pa=120_000.0)
+    cdu, state = CduModel(), CoolingState()
+    for _ in range(2400):
+        for _ in range(5):
+            cdu.step(8e6, 0.1)
+        dp = cdu.points()["differential_pressure_pa"]
+        state, cmd = cooling_step(state, cfg, cdu.supply_c, cdu.return_c, DT, dp)
+        cdu.write("pump_speed_setpoint_ratio", cmd.pump_speed)
+    assert cdu.points()["differential_pressure_pa"] == pytest.approx(120_000.0, rel=0.01)
+    # Without a pressure reading, pressure control is blind: the safe fallback.
+    _, blind = cooling_step(state, cfg, cdu.supply_c, cdu.return_c, DT, None)
+    assert blind.fallback
