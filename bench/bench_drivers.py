@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from controller.config import DeviceConfig, parse_site
 from controller.logs import setup_logging
 from controller.service import make_driver
-from drivers.devicemap import load_map
+from drivers.maploader import load_map
 from drivers.sim.modbus_server import ModbusDeviceServer, RegisterImage
 from drivers.sim.stack import SimulatorStack
 from tests.sites import free_port, site_dict

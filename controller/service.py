@@ -25,7 +25,7 @@ from controller.state import SiteState
 from controller.store import Store
 from controller.tokens import TokenMeter, TokenSource
 from drivers.base import DeviceDriver, DriverSettings
-from drivers.devicemap import load_map
+from drivers.maploader import load_map
 from drivers.modbus_client import ModbusDriver
 from drivers.opcua_client import OpcUaDriver
 from drivers.security import LinkSecurity

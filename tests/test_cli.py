@@ -71,7 +71,7 @@ def test_simulators_alone_serve_every_device_and_stop_on_sigterm(site_file: Path
     """`gridpilot sim`: what docker-compose runs as the plant, read here by a plain client."""
     from pymodbus.client import ModbusTcpClient
 
-    from drivers.devicemap import load_map
+    from drivers.maploader import load_map
 
     site = load_site(site_file)
     meter = next(d for d in site.devices if d.kind == "meter")

@@ -11,7 +11,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.devicemap import MAX_BLOCK_REGISTERS, DeviceMapError, load_map, parse_map, shipped_maps
+from drivers.devicemap import MAX_BLOCK_REGISTERS, DeviceMapError
+from drivers.maploader import load_map, parse_map, shipped_maps
 
 
 def test_every_shipped_map_loads():

@@ -14,7 +14,7 @@ from controller.config import SiteConfig
 from controller.service import make_driver
 from controller.snapshot import take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
-from drivers.devicemap import load_map
+from drivers.maploader import load_map
 from drivers.sim.stack import SimulatorStack
 from tests.plant import until
 

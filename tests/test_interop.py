@@ -14,7 +14,7 @@ import pytest
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 
 from drivers.certs import make_site_certs
-from drivers.devicemap import load_map
+from drivers.maploader import load_map
 from drivers.security import server_tls
 from drivers.sim.modbus_server import ModbusDeviceServer, RegisterImage
 from tests.sites import free_port

@@ -13,7 +13,8 @@ import threading
 import time
 
 from controller.config import DeviceConfig, SiteConfig
-from drivers.devicemap import DeviceMap, load_map
+from drivers.devicemap import DeviceMap
+from drivers.maploader import load_map
 from drivers.security import server_tls
 from drivers.sim.faults import LINK_FAULTS, Fault, faulty_value, measured
 from drivers.sim.load import TraceLoad
