@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from copy import copy
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
 from controller.auth import requires
 from controller.config import DeviceConfig
@@ -22,32 +24,31 @@ KeyId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9]+$")
 DeviceId = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
 
 
-class SetpointsPatch(BaseModel):
-    """Any of the setpoints, and optionally how long the change holds before it reverts."""
+TTL = Field(None, gt=0, le=86400, description="revert to the values before, after this long")
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
-    ramp_up_w_per_s: float | None = Field(None, gt=0, le=1e9)
-    ramp_down_w_per_s: float | None = Field(None, gt=0, le=1e9)
-    soc_target_low_ratio: float | None = Field(None, ge=0, le=1)
-    soc_target_high_ratio: float | None = Field(None, ge=0, le=1)
-    soc_min_ratio: float | None = Field(None, ge=0, le=1)
-    ride_through_s: float | None = Field(None, ge=0, le=7200)
-    import_cap_w: float | None = Field(None, gt=0, le=1e10, description="null: no cap")
-    droop: float | None = Field(None, gt=0, le=1)
-    deadband_hz: float | None = Field(None, ge=0, le=1)
-    supply_temperature_c: float | None = Field(None, ge=15, le=60)
-    heat_reuse_mode: Literal["off", "on"] | None = None
-    heat_reuse_request_w: float | None = Field(None, ge=0, le=1e9)
-    heat_reuse_min_temperature_c: float | None = Field(None, ge=20, le=90)
-    manual_battery_w: float | None = Field(None, ge=-1e9, le=1e9)
-    ttl_s: float | None = Field(
-        None, gt=0, le=86400, description="revert to the values before, after this long"
-    )
+def _patch_of(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """`model` with every field optional (absent: unchanged) and the same bounds, plus
+    `ttl_s`: one list of setpoints and bounds serves PUT and PATCH alike."""
+    fields: dict[str, Any] = {
+        field: (info.annotation | None, _optional(info))  # type: ignore[operator]
+        for field, info in model.model_fields.items()
+    }
+    fields["ttl_s"] = (float | None, TTL)
+    return create_model(name, __config__=model.model_config, **fields)
+
+
+def _optional(info: FieldInfo) -> FieldInfo:
+    optional = copy(info)
+    optional.default = None
+    return optional
+
+
+SetpointsPatch = _patch_of(Setpoints, "SetpointsPatch")
 
 
 class SetpointsPut(Setpoints):
-    ttl_s: float | None = Field(None, gt=0, le=86400)
+    ttl_s: float | None = TTL
 
 
 class ModeIn(BaseModel):

@@ -91,16 +91,10 @@ class ControlLoop:
         self._cooling_hold_w = 0.0  # last good cooling power: the CDU may report slowly
         self._last_write_errors: set[str] = set()
         self._last_tick = 0.0
-        c = site.cooling
+        # The site's cooling settings are the pure controller's, bar the class: its maximum.
+        cooling = site.cooling
         self.cooling_cfg = CoolingConfig(
-            min_supply_c=c.min_supply_c,
-            max_supply_c=c.max_supply_c,
-            setpoint_rate_c_per_s=c.setpoint_rate_c_per_s,
-            delta_t_target_k=c.delta_t_target_k,
-            pump_control=c.pump_control,
-            pressure_target_pa=c.pressure_target_pa,
-            min_pump_speed=c.min_pump_speed,
-            safe_pump_speed=c.safe_pump_speed,
+            max_supply_c=cooling.max_supply_c, **cooling.model_dump(exclude={"water_class"})
         )
         self._cooling_state: dict[str, CoolingState] = {}
         self._mode = "auto"

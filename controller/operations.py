@@ -118,7 +118,19 @@ class Operations:
         self.mode: Mode = db.get_setting("mode") or "auto"
         self.override: dict[str, Any] | None = db.get_setting("override")
         self.mode_override: dict[str, Any] | None = db.get_setting("mode_override")
-        self._events = db.events()
+        self._reload_events()
+
+    def _reload_events(self) -> None:
+        """Every event (for the API), and those a tick must still look at: not yet ended,
+        and not cancelled or over before they ever started. The ticks scan only those."""
+        self._events = self.db.events()
+        now = time.time()
+        self._pending = [
+            e
+            for e in self._events
+            if e["ended_at"] is None
+            and (e["started_at"] is not None or (e["cancelled_at"] is None and e["end_s"] > now))
+        ]
 
     # --- changes (API) ------------------------------------------------------------------
     def change_setpoints(
@@ -138,7 +150,7 @@ class Operations:
             self.setpoints = new
             self.db.put_setting("setpoints", new.model_dump())
             self.db.put_setting("override", self.override)
-            self.db.audit(by, "setpoints.change", _diff(old, new)[0], _diff(old, new)[1])
+            self.db.audit(by, "setpoints.change", *_diff(old, new))
             if ttl_s is not None:
                 self.db.audit(by, "setpoints.ttl", None, {"ttl_s": ttl_s})
             return new
@@ -158,7 +170,7 @@ class Operations:
     def add_event(self, event: EventIn, by: Actor) -> dict[str, Any]:
         with self._lock:
             event_id = self.db.add_event(event.kind, event.value_w, event.start_s, event.end_s, by)
-            self._events = self.db.events()
+            self._reload_events()
             row = self.db.event(event_id)
             self.db.audit(by, "event.create", None, row)
             return row  # type: ignore[return-value]
@@ -169,7 +181,7 @@ class Operations:
             if row is None or row["cancelled_at"] is not None:
                 return None
             self.db.mark_event(event_id, "cancelled_at")
-            self._events = self.db.events()
+            self._reload_events()
             self.db.audit(by, "event.cancel", row, self.db.event(event_id))
             return self.db.event(event_id)
 
@@ -183,7 +195,7 @@ class Operations:
         with self._lock:
             self._expire(now_s)
             cap, shed, active = math.inf, 0.0, []
-            for e in self._events:
+            for e in self._pending:
                 running = e["cancelled_at"] is None and e["start_s"] <= now_s < e["end_s"]
                 if running and e["started_at"] is None:
                     self._event_edge(e, "started_at", "event.start")
@@ -209,7 +221,7 @@ class Operations:
             SYSTEM, action, None, {"id": e["id"], "kind": e["kind"], "value_w": e["value_w"]}
         )
         log.info(action.replace(".", " "), extra={"event": e["id"], "kind": e["kind"]})
-        self._events = self.db.events()
+        self._reload_events()
 
     def _expire(self, now_s: float) -> None:
         if self.override is not None and now_s >= self.override["expires_s"]:
