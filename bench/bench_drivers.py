@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from controller.config import DeviceConfig, parse_site
+from controller.config import DeviceConfig
 from controller.logs import setup_logging
 from controller.service import make_driver
+from controller.sitefile import parse_site, plant_of
 from drivers.maploader import load_map
 from drivers.sim.modbus_server import ModbusDeviceServer, RegisterImage
 from drivers.sim.stack import SimulatorStack
@@ -41,7 +42,7 @@ def serve_site(data: dict, ready: mp.Event, stop: mp.Event) -> None:
     setup_logging("WARNING")
 
     async def main() -> None:
-        stack = SimulatorStack(parse_site(data))
+        stack = SimulatorStack(plant_of(parse_site(data)))
         await stack.start()
         ready.set()
         while not stop.is_set():

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.config import SiteConfig, parse_site
+from controller.config import SiteConfig
 from controller.logs import setup_logging
-from controller.loop import TickRecord
+from controller.record import TickRecord
 from controller.service import Controller
+from controller.sitefile import parse_site, plant_of
 from drivers.sim.stack import SimulatorThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,7 +44,7 @@ def bench_site(period_s: float, data_dir: Path) -> SiteConfig:
 
 async def run_once(period_s: float, seconds: float, data_dir: Path) -> dict[str, float]:
     site = bench_site(period_s, data_dir)
-    plant = SimulatorThread(site)
+    plant = SimulatorThread(plant_of(site))
     await asyncio.to_thread(plant.start)
     controller = Controller(site)
     # (start, duration, lateness, overruns so far, auto?): numbers only, so the benchmark's

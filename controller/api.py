@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from controller.alarms import AlarmBook
 from controller.api_operate import operate_router
 from controller.auth import requires
 from controller.config import DeviceConfig
@@ -25,7 +26,7 @@ from controller.operations import Operations
 from controller.opsdb import OpsDB
 from controller.problems import Problem, field_errors, problem, problem_responses
 from controller.state import SiteState
-from drivers.base import DeviceDriver
+from drivers.devicemap import DeviceMap
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -81,8 +82,9 @@ def create_app(
     metrics: Metrics,
     ops: Operations,
     db: OpsDB,
-    drivers: Mapping[str, DeviceDriver],
+    alarms: AlarmBook,
     configs: Mapping[str, DeviceConfig],
+    maps: Mapping[str, DeviceMap],
 ) -> FastAPI:
     app = FastAPI(
         title="gridpilot",
@@ -156,7 +158,7 @@ def create_app(
             return JSONResponse({"status": "ready"})
         return problem(503, "Not ready", reason)
 
-    app.include_router(operate_router(ops, db, drivers, configs))
+    app.include_router(operate_router(ops, db, state, alarms, configs, maps))
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, with the Problem model, and 422 as the problem document this

@@ -12,12 +12,16 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 
+from controller.alarms import AlarmBook
 from controller.auth import requires
 from controller.config import DeviceConfig
-from controller.operations import EventIn, Mode, Operations, Setpoints
+from controller.operations import EventIn, Operations
 from controller.opsdb import Actor, OpsDB, Role
 from controller.problems import problem_responses
-from drivers.base import DeviceDriver
+from controller.setpoints import Mode, Setpoints
+from controller.snapshot import LinkCounters
+from controller.state import SiteState
+from drivers.devicemap import DeviceMap
 
 RowId = Annotated[int, Path(ge=1, le=2**62, description="as listed")]
 KeyId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9]+$")]
@@ -68,48 +72,54 @@ class KeyIn(BaseModel):
 def operate_router(
     ops: Operations,
     db: OpsDB,
-    drivers: Mapping[str, DeviceDriver],
+    state: SiteState,
+    alarms: AlarmBook,
     configs: Mapping[str, DeviceConfig],
+    maps: Mapping[str, DeviceMap],
 ) -> APIRouter:
     viewer, operator, admin = (Depends(requires(db, r)) for r in ("viewer", "operator", "admin"))
     router = APIRouter(prefix="/v1", responses=problem_responses(401, 403, 404, 422))
 
     def device_json(device_id: str) -> dict[str, Any]:
-        d, c = drivers[device_id], configs[device_id]
-        counters = d.counters
+        """The device's configuration, and its link state and counters as of the last tick."""
+        c, m = configs[device_id], maps[device_id]
+        rec = state.last
+        dev = rec.snapshot.devices.get(device_id) if rec is not None else None
+        counters = dev.counters if dev is not None else LinkCounters()
         return {
             "id": device_id,
             "kind": c.kind,
             "address": f"{c.host}:{c.port}",
-            "protocol": d.map.protocol,
-            "map": d.map.source,
+            "protocol": m.protocol,
+            "map": m.source,
+            "roles": dict(m.roles),
             "secured": c.security is not None,
-            "connected": d.connected,
-            "frozen": d.frozen,
-            "identity": d.identity,
+            "connected": dev is not None and dev.connected,
+            "frozen": dev is not None and dev.frozen,
+            "identity": dict(dev.identity) if dev is not None else {},
             "poll_period_s": c.poll_period_s,
             "timeout_s": c.timeout_s,
             "stale_after_s": c.stale_after_s,
             "counters": {
-                "polls": counters.polls_total,
-                "errors": counters.errors_total,
-                "errors_by_kind": counters.errors_by_kind,
-                "retries": counters.retries_total,
-                "writes": counters.writes_total,
-                "write_errors": counters.write_errors_total,
-                "last_poll_s": counters.last_latency_s if counters.polls_total else None,
+                "polls": counters.polls,
+                "errors": counters.errors,
+                "errors_by_kind": dict(counters.errors_by_kind),
+                "retries": counters.retries,
+                "writes": counters.writes,
+                "write_errors": counters.write_errors,
+                "last_poll_s": counters.last_poll_s,
             },
-            "last_error": counters.last_error,
+            "last_error": dev.last_error if dev is not None else None,
             "last_write_error": counters.last_write_error,
         }
 
     @router.get("/devices", summary="Every device: configuration, link state, counters")
     async def list_devices(_: Actor = viewer) -> list[dict[str, Any]]:
-        return [device_json(i) for i in drivers]
+        return [device_json(i) for i in configs]
 
     @router.get("/devices/{device_id}", summary="One device")
     async def get_device(device_id: DeviceId, _: Actor = viewer) -> dict[str, Any]:
-        if device_id not in drivers:
+        if device_id not in configs:
             raise HTTPException(404, f"No device {device_id!r}")
         return device_json(device_id)
 
@@ -160,11 +170,20 @@ def operate_router(
     async def list_alarms(
         _: Actor = viewer, active: Annotated[bool, Query()] = False
     ) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(db.alarms, active)
+        # The active ones from memory (raised there first, whatever the disk does).
+        live = {a.id: a.to_json() for a in alarms.active}
+        if active:
+            return sorted(live.values(), key=lambda a: -a["id"])
+        stored = {a["id"]: a for a in await asyncio.to_thread(db.alarms, False)}
+        return sorted({**stored, **live}.values(), key=lambda a: -a["id"])
 
     @router.post("/alarms/{alarm_id}/ack", summary="Acknowledge an alarm")
     async def ack_alarm(alarm_id: RowId, who: Actor = operator) -> dict[str, Any]:
-        row = await asyncio.to_thread(db.alarm, alarm_id)
+        live = alarms.acknowledge(alarm_id, who)
+        if live is not None:
+            await asyncio.to_thread(db.audit, who, "alarm.ack", None, {"id": alarm_id})
+            return live.to_json()
+        row = await asyncio.to_thread(db.alarm, alarm_id)  # one already cleared
         if row is None:
             raise HTTPException(404, f"No alarm {alarm_id}")
         if row["acked_at"] is None:

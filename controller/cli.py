@@ -15,7 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from controller.api_operate import KeyIn
-from controller.config import ConfigError, DispatchConfig, SiteConfig, load_site
+from controller.config import ConfigError, DispatchConfig, SiteConfig
 from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
 from controller.opsdb import ROLES, Actor, OpsDB
@@ -24,6 +24,7 @@ from controller.replay.run import ReplaySettings, plot, report, simulate
 from controller.replay.run import size as size_battery
 from controller.replay.trace import Trace, TraceError, read_trace
 from controller.service import DB_FILE
+from controller.sitefile import device_maps, load_site
 from drivers.certs import make_site_certs
 
 CLI = Actor(None, "cli", "admin")  # who the audit log names for changes made here
@@ -210,11 +211,15 @@ def size(
 
 @app.command("check-config")
 def check_config(config: Annotated[Path, typer.Argument(help="site file (YAML)")]) -> None:
-    """Validate a site file; print its devices, or each bad field and exit 2."""
+    """Validate a site file whole (fields, every device's map and the roles its kind needs,
+    the demo plant's settings); print its devices, or what is wrong and exit 2."""
     site = _site(config)
+    maps = device_maps(site)
     for module in site.modules:
         for d in module.devices:
-            typer.echo(f"{module.id:12} {d.id:12} {d.kind:6} {d.host}:{d.port}")
+            typer.echo(
+                f"{module.id:12} {d.id:12} {d.kind:6} {d.host}:{d.port:<6} {maps[d.id].source}"
+            )
 
 
 keys_app = typer.Typer(help="API keys: create, list, revoke (in the site's SQLite file).")

@@ -1,12 +1,13 @@
 """Prometheus collectors read at scrape time: driver counters, energy totals, tokens, ratios.
 
-Reading at scrape time keeps counters in step with their owners (a driver, the energy
-account, the token meter) without copying them every tick.
+They read immutable values the loop published (the last tick's record, with each driver's
+counters as copied at the tick; the energy account's last copy; the ratios' last values), so
+a scrape on the API's thread never walks a dict the loop is changing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -17,40 +18,43 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from controller.energy import WINDOWS_S, EnergyTotals, RollingRatios
+from controller.snapshot import DeviceSnapshot, Snapshot
 from controller.tokens import TokenMeter
-from drivers.base import ERROR_KINDS, LATENCY_BUCKETS_S, DeviceDriver
+from drivers.base import ERROR_KINDS, LATENCY_BUCKETS_S
 
-DriverValue = Callable[[DeviceDriver], float | None]
+DeviceValue = Callable[[DeviceSnapshot], float | None]
 
 
 class DriverCollector(Collector):
-    """Each driver's link state, counters and poll-duration histogram."""
+    """Each device's link state, counters and poll-duration histogram, as of the last tick."""
 
-    def __init__(self, site: str, drivers: Mapping[str, DeviceDriver]) -> None:
-        self.site, self.drivers = site, drivers
+    def __init__(self, site: str, latest: Callable[[], Snapshot | None]) -> None:
+        self.site, self.latest = site, latest
 
-    # name, type, help, value of one driver (None: no sample)
-    FAMILIES: tuple[tuple[str, type, str, DriverValue], ...] = (
+    # name, type, help, value of one device (None: no sample)
+    FAMILIES: tuple[tuple[str, type, str, DeviceValue], ...] = (
         ("gridpilot_device_up", GaugeMetricFamily, "1 while the driver is connected",
          lambda d: 1.0 if d.connected else 0.0),
         ("gridpilot_device_polls", CounterMetricFamily, "Completed polls of every point",
-         lambda d: d.counters.polls_total),
+         lambda d: d.counters.polls),
         ("gridpilot_device_errors", CounterMetricFamily, "Failed connects, reads and timeouts",
-         lambda d: d.counters.errors_total),
+         lambda d: d.counters.errors),
         ("gridpilot_device_retries", CounterMetricFamily,
          "Reads the device answered with an error and that were tried again",
-         lambda d: d.counters.retries_total),
+         lambda d: d.counters.retries),
         ("gridpilot_device_frozen", GaugeMetricFamily,
          "1 while the device answers but its own heartbeat stands still",
          lambda d: 1.0 if d.frozen else 0.0),
         ("gridpilot_device_write_errors", CounterMetricFamily, "Failed setpoint writes",
-         lambda d: d.counters.write_errors_total),
+         lambda d: d.counters.write_errors),
     )  # fmt: skip
 
     def collect(self) -> Iterator[Metric]:
+        snapshot = self.latest()
+        devices = snapshot.devices if snapshot is not None else {}
         for name, family_type, help_text, value_of in self.FAMILIES:
             family = family_type(name, help_text, labels=["site", "device"])
-            for device_id, driver in self.drivers.items():
+            for device_id, driver in devices.items():
                 value = value_of(driver)
                 if value is not None:
                     family.add_metric([self.site, device_id], value)
@@ -65,15 +69,15 @@ class DriverCollector(Collector):
             "Time to poll every point of the device once",
             labels=["site", "device"],
         )
-        for device_id, driver in self.drivers.items():
-            c = driver.counters
+        for device_id, device in devices.items():
+            c = device.counters
             for kind in ERROR_KINDS:
                 by_kind.add_metric([self.site, device_id, kind], c.errors_by_kind.get(kind, 0))
             buckets = [
                 (repr(bound), float(n))
                 for bound, n in zip(LATENCY_BUCKETS_S, c.latency_bucket_counts, strict=True)
             ]
-            buckets.append(("+Inf", float(c.polls_total)))
+            buckets.append(("+Inf", float(c.polls)))
             latency.add_metric([self.site, device_id], buckets, c.latency_sum_s)
         yield by_kind
         yield latency
@@ -83,12 +87,16 @@ class EnergyCollector(Collector):
     """Energy counters (J since start) and the rolling ratios: PUE and energy per token."""
 
     def __init__(
-        self, site: str, totals: EnergyTotals, ratios: RollingRatios, tokens: TokenMeter
+        self,
+        site: str,
+        totals: Callable[[], EnergyTotals],
+        ratios: RollingRatios,
+        tokens: TokenMeter,
     ) -> None:
         self.site, self.totals, self.ratios, self.tokens = site, totals, ratios, tokens
 
     def collect(self) -> Iterator[Metric]:
-        t, site = self.totals, [self.site]
+        t, site = self.totals(), [self.site]
         for name, help_text, value in (
             (
                 "gridpilot_grid_import_energy_joules",
@@ -162,12 +170,13 @@ class EnergyCollector(Collector):
             "Energy reuse factor: heat reused over facility energy",
             labels=labels,
         )
+        latest = self.ratios.latest  # as of the last sample: one immutable mapping
         for window in WINDOWS_S:
-            if (value := self.ratios.pue(window)) is not None:
+            if (value := latest.get(("pue", window))) is not None:
                 pue.add_metric([self.site, window], value)
-            if (value := self.ratios.erf(window)) is not None:
+            if (value := latest.get(("erf", window))) is not None:
                 erf.add_metric([self.site, window], value)
-            rate = self.ratios.tokens_per_joule(window)
+            rate = latest.get(("tokens_per_joule", window))
             if rate is not None:
                 per_joule.add_metric([self.site, window], rate)
                 if rate > 0:

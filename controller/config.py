@@ -2,15 +2,15 @@
 
 A site file (YAML) is validated with pydantic; environment variables with the `GRIDPILOT_`
 prefix override it (nested fields with `__`, e.g. `GRIDPILOT_DISPATCH__RAMP_UP_W_PER_S`).
-The built-in default site (`controller/default_site.yaml`) is what the demo runs.
+The built-in default site (`controller/default_site.yaml`) is what the demo runs. This module
+only declares and validates; `controller/sitefile.py` reads files and checks the devices' maps.
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -23,8 +23,6 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-
-from drivers.yamlfile import read_yaml
 
 DeviceKind = Literal["ups", "bess", "meter", "cdu"]
 BATTERY_KINDS = ("ups", "bess")
@@ -106,12 +104,16 @@ class DispatchConfig(Strict):
         0.0, ge=0, le=200, description="moving average before the low-pass, e.g. one period"
     )
     lowpass_tau_s: float = Field(10.0, gt=0, le=3600, description="low-pass time constant")
-    ramp_up_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit upward")
-    ramp_down_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit downward")
-    soc_min_ratio: float = Field(0.2, ge=0, le=1, description="never discharged below")
+    ramp_up_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit upward, W/s")
+    ramp_down_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit downward, W/s")
+    soc_min_ratio: float = Field(
+        0.2, ge=0, le=1, description="reserve: never discharged below, 0–1"
+    )
     soc_max_ratio: float = Field(0.95, ge=0, le=1, description="never charged above")
-    soc_target_low_ratio: float = Field(0.5, ge=0, le=1, description="band the SoC returns to")
-    soc_target_high_ratio: float = Field(0.7, ge=0, le=1)
+    soc_target_low_ratio: float = Field(
+        0.5, ge=0, le=1, description="SoC band the battery returns to, 0–1"
+    )
+    soc_target_high_ratio: float = Field(0.7, ge=0, le=1, description="top of the SoC band, 0–1")
     soc_return_s: float = Field(
         300.0, gt=0, le=86400, description="time constant of the drift back into the band"
     )
@@ -122,15 +124,19 @@ class DispatchConfig(Strict):
         60.0, gt=0, le=86400, description="...counted from the stored energy's recent average"
     )
     ride_through_s: float = Field(
-        300.0, ge=0, le=7200, description="UPS reserve: seconds of full rated load, never used"
+        300.0, ge=0, le=7200, description="UPS reserve: s of full rated load, never used to smooth"
     )
     charge_efficiency: float = Field(0.96, gt=0, le=1)
     discharge_efficiency: float = Field(0.96, gt=0, le=1)
     nominal_frequency_hz: Literal[50, 60] = 50
-    droop: float = Field(0.05, gt=0, le=1, description="per unit deviation for full response")
-    deadband_hz: float = Field(0.015, ge=0, le=1)
+    droop: float = Field(
+        0.05, gt=0, le=1, description="per-unit frequency deviation for full response"
+    )
+    deadband_hz: float = Field(0.015, ge=0, le=1, description="frequency deadband, Hz")
     frequency_response_w: float = Field(1e6, ge=0, le=1e9, description="power at full response")
-    import_cap_w: float | None = Field(None, gt=0, le=1e10, description="peak limit on import")
+    import_cap_w: float | None = Field(
+        None, gt=0, le=1e10, description="peak limit on grid import, W"
+    )
     fast_split_tau_s: float = Field(
         5.0,
         ge=0,
@@ -161,17 +167,6 @@ class DispatchConfig(Strict):
         return self
 
 
-class FrequencyEvent(Strict):
-    """A scripted grid-frequency excursion the simulated meter shows: a fall (or rise) to
-    `depth_hz` from nominal, a hold, a recovery, on top of the slow random walk."""
-
-    at_s: float = Field(ge=0, le=1e7, description="simulated time it starts")
-    depth_hz: float = Field(ge=-2, le=2, description="deviation at its deepest, e.g. -0.2")
-    fall_s: PositiveSeconds = 5.0
-    hold_s: float = Field(10.0, ge=0, le=3600)
-    recover_s: PositiveSeconds = 30.0
-
-
 class CoolingSettings(Strict):
     """Cooling control; see the README's "Cooling control"."""
 
@@ -187,6 +182,13 @@ class CoolingSettings(Strict):
     pressure_target_pa: float = Field(150_000.0, gt=0, le=1e6, description="loop ΔP held")
     min_pump_speed: float = Field(0.3, ge=0.05, le=1, description="for the minimum flow")
     safe_pump_speed: float = Field(0.9, ge=0.05, le=1, description="when data is unusable")
+    startup_grace_s: float = Field(
+        15.0,
+        ge=0,
+        le=600,
+        description="at start, wait this long for a CDU's first data (sending nothing) "
+        "before its absence is a fault and the fallback runs",
+    )
 
     @property
     def max_supply_c(self) -> float:
@@ -214,42 +216,6 @@ class TokenSourceConfig(Strict):
     timeout_s: float = Field(2.0, gt=0, le=60)
 
 
-class ServerSecurityConfig(Strict):
-    """The simulators' side of secured links (every simulated device shows the same)."""
-
-    certificate: FilePath = Field(description="the devices' certificate (PEM)")
-    private_key: FilePath
-    client_ca: FilePath = Field(description="Modbus: clients must show a certificate it signed")
-    users: dict[str, SecretStr] = Field(
-        default_factory=dict, description="OPC UA user names and passwords (none: anonymous)"
-    )
-
-
-class SimulationConfig(Strict):
-    """The demo plant: only the simulators read this; the controller learns ratings from devices."""
-
-    trace: str = Field("h200_train_1p7b", description="shipped trace name or CSV path")
-    gpus: int = Field(10_000, ge=0, le=10_000_000)
-    base_w: float = Field(2e6, ge=0, le=1e10, description="non-GPU IT load")
-    ups_rated_power_w: float = Field(7e6, gt=0, le=1e9)
-    ups_battery_wh: float = Field(1.5e6, gt=0, le=1e10)
-    ups_max_charge_w: float = Field(5e6, ge=0, le=1e9)
-    bess_w_max_rtg: float = Field(4e6, gt=0, le=1e9)
-    bess_wh_rtg: float = Field(8e6, gt=0, le=1e10)
-    initial_soc_ratio: float = Field(0.6, ge=0, le=1)
-    grid_frequency_hz: Literal[50, 60] = 50
-    heartbeat_timeout_s: PositiveSeconds = 2.0
-    physics_period_s: float = Field(0.01, gt=0, le=1)
-    racks: int = Field(100, ge=1, le=100_000, description="the GPUs split into racks ...")
-    rack_jitter_s: float = Field(0.02, ge=0, le=1, description="... each offset by up to this")
-    frequency_events: list[FrequencyEvent] = Field(default_factory=list)
-    inference_trace: str = Field("h200_infer_llama1p1b", description="drives the token counter")
-    token_gpus: int = Field(10_000, ge=0, le=10_000_000, description="GPUs generating tokens")
-    inference_host: str = "127.0.0.1"
-    inference_port: Port | None = Field(None, description="serve vLLM-style /metrics here")
-    security: ServerSecurityConfig | None = Field(None, description="secured devices")
-
-
 class SiteConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GRIDPILOT_", env_nested_delimiter="__", extra="forbid", allow_inf_nan=False
@@ -266,7 +232,10 @@ class SiteConfig(BaseSettings):
     )
     dispatch: DispatchConfig = DispatchConfig()
     cooling: CoolingSettings = CoolingSettings()
-    simulation: SimulationConfig = SimulationConfig()
+    simulation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the demo plant's settings: only the simulators read them (and check them)",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -318,10 +287,11 @@ class ConfigError(ValueError):
     """An invalid site: the message names each bad field and its value."""
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError, prefix: str = "") -> str:
+    """Each bad field of a site, with what it got, one a line."""
     lines = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(site)"
+        field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "") or "(site)"
         got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
         lines.append(f"{field}: {err['msg']}{got}")
     return "invalid site configuration:\n  " + "\n  ".join(lines)
@@ -333,20 +303,4 @@ def parse_site(data: object, overrides: dict | None = None) -> SiteConfig:
     try:
         return SiteConfig(**{**data, **(overrides or {})})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
-
-
-DEFAULT_SITE = resources.files("controller") / "default_site.yaml"
-
-
-def default_site_text() -> str:
-    return DEFAULT_SITE.read_text()
-
-
-def load_site(path: Path | None = None, overrides: dict | None = None) -> SiteConfig:
-    """Load a site file (or the built-in default site) and apply overrides."""
-    if path is None:
-        data = read_yaml(DEFAULT_SITE, "built-in site", ConfigError)
-    else:
-        data = read_yaml(path, f"site file {path}", ConfigError)
-    return parse_site(data, overrides)
+        raise ConfigError(describe_errors(exc)) from None

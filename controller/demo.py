@@ -9,6 +9,7 @@ import os
 from controller.config import SiteConfig
 from controller.opsdb import OpsDB
 from controller.service import DB_FILE, Controller, stop_on_signals
+from controller.sitefile import plant_of
 from drivers.sim.stack import SimulatorStack, SimulatorThread
 
 log = logging.getLogger("gridpilot")
@@ -31,7 +32,7 @@ async def run_demo(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
         print(f"  curl -H 'Authorization: Bearer {new_key}' "
               f"http://{site.api_host}:{site.api_port}/v1/state", flush=True)  # fmt: skip
     # The plant runs on its own thread and event loop: its physics keeps time on its own.
-    plant = SimulatorThread(site)
+    plant = SimulatorThread(plant_of(site))
     await asyncio.to_thread(plant.start)
     try:
         await run_controller(site, stop)
@@ -42,7 +43,7 @@ async def run_demo(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
 
 async def run_simulators(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    stack = SimulatorStack(site)
+    stack = SimulatorStack(plant_of(site))
     with stop_on_signals(stop):
         await stack.start()
         try:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 WINDOWS_S = {"1m": 60.0, "1h": 3600.0}
 SAMPLE_EVERY_S = 1.0  # the windows keep one sample a second: 3,600 for the hour
@@ -60,6 +61,14 @@ class EnergyTotals:
             else:
                 self.battery_charge_j[device] -= w * dt_s
 
+    def frozen(self) -> EnergyTotals:
+        """A copy for readers on other threads (never changed after)."""
+        return replace(
+            self,
+            battery_charge_j=dict(self.battery_charge_j),
+            battery_discharge_j=dict(self.battery_discharge_j),
+        )
+
 
 def _known(w: float | None) -> bool:
     return w is not None and math.isfinite(w)
@@ -81,20 +90,42 @@ class RollingRatios:
     def __init__(self) -> None:
         span = max(WINDOWS_S.values())
         self._samples: deque[Sample] = deque(maxlen=int(span / SAMPLE_EVERY_S) + 2)
+        # Every ratio over every window as of the last sample, for readers on other threads:
+        # {(ratio, window): value}, only those defined.
+        self.latest: MappingProxyType[tuple[str, str], float] = MappingProxyType({})
 
     def record(self, sample: Sample) -> None:
         if self._samples and sample.t_s - self._samples[-1].t_s < SAMPLE_EVERY_S:
             return
         self._samples.append(sample)
+        self.latest = MappingProxyType(
+            {
+                (ratio, window): value
+                for window in WINDOWS_S
+                for ratio, value in (
+                    ("pue", self.pue(window)),
+                    ("tokens_per_joule", self.tokens_per_joule(window)),
+                    ("erf", self.erf(window)),
+                )
+                if value is not None
+            }
+        )
 
     def _delta(self, window_s: float) -> tuple[Sample, Sample] | None:
         """The newest sample and the oldest one still inside the window, if the window is
         at least half covered (a 1 h PUE from 30 s of data would mislead)."""
-        samples = list(self._samples)  # one C-level copy: the loop's thread appends meanwhile
+        samples = self._samples
         if len(samples) < 2:
             return None
         newest = samples[-1]
-        oldest = next(s for s in samples if newest.t_s - s.t_s <= window_s)
+        if 2 * window_s > newest.t_s - samples[0].t_s:  # most of what is kept: from the left
+            oldest = next(s for s in samples if newest.t_s - s.t_s <= window_s)
+        else:  # a short window: from the right, a few samples instead of an hour's
+            oldest = newest
+            for s in reversed(samples):
+                if newest.t_s - s.t_s > window_s:
+                    break
+                oldest = s
         if newest.t_s - oldest.t_s < 0.5 * window_s:
             return None
         return oldest, newest

@@ -1,73 +1,50 @@
 """Prometheus metrics: units in every name, `site` and `device` labels, one registry per app.
 
-Gauges here are set from each tick; counters that have an owner (drivers, the energy account,
-the token meter) are read at scrape time by the collectors in `collectors.py`.
+Everything comes from the tick's record: gauges are set from each record; the collectors in
+`collectors.py` read, at scrape time, the last record (driver counters as copied at the tick)
+and the energy account's last published copy, never the drivers or dicts the loop changes.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.collectors import DriverCollector, EnergyCollector
-from controller.config import DispatchConfig
 from controller.energy import EnergyTotals, RollingRatios, Sample
-from controller.loop import TickRecord
-from controller.site import POWER_POINT
+from controller.record import TickRecord
 from controller.tokens import TokenMeter
-from drivers.base import DeviceDriver
 
 MODES = ("auto", "manual", "safe", "degraded")  # the control modes a tick reports
 LATE_FRACTION = 0.1  # a tick that starts later than this share of its period is late
 RAMP_SPAN_S = 1.0  # the grid's ramp is measured over this span (the meter averages 200 ms)
-# CDU point → (metric, help): the cooling loop as the CDU reports it.
-COOLING_POINTS = {
-    "supply_temperature_c": ("gridpilot_coolant_supply_temperature_celsius", "Supply temperature"),
-    "return_temperature_c": ("gridpilot_coolant_return_temperature_celsius", "Return temperature"),
+# CDU role → (metric, help): the cooling loop as the CDU reports it.
+COOLING_ROLES = {
+    "supply_c": ("gridpilot_coolant_supply_temperature_celsius", "Supply temperature"),
+    "return_c": ("gridpilot_coolant_return_temperature_celsius", "Return temperature"),
     "flow_m3_per_s": ("gridpilot_coolant_flow_cubic_meters_per_second", "Coolant flow"),
     "pump_speed_ratio": ("gridpilot_pump_speed_ratio", "Pump speed, 0–1 of maximum"),
     "pump_power_w": ("gridpilot_pump_power_watts", "Pump electrical power"),
     "heat_load_w": ("gridpilot_coolant_heat_load_watts", "Heat the liquid loop carries away"),
-    "differential_pressure_pa": ("gridpilot_coolant_differential_pressure_pascals", "Loop ΔP"),
+    "pressure_pa": ("gridpilot_coolant_differential_pressure_pascals", "Loop ΔP"),
     "heat_reused_w": ("gridpilot_heat_reuse_delivered_watts", "Heat delivered to the consumer"),
-    "heat_reuse_request_w": ("gridpilot_heat_reuse_requested_watts", "Heat the consumer asks"),
+    "reuse_request_w": ("gridpilot_heat_reuse_requested_watts", "Heat the consumer asks"),
     "heat_rejected_w": ("gridpilot_heat_rejected_watts", "Heat given to the dry cooler"),
-    "ambient_temperature_c": ("gridpilot_ambient_temperature_celsius", "Outdoor air at the cooler"),
+    "ambient_c": ("gridpilot_ambient_temperature_celsius", "Outdoor air at the cooler"),
 }
 
 TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-def measured_battery_w(rec: TickRecord) -> dict[str, float]:
-    """Each battery asset's measured power this tick (+ = discharge), where usable."""
-    return {
-        dev.id: w
-        for dev in rec.snapshot.devices.values()
-        if dev.kind in POWER_POINT and (w := dev.value(POWER_POINT[dev.kind])) is not None
-    }
-
-
-def reused_heat_w(rec: TickRecord) -> float | None:
-    """Heat delivered to the consumer by every CDU (None while any CDU does not say)."""
-    values = [dev.value("heat_reused_w") for dev in rec.snapshot.of_kind("cdu")]
-    return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
-
-
 class Metrics:
-    def __init__(
-        self,
-        site: str,
-        drivers: Mapping[str, DeviceDriver],
-        dispatch: DispatchConfig | None = None,
-        tokens: TokenMeter | None = None,
-    ) -> None:
+    def __init__(self, site: str, tokens: TokenMeter | None = None) -> None:
         self.site = site
-        self.dispatch = dispatch or DispatchConfig()
         self.tokens = tokens or TokenMeter([])
+        self.latest: TickRecord | None = None  # what the collectors read at scrape time
         self.energy = EnergyTotals()
+        self.energy_view = EnergyTotals()  # the account as of the last tick, for scrapes
         self.ratios = RollingRatios()
         self._last_tick: float | None = None
         self._grid_history: deque[tuple[float, float]] = deque(maxlen=64)
@@ -153,14 +130,18 @@ class Metrics:
         self.cooling_fallback = gauge(
             "gridpilot_cooling_fallback", "1 while CDU data is unusable: safe pumps, coldest", sd
         )
-        self.cooling_points = {
-            point: gauge(name, help_text, sd) for point, (name, help_text) in COOLING_POINTS.items()
+        self.cooling_roles = {
+            role: gauge(name, help_text, sd) for role, (name, help_text) in COOLING_ROLES.items()
         }
         for counter in (self.late_ticks, self.overruns, self.ticks):
             counter.labels(site)  # every series from the start: rates over them work at once
         self._overruns_seen = 0
-        self.registry.register(DriverCollector(site, drivers))
-        self.registry.register(EnergyCollector(site, self.energy, self.ratios, self.tokens))
+        self.registry.register(
+            DriverCollector(site, lambda: self.latest.snapshot if self.latest else None)
+        )
+        self.registry.register(
+            EnergyCollector(site, lambda: self.energy_view, self.ratios, self.tokens)
+        )
 
     def observe(self, rec: TickRecord) -> None:
         site = self.site
@@ -188,8 +169,7 @@ class Metrics:
         for asset in rec.inputs.assets if rec.inputs is not None else ():
             if asset.capacity_j > 0:
                 self.floor.labels(site, asset.id).set(asset.floor_j / asset.capacity_j)
-        battery = measured_battery_w(rec)
-        for device, w in battery.items():
+        for device, w in rd.battery_asset_w.items():
             self.battery.labels(site, device).set(w)
         self.tick_duration.labels(site).observe(rec.duration_s)
         self.tick_lateness.labels(site).observe(max(rec.lateness_s, 0.0))
@@ -201,26 +181,34 @@ class Metrics:
             self.late_ticks.labels(site).inc()
         for mode in MODES:
             self.mode.labels(site, mode).set(1.0 if rec.mode == mode else 0.0)
-        if self.dispatch.import_cap_w is not None:
-            self.import_cap.labels(site).set(self.dispatch.import_cap_w)
+        cap = rec.in_force.dispatch.import_cap_w  # the operators' or an event's, if any
+        if cap is not None:
+            self.import_cap.labels(site).set(cap)
+        else:
+            self.import_cap.clear()
         self._devices(rec)
         for device, command in rec.cooling.items():
+            if command is None:
+                continue  # waiting for the CDU's first data: nothing sent
             self.cooling_setpoint.labels(site, device).set(command.supply_setpoint_c)
             self.pump_command.labels(site, device).set(command.pump_speed)
             self.cooling_fallback.labels(site, device).set(1.0 if command.fallback else 0.0)
         self._grid_ramp(rec)
-        self._account(rec, battery)
+        self._account(rec)
+        self.latest = rec
 
     def _devices(self, rec: TickRecord) -> None:
         for dev in rec.snapshot.devices.values():
             unusable = sum(1 for p in dev.points.values() if not p.usable)
             self.stale_points.labels(self.site, dev.id).set(unusable)
-            if dev.kind == "ups" and (mode := dev.value("mode")) is not None:
-                self.ups_mode.labels(self.site, dev.id).set(mode)
-            if dev.kind == "cdu":
-                for point, gauge in self.cooling_points.items():
-                    if (value := dev.value(point)) is not None:
-                        gauge.labels(self.site, dev.id).set(value)
+        assets = rec.snapshot.assets
+        for ups in assets.ups_modules:
+            if ups.mode is not None:
+                self.ups_mode.labels(self.site, ups.id).set(ups.mode)
+        for cdu in assets.cdus:
+            for role, gauge in self.cooling_roles.items():
+                if (value := cdu.readings.get(role)) is not None:
+                    gauge.labels(self.site, cdu.id).set(value)
 
     def _grid_ramp(self, rec: TickRecord) -> None:
         grid = rec.readings.grid_w
@@ -234,25 +222,23 @@ class Metrics:
         if rec.monotonic - then < 0.5 * RAMP_SPAN_S:
             return
         ramp = (grid - before) / (rec.monotonic - then)
-        limit = self.dispatch.ramp_up_w_per_s if ramp >= 0 else self.dispatch.ramp_down_w_per_s
+        limits = rec.in_force.dispatch  # what is in force, as operators set it
+        limit = limits.ramp_up_w_per_s if ramp >= 0 else limits.ramp_down_w_per_s
         self.grid_ramp.labels(self.site).set(ramp)
         self.ramp_headroom.labels(self.site).set(limit - abs(ramp))
 
-    def _account(self, rec: TickRecord, battery: dict[str, float]) -> None:
+    def _account(self, rec: TickRecord) -> None:
         """Energy since the last tick, at this tick's powers (a gap longer than a few
         periods is not bridged: the powers across it are unknown)."""
         if self._last_tick is not None:
             dt = rec.monotonic - self._last_tick
             if dt <= 5 * rec.period_s:
                 rd = rec.readings
-                battery = {
-                    dev.id: w
-                    for dev in rec.snapshot.devices.values()
-                    if dev.kind in POWER_POINT
-                    and (w := dev.value(POWER_POINT[dev.kind])) is not None
-                }
-                self.energy.add(dt, rd.grid_w, rd.it_w, rd.cooling_w, battery)
+                self.energy.add(
+                    dt, rd.grid_w, rd.it_w, rd.cooling_w, rd.battery_asset_w, rd.reused_heat_w
+                )
         self._last_tick = rec.monotonic
+        self.energy_view = self.energy.frozen()
         e = self.energy
         self.ratios.record(
             Sample(rec.monotonic, e.it_j, e.facility_j, self.tokens.total(), e.reused_heat_j)

@@ -1,9 +1,12 @@
 """What operators set: setpoints (with an optional time-to-live), the control mode and
-demand-response events; from them, the dispatch settings in force at each tick.
+demand-response events; from them, the settings in force at each tick.
 
-Every change is validated before anything changes, persisted, and audited with who did it,
-the old and the new value, including the reverts and event starts and ends the controller
-makes on its own (as "system").
+Everything operators set is one immutable value (`OperatorState`), swapped whole when it
+changes. An API change is validated first (a rejected change changes nothing), persisted and
+audited, then swapped in. A tick reads the value without a lock and works out what is in force
+now: expired overrides revert and events start and end on time *in that answer*, at once; the
+record of each such edge (audit, event rows, the reverted setpoints) goes to the writer thread,
+which the tick never waits on, and which then folds the edge into the value.
 """
 
 from __future__ import annotations
@@ -12,68 +15,19 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.config import DispatchConfig, SiteConfig
 from controller.opsdb import SYSTEM, Actor, OpsDB
+from controller.record import InForce
+from controller.setpoints import Mode, Setpoints, dispatch_config, initial_setpoints
+from controller.writer import Writer
 
 log = logging.getLogger("gridpilot.operations")
-Mode = Literal["auto", "manual", "safe"]
 MAX_EVENT_S = 7 * 86400.0
-
-
-class Setpoints(BaseModel):
-    """Everything an operator may set, each with its bounds (the API's schema says them)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
-
-    ramp_up_w_per_s: float = Field(gt=0, le=1e9, description="grid ramp limit upward, W/s")
-    ramp_down_w_per_s: float = Field(gt=0, le=1e9, description="grid ramp limit downward, W/s")
-    soc_target_low_ratio: float = Field(ge=0, le=1, description="SoC band the battery returns to")
-    soc_target_high_ratio: float = Field(ge=0, le=1)
-    soc_min_ratio: float = Field(ge=0, le=1, description="reserve: never discharged below")
-    ride_through_s: float = Field(ge=0, le=7200, description="UPS reserve: s of full load")
-    import_cap_w: float | None = Field(gt=0, le=1e10, description="peak limit on import, W")
-    droop: float = Field(gt=0, le=1, description="per unit deviation for full response")
-    deadband_hz: float = Field(ge=0, le=1, description="frequency deadband, Hz")
-    supply_temperature_c: float = Field(ge=15, le=60, description="CDU supply setpoint, °C")
-    heat_reuse_mode: Literal["off", "on"] = Field(description="serve the heat consumer")
-    heat_reuse_request_w: float = Field(ge=0, le=1e9, description="heat the consumer asks, W")
-    heat_reuse_min_temperature_c: float = Field(
-        ge=20, le=90, description="the consumer needs its heat at least this hot, °C"
-    )
-    manual_battery_w: float = Field(
-        ge=-1e9, le=1e9, description="manual mode: total battery power, W (+ = discharge)"
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Setpoints:
-        if self.soc_target_low_ratio > self.soc_target_high_ratio:
-            raise ValueError("soc_target_low_ratio must not exceed soc_target_high_ratio")
-        if self.soc_min_ratio > self.soc_target_low_ratio:
-            raise ValueError("soc_min_ratio must not exceed soc_target_low_ratio")
-        return self
-
-
-DISPATCH_FIELDS = (
-    "ramp_up_w_per_s", "ramp_down_w_per_s", "soc_target_low_ratio", "soc_target_high_ratio",
-    "soc_min_ratio", "ride_through_s", "import_cap_w", "droop", "deadband_hz",
-)  # fmt: skip
-
-
-def initial_setpoints(site: SiteConfig) -> Setpoints:
-    d = site.dispatch
-    return Setpoints(
-        **{f: getattr(d, f) for f in DISPATCH_FIELDS},
-        supply_temperature_c=32.0,
-        heat_reuse_mode="off",
-        heat_reuse_request_w=0.0,
-        heat_reuse_min_temperature_c=45.0,
-        manual_battery_w=0.0,
-    )
 
 
 class EventIn(BaseModel):
@@ -98,81 +52,158 @@ class EventIn(BaseModel):
 
 
 @dataclass(frozen=True)
-class InForce:
-    """What a tick runs with."""
+class Event:
+    id: int
+    kind: str
+    value_w: float
+    start_s: float
+    end_s: float
+    started: bool  # the controller has recorded its start
+    cancelled: bool
 
-    mode: Mode
-    dispatch: DispatchConfig
+    def running(self, now_s: float) -> bool:
+        return not self.cancelled and self.start_s <= now_s < self.end_s
+
+
+@dataclass(frozen=True)
+class Revert:
+    previous: dict[str, Any]  # what was in force before, restored at expiry
+    expires_s: float
+
+
+@dataclass(frozen=True)
+class OperatorState:
     setpoints: Setpoints
-    shed_w: float  # from shed events: load the site should shed now
-    events: tuple[int, ...]  # ids of the events in force
+    dispatch: DispatchConfig  # the site's dispatch with the setpoints, validated whole
+    mode: Mode
+    override: Revert | None  # setpoints given with a TTL
+    mode_override: Revert | None  # mode given with a TTL ({"mode": ...})
+    pending: tuple[Event, ...]  # events not yet ended: the only ones a tick looks at
+
+
+Edge = tuple[str, object]  # ("setpoints.revert", Revert) / ("event.start", Event) / ...
 
 
 class Operations:
-    def __init__(self, site: SiteConfig, db: OpsDB) -> None:
+    def __init__(self, site: SiteConfig, db: OpsDB, writer: Writer | None = None) -> None:
         self.site, self.db = site, db
-        self._lock = threading.Lock()
-        saved = db.get_setting("setpoints")
-        base = initial_setpoints(site).model_dump()
-        self.setpoints = Setpoints(**{**base, **(saved or {})})
-        self.mode: Mode = db.get_setting("mode") or "auto"
-        self.override: dict[str, Any] | None = db.get_setting("override")
-        self.mode_override: dict[str, Any] | None = db.get_setting("mode_override")
+        self.writer = writer or Writer("operations")
+        self._lock = threading.Lock()  # API changes and the writer's edges; never the tick
+        self._handed: set[tuple[str, int | float]] = set()  # edges given to the writer
+        self._capped: tuple[int, float, DispatchConfig] | None = None
+        setpoints = self._saved_setpoints()
+        self._value = OperatorState(
+            setpoints=setpoints,
+            dispatch=dispatch_config(site, setpoints),
+            mode=db.get_setting("mode") or "auto",
+            override=_revert(db.get_setting("override")),
+            mode_override=_revert(db.get_setting("mode_override")),
+            pending=(),
+        )
         self._reload_events()
 
+    def _saved_setpoints(self) -> Setpoints:
+        """The setpoints saved before a restart, if the site still accepts them whole."""
+        base = initial_setpoints(self.site)
+        saved = self.db.get_setting("setpoints")
+        if not saved:
+            return base
+        try:
+            setpoints = Setpoints(**{**base.model_dump(), **saved})
+            dispatch_config(self.site, setpoints)
+            return setpoints
+        except ValidationError as exc:
+            log.error(
+                "saved setpoints refused; the site file's are in force",
+                extra={"errors": "; ".join(e["msg"] for e in exc.errors())},
+            )
+            return base
+
+    # --- what readers see ---------------------------------------------------------------
+    @property
+    def setpoints(self) -> Setpoints:
+        return self._value.setpoints
+
+    @property
+    def mode(self) -> Mode:
+        return self._value.mode
+
+    @property
+    def override(self) -> dict[str, Any] | None:
+        o = self._value.override
+        return None if o is None else {"previous": o.previous, "expires_s": o.expires_s}
+
+    @property
+    def mode_override(self) -> dict[str, Any] | None:
+        o = self._value.mode_override
+        return None if o is None else {"previous": o.previous["mode"], "expires_s": o.expires_s}
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self._events)
+
     def _reload_events(self) -> None:
-        """Every event (for the API), and those a tick must still look at: not yet ended,
-        and not cancelled or over before they ever started. The ticks scan only those."""
+        """Every event (for the API) and those a tick must still look at: not yet ended, and
+        not cancelled or over before they ever started. Call with the lock held (or alone)."""
         self._events = self.db.events()
         now = time.time()
-        self._pending = [
-            e
+        pending = tuple(
+            Event(
+                e["id"],
+                e["kind"],
+                e["value_w"],
+                e["start_s"],
+                e["end_s"],
+                started=e["started_at"] is not None,
+                cancelled=e["cancelled_at"] is not None,
+            )
             for e in self._events
             if e["ended_at"] is None
             and (e["started_at"] is not None or (e["cancelled_at"] is None and e["end_s"] > now))
-        ]
+        )
+        self._value = replace(self._value, pending=pending)
 
-    # --- changes (API) ------------------------------------------------------------------
+    # --- changes (API threads) -----------------------------------------------------------
     def change_setpoints(
-        self, update: dict[str, Any], by: Actor, ttl_s: float | None, replace: bool = False
+        self, update: dict[str, Any], by: Actor, ttl_s: float | None, replace_all: bool = False
     ) -> Setpoints:
-        """Validate the whole result first: a rejected change changes nothing."""
+        """Validate the whole result first (the setpoints, then the dispatch configuration they
+        make with the site's): a rejected change changes nothing."""
         with self._lock:
-            old = self.setpoints
-            merged = update if replace else {**old.model_dump(), **update}
-            new = Setpoints(**merged)  # raises ValidationError, nothing changed
+            value = self._value
+            old = value.setpoints
+            new = Setpoints(**(update if replace_all else {**old.model_dump(), **update}))
+            dispatch = dispatch_config(self.site, new)  # raises ValidationError, nothing changed
+            override = None
             if ttl_s is not None:
                 # A manual override: back to what was before it, when it expires.
-                previous = (self.override or {}).get("previous", old.model_dump())
-                self.override = {"previous": previous, "expires_s": time.time() + ttl_s}
-            else:
-                self.override = None
-            self.setpoints = new
+                previous = value.override.previous if value.override else old.model_dump()
+                override = Revert(previous, time.time() + ttl_s)
             self.db.put_setting("setpoints", new.model_dump())
-            self.db.put_setting("override", self.override)
+            self.db.put_setting("override", _saved(override))
             self.db.audit(by, "setpoints.change", *_diff(old, new))
             if ttl_s is not None:
                 self.db.audit(by, "setpoints.ttl", None, {"ttl_s": ttl_s})
+            self._value = replace(value, setpoints=new, dispatch=dispatch, override=override)
             return new
 
     def change_mode(self, mode: Mode, by: Actor, ttl_s: float | None) -> Mode:
         with self._lock:
-            old = self.mode
-            self.mode_override = (
-                {"previous": old, "expires_s": time.time() + ttl_s} if ttl_s is not None else None
+            value = self._value
+            override = (
+                Revert({"mode": value.mode}, time.time() + ttl_s) if ttl_s is not None else None
             )
-            self.mode = mode
             self.db.put_setting("mode", mode)
-            self.db.put_setting("mode_override", self.mode_override)
-            self.db.audit(by, "mode.change", old, {"mode": mode, "ttl_s": ttl_s})
+            self.db.put_setting("mode_override", _saved(override))
+            self.db.audit(by, "mode.change", value.mode, {"mode": mode, "ttl_s": ttl_s})
+            self._value = replace(value, mode=mode, mode_override=override)
             return mode
 
     def add_event(self, event: EventIn, by: Actor) -> dict[str, Any]:
         with self._lock:
             event_id = self.db.add_event(event.kind, event.value_w, event.start_s, event.end_s, by)
-            self._reload_events()
             row = self.db.event(event_id)
             self.db.audit(by, "event.create", None, row)
+            self._reload_events()
             return row  # type: ignore[return-value]
 
     def cancel_event(self, event_id: int, by: Actor) -> dict[str, Any] | None:
@@ -181,62 +212,112 @@ class Operations:
             if row is None or row["cancelled_at"] is not None:
                 return None
             self.db.mark_event(event_id, "cancelled_at")
-            self._reload_events()
             self.db.audit(by, "event.cancel", row, self.db.event(event_id))
+            self._reload_events()
             return self.db.event(event_id)
 
-    def events(self) -> list[dict[str, Any]]:
-        return list(self._events)
-
-    # --- each tick ----------------------------------------------------------------------
+    # --- each tick (no lock, no disk) -----------------------------------------------------
     def in_force(self, now_s: float) -> InForce:
-        """Expire overrides, start and end events on time (each audited once), and say what
-        the tick runs with. Overlapping events resolve to the strictest."""
+        """What the tick runs with now: expired overrides reverted, events started and ended
+        on time, overlapping events resolved to the strictest. Each edge is handed once to the
+        writer, which records it and folds it into the value."""
+        value = self._value
+        setpoints, mode = value.setpoints, value.mode
+        dispatch = value.dispatch
+        if value.override is not None and now_s >= value.override.expires_s:
+            setpoints = Setpoints(**value.override.previous)
+            dispatch = dispatch_config(self.site, setpoints)
+            self._hand(("setpoints.revert", value.override.expires_s), value.override)
+        if value.mode_override is not None and now_s >= value.mode_override.expires_s:
+            mode = value.mode_override.previous["mode"]
+            self._hand(("mode.revert", value.mode_override.expires_s), value.mode_override)
+        cap, shed, active = math.inf, 0.0, []
+        for e in value.pending:
+            running = e.running(now_s)
+            if running and not e.started:
+                self._hand(("event.start", e.id), e)
+            if not running and (e.started or ("event.start", e.id) in self._handed):
+                self._hand(("event.end", e.id), e)  # over, or cancelled
+            if running:
+                active.append(e.id)
+                if e.kind == "import_cap":
+                    cap = min(cap, e.value_w)
+                else:
+                    shed = max(shed, e.value_w)
+        if math.isfinite(cap) and cap < (dispatch.import_cap_w or math.inf):
+            dispatch = self._with_cap(dispatch, cap)
+        return InForce(mode, dispatch, setpoints, shed, tuple(active))
+
+    def _with_cap(self, dispatch: DispatchConfig, cap_w: float) -> DispatchConfig:
+        """The dispatch with an event's cap (EventIn bounds it as import_cap_w is bounded);
+        made once per change, not every tick."""
+        key = (id(dispatch), cap_w)
+        if self._capped is None or self._capped[:2] != key:
+            self._capped = (*key, dispatch.model_copy(update={"import_cap_w": cap_w}))
+        return self._capped[2]
+
+    def _hand(self, edge: tuple[str, int | float], item: object) -> None:
+        if edge in self._handed:
+            return
+        self._handed.add(edge)
+        action = edge[0]
+        log.info(action.replace(".", " "), extra={"edge": str(edge[1])})
+        self.writer.put(lambda: self._record_edge(action, item), f"operations {action}")
+
+    # --- the writer's side ----------------------------------------------------------------
+    def _record_edge(self, action: str, item: object) -> None:
         with self._lock:
-            self._expire(now_s)
-            cap, shed, active = math.inf, 0.0, []
-            for e in self._pending:
-                running = e["cancelled_at"] is None and e["start_s"] <= now_s < e["end_s"]
-                if running and e["started_at"] is None:
-                    self._event_edge(e, "started_at", "event.start")
-                if not running and e["started_at"] is not None and e["ended_at"] is None:
-                    self._event_edge(e, "ended_at", "event.end")  # over, or cancelled
-                if running:
-                    active.append(e["id"])
-                    if e["kind"] == "import_cap":
-                        cap = min(cap, e["value_w"])
-                    else:
-                        shed = max(shed, e["value_w"])
-            sp = self.setpoints
-            fields = {f: getattr(sp, f) for f in DISPATCH_FIELDS}
-            if math.isfinite(cap):
-                fields["import_cap_w"] = min(cap, sp.import_cap_w or math.inf)
-            return InForce(
-                self.mode, self.site.dispatch.model_copy(update=fields), sp, shed, tuple(active)
-            )
+            value = self._value
+            if action == "setpoints.revert":
+                if value.override is not item:
+                    return  # an operator changed the setpoints since: nothing to revert
+                assert isinstance(item, Revert)
+                restored = Setpoints(**item.previous)
+                self.db.put_setting("setpoints", restored.model_dump())
+                self.db.put_setting("override", None)
+                self.db.audit(SYSTEM, action, *_diff(value.setpoints, restored))
+                self._value = replace(
+                    value,
+                    setpoints=restored,
+                    dispatch=dispatch_config(self.site, restored),
+                    override=None,
+                )
+            elif action == "mode.revert":
+                if value.mode_override is not item:
+                    return
+                assert isinstance(item, Revert)
+                self.db.put_setting("mode", item.previous["mode"])
+                self.db.put_setting("mode_override", None)
+                self.db.audit(SYSTEM, action, value.mode, item.previous["mode"])
+                self._value = replace(value, mode=item.previous["mode"], mode_override=None)
+            else:
+                assert isinstance(item, Event)
+                column = "started_at" if action == "event.start" else "ended_at"
+                self.db.mark_event(item.id, column)  # type: ignore[arg-type]
+                self.db.audit(
+                    SYSTEM,
+                    action,
+                    None,
+                    {"id": item.id, "kind": item.kind, "value_w": item.value_w},
+                )
+                self._reload_events()
 
-    def _event_edge(self, e: dict[str, Any], column: str, action: str) -> None:
-        self.db.mark_event(e["id"], column)  # type: ignore[arg-type]
-        self.db.audit(
-            SYSTEM, action, None, {"id": e["id"], "kind": e["kind"], "value_w": e["value_w"]}
-        )
-        log.info(action.replace(".", " "), extra={"event": e["id"], "kind": e["kind"]})
-        self._reload_events()
 
-    def _expire(self, now_s: float) -> None:
-        if self.override is not None and now_s >= self.override["expires_s"]:
-            old = self.setpoints
-            self.setpoints = Setpoints(**self.override["previous"])
-            self.override = None
-            self.db.put_setting("setpoints", self.setpoints.model_dump())
-            self.db.put_setting("override", None)
-            self.db.audit(SYSTEM, "setpoints.revert", *_diff(old, self.setpoints))
-        if self.mode_override is not None and now_s >= self.mode_override["expires_s"]:
-            old_mode, self.mode = self.mode, self.mode_override["previous"]
-            self.mode_override = None
-            self.db.put_setting("mode", self.mode)
-            self.db.put_setting("mode_override", None)
-            self.db.audit(SYSTEM, "mode.revert", old_mode, self.mode)
+def _revert(saved: dict[str, Any] | None) -> Revert | None:
+    if saved is None:
+        return None
+    previous = saved["previous"]
+    return Revert(
+        previous if isinstance(previous, dict) else {"mode": previous}, saved["expires_s"]
+    )
+
+
+def _saved(r: Revert | None) -> dict[str, Any] | None:
+    """As stored: the mode's revert keeps its previous mode as a plain string."""
+    if r is None:
+        return None
+    previous: Any = r.previous["mode"] if set(r.previous) == {"mode"} else r.previous
+    return {"previous": previous, "expires_s": r.expires_s}
 
 
 def _diff(old: Setpoints, new: Setpoints) -> tuple[dict[str, Any], dict[str, Any]]:

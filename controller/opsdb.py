@@ -77,14 +77,21 @@ class OpsDB:
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
         self._conn.executescript(SCHEMA)
+        # Reads on a connection of their own: under WAL they never wait for a write (one held
+        # by a locked or slow disk), so keys are still checked and state still served.
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
+        self._reader.execute("PRAGMA busy_timeout=1000")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._conn.close()
+            self._reader.close()
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(r) for r in self._conn.execute(sql, args).fetchall()]
+        with self._read_lock:
+            return [dict(r) for r in self._reader.execute(sql, args).fetchall()]
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         with self._lock:
@@ -186,14 +193,19 @@ class OpsDB:
         self._write(f"UPDATE dr_events SET {column} = ? WHERE id = ?", (time.time(), event_id))
 
     # --- alarms -----------------------------------------------------------------------
-    def raise_alarm(self, key: str, severity: str, message: str) -> int:
-        return self._write(
-            "INSERT INTO alarms (key, severity, message, raised_at) VALUES (?,?,?,?)",
-            (key, severity, message, time.time()),
+    def store_alarm(self, alarm: dict[str, Any]) -> None:
+        """An alarm raised in memory (its id given there), as it stands."""
+        columns = ", ".join(alarm)
+        self._write(
+            f"INSERT OR REPLACE INTO alarms ({columns}) VALUES ({', '.join('?' * len(alarm))})",
+            tuple(alarm.values()),
         )
 
-    def clear_alarm(self, alarm_id: int) -> None:
-        self._write("UPDATE alarms SET cleared_at = ? WHERE id = ?", (time.time(), alarm_id))
+    def clear_alarm(self, alarm_id: int, at_s: float) -> None:
+        self._write("UPDATE alarms SET cleared_at = ? WHERE id = ?", (at_s, alarm_id))
+
+    def max_alarm_id(self) -> int:
+        return self._rows("SELECT coalesce(max(id), 0) AS n FROM alarms")[0]["n"]
 
     def alarms(self, active_only: bool = False, limit: int = 200) -> list[dict[str, Any]]:
         where = "WHERE cleared_at IS NULL" if active_only else ""
@@ -203,10 +215,10 @@ class OpsDB:
         rows = self._rows("SELECT * FROM alarms WHERE id = ?", (alarm_id,))
         return rows[0] if rows else None
 
-    def ack_alarm(self, alarm_id: int, by: Actor) -> None:
+    def ack_alarm(self, alarm_id: int, by: Actor, at_s: float | None = None) -> None:
         self._write(
             "UPDATE alarms SET acked_at = ?, acked_by = ? WHERE id = ?",
-            (time.time(), by.label, alarm_id),
+            (time.time() if at_s is None else at_s, by.label, alarm_id),
         )
 
     # --- audit ------------------------------------------------------------------------

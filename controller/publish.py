@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from controller.alarms import AlarmBook
-from controller.loop import TickRecord
 from controller.metrics import Metrics
+from controller.record import TickRecord
 from controller.state import SiteState
 from controller.store import Store
 
@@ -61,7 +61,7 @@ class Publisher:
                 "grid_target_w": grid_target,
                 "battery_w": rd.battery_w,
                 "grid_frequency_hz": rd.frequency_hz,
-                "soc_ratio": rd.soc,
+                "soc_ratio": dict(rd.soc),
             }
         )
         mean_soc = sum(rd.soc.values()) / len(rd.soc) if rd.soc else None

@@ -21,10 +21,13 @@ from controller.metrics import Metrics
 from controller.operations import Operations
 from controller.opsdb import OpsDB
 from controller.publish import Publisher
+from controller.sitefile import device_maps
 from controller.state import SiteState
 from controller.store import Store
 from controller.tokens import TokenMeter, TokenSource
+from controller.writer import Writer
 from drivers.base import DeviceDriver, DriverSettings
+from drivers.devicemap import DeviceMap
 from drivers.maploader import load_map
 from drivers.modbus_client import ModbusDriver
 from drivers.opcua_client import OpcUaDriver
@@ -34,8 +37,9 @@ log = logging.getLogger("gridpilot")
 DB_FILE = "gridpilot.sqlite"
 
 
-def make_driver(device: DeviceConfig) -> DeviceDriver:
-    devmap = load_map(device.map_name)
+def make_driver(device: DeviceConfig, devmap: DeviceMap | None = None) -> DeviceDriver:
+    """The device's driver, on its map (as checked by `device_maps`, or loaded here)."""
+    devmap = devmap or load_map(device.map_name)
     settings = DriverSettings(
         poll_period_s=device.poll_period_s,
         timeout_s=device.timeout_s,
@@ -91,9 +95,14 @@ class Controller:
     def __init__(self, site: SiteConfig) -> None:
         warm_up()  # compile (or load from cache) before the first tick, not during it
         self.site = site
+        maps = device_maps(site)  # checked: each device's kind and the roles it provides
         self.db = OpsDB(site.data_dir / DB_FILE)
-        self.operations = Operations(site, self.db)
-        self.drivers = {d.id: make_driver(d) for d in site.devices}
+        # The operators' side of the file is written on its own thread: a tick hands its
+        # alarms, event edges and reverts over and goes on, whatever the disk does.
+        self.ops_writer = Writer("operations")
+        self.operations = Operations(site, self.db, self.ops_writer)
+        self.alarms = AlarmBook(self.db, self.ops_writer)
+        self.drivers = {d.id: make_driver(d, maps[d.id]) for d in site.devices}
         self.state = SiteState(site.name, site.loop_period_s)
         self.tokens = TokenMeter(
             [
@@ -101,17 +110,17 @@ class Controller:
                 for t in site.token_sources
             ]
         )
-        self.metrics = Metrics(site.name, self.drivers, site.dispatch, self.tokens)
+        self.metrics = Metrics(site.name, self.tokens)
         self.store = Store(site.data_dir / DB_FILE)
         self.loop = ControlLoop(
             site,
             self.drivers,
-            Publisher(self.state, self.metrics, self.store, AlarmBook(self.db)),
+            Publisher(self.state, self.metrics, self.store, self.alarms),
             self.operations,
         )
         configs = {d.id: d for d in site.devices}
         self.app = create_app(
-            self.state, self.metrics, self.operations, self.db, self.drivers, configs
+            self.state, self.metrics, self.operations, self.db, self.alarms, configs, maps
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -176,7 +185,12 @@ class Controller:
                 await driver.stop()
             await self.tokens.stop()
             self.store.event("controller_stopped", site=self.site.name)
-            self.store.close()
-            self.db.close()
+            self.close()
             sock.close()
             log.info("controller stopped")
+
+    def close(self) -> None:
+        """Drain and close the store and the operators' writer, then the file."""
+        self.store.close()
+        self.ops_writer.close()
+        self.db.close()

@@ -1,18 +1,20 @@
-"""How the site's devices map onto the dispatch core: readings in, commands out. Pure functions.
+"""How the site's assets map onto the dispatch core: readings in, commands out. Pure functions.
 
-Which point of which device kind means what lives here, once: the UPS output is IT load, the
-CDU's cooling power is cooling load, a UPS takes its share of battery power as a cap on its
-rectifier input, a BESS as an active power setpoint.
+What each role means for control lives here, once: the UPS outputs are the IT load, the CDUs'
+cooling power is the cooling load, a UPS takes its share of battery power as a cap on its
+rectifier input, a BESS as an active power setpoint. Commands name roles; the loop hands each
+to the device's driver as the point its map binds to that role.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from controller.assets import BatteryAsset, CoolingUnit, SiteAssets
 from controller.config import DispatchConfig
 from controller.dispatch import AssetState, DispatchInputs, DispatchResult
-from controller.snapshot import DeviceSnapshot, Snapshot
 
 HEARTBEAT_MODULO = 65536  # heartbeat points are uint16
 
@@ -20,7 +22,7 @@ HEARTBEAT_MODULO = 65536  # heartbeat points are uint16
 @dataclass(frozen=True)
 class Command:
     device: str
-    point: str
+    role: str
     value: float
 
 
@@ -31,160 +33,115 @@ class SiteReadings:
     grid_w: float | None
     frequency_hz: float | None
     battery_w: float  # measured, all usable assets, positive = discharge
-    soc: dict[str, float]  # per battery asset with a fresh reading
-    missing: tuple[str, ...]  # "device.point" that control needs and that is stale or invalid
+    battery_asset_w: Mapping[str, float]  # measured, per asset with a usable reading
+    soc: Mapping[str, float]  # per battery asset with a fresh reading
+    reused_heat_w: float | None  # delivered to the heat consumer by every CDU that serves one
+    missing: tuple[str, ...]  # "device.role" that control needs and that is stale or invalid
 
 
-# What the dispatch must know of each battery asset, in the order _asset_state reads it.
-ASSET_POINTS = {
-    "ups": (
-        "battery_soc_ratio",
-        "battery_capacity_wh",
-        "max_discharge_power_w",
-        "max_charge_power_w",
-        "rated_power_w",
-        "output_power_w",
-    ),
-    "bess": ("soc_ratio", "wh_rtg", "w_max_rtg"),
-}
+def _total(values: list[float | None]) -> float | None:
+    """The sum, or None while any part is unknown (a partial sum would mislead)."""
+    return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
 
 
-def _asset_state(dev: DeviceSnapshot, cfg: DispatchConfig) -> AssetState | None:
-    """An asset's energy and limits from its points, or None while any is unknown."""
-    vals = dev.values(*ASSET_POINTS[dev.kind])
-    if vals is None:
-        return None
-    if dev.kind == "ups":
-        soc, wh, dis, chg, rated, output = vals
-        # The UPS's first duty: carry its full rated load for ride_through_s on battery.
-        reserve_j = rated * cfg.ride_through_s / cfg.discharge_efficiency
-        dis = min(dis, output)  # its battery feeds its load; a UPS does not export
-    else:
-        soc, wh, dis = vals
-        chg, reserve_j = dis, 0.0
-    capacity = wh * 3600.0
-    return AssetState(
-        dev.id,
-        energy_j=soc * capacity,
-        capacity_j=capacity,
-        floor_j=max(reserve_j, cfg.soc_min_ratio * capacity),
-        discharge_max_w=dis,
-        charge_max_w=chg,
-        instant=dev.kind == "ups",
-    )
-
-
-SOC_POINT = {kind: points[0] for kind, points in ASSET_POINTS.items()}  # SoC comes first
-POWER_POINT = {"ups": "battery_power_w", "bess": "w"}
-
-
-def read_site(snapshot: Snapshot) -> SiteReadings:
-    missing: list[str] = []
-
-    def need(dev: DeviceSnapshot, point: str) -> float | None:
-        v = dev.value(point)
-        if v is None:
-            missing.append(f"{dev.id}.{point}")
-        return v
-
-    ups_out = [need(d, "output_power_w") for d in snapshot.of_kind("ups")]
-    it_w = None if any(v is None for v in ups_out) else sum(ups_out)  # type: ignore[arg-type]
-    cdus = snapshot.of_kind("cdu")
-    cooling = [d.value("cooling_power_w") for d in cdus]
-    cooling_w = None if any(v is None for v in cooling) else sum(cooling)  # type: ignore[arg-type]
-    meter = snapshot.of_kind("meter")[0]
-    soc: dict[str, float] = {}
-    battery_w = 0.0
-    for dev in snapshot.devices.values():
-        if dev.kind in SOC_POINT:
-            for point in ASSET_POINTS[dev.kind]:
-                need(dev, point)
-            s, p = dev.value(SOC_POINT[dev.kind]), dev.value(POWER_POINT[dev.kind])
-            if s is not None:
-                soc[dev.id] = s
-            battery_w += p or 0.0
+def read_site(assets: SiteAssets) -> SiteReadings:
+    missing = [f"{b.id}.{role}" for b in assets.batteries for role in b.missing()]
+    meter = assets.meter
+    grid_w = meter.power_w if meter is not None else None
+    if grid_w is None:
+        missing.append(f"{meter.id if meter else 'meter'}.power_w")
+    serving = [c for c in assets.cdus if "heat_reused_w" in c.readings]
+    per_asset = {b.id: b.power_w for b in assets.batteries if b.power_w is not None}
     return SiteReadings(
-        it_w=it_w,
-        cooling_w=cooling_w,
-        grid_w=need(meter, "active_power_w"),
-        frequency_hz=meter.value("frequency_hz"),
-        battery_w=battery_w,
-        soc=soc,
+        it_w=_total([b.load_w for b in assets.ups_modules]),
+        cooling_w=_total([c.cooling_power_w for c in assets.cdus]),
+        grid_w=grid_w,
+        frequency_hz=meter.frequency_hz if meter is not None else None,
+        battery_w=sum(per_asset.values()),
+        battery_asset_w=per_asset,
+        soc={b.id: b.soc for b in assets.batteries if b.soc is not None},
+        reused_heat_w=_total([c.heat_reused_w for c in serving]) if serving else None,
         missing=tuple(missing),
     )
 
 
+def _asset_state(b: BatteryAsset, cfg: DispatchConfig) -> AssetState | None:
+    """An asset's energy and limits, or None while any is unknown."""
+    if b.missing():
+        return None
+    capacity = b.capacity_wh * 3600.0  # type: ignore[operator]
+    discharge_max, charge_max = b.discharge_max_w, b.charge_max_w
+    reserve_j = 0.0
+    if b.kind == "ups":
+        # The UPS's first duty: carry its full rated load for ride_through_s on battery.
+        reserve_j = b.rated_w * cfg.ride_through_s / cfg.discharge_efficiency  # type: ignore[operator]
+        discharge_max = min(discharge_max, b.load_w)  # type: ignore[type-var]  # no export
+    return AssetState(
+        b.id,
+        energy_j=b.soc * capacity,  # type: ignore[operator]
+        capacity_j=capacity,
+        floor_j=max(reserve_j, cfg.soc_min_ratio * capacity),
+        discharge_max_w=discharge_max,  # type: ignore[arg-type]
+        charge_max_w=charge_max,  # type: ignore[arg-type]
+        instant=b.instant,
+    )
+
+
 def dispatch_inputs(
-    snapshot: Snapshot, readings: SiteReadings, site_load_w: float, cfg: DispatchConfig
+    assets: SiteAssets, readings: SiteReadings, site_load_w: float, cfg: DispatchConfig
 ) -> DispatchInputs | None:
     """The core's inputs, or None while any battery asset's state is unknown."""
-    assets = []
-    for dev in snapshot.devices.values():
-        if dev.kind in SOC_POINT:
-            asset = _asset_state(dev, cfg)
-            if asset is None:
-                return None
-            assets.append(asset)
+    states = []
+    for b in assets.batteries:
+        state = _asset_state(b, cfg)
+        if state is None:
+            return None
+        states.append(state)
     frequency = readings.frequency_hz if readings.frequency_hz is not None else math.nan
-    return DispatchInputs(site_load_w=site_load_w, frequency_hz=frequency, assets=tuple(assets))
+    return DispatchInputs(site_load_w=site_load_w, frequency_hz=frequency, assets=tuple(states))
 
 
-def _asset_commands(dev: DeviceSnapshot, asset_w: float | None, beat: int) -> list[Command]:
+def _asset_commands(b: BatteryAsset, asset_w: float | None, beat: int) -> list[Command]:
     """Commands for one battery asset; asset_w None means: stand down (carry nothing)."""
-    cmds = [Command(dev.id, "heartbeat", float(beat % HEARTBEAT_MODULO))]
-    if dev.kind == "ups":
-        output = dev.value("output_power_w")
-        if output is None:
+    cmds = [Command(b.id, "heartbeat", float(beat % HEARTBEAT_MODULO))]
+    share = 0.0 if asset_w is None else asset_w
+    if b.kind == "ups":
+        if b.load_w is None:
             return []  # cannot place a cap without knowing the load; the watchdog reverts it
-        share = 0.0 if asset_w is None else asset_w
-        cmds.append(Command(dev.id, "input_power_limit_w", max(output - share, 0.0)))
+        cmds.append(Command(b.id, "input_limit_w", max(b.load_w - share, 0.0)))
     else:
-        cmds.append(Command(dev.id, "w_set", 0.0 if asset_w is None else asset_w))
-        if dev.value("w_set_ena") != 1.0:
-            cmds.append(Command(dev.id, "w_set_ena", 1.0))
+        cmds.append(Command(b.id, "setpoint_w", share))
+        if b.enabled != 1.0:
+            cmds.append(Command(b.id, "enable", 1.0))
     return cmds
 
 
-def commands_for(snapshot: Snapshot, result: DispatchResult | None, beat: int) -> list[Command]:
+def commands_for(assets: SiteAssets, result: DispatchResult | None, beat: int) -> list[Command]:
     """Setpoints and heartbeats for every battery asset. Without a result (data missing), every
     asset stands down: the grid carries the load."""
     cmds: list[Command] = []
-    for dev in snapshot.devices.values():
-        if dev.kind in SOC_POINT and dev.connected:
-            asset_w = None if result is None else result.asset_w.get(dev.id)
-            cmds.extend(_asset_commands(dev, asset_w, beat))
+    for b in assets.batteries:
+        if b.connected:
+            asset_w = None if result is None else result.asset_w.get(b.id)
+            cmds.extend(_asset_commands(b, asset_w, beat))
     return cmds
 
 
-SUPPLY_SETPOINT = "supply_temperature_setpoint_c"
-PUMP_SETPOINT = "pump_speed_setpoint_ratio"
-REUSE_REQUEST = "heat_reuse_request_w"
-REUSE_MIN_TEMPERATURE = "heat_reuse_min_temperature_c"
-TOLERANCE = {SUPPLY_SETPOINT: 0.01, PUMP_SETPOINT: 0.001, REUSE_REQUEST: 1.0}  # else 0.01
+# How far a CDU's shown setpoint may sit from ours before we send it again (default 0.01).
+TOLERANCE = {"supply_setpoint_c": 0.01, "pump_setpoint_ratio": 0.001, "reuse_request_w": 1.0}
 
 
-def cdu_readings(
-    snapshot: Snapshot,
-) -> dict[str, tuple[float | None, float | None, float | None]]:
-    """Each CDU's supply and return temperature and differential pressure, None where stale
-    or invalid."""
-    return {
-        dev.id: (
-            dev.value("supply_temperature_c"),
-            dev.value("return_temperature_c"),
-            dev.value("differential_pressure_pa"),
-        )
-        for dev in snapshot.of_kind("cdu")
-    }
-
-
-def cooling_commands(snapshot: Snapshot, device: str, values: dict[str, float]) -> list[Command]:
-    """A CDU's setpoints where it shows other values (so a steady command is not resent)."""
-    dev = snapshot.devices[device]
-    if not dev.connected:
+def cooling_commands(cdu: CoolingUnit, values: Mapping[str, float]) -> list[Command]:
+    """A CDU's setpoints (by role) where it shows other values, so a steady command is not
+    resent; roles its map does not have are not sent."""
+    if not cdu.connected:
         return []
     return [
-        Command(device, point, value)
-        for point, value in values.items()
-        if (shown := dev.value(point)) is None or abs(shown - value) > TOLERANCE.get(point, 0.01)
+        Command(cdu.id, role, value)
+        for role, value in values.items()
+        if role in cdu.readings and _differs(cdu.readings[role], value, TOLERANCE.get(role, 0.01))
     ]
+
+
+def _differs(shown: float | None, wanted: float, tolerance: float) -> bool:
+    return shown is None or abs(shown - wanted) > tolerance

@@ -1,4 +1,5 @@
-"""Published state: the latest tick, as the API shows it. The loop writes, the API reads."""
+"""Published state: the latest tick's record, as the API shows it. The loop swaps the record
+in whole; the API's thread reads it (records are immutable)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.loop import TickRecord
+from controller.record import TickRecord
 
 
 def iso(ts: float) -> str:
@@ -46,6 +47,7 @@ class SiteState:
             return {"site": self.site, "tick": None, "mode": "starting", "devices": {}}
         rd = rec.readings
         result = rec.result
+        force = rec.in_force
         return {
             "site": self.site,
             "mode": rec.mode,
@@ -65,7 +67,8 @@ class SiteState:
                 "grid_w": rd.grid_w,
                 "grid_frequency_hz": rd.frequency_hz,
                 "battery_w": rd.battery_w,
-                "soc_ratio": rd.soc,
+                "soc_ratio": dict(rd.soc),
+                "reused_heat_w": rd.reused_heat_w,
                 "missing": list(rd.missing),
             },
             "dispatch": None
@@ -77,6 +80,23 @@ class SiteState:
                 "shed_request_w": result.shed_request_w,
                 "frequency_response_w": result.frequency_response_w,
                 "asset_setpoints_w": result.asset_w,
+            },
+            "in_force": {
+                "ramp_up_w_per_s": force.dispatch.ramp_up_w_per_s,
+                "ramp_down_w_per_s": force.dispatch.ramp_down_w_per_s,
+                "import_cap_w": force.dispatch.import_cap_w,
+                "shed_w": force.shed_w,
+                "events": list(force.events),
+            },
+            "cooling": {
+                device: None
+                if command is None
+                else {
+                    "supply_setpoint_c": command.supply_setpoint_c,
+                    "pump_speed_ratio": command.pump_speed,
+                    "fallback": command.fallback,
+                }
+                for device, command in rec.cooling.items()
             },
             "write_errors": list(rec.write_errors),
             "devices": {

@@ -1,18 +1,19 @@
 """SQLite store (WAL): controller events and one sample of the site per second.
 
-Writes go through one background thread that owns the connection, so the control loop never
-waits on the disk; `close()` drains what is queued, so nothing accepted is lost.
+Writes go through a writer thread (`controller/writer.py`) that owns the connection, so the
+control loop never waits on the disk; a storage fault holds the writes and retries them, and
+`close()` drains what is queued, so nothing accepted is lost.
 """
 
 from __future__ import annotations
 
 import json
-import queue
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from controller.writer import Writer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -31,36 +32,27 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 """
 
-_STOP = object()
-
 
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._queue: queue.Queue[Any] = queue.Queue()
         # Open here so a bad path fails at start-up, not silently in the thread.
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=1000")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
-        self._thread = threading.Thread(target=self._writer, name="store", daemon=True)
-        self._thread.start()
+        self.writer = Writer("store")
 
-    def _writer(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            sql, args = item
-            self._conn.execute(sql, args)
+    def _put(self, sql: str, args: tuple[Any, ...], what: str) -> None:
+        self.writer.put(lambda: self._conn.execute(sql, args), what)
 
     def event(self, kind: str, device: str | None = None, **detail: Any) -> None:
-        self._queue.put(
-            (
-                "INSERT INTO events (time_s, kind, device, detail) VALUES (?, ?, ?, ?)",
-                (time.time(), kind, device, json.dumps(detail)),
-            )
+        self._put(
+            "INSERT INTO events (time_s, kind, device, detail) VALUES (?, ?, ?, ?)",
+            (time.time(), kind, device, json.dumps(detail)),
+            f"event {kind}",
         )
 
     def sample(self, row: dict[str, Any]) -> None:
@@ -76,17 +68,15 @@ class Store:
             "grid_frequency_hz",
         )
         args = [row.get(c) for c in cols] + [json.dumps(row.get("soc_ratio", {}))]
-        self._queue.put(
-            (
-                f"INSERT OR REPLACE INTO samples ({', '.join(cols)}, soc_ratio) "
-                f"VALUES ({', '.join('?' * (len(cols) + 1))})",
-                tuple(args),
-            )
+        self._put(
+            f"INSERT OR REPLACE INTO samples ({', '.join(cols)}, soc_ratio) "
+            f"VALUES ({', '.join('?' * (len(cols) + 1))})",
+            tuple(args),
+            "sample",
         )
 
     def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join()
+        self.writer.close()
         self._conn.close()
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:

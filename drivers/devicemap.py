@@ -54,6 +54,7 @@ class Point:
     count: int = 0  # registers of a string
     const: float | str | None = None
     sf: str | None = None
+    role: str | None = None  # what the point is for (drivers/kinds.py), if anything
 
     @property
     def writable(self) -> bool:
@@ -101,6 +102,16 @@ class DeviceMap:
     sunspec: bool = False  # SunSpec's "not implemented" values read as NaN
     alive_point: str | None = None  # a counter the device moves; stuck = its data are frozen
     alive_timeout_s: float = 3.0
+    roles: dict[str, str] = field(default_factory=dict)  # role → point name
+
+    def role_point(self, role: str) -> Point:
+        """The point that plays `role` (KeyError naming the map if none does)."""
+        try:
+            return self.points[self.roles[role]]
+        except KeyError:
+            raise KeyError(
+                f"{self.kind} map ({self.source}) has no point for role {role!r}"
+            ) from None
 
     @property
     def polled(self) -> list[str]:

@@ -18,6 +18,7 @@ from drivers.devicemap import (
     DeviceMapError,
     Point,
 )
+from drivers.kinds import KINDS
 from drivers.yamlfile import read_yaml
 
 
@@ -74,6 +75,9 @@ def _parse_point(raw: dict, protocol: str, where: str, models: dict[int, tuple[i
         number_ok = ptype != "string" and isinstance(const, int | float)
         if not (text_ok or number_ok):
             raise DeviceMapError(f"{ctx}: const {const!r} does not suit type {ptype}")
+    role = raw.get("role")
+    if role is not None and not (isinstance(role, str) and role):
+        raise DeviceMapError(f"{ctx}: role names what the point is for, not {role!r}")
     sf = raw.get("sf")
     if sf is not None and not (isinstance(sf, str) and sf):
         raise DeviceMapError(f"{ctx}: sf names a scale-factor point, not {sf!r}")
@@ -110,6 +114,7 @@ def _parse_point(raw: dict, protocol: str, where: str, models: dict[int, tuple[i
         "sf",
         "model",
         "offset",
+        "role",
     }
     if unknown:
         raise DeviceMapError(f"{ctx}: unknown fields {sorted(unknown)}")
@@ -126,6 +131,7 @@ def _parse_point(raw: dict, protocol: str, where: str, models: dict[int, tuple[i
         count=count if ptype == "string" else 0,
         const=const,
         sf=sf,
+        role=role,
     )
 
 
@@ -179,6 +185,40 @@ def _sunspec_layout(data: object, source: str) -> tuple[list[dict], dict[int, tu
             }
         )
     return points, starts
+
+
+def _check_roles(kind: str, points: list[Point], source: str) -> dict[str, str]:
+    """Role → point, checked against the kind: each role known, played once, in its unit,
+    writable where the controller writes it; every role the kind requires present."""
+    if kind not in KINDS:
+        raise DeviceMapError(f"{source}: unknown kind {kind!r} (one of {sorted(KINDS)})")
+    known = KINDS[kind]
+    roles: dict[str, str] = {}
+    for p in points:
+        if p.role is None:
+            continue
+        ctx = f"{source}, point {p.name!r}"
+        if p.role not in known:
+            raise DeviceMapError(
+                f"{ctx}: {kind} has no role {p.role!r} (one of {', '.join(known)})"
+            )
+        if p.role in roles:
+            raise DeviceMapError(f"{ctx}: role {p.role!r} is already played by {roles[p.role]!r}")
+        spec = known[p.role]
+        if p.unit != spec.unit:
+            raise DeviceMapError(
+                f"{ctx}: role {p.role!r} is in {spec.unit!r}, the point in {p.unit!r}"
+            )
+        if spec.access == "rw" and not p.writable:
+            raise DeviceMapError(f"{ctx}: role {p.role!r} is written, so the point needs rw")
+        roles[p.role] = p.name
+    missing = [r for r, spec in known.items() if spec.required and r not in roles]
+    if missing:
+        raise DeviceMapError(
+            f"{source}: a {kind} map needs a point for each of the roles {missing} "
+            "(`role:` on the point)"
+        )
+    return roles
 
 
 def _check_overlaps(points: list[Point], where: str) -> None:
@@ -237,6 +277,7 @@ def parse_map(data: object, source: str) -> DeviceMap:
         _check_overlaps(points, source)
         blocks = _coalesce([p for p in points if p.polled], gap)
         identity = _coalesce([p for p in points if not p.polled], gap)
+    roles = _check_roles(kind, points, source)
     return DeviceMap(
         kind=kind,
         protocol=protocol,
@@ -249,6 +290,7 @@ def parse_map(data: object, source: str) -> DeviceMap:
         sunspec=data.get("sunspec") is not None,
         alive_point=alive_point,
         alive_timeout_s=float(alive_timeout),
+        roles=roles,
     )
 
 
@@ -264,6 +306,11 @@ def load_map(name_or_path: str | Path) -> DeviceMap:
     if path.suffix in (".yaml", ".yml"):
         source, file = str(path), path
     else:
+        if str(name_or_path) not in shipped_maps():
+            raise DeviceMapError(
+                f"no map {str(name_or_path)!r}: give a shipped map ({', '.join(shipped_maps())}) "
+                "or the path of a YAML file"
+            )
         source = f"drivers/maps/{name_or_path}.yaml"
         file = resources.files("drivers") / "maps" / f"{name_or_path}.yaml"
     data = read_yaml(file, source, DeviceMapError)

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import SiteConfig, parse_site
+from controller.config import SiteConfig
+from controller.sitefile import parse_site, plant_of
 from drivers.sim.stack import SimulatorStack
 from tests.plant import modbus_only
 from tests.sites import site_dict
@@ -35,7 +36,7 @@ def site_file(tmp_path: Path, site_data: dict[str, Any]) -> Path:
 async def modbus_plant(site_data: dict[str, Any]):
     """The site's Modbus devices (no OPC UA: it takes seconds to start), physics running."""
     site = modbus_only(site_data)
-    stack = SimulatorStack(site)
+    stack = SimulatorStack(plant_of(site))
     await stack.start()
     yield site, stack
     await stack.stop()

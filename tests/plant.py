@@ -6,7 +6,8 @@ import asyncio
 import copy
 import time
 
-from controller.config import SiteConfig, parse_site
+from controller.config import SiteConfig
+from controller.sitefile import parse_site
 
 
 def modbus_only(site_data: dict) -> SiteConfig:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from controller.config import default_site_text
+from controller.sitefile import default_site_text
 
 _handed_out: set[int] = set()
 

@@ -10,21 +10,14 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from controller.api import create_app
-from controller.config import parse_site
-from controller.metrics import Metrics
-from controller.operations import Operations
-from controller.opsdb import OpsDB
-from controller.state import SiteState
+from controller.service import Controller
+from controller.sitefile import parse_site
 from tests.sites import site_dict
 
 _data = Path(tempfile.mkdtemp(prefix="gridpilot-schema-"))
-_site = parse_site(site_dict(_data / "data"))
-_db = OpsDB(_data / "ops.sqlite")
-_, ADMIN = _db.create_key("schemathesis", "admin")
-app = create_app(
-    SiteState(_site.name, 0.1), Metrics(_site.name, {}), Operations(_site, _db), _db, {}, {}
-)
+_controller = Controller(parse_site(site_dict(_data / "data")))  # as `run` builds it, not run
+_, ADMIN = _controller.db.create_key("schemathesis", "admin")
+app = _controller.app
 # /readyz answers 503 until the loop ticks (there is none here): by design, and documented.
 schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/readyz")
 

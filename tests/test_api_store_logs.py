@@ -10,30 +10,23 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.api import create_app
 from controller.config import SiteConfig
 from controller.logs import LogfmtFormatter
-from controller.metrics import Metrics
-from controller.operations import Operations
-from controller.opsdb import OpsDB
-from controller.state import SiteState
+from controller.service import Controller
 from controller.store import Store
 
 
 @pytest.fixture
 async def client(site: SiteConfig, tmp_path: Path):
-    db = OpsDB(tmp_path / "ops.sqlite")
-    _, key = db.create_key("reader", "viewer")
-    app = create_app(
-        SiteState("test-site", 0.1), Metrics("test-site", {}), Operations(site, db), db, {}, {}
-    )
-    transport = httpx.ASGITransport(app=app)
+    controller = Controller(site)  # as `gridpilot run` builds it, never started: no tick
+    _, key = controller.db.create_key("reader", "viewer")
+    transport = httpx.ASGITransport(app=controller.app)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(
         transport=transport, base_url="http://gridpilot", headers=headers
     ) as c:
         yield c
-    db.close()
+    controller.close()
 
 
 async def test_not_ready_before_the_first_tick_as_a_problem_document(client: httpx.AsyncClient):
@@ -47,7 +40,7 @@ async def test_not_ready_before_the_first_tick_as_a_problem_document(client: htt
 async def test_alive_and_state_before_the_first_tick(client: httpx.AsyncClient):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/v1/state")).json() == {
-        "site": "test-site",
+        "site": "demo",  # the site file's name
         "tick": None,
         "mode": "starting",
         "devices": {},

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from cryptography import x509
 
-from controller.config import load_site
+from controller.sitefile import load_site
 from tests.processes import GRIDPILOT, create_key, gridpilot, stop_cleanly, wait_http
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.config import ConfigError, load_site, parse_site
+from controller.config import ConfigError
+from controller.sitefile import load_site, parse_site, simulation_of
 from tests.processes import GRIDPILOT
 
 
@@ -18,7 +19,8 @@ def test_builtin_site_is_the_demo_site():
     assert [d.id for d in site.devices] == ["ups-a", "ups-b", "bess-1", "meter-1", "cdu-1"]
     assert len(site.devices_of("ups")) == 2
     assert site.loop_period_s == 0.1
-    assert site.simulation.gpus == 10_000 and site.simulation.base_w == 2e6
+    plant = simulation_of(site)
+    assert plant.gpus == 10_000 and plant.base_w == 2e6
 
 
 def test_valid_file_loads(site_file: Path, site_data: dict):
@@ -124,3 +126,63 @@ def test_cli_check_config_lists_devices(site_file: Path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "ups-a" in proc.stdout and "cdu-1" in proc.stdout
+
+
+def _device(data: dict, device_id: str) -> dict:
+    return next(d for m in data["modules"] for d in m["devices"] if d["id"] == device_id)
+
+
+def _vendor_map_without_soc(tmp_path: Path) -> Path:
+    """The shipped BESS map as a vendor file, its SoC point no longer bound to a role."""
+    text = (Path(__file__).parents[1] / "drivers/maps/bess.yaml").read_text()
+    path = tmp_path / "vendor-bess.yaml"
+    path.write_text(text.replace("role: soc,", ""))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # A UPS given the meter's map: it was taken for the grid meter, and ran on it.
+        (lambda d, _: _device(d, "ups-b").update(map="meter"),
+         "device ups-b is a ups, but its map drivers/maps/meter.yaml describes a meter"),
+        (lambda d, _: _device(d, "ups-b").update(map="upss"), "device ups-b: no map 'upss'"),
+        (lambda d, tmp: _device(d, "bess-1").update(map=str(_vendor_map_without_soc(tmp))),
+         "a bess map needs a point for each of the roles ['soc']"),
+        (lambda d, _: d.setdefault("cooling", {}).update(pump_control="pressure")
+         or _device(d, "cdu-1").update(map="cdu"), None),  # the shipped CDU map has ΔP: fine
+    ],
+)  # fmt: skip
+def test_check_config_loads_every_map_and_refuses_a_bad_one_before_start(
+    tmp_path: Path, site_data: dict, change, expected: str | None
+):
+    data = copy.deepcopy(site_data)
+    change(data, tmp_path)
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for command in (["check-config", str(path)], ["run", "--config", str(path)]):
+        if expected is None and command[0] == "run":
+            continue  # a good site would start and run: check-config is enough here
+        proc = subprocess.run([*GRIDPILOT, *command], capture_output=True, text=True, timeout=60)
+        if expected is None:
+            assert proc.returncode == 0, proc.stderr
+            continue
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert expected in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_a_key_given_twice_in_a_site_file_is_refused(tmp_path: Path, site_file: Path):
+    path = tmp_path / "twice.yaml"
+    path.write_text(site_file.read_text() + "loop_period_s: 0.05\n")
+    with pytest.raises(ConfigError, match=r"(?s)not valid YAML.*'loop_period_s' twice"):
+        load_site(path)
+
+
+def test_the_config_and_the_maps_know_the_same_kinds():
+    from typing import get_args
+
+    from controller.config import DeviceKind
+    from drivers.kinds import KINDS
+
+    assert set(get_args(DeviceKind)) == set(KINDS)

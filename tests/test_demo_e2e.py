@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.config import load_site
+from controller.sitefile import load_site
 from tests.processes import gridpilot, wait_http
 from tests.sites import site_dict
 

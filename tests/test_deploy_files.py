@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from controller.config import load_site
+from controller.sitefile import load_site, simulation_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,9 +16,9 @@ def test_compose_site_file_is_valid_and_points_at_the_plant_service():
     assert {d.host for d in site.devices} == {"plant"}
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     exposed = {int(p) for p in compose["services"]["plant"]["expose"]}
-    assert exposed == {d.port for d in site.devices} | {site.simulation.inference_port}
+    assert exposed == {d.port for d in site.devices} | {simulation_of(site).inference_port}
     (source,) = site.token_sources  # the controller reads the plant's token endpoint
-    assert source.url.host == "plant" and source.url.port == site.simulation.inference_port
+    assert source.url.host == "plant" and source.url.port == simulation_of(site).inference_port
     assert compose["services"]["controller"]["ports"] == [f"{site.api_port}:{site.api_port}"]
 
 

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.devicemap import MAX_BLOCK_REGISTERS, DeviceMapError
+from drivers.kinds import KINDS, required_roles
 from drivers.maploader import load_map, parse_map, shipped_maps
 
 
@@ -36,16 +37,22 @@ def test_every_shipped_map_loads():
             assert polled | once == set(m.points) and not polled & once
 
 
+def meter_map(*points: dict, **extra: object) -> dict:
+    """A meter map around `points`, with the two roles every meter map must bind, far off."""
+    roles = [
+        {"name": "power", "role": "power_w", "address": 9000, "type": "float32", "unit": "W"},
+        {"name": "hz", "role": "frequency_hz", "address": 9002, "type": "uint16", "unit": "Hz"},
+    ]
+    return {"kind": "meter", "protocol": "modbus", "points": [*points, *roles], **extra}
+
+
 @pytest.mark.parametrize("word_order", ["big", "little"])
 @given(value=st.floats(min_value=-1e7, max_value=1e7, allow_nan=False))
 def test_float32_round_trip(word_order: str, value: float):
     m = parse_map(
-        {
-            "kind": "x",
-            "protocol": "modbus",
-            "word_order": word_order,
-            "points": [{"name": "p", "address": 0, "type": "float32", "unit": "W"}],
-        },
+        meter_map(
+            {"name": "p", "address": 0, "type": "float32", "unit": "W"}, word_order=word_order
+        ),
         "test",
     )
     p = m.point("p")
@@ -63,14 +70,7 @@ def test_scaled_uint16_round_trip(raw: int):
 
 @given(value=st.integers(min_value=-(2**31), max_value=2**31 - 1))
 def test_int32_round_trip(value: int):
-    m = parse_map(
-        {
-            "kind": "x",
-            "protocol": "modbus",
-            "points": [{"name": "p", "address": 10, "type": "int32", "unit": "W"}],
-        },
-        "test",
-    )
+    m = parse_map(meter_map({"name": "p", "address": 10, "type": "int32", "unit": "W"}), "test")
     p = m.point("p")
     words = m.encode(p, value)
     assert len(words) == 2 and all(0 <= w <= 0xFFFF for w in words)
@@ -88,7 +88,7 @@ SUNSPEC = {"base": 40000, "models": [{"id": 1, "length": 66}]}
 
 def _map(**point) -> dict:
     base = {"name": "p", "address": 0, "type": "uint16", "unit": "W"}
-    return {"kind": "x", "protocol": "modbus", "points": [{**base, **point}]}
+    return meter_map({**base, **point})
 
 
 @pytest.mark.parametrize(
@@ -137,8 +137,8 @@ def test_far_apart_points_get_separate_blocks_and_long_runs_split():
         {"name": f"p{i}", "address": i * 2, "type": "float32", "unit": "W"} for i in range(100)
     ]
     points.append({"name": "far", "address": 5000, "type": "uint16", "unit": "1"})
-    m = parse_map({"kind": "x", "protocol": "modbus", "points": points}, "x.yaml")
-    assert [b.count for b in m.blocks] == [124, 76, 1]
+    m = parse_map(meter_map(*points), "x.yaml")
+    assert [b.count for b in m.blocks] == [124, 76, 1, 3]  # the last: the meter's roles
 
 
 def test_map_file_by_path(tmp_path: Path):
@@ -146,7 +146,7 @@ def test_map_file_by_path(tmp_path: Path):
     path.write_text(yaml.safe_dump(_map()))
     assert load_map(path).point("p").unit == "W"
     with pytest.raises(DeviceMapError, match="cannot read"):
-        load_map("no-such-map")
+        load_map(tmp_path / "gone.yaml")
 
 
 def test_sunspec_layout_and_its_not_implemented_values():
@@ -176,3 +176,90 @@ def test_block_decoding_matches_point_by_point(registers: list[int]):
         for p in block.points:
             alone = m.decode(p, words[p.address - block.address :])
             assert fast[p.name] == alone or (math.isnan(alone) and math.isnan(fast[p.name]))
+
+
+def test_every_shipped_map_binds_the_roles_its_kind_requires():
+    for name in shipped_maps():
+        m = load_map(name)
+        for role in required_roles(m.kind):
+            point = m.role_point(role)
+            assert point.unit == KINDS[m.kind][role].unit, (name, role)
+            assert point.writable or KINDS[m.kind][role].access == "r", (name, role)
+
+
+def test_a_second_bess_layout_serves_the_same_roles():
+    sunspec, flat = load_map("bess"), load_map("bess_flat")
+    assert sunspec.kind == flat.kind == "bess"
+    assert set(required_roles("bess")) <= set(sunspec.roles) & set(flat.roles)
+    assert sunspec.role_point("soc").name != flat.role_point("soc").name  # another vendor's
+    assert flat.word_order == "little" and flat.role_point("power_w").scale == 1000.0
+
+
+def _role_map(kind: str, points: list[dict]) -> dict:
+    return {"kind": kind, "protocol": "modbus", "points": points}
+
+
+W = {"type": "float32", "unit": "W"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_role_map("pump", [{"name": "a", "address": 0, **W}]), "unknown kind 'pump'"),
+        (
+            _role_map("meter", [{"name": "a", "address": 0, "role": "power_w", **W}]),
+            "a meter map needs a point for each of the roles ['frequency_hz']",
+        ),
+        (
+            meter_map({"name": "a", "address": 0, "role": "soc", **W}),
+            "meter has no role 'soc'",
+        ),
+        (
+            meter_map({"name": "a", "address": 0, "role": "power_w", **W}),
+            "role 'power_w' is already played by",
+        ),
+        (
+            _role_map(
+                "meter",
+                [
+                    {"name": "a", "address": 0, "role": "power_w", "type": "float32", "unit": "kW"},
+                    {"name": "f", "address": 2, "role": "frequency_hz", "type": "uint16",
+                     "unit": "Hz"},
+                ],
+            ),
+            "role 'power_w' is in 'W', the point in 'kW'",
+        ),
+        (
+            _role_map(
+                "bess",
+                [
+                    {"name": n, "address": i * 2, "role": n, **u}
+                    for i, (n, u) in enumerate(
+                        [("power_w", W), ("power_max_w", W), ("setpoint_w", W),
+                         ("capacity_wh", {"type": "float32", "unit": "Wh"}),
+                         ("soc", {"type": "float32", "unit": "1"}),
+                         ("enable", {"type": "uint16", "unit": "1", "access": "rw"}),
+                         ("heartbeat", {"type": "uint16", "unit": "1", "access": "rw"})]
+                    )
+                ],
+            ),
+            "role 'setpoint_w' is written, so the point needs rw",
+        ),
+    ],
+)  # fmt: skip
+def test_roles_are_checked_against_the_kind_naming_file_point_and_role(data, message):
+    with pytest.raises(DeviceMapError) as err:
+        parse_map(data, "maps/vendor.yaml")
+    assert "maps/vendor.yaml" in str(err.value) and message in str(err.value)
+
+
+def test_a_key_given_twice_is_refused_naming_the_file(tmp_path: Path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("kind: meter\nprotocol: modbus\nkind: ups\npoints: []\n")
+    with pytest.raises(DeviceMapError, match=r"(?s)twice.yaml: not valid YAML.*'kind' twice"):
+        load_map(path)
+
+
+def test_an_unknown_map_name_lists_the_shipped_ones():
+    with pytest.raises(DeviceMapError, match=r"no map 'metre'.*meter"):
+        load_map("metre")

@@ -12,6 +12,7 @@ from pymodbus.client import AsyncModbusTcpClient
 import drivers
 from controller.config import SiteConfig
 from controller.service import make_driver
+from controller.sitefile import plant_of
 from controller.snapshot import take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
 from drivers.maploader import load_map
@@ -168,7 +169,7 @@ async def test_lost_device_goes_stale_then_recovers(modbus_plant, ups_driver: De
     configs = {d.id: d for d in site.devices}
     drivers = {"ups-a": ups_driver}
     fresh = take_snapshot(drivers, configs, time.monotonic(), time.time())
-    assert fresh.devices["ups-a"].value("output_power_w") is not None
+    assert fresh.devices["ups-a"].role("load_w") is not None
 
     await stack.stop_device("ups-a")
     await until(lambda: not ups_driver.connected, what="the driver to notice")
@@ -177,7 +178,7 @@ async def test_lost_device_goes_stale_then_recovers(modbus_plant, ups_driver: De
     dev = lost.devices["ups-a"]
     assert not dev.connected and dev.last_error
     assert dev.points["output_power_w"].stale
-    assert dev.value("output_power_w") is None  # never used for control
+    assert dev.role("load_w") is None  # never used for control
     assert ups_driver.counters.errors_total >= 1
     with pytest.raises(DeviceIOError, match="not connected"):
         await ups_driver.write("input_power_limit_w", 1e6)
@@ -187,11 +188,11 @@ async def test_lost_device_goes_stale_then_recovers(modbus_plant, ups_driver: De
     polls = ups_driver.counters.polls_total
     await until(lambda: ups_driver.counters.polls_total > polls, what="a fresh poll")
     back = take_snapshot(drivers, configs, time.monotonic(), time.time())
-    assert back.devices["ups-a"].value("output_power_w") is not None
+    assert back.devices["ups-a"].role("load_w") is not None
 
 
 async def test_opcua_driver_reads_and_writes_the_cdu(site: SiteConfig):
-    stack = SimulatorStack(site)
+    stack = SimulatorStack(plant_of(site))
     await stack.start()
     driver = make_driver(next(d for d in site.devices if d.kind == "cdu"))
     driver.start()

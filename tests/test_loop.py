@@ -6,59 +6,52 @@ import asyncio
 import contextlib
 import time
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 
-from controller.alarms import AlarmBook
 from controller.config import SiteConfig
-from controller.loop import ControlLoop, TickRecord
-from controller.operations import Operations
-from controller.opsdb import SYSTEM, OpsDB
-from controller.service import make_driver
+from controller.loop import ControlLoop
+from controller.opsdb import SYSTEM
+from controller.record import TickRecord
+from controller.service import Controller, make_driver
+from controller.sitefile import device_maps, plant_of
 from drivers.sim.faults import Fault
 from drivers.sim.stack import SimulatorStack
 from tests.plant import modbus_only, until
 
 
 @contextlib.asynccontextmanager
-async def site_running(site: SiteConfig, db: OpsDB, alarms: bool = False):
-    """The plant, the drivers and a running loop with operations (and an alarm book);
-    yields (stack, records, loop), and stops it all on the way out."""
-    stack = SimulatorStack(site)
+async def site_running(site: SiteConfig):
+    """The plant and the controller as `gridpilot run` starts it (drivers, loop, operations,
+    alarms, store, API); yields (stack, records, controller) with every tick's record, and
+    stops it all on the way out."""
+    stack = SimulatorStack(plant_of(site))
     await stack.start()
-    drivers = {d.id: make_driver(d) for d in site.devices}
-    for d in drivers.values():
-        d.start()
+    controller = Controller(site)
     records: list[TickRecord] = []
-    book = AlarmBook(db) if alarms else None
+    publish = controller.loop.publish
 
-    def publish(rec: TickRecord) -> None:
+    def tee(rec: TickRecord) -> None:
+        publish(rec)
         records.append(rec)
-        if book is not None:
-            book.update(rec)
 
-    loop = ControlLoop(site, drivers, publish, Operations(site, db))
+    controller.loop.publish = tee
     stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop))
+    task = asyncio.create_task(controller.run(stop))
     try:
-        yield stack, records, loop
+        yield stack, records, controller
     finally:
         stop.set()
         await task
-        for d in drivers.values():
-            await d.stop()
         await stack.stop()
 
 
 @pytest.fixture
-async def running(site_data: dict, tmp_path: Path):
-    """The Modbus plant under a running loop; yields (site, stack, records, loop)."""
+async def running(site_data: dict):
+    """The Modbus plant under a running controller; yields (site, stack, records, controller)."""
     site: SiteConfig = modbus_only(site_data)
-    db = OpsDB(tmp_path / "ops.sqlite")
-    async with site_running(site, db) as (stack, records, loop):
-        yield site, stack, records, loop
-    db.close()
+    async with site_running(site) as (stack, records, controller):
+        yield site, stack, records, controller
 
 
 async def test_loop_commands_every_battery_asset(running):
@@ -82,7 +75,7 @@ async def test_lost_ups_degrades_control_and_batteries_stand_down(running):
     await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
     await stack.stop_device("ups-b")
     await until(lambda: records[-1].mode == "degraded", 5, "degraded mode")
-    assert "ups-b.output_power_w" in records[-1].readings.missing
+    assert "ups-b.load_w" in records[-1].readings.missing
     assert records[-1].result is None
     await asyncio.sleep(0.5)
     assert stack.bess["bess-1"].w_set == 0.0
@@ -99,7 +92,7 @@ async def test_lost_bess_degrades_control_naming_what_is_missing(running):
     await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
     await stack.stop_device("bess-1")
     await until(lambda: records[-1].mode == "degraded", 5, "degraded mode")
-    assert {"bess-1.soc_ratio", "bess-1.w_max_rtg"} <= set(records[-1].readings.missing)
+    assert {"bess-1.soc", "bess-1.discharge_max_w"} <= set(records[-1].readings.missing)
     await stack.start_device("bess-1")
     await until(lambda: records[-1].mode == "auto", 15, "auto mode again")
 
@@ -110,7 +103,7 @@ async def test_lost_meter_is_reported_while_smoothing_goes_on(running):
     await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
     await stack.stop_device("meter-1")
     await until(
-        lambda: "meter-1.active_power_w" in records[-1].readings.missing,
+        lambda: "meter-1.power_w" in records[-1].readings.missing,
         5,
         "meter reported missing",
     )
@@ -121,7 +114,7 @@ async def test_lost_meter_is_reported_while_smoothing_goes_on(running):
 async def test_a_device_slow_to_answer_cannot_stall_the_loop(running):
     site, stack, records, loop = running
     await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
-    bess = loop.drivers["bess-1"]
+    bess = loop.drivers["bess-1"]  # the controller's own driver, read here for its counters
     stack.set_response_delay("bess-1", 0.8)  # beyond the driver's 0.5 s timeout
     await until(lambda: any(r.write_errors for r in records[-5:]), 5, "a write error")
     assert any("bess-1" in e for r in records[-5:] for e in r.write_errors)
@@ -144,7 +137,8 @@ async def test_a_stalled_tick_counts_overruns_and_skips_instead_of_bunching(site
         time.sleep(next(stalls, 0.0))  # block the event loop once, like a GC pause
 
     seen: list[tuple[float, int]] = []
-    idle_drivers = {d.id: make_driver(d) for d in site.devices}  # never started: no I/O
+    maps = device_maps(site)
+    idle_drivers = {d.id: make_driver(d, maps[d.id]) for d in site.devices}  # never started
     loop = ControlLoop(site, idle_drivers, slow_publish)
     stop = asyncio.Event()
     task = asyncio.create_task(loop.run(stop))
@@ -160,23 +154,15 @@ async def test_a_stalled_tick_counts_overruns_and_skips_instead_of_bunching(site
 
 def test_a_ups_is_never_asked_to_give_more_than_its_load():
     """A UPS battery feeds the UPS's own load; a share above it could not be delivered."""
+    from controller.assets import BatteryAsset
     from controller.config import DispatchConfig
     from controller.site import _asset_state
-    from controller.snapshot import DeviceSnapshot, PointReading
 
-    def reading(v: float) -> PointReading:
-        return PointReading(v, "W", 0.0, stale=False, valid=True)
-
-    points = {
-        "battery_soc_ratio": 0.6,
-        "battery_capacity_wh": 1.5e6,
-        "max_discharge_power_w": 7e6,
-        "max_charge_power_w": 5e6,
-        "rated_power_w": 7e6,
-        "output_power_w": 2e6,
-    }
-    dev = DeviceSnapshot("ups-a", "ups", True, None, {k: reading(v) for k, v in points.items()})
-    asset = _asset_state(dev, DispatchConfig())
+    ups = BatteryAsset(
+        "ups-a", "ups", True, soc=0.6, capacity_wh=1.5e6, power_w=0.0, discharge_max_w=7e6,
+        charge_max_w=5e6, rated_w=7e6, load_w=2e6, enabled=None, mode=0.0,
+    )  # fmt: skip
+    asset = _asset_state(ups, DispatchConfig())
     assert asset is not None
     assert asset.discharge_max_w == 2e6 and asset.charge_max_w == 5e6
     assert asset.floor_j == pytest.approx(7e6 * 300 / 0.96)  # five minutes at rated load
@@ -185,8 +171,8 @@ def test_a_ups_is_never_asked_to_give_more_than_its_load():
 async def test_safe_then_manual_then_auto_without_a_jump(running):
     """Safe: the batteries' power goes to zero no faster than the grid may ramp; manual: they
     hold the operator's power; back to auto, the grid carries on from where it is."""
-    site, _, records, loop = running
-    ops = loop.operations
+    site, _, records, controller = running
+    ops = controller.operations
     await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
     await asyncio.sleep(2.0)
     ops.change_mode("safe", SYSTEM, None)
@@ -222,20 +208,17 @@ async def test_safe_then_manual_then_auto_without_a_jump(running):
     assert max(abs(b - a) for a, b in pairwise(plan)) <= step * 1.001
 
 
-async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(
-    site: SiteConfig, tmp_path: Path
-):
+async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(site: SiteConfig):
     """Over OPC UA: the loop trims the CDU's setpoint and drives its pumps; when the CDU shows
     NaN, the pumps go to the safe speed and the setpoint to the lowest allowed, and an alarm
     is raised; then back, and the alarm clears."""
-    db = OpsDB(tmp_path / "ops.sqlite")
+    async with site_running(site) as (stack, records, controller):
 
-    def fallback_alarm() -> list[dict]:
-        return [a for a in db.alarms(active_only=True) if a["key"] == "cooling_fallback:cdu-1"]
+        def fallback_alarm() -> list:
+            return [a for a in controller.alarms.active if a.key == "cooling_fallback:cdu-1"]
 
-    async with site_running(site, db, alarms=True) as (stack, records, loop):
-        cdu, safe = stack.cdu["cdu-1"], loop.cooling_cfg
-        await until(lambda: records and "cdu-1" in records[-1].cooling, 20, "cooling commands")
+        cdu, safe = stack.cdu["cdu-1"], controller.loop.cooling_cfg
+        await until(lambda: records and records[-1].cooling.get("cdu-1"), 20, "cooling commands")
         await until(lambda: cdu.pump_speed != 0.8, 10, "the pump command to land")
         assert not records[-1].cooling["cdu-1"].fallback
         stack.set_fault("cdu-1", Fault.NAN)
@@ -243,8 +226,27 @@ async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(
         await until(lambda: cdu.pump_speed == safe.safe_pump_speed, 10, "safe pump speed")
         assert cdu.supply_setpoint_c == safe.min_supply_c
         await until(lambda: fallback_alarm(), 5, "the alarm")
-        assert fallback_alarm()[0]["severity"] == "critical"
+        assert fallback_alarm()[0].severity == "critical"
         stack.set_fault("cdu-1", Fault.NONE)
         await until(lambda: not records[-1].cooling["cdu-1"].fallback, 10, "recovery")
         await until(lambda: not fallback_alarm(), 5, "the alarm to clear")
-    db.close()
+
+
+async def test_a_second_vendors_bess_is_a_map_file_and_nothing_else(site_data: dict):
+    """bess-1 speaks another register layout (`bess_flat`: kW, 0.1 % SoC, little-endian, no
+    SunSpec): the controller and the simulator know it only through its roles."""
+    for module in site_data["modules"]:
+        for device in module["devices"]:
+            if device["id"] == "bess-1":
+                device["map"] = "bess_flat"
+    site = modbus_only(site_data)
+    async with site_running(site) as (stack, records, controller):
+        await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
+        await asyncio.sleep(1.0)
+        last = records[-1]
+        bess = stack.bess["bess-1"]
+        assert last.readings.soc["bess-1"] == pytest.approx(bess.battery.soc, abs=0.002)
+        assert bess.w_set_ena and bess.heartbeat.alive(bess.now_s)
+        assert bess.w_set == pytest.approx(last.result.asset_w["bess-1"], rel=0.5, abs=5e5)
+        shown = controller.drivers["bess-1"].values
+        assert "state_of_charge" in shown and "soc_ratio" not in shown  # the vendor's names

@@ -104,7 +104,7 @@ def exported_names() -> set[str]:
     """Every sample name gridpilot's registry can export (counters with _total, histograms
     with _bucket, _sum and _count), from the registry itself, not from a list kept by hand."""
     names = set()
-    for family in Metrics("t", {}).registry.collect():
+    for family in Metrics("t").registry.collect():
         if family.type == "counter":
             names.add(family.name + "_total")
         elif family.type == "histogram":

@@ -10,25 +10,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.api import create_app
 from controller.config import SiteConfig
-from controller.metrics import Metrics
 from controller.operations import Operations
-from controller.opsdb import OpsDB
-from controller.state import SiteState
+from controller.service import Controller
 
 
 @pytest.fixture
 async def api(site: SiteConfig, tmp_path: Path):
-    db = OpsDB(tmp_path / "ops.sqlite")
-    ops = Operations(site, db)
+    controller = Controller(site)  # as `gridpilot run` builds it, never started: no tick
+    db, ops = controller.db, controller.operations
     keys = {role: db.create_key(f"{role}-key", role)[1] for role in ("viewer", "operator", "admin")}
     keys["bad"] = "gp_000000000000_not-a-real-secret"
-    app = create_app(SiteState(site.name, 0.1), Metrics(site.name, {}), ops, db, {}, {})
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=controller.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gridpilot") as client:
         yield client, keys, ops, db
-    db.close()
+    controller.close()
 
 
 def auth(key: str | None) -> dict[str, str]:
@@ -151,6 +147,8 @@ async def test_override_with_ttl_reverts_and_the_revert_is_audited(api):
     assert r.status_code == 200 and r.json()["override"]["previous"]["droop"] == 0.05
     assert ops.in_force(time.time()).dispatch.droop == 0.04
     assert ops.in_force(time.time() + 1.0).dispatch.droop == 0.05  # expired: back to before
+    assert ops.writer.flush()  # the tick handed the revert's record to the writer
+    assert ops.setpoints.droop == 0.05 and ops.override is None
     actions = [(e["action"], e["key_name"]) for e in db.audit_page(10, None)]
     assert actions[0] == ("setpoints.revert", "system")
     assert ("setpoints.change", "operator-key") in actions
@@ -182,6 +180,7 @@ async def test_events_overlap_to_the_strictest_and_start_and_end_on_time(api):
     assert cap_at(90) == 8e6
     assert cap_at(150) == 8e6
     assert cap_at(250) is None
+    assert ops.writer.flush()  # the ticks handed each edge's record to the writer
     starts = [e for e in db.audit_page(50, None) if e["action"] == "event.start"]
     ends = [e for e in db.audit_page(50, None) if e["action"] == "event.end"]
     assert len(starts) == 4 and len(ends) == 4  # each once, by the system
@@ -229,14 +228,11 @@ async def test_mode_with_ttl_and_keys_lifecycle(api):
 
 
 def test_the_matrix_covers_every_operation(site: SiteConfig, tmp_path: Path):
-    db = OpsDB(tmp_path / "ops.sqlite")
-    app = create_app(
-        SiteState(site.name, 0.1), Metrics(site.name, {}), Operations(site, db), db, {}, {}
-    )
-    paths = app.openapi()["paths"]  # what the app says it serves
+    controller = Controller(site)
+    paths = controller.app.openapi()["paths"]  # what the app says it serves
     served = {(m.upper(), p) for p, ops in paths.items() if p.startswith("/v1") for m in ops}
     assert served == {(m, p) for m, p, *_ in ENDPOINTS}
-    db.close()
+    controller.close()
 
 
 async def test_wrong_method_names_the_allowed_ones(api):

@@ -37,7 +37,7 @@ def test_ups_without_controller_carries_the_load_from_the_grid():
 def test_ups_input_limit_makes_the_battery_carry_the_rest_and_charge_below_it():
     u = ups()
     u.write("heartbeat", 1)
-    u.write("input_power_limit_w", 3e6)
+    u.write("input_limit_w", 3e6)
     u.step(4e6, DT)
     assert u.input_w == 3e6 and u.battery_w == pytest.approx(1e6)
     soc = u.battery.soc
@@ -49,12 +49,12 @@ def test_ups_input_limit_makes_the_battery_carry_the_rest_and_charge_below_it():
 def test_ups_limits_follow_charger_rating_and_state_of_charge():
     u = ups()
     u.write("heartbeat", 1)
-    u.write("input_power_limit_w", 12e6)
+    u.write("input_limit_w", 12e6)
     u.step(2e6, DT)
     assert u.input_w == pytest.approx(2e6 + 5e6)  # max_charge_w
     empty = ups(soc=0.0)
     empty.write("heartbeat", 1)
-    empty.write("input_power_limit_w", 0.0)
+    empty.write("input_limit_w", 0.0)
     empty.step(4e6, DT)
     assert empty.input_w == pytest.approx(4e6)  # nothing left to discharge
 
@@ -62,7 +62,7 @@ def test_ups_limits_follow_charger_rating_and_state_of_charge():
 def test_ups_reverts_when_the_heartbeat_stops():
     u = ups()
     u.write("heartbeat", 1)
-    u.write("input_power_limit_w", 3e6)
+    u.write("input_limit_w", 3e6)
     for _ in range(int(2.5 / DT)):
         u.step(4e6, DT)
     assert u.input_w == 4e6
@@ -79,14 +79,14 @@ def test_battery_energy_with_efficiency():
 
 def test_bess_follows_setpoint_only_while_enabled_and_watched():
     b = BessModel(4e6, Battery(8e6, 0.5), Heartbeat(2.0))
-    b.write("w_set", 2e6)
+    b.write("setpoint_w", 2e6)
     b.step(DT)
     assert b.w == 0.0  # not enabled
-    b.write("w_set_ena", 1)
+    b.write("enable", 1)
     b.write("heartbeat", 7)
     b.step(DT)
     assert b.w == 2e6
-    b.write("w_set", 9e6)
+    b.write("setpoint_w", 9e6)
     b.step(DT)
     assert b.w == 4e6  # WMaxRtg
     for _ in range(int(2.5 / DT)):
@@ -104,9 +104,9 @@ def test_cdu_return_carries_the_heat_and_pump_power_is_cubic():
     for _ in range(int(100 / DT)):  # the return header mixes it in over ~20 s
         c.step(10e6, DT)
     p = c.points()
-    delivered = (p["return_temperature_c"] - c._supply_at_racks()) * flow_heat_capacity
+    delivered = (p["return_c"] - c._supply_at_racks()) * flow_heat_capacity
     assert delivered == pytest.approx(8e6, rel=1e-2)  # the supply moved a little meanwhile
-    c.write("pump_speed_setpoint_ratio", 0.5)
+    c.write("pump_setpoint_ratio", 0.5)
     assert c.pump_power_w == pytest.approx(c.pump_power_max_w / 8)
 
 
@@ -117,7 +117,7 @@ def test_cdu_energy_balances_and_the_supply_lags_by_the_transport_delay():
     for k in range(36_000):  # an hour at 0.1 s
         it = 8e6 + 3e6 * ((k // 5) % 2)  # a 1 s square wave: training's swing, slowed
         if k == 12_000:
-            c.write("supply_temperature_setpoint_c", 36.0)
+            c.write("supply_setpoint_c", 36.0)
         c.step(it, 0.1)
     balance = c.rejected_j + c.reused_j + c.stored_j
     assert balance == pytest.approx(c.heat_in_j, rel=1e-9)

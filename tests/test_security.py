@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import SiteConfig, parse_site
+from controller.config import SiteConfig
 from controller.service import make_driver
+from controller.sitefile import parse_site, plant_of
 from drivers.certs import make_site_certs
 from drivers.sim.stack import SimulatorStack
 from tests.plant import until
@@ -30,7 +31,7 @@ async def secured(site_data: dict, tmp_path: Path):
         },
     }
     site = parse_site(data)
-    stack = SimulatorStack(site)
+    stack = SimulatorStack(plant_of(site))
     await stack.start()
     yield site, certs
     await stack.stop()

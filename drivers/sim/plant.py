@@ -1,8 +1,8 @@
 """Physics of the simulated plant. Pure state machines: no sockets, no clock.
 
-Each model takes writes by point name (as its device map names them), advances by `step(dt)`
-and reports its points with `points()`. Signs follow the design notes: battery power positive
-= discharge, grid power positive = import.
+Each model takes writes by role (`drivers/kinds.py`: what a point is for, whatever a map
+calls it), advances by `step(dt)` and reports its roles' values with `points()`. Signs follow
+the design notes: battery power positive = discharge, grid power positive = import.
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ class UpsModel:
     alarms: int = 0
     now_s: float = 0.0
 
-    def write(self, point: str, value: float) -> None:
-        if point == "input_power_limit_w":
+    def write(self, role: str, value: float) -> None:
+        if role == "input_limit_w":
             self.input_limit_w, self.limit_written = value, True
-        elif point == "heartbeat":
+        elif role == "heartbeat":
             self.heartbeat.beat(value, self.now_s)
 
     def step(self, load_w: float, dt: float) -> None:
@@ -103,17 +103,17 @@ class UpsModel:
         discharging = self.battery_w > 1.0
         runtime = self.battery.energy_j / max(self.output_w, 1.0)
         return {
-            "output_power_w": self.output_w,
-            "input_power_w": self.input_w,
-            "battery_power_w": self.battery_w,
-            "battery_soc_ratio": self.battery.soc,
+            "load_w": self.output_w,
+            "input_w": self.input_w,
+            "battery_w": self.battery_w,
+            "soc": self.battery.soc,
             "mode": 1.0 if discharging and self.input_w < 1.0 else 0.0,
             "alarms": float(self.alarms),
-            "battery_runtime_s": min(runtime, 1.0e6),
-            "rated_power_w": self.rated_power_w,
-            "battery_capacity_wh": self.battery.capacity_wh,
-            "max_charge_power_w": self.max_charge_w,
-            "max_discharge_power_w": self.rated_power_w,
+            "runtime_s": min(runtime, 1.0e6),
+            "rated_w": self.rated_power_w,
+            "capacity_wh": self.battery.capacity_wh,
+            "charge_max_w": self.max_charge_w,
+            "discharge_max_w": self.rated_power_w,
         }
 
 
@@ -132,12 +132,12 @@ class BessModel:
     now_s: float = 0.0
     hz: float = 50.0  # at its terminals: the grid's
 
-    def write(self, point: str, value: float) -> None:
-        if point == "w_set":
+    def write(self, role: str, value: float) -> None:
+        if role == "setpoint_w":
             self.w_set = value
-        elif point == "w_set_ena":
+        elif role == "enable":
             self.w_set_ena = value >= 0.5
-        elif point == "heartbeat":
+        elif role == "heartbeat":
             self.heartbeat.beat(value, self.now_s)
 
     def step(self, dt: float) -> None:
@@ -156,12 +156,12 @@ class BessModel:
 
     def points(self) -> dict[str, float]:
         return {
-            "w": self.w,
-            "hz": self.hz,
-            "soc_ratio": self.battery.soc,
-            "w_max_rtg": self.w_max_rtg,
-            "wh_rtg": self.battery.capacity_wh,
-            "wh_avail": self.battery.soc * self.battery.capacity_wh,
+            "power_w": self.w,
+            "frequency_hz": self.hz,
+            "soc": self.battery.soc,
+            "power_max_w": self.w_max_rtg,
+            "capacity_wh": self.battery.capacity_wh,
+            "energy_available_wh": self.battery.soc * self.battery.capacity_wh,
             "alarms": float(self.alarms),
         }
 
@@ -218,14 +218,14 @@ class CduModel:
         self.return_c = self.racks_return_c = self.supply_c
         self._history: deque[tuple[float, float]] = deque([(0.0, self.supply_c)])
 
-    def write(self, point: str, value: float) -> None:
-        if point == "supply_temperature_setpoint_c":
+    def write(self, role: str, value: float) -> None:
+        if role == "supply_setpoint_c":
             self.supply_setpoint_c = value
-        elif point == "pump_speed_setpoint_ratio":
+        elif role == "pump_setpoint_ratio":
             self.pump_speed = value
-        elif point == "heat_reuse_request_w":
+        elif role == "reuse_request_w":
             self.reuse_request_w = value
-        elif point == "heat_reuse_min_temperature_c":
+        elif role == "reuse_min_temperature_c":
             self.reuse_min_temperature_c = value
 
     @property
@@ -283,22 +283,22 @@ class CduModel:
 
     def points(self) -> dict[str, float]:
         return {
-            "supply_temperature_c": self.supply_c,
-            "return_temperature_c": self.return_c,
+            "supply_c": self.supply_c,
+            "return_c": self.return_c,
             "flow_m3_per_s": self.flow_m3_per_s,
             "pump_speed_ratio": self.pump_speed,
-            "differential_pressure_pa": self.dp_max_pa * self.pump_speed**2,
+            "pressure_pa": self.dp_max_pa * self.pump_speed**2,
             "heat_load_w": self.heat_w,
             "pump_power_w": self.pump_power_w,
             "cooling_power_w": self.cooling_power_w,
-            "supply_temperature_setpoint_c": self.supply_setpoint_c,
-            "pump_speed_setpoint_ratio": self.pump_speed,
+            "supply_setpoint_c": self.supply_setpoint_c,
+            "pump_setpoint_ratio": self.pump_speed,
             "heat_reused_w": self.reused_w,
             "heat_reused_j": self.reused_j,
             "heat_rejected_w": self.rejected_w,
-            "ambient_temperature_c": self.ambient_c,
-            "heat_reuse_request_w": self.reuse_request_w,
-            "heat_reuse_min_temperature_c": self.reuse_min_temperature_c,
+            "ambient_c": self.ambient_c,
+            "reuse_request_w": self.reuse_request_w,
+            "reuse_min_temperature_c": self.reuse_min_temperature_c,
         }
 
 
@@ -346,8 +346,8 @@ class MeterModel:
         self._rng = random.Random(self.seed)
         self._window: deque[tuple[float, float]] = deque()  # (dt, W) of recent steps
 
-    def write(self, point: str, value: float) -> None:  # a meter takes no commands
-        raise ValueError(f"meter point {point} is read-only")
+    def write(self, role: str, value: float) -> None:  # a meter takes no commands
+        raise ValueError(f"meter role {role} is read-only")
 
     def step(self, grid_w: float, dt: float) -> None:
         self._window.append((dt, grid_w))
@@ -365,7 +365,7 @@ class MeterModel:
 
     def points(self) -> dict[str, float]:
         return {
-            "active_power_w": self.active_power_w,
+            "power_w": self.active_power_w,
             "frequency_hz": self.frequency_hz,
             "energy_import_j": self.energy_import_j,
         }

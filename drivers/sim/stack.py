@@ -1,8 +1,10 @@
 """The simulated plant of a site: one protocol server per configured device, one physics task.
 
-Every device in the site config gets a server at its configured address, speaking its
-protocol and its map. The physics task joins them: the AI load feeds the UPS modules, the
-CDU takes the heat, the meter sees what the UPS inputs, the cooling and the BESS add up to.
+Every device of the plant gets a server at its address, speaking its protocol and its map. The
+physics task joins them: the AI load feeds the UPS modules, the CDU takes the heat, the meter
+sees what the UPS inputs, the cooling and the BESS add up to. The physics speaks roles
+(`drivers/kinds.py`); each device's map says which of its points plays each role, so any map
+of a kind is served alike.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import threading
 import time
 
-from controller.config import DeviceConfig, SiteConfig
 from drivers.devicemap import DeviceMap
 from drivers.maploader import load_map
 from drivers.security import server_tls
@@ -29,6 +30,7 @@ from drivers.sim.plant import (
     MeterModel,
     UpsModel,
 )
+from drivers.sim.settings import Plant, SimDevice
 from drivers.sim.tokens import MetricsEndpoint, TraceTokens
 
 log = logging.getLogger("gridpilot.sim")
@@ -36,9 +38,9 @@ OPCUA_PUBLISH_PERIOD_S = 0.1
 
 
 class SimulatorStack:
-    def __init__(self, site: SiteConfig) -> None:
-        sim = site.simulation
-        self.site = site
+    def __init__(self, plant: Plant) -> None:
+        sim = plant.simulation
+        self.plant = plant
         self.load = TraceLoad(sim.trace, sim.gpus, sim.base_w, sim.racks, sim.rack_jitter_s)
         self.tokens = TraceTokens(sim.inference_trace, sim.token_gpus)
         self._token_endpoint = (
@@ -58,7 +60,7 @@ class SimulatorStack:
                 battery=Battery(sim.ups_battery_wh, sim.initial_soc_ratio),
                 heartbeat=Heartbeat(sim.heartbeat_timeout_s),
             )
-            for d in site.devices_of("ups")
+            for d in plant.of_kind("ups")
         }
         self.bess: dict[str, BessModel] = {
             d.id: BessModel(
@@ -66,16 +68,16 @@ class SimulatorStack:
                 battery=Battery(sim.bess_wh_rtg, sim.initial_soc_ratio),
                 heartbeat=Heartbeat(sim.heartbeat_timeout_s),
             )
-            for d in site.devices_of("bess")
+            for d in plant.of_kind("bess")
         }
-        self.cdu: dict[str, CduModel] = {d.id: CduModel() for d in site.devices_of("cdu")}
+        self.cdu: dict[str, CduModel] = {d.id: CduModel() for d in plant.of_kind("cdu")}
         excursions = [FrequencyExcursion(**e.model_dump()) for e in sim.frequency_events]
         self.meter: dict[str, MeterModel] = {
             d.id: MeterModel(float(sim.grid_frequency_hz), events=list(excursions))
-            for d in site.devices_of("meter")
+            for d in plant.of_kind("meter")
         }
         self.models = {**self.ups, **self.bess, **self.cdu, **self.meter}
-        self.maps: dict[str, DeviceMap] = {d.id: load_map(d.map_name) for d in site.devices}
+        self.maps: dict[str, DeviceMap] = {d.id: load_map(d.map) for d in plant.devices}
         self.faults: dict[str, Fault] = {}
         self.images: dict[str, RegisterImage] = {}
         self._modbus: dict[str, ModbusDeviceServer] = {}
@@ -85,22 +87,38 @@ class SimulatorStack:
         self.it_w = 0.0
 
     def shown(self, device_id: str) -> dict[str, float]:
-        """What a device shows now: its model's points, and its heartbeat counting seconds."""
-        values = self.models[device_id].points()
-        if (alive := self.maps[device_id].alive_point) is not None:
-            values[alive] = float(int(self.sim_time_s) % 65536)
+        """What a device shows now, by point name: each role its map has, from the physics,
+        and its own heartbeat counting seconds."""
+        devmap = self.maps[device_id]
+        values = {
+            devmap.roles[role]: value
+            for role, value in self.models[device_id].points().items()
+            if role in devmap.roles
+        }
+        if devmap.alive_point is not None:
+            values[devmap.alive_point] = float(int(self.sim_time_s) % 65536)
         return values
 
-    async def _start_device(self, device: DeviceConfig) -> None:
+    def _written(self, device_id: str, point: str, value: float) -> None:
+        """A write the device took, handed to its physics by the role the point plays."""
+        role = self.maps[device_id].points[point].role
+        if role is not None:
+            self.models[device_id].write(role, value)
+
+    async def _start_device(self, device: SimDevice) -> None:
         devmap = self.maps[device.id]
-        model = self.models[device.id]
-        sec = self.site.simulation.security
+        sec = self.plant.simulation.security
         if devmap.protocol == "modbus":
             image = self.images.setdefault(device.id, RegisterImage(devmap))
             image.set_many(self.shown(device.id))
             tls = server_tls(sec.certificate, sec.private_key, sec.client_ca) if sec else None
             server = ModbusDeviceServer(
-                image, device.host, device.port, device.unit_id, model.write, tls
+                image,
+                device.host,
+                device.port,
+                device.unit_id,
+                lambda point, value: self._written(device.id, point, value),
+                tls,
             )
             server.set_fault(self.faults.get(device.id, Fault.NONE))
             await server.start()
@@ -118,13 +136,13 @@ class SimulatorStack:
             self._opcua[device.id] = ua_server
 
     async def start(self) -> None:
-        self._step(self.site.simulation.physics_period_s)
-        for device in self.site.devices:
+        self._step(self.plant.simulation.physics_period_s)
+        for device in self.plant.devices:
             await self._start_device(device)
         if self._token_endpoint is not None:
             await self._token_endpoint.start()
         self._task = asyncio.create_task(self._run(), name="sim:physics")
-        log.info("simulators up", extra={"devices": len(self.site.devices)})
+        log.info("simulators up", extra={"devices": len(self.plant.devices)})
 
     async def stop_device(self, device_id: str) -> None:
         """Take one device off the network (its physics goes on): a fault for tests."""
@@ -135,7 +153,7 @@ class SimulatorStack:
 
     async def start_device(self, device_id: str) -> None:
         """Bring a stopped device back on its address."""
-        device = next(d for d in self.site.devices if d.id == device_id)
+        device = next(d for d in self.plant.devices if d.id == device_id)
         await self._start_device(device)
 
     def set_response_delay(self, device_id: str, seconds: float) -> None:
@@ -192,7 +210,7 @@ class SimulatorStack:
             meter.step(grid_w, dt)
 
     async def _run(self) -> None:
-        period = self.site.simulation.physics_period_s
+        period = self.plant.simulation.physics_period_s
         last = time.monotonic()
         next_publish = last
         while True:
@@ -209,7 +227,6 @@ class SimulatorStack:
 
     async def _exchange_opcua(self) -> None:
         for device_id, server in list(self._opcua.items()):
-            model = self.models[device_id]
             fault = self.faults.get(device_id, Fault.NONE)
             if fault is Fault.FREEZE:
                 continue
@@ -218,7 +235,7 @@ class SimulatorStack:
                 values |= {p.name: faulty_value(fault) for p in measured(self.maps[device_id])}
             try:
                 for name, value in (await server.take_writes()).items():
-                    model.write(name, value)
+                    self._written(device_id, name, value)
                 await server.publish(values)
             except Exception:  # a server being stopped mid-exchange; the physics goes on
                 log.exception("OPC UA exchange failed", extra={"device": device_id})
@@ -228,8 +245,8 @@ class SimulatorThread:
     """Runs a SimulatorStack on its own event loop in a background thread, so the plant's
     physics keeps its own time whatever the controller's loop is doing."""
 
-    def __init__(self, site: SiteConfig) -> None:
-        self.stack = SimulatorStack(site)
+    def __init__(self, plant: Plant) -> None:
+        self.stack = SimulatorStack(plant)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sim", daemon=True)
 

@@ -1,0 +1,77 @@
+"""The tick's record: everything a tick read, decided and ran with, as one immutable value.
+
+The loop makes one per tick and hands it to every reader (the API's state, metrics and their
+collectors, alarms, the store) across threads; no reader reaches into drivers or live dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from controller.config import DispatchConfig
+from controller.cooling import CoolingCommand
+from controller.dispatch import DispatchInputs, DispatchResult
+from controller.setpoints import Mode, Setpoints
+from controller.site import Command, SiteReadings
+from controller.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class InForce:
+    """The operators' settings a tick runs with."""
+
+    mode: Mode
+    dispatch: DispatchConfig  # the site's, with the setpoints and the strictest event cap
+    setpoints: Setpoints
+    shed_w: float  # from shed events: load the site should shed now
+    events: tuple[int, ...]  # ids of the events in force
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the control function decided from one tick's readings and settings."""
+
+    mode: str  # "auto", "manual", "safe", or "degraded" (data missing: assets stand down)
+    site_load_w: float | None
+    inputs: DispatchInputs | None  # what the core was given (None: data missing)
+    result: DispatchResult | None  # None: data missing, every asset stood down
+    cooling: Mapping[str, CoolingCommand | None]  # per CDU (None: waiting for first data)
+    commands: tuple[Command, ...]  # setpoints and heartbeats to write
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    seq: int
+    wall_time: float
+    monotonic: float
+    period_s: float
+    snapshot: Snapshot  # readings, link states and counters, typed assets
+    readings: SiteReadings
+    decision: Decision
+    in_force: InForce
+    duration_s: float
+    lateness_s: float
+    overruns_total: int
+    write_errors: tuple[str, ...]
+
+    # The decision's parts, as readers name them.
+    @property
+    def mode(self) -> str:
+        return self.decision.mode
+
+    @property
+    def result(self) -> DispatchResult | None:
+        return self.decision.result
+
+    @property
+    def inputs(self) -> DispatchInputs | None:
+        return self.decision.inputs
+
+    @property
+    def site_load_w(self) -> float | None:
+        return self.decision.site_load_w
+
+    @property
+    def cooling(self) -> Mapping[str, CoolingCommand | None]:
+        return self.decision.cooling

@@ -1,0 +1,108 @@
+"""A writer thread: disk work handed over by those who must not wait on it (the control tick).
+
+Jobs run in order on one thread. `put` never blocks. A job that fails on a storage fault (the
+file locked by another process, the disk full, an I/O error) stays at the head of the queue
+and is tried again with a capped backoff, so nothing accepted is lost and order is kept; the
+fault is logged once when it starts and once when it ends, and counted. A job that fails for
+any other reason is a bug: it is logged with its description and dropped, so it cannot block
+the jobs behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger("gridpilot.writer")
+BACKOFF_INITIAL_S = 0.05
+BACKOFF_MAX_S = 2.0
+# Faults of the code, not of the disk: trying again would fail again.
+BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, TypeError)
+
+
+@dataclass(frozen=True)
+class _Job:
+    run: Callable[[], object]
+    what: str  # for the log: which write, of what
+
+
+_STOP = _Job(lambda: None, "stop")
+
+
+class Writer:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failures_total = 0  # tries that failed on a storage fault
+        self.dropped_total = 0  # jobs that failed for a bug
+        self.last_error: str | None = None
+        self.failing = False  # a storage fault holds the queue now
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._work, name=f"writer:{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, run: Callable[[], object], what: str) -> None:
+        """Queue a job; returns at once."""
+        self._queue.put(_Job(run, what))
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every job queued before this call has run (tools, tests, shutdown);
+        False if that took longer than `timeout_s` (a storage fault holds them)."""
+        done = threading.Event()
+        self.put(done.set, "flush")
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Run what is queued (trying a failing job until `timeout_s`), then stop."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout_s)
+        self._stopping.set()
+        self._thread.join(1.0)
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not _STOP:
+            self._run(job)
+
+    def _run(self, job: _Job) -> None:
+        backoff = BACKOFF_INITIAL_S
+        while True:
+            try:
+                job.run()
+            except BUGS as exc:
+                self.dropped_total += 1
+                log.error(
+                    "write dropped",
+                    extra={"writer": self.name, "write": job.what, "error": repr(exc)},
+                )
+                return
+            except Exception as exc:  # the disk's fault: keep the job, try again
+                self.failures_total += 1
+                self.last_error = f"{job.what}: {exc}"
+                if not self.failing:
+                    self.failing = True
+                    log.error(
+                        "storage failing; writes held and retried",
+                        extra={"writer": self.name, "write": job.what, "error": str(exc)},
+                    )
+                if self._stopping.is_set():
+                    log.error("write lost at shutdown", extra={"write": job.what})
+                    return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            if self.failing:
+                self.failing = False
+                log.warning(
+                    "storage recovered",
+                    extra={"writer": self.name, "pending": self._queue.qsize()},
+                )
+            return
