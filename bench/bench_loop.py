@@ -2,23 +2,35 @@
 
 Runs the whole demo (simulators on their own thread, drivers, loop, API, store) in this
 process on loopback, once per period, and prints p50 / p99 / max of each tick's work time and
-of its lateness against the schedule, the longest gap between two tick starts, and the
-overrun count (ticks skipped because the loop fell a whole period behind).
+of its lateness against the schedule, the longest gap between two tick starts, the late ticks
+(started more than a tenth of a period late) and the overrun count (ticks skipped because the
+loop fell a whole period behind).
 
-    python bench/bench_loop.py [--seconds 60] [--periods 0.1 0.02]
+With --disk-stress, each run also has: operators writing through the API (setpoint changes
+with a TTL, whose reverts the ticks hand to the writer; demand-response events starting and
+ending; alarm acknowledgements) from 4 connections; a device dropping its link every few
+seconds (alarms raised and cleared); and another process holding the SQLite file's write lock
+for 2 s out of every 3. It then prints what the writers went through, and checks that every
+alarm raised was stored once the lock was gone.
+
+    python bench/bench_loop.py [--seconds 60] [--periods 0.1 0.02] [--disk-stress]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import platform
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from controller.config import SiteConfig
@@ -26,6 +38,7 @@ from controller.logs import setup_logging
 from controller.record import TickRecord
 from controller.service import Controller
 from controller.sitefile import parse_site, plant_of
+from drivers.sim.faults import Fault
 from drivers.sim.stack import SimulatorThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,11 +55,61 @@ def bench_site(period_s: float, data_dir: Path) -> SiteConfig:
     return parse_site(data)
 
 
-async def run_once(period_s: float, seconds: float, data_dir: Path) -> dict[str, float]:
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+while True:
+    conn.execute("BEGIN EXCLUSIVE")  # what a backup or a stuck tool does to the file
+    time.sleep(2.0)
+    conn.execute("COMMIT")
+    time.sleep(1.0)
+"""
+
+
+async def operator(base: str, key: str, until: float, counts: dict[str, int]) -> None:
+    """One operator's connection: PATCHes with a TTL, short events, acknowledgements."""
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30.0) as api:
+        k = 0
+        while time.monotonic() < until:
+            k += 1
+            now = time.time()
+            requests = [
+                api.patch("/v1/setpoints", json={"droop": 0.04 + 0.001 * (k % 5), "ttl_s": 1.0}),
+                api.post(
+                    "/v1/events",
+                    json={"kind": "import_cap", "value_w": 2e7, "start_s": now + 0.5,
+                          "end_s": now + 1.5},
+                ),
+            ]  # fmt: skip
+            for r in await asyncio.gather(*requests, return_exceptions=True):
+                ok = not isinstance(r, BaseException) and r.status_code < 300
+                counts["ok" if ok else "failed"] += 1
+            alarms = await api.get("/v1/alarms", params={"active": "true"})
+            for a in alarms.json()[:1] if alarms.status_code == 200 else []:
+                r = await api.post(f"/v1/alarms/{a['id']}/ack")
+                counts["ok" if r.status_code == 200 else "failed"] += 1
+            await asyncio.sleep(0.2)
+
+
+async def flapping_device(plant: SimulatorThread, until: float) -> None:
+    """ups-b drops its link for 3 s in every 6: device_down raised and cleared."""
+    loop = plant._loop
+    while time.monotonic() < until:
+        loop.call_soon_threadsafe(plant.stack.set_fault, "ups-b", Fault.DROP)
+        await asyncio.sleep(3.0)
+        loop.call_soon_threadsafe(plant.stack.set_fault, "ups-b", Fault.NONE)
+        await asyncio.sleep(3.0)
+
+
+async def run_once(
+    period_s: float, seconds: float, data_dir: Path, stress: bool = False
+) -> dict[str, float]:
     site = bench_site(period_s, data_dir)
     plant = SimulatorThread(plant_of(site))
     await asyncio.to_thread(plant.start)
     controller = Controller(site)
+    _, key = controller.db.create_key("bench-operator", "operator")
     # (start, duration, lateness, overruns so far, auto?): numbers only, so the benchmark's
     # own bookkeeping does not grow the heap the garbage collector has to walk.
     records: list[tuple[float, float, float, int, bool]] = []
@@ -63,11 +126,30 @@ async def run_once(period_s: float, seconds: float, data_dir: Path) -> dict[str,
     task = asyncio.create_task(controller.run(stop))
     await asyncio.sleep(3.0)  # connect and settle
     first = len(records)
-    await asyncio.sleep(seconds)
+    counts = {"ok": 0, "failed": 0}
+    locker = None
+    async with contextlib.AsyncExitStack() as stack:
+        if stress:
+            locker = subprocess.Popen(
+                [sys.executable, "-c", LOCKER, str(site.data_dir / "gridpilot.sqlite")]
+            )
+            stack.callback(locker.kill)
+            until = time.monotonic() + seconds
+            base = f"http://127.0.0.1:{site.api_port}"
+            load = [operator(base, key, until, counts) for _ in range(4)]
+            load.append(flapping_device(plant, until))
+            await asyncio.gather(*load)
+        else:
+            await asyncio.sleep(seconds)
+    last = len(records)
+    writers = (controller.ops_writer, controller.store.writer)
+    failures = sum(w.failures_total for w in writers)
+    raised = controller.alarms.raised_total
     stop.set()
-    await task
+    await task  # the controller drains its writers as it stops (the lock is gone now)
     await asyncio.to_thread(plant.stop)
-    window = np.array([r for r in records[first:] if r[4]])
+    stored = {a["id"] for a in controller_db_alarms(site)}  # a fresh file: this run's alone
+    window = np.array([r for r in records[first:last] if r[4] or stress])
     dur = window[:, 1] * 1e3
     late = np.maximum(window[:, 2], 0.0) * 1e3
     gaps = np.diff(window[:, 0]) * 1e3
@@ -81,14 +163,35 @@ async def run_once(period_s: float, seconds: float, data_dir: Path) -> dict[str,
         "late_p99": float(np.percentile(late, 99)),
         "late_max": float(late.max()),
         "gap_max": float(gaps.max()),
-        "overruns": float(records[-1][3] - records[first][3]),
+        "late": float(sum(1 for r in window if r[2] > 0.1 * period_s)),
+        "overruns": float(records[last - 1][3] - records[first][3]),
+        "api_ok": counts["ok"],
+        "api_failed": counts["failed"],
+        "write_failures": failures,
+        "alarms_raised": raised,
+        "alarms_stored": len(stored),
     }
+
+
+def controller_db_alarms(site: SiteConfig) -> list[dict]:
+    from controller.opsdb import OpsDB
+
+    db = OpsDB(site.data_dir / "gridpilot.sqlite")
+    try:
+        return db.alarms(limit=100_000)
+    finally:
+        db.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--periods", type=float, nargs="+", default=[0.1, 0.02])
+    parser.add_argument(
+        "--disk-stress",
+        action="store_true",
+        help="API writes, alarms, and another process locking the SQLite file",
+    )
     args = parser.parse_args()
     setup_logging("WARNING")
     print(
@@ -97,21 +200,30 @@ def main() -> None:
     print(f"each run: {args.seconds:.0f} s of ticks after 3 s to settle; all times in ms")
     header = (
         f"{'period':>7} {'ticks':>12} {'dur p50':>8} {'dur p99':>8} {'dur max':>8} "
-        f"{'late p50':>9} {'late p99':>9} {'late max':>9} {'max gap':>8} {'overruns':>9}"
+        f"{'late p50':>9} {'late p99':>9} {'late max':>9} {'max gap':>8} {'late':>5} "
+        f"{'overruns':>9}"
     )
     print(header)
     with tempfile.TemporaryDirectory() as tmp:
         for period in args.periods:
-            r = asyncio.run(run_once(period, args.seconds, Path(tmp) / f"p{period}"))
+            r = asyncio.run(
+                run_once(period, args.seconds, Path(tmp) / f"p{period}", args.disk_stress)
+            )
             gc.unfreeze()  # let the last run's plant and controller go before the next
             gc.collect()
             print(
                 f"{period * 1e3:>5.0f}ms {r['ticks']:>5}/{r['expected']:<6.0f} "
                 f"{r['dur_p50']:>8.2f} {r['dur_p99']:>8.2f} {r['dur_max']:>8.2f} "
                 f"{r['late_p50']:>9.2f} {r['late_p99']:>9.2f} {r['late_max']:>9.2f} "
-                f"{r['gap_max']:>8.2f} "
+                f"{r['gap_max']:>8.2f} {r['late']:>5.0f} "
                 f"{r['overruns']:>9.0f}"
             )
+            if args.disk_stress:
+                print(
+                    f"        API writes ok {r['api_ok']}, failed {r['api_failed']}; "
+                    f"storage faults met by the writers {r['write_failures']}; "
+                    f"alarms raised {r['alarms_raised']}, stored {r['alarms_stored']}"
+                )
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ class AlarmBook:
             a["key"]: Alarm(**{k: a[k] for k in Alarm.__dataclass_fields__}) for a in stored
         }
         self._next_id = db.max_alarm_id() + 1
+        self.raised_total = 0  # since start
         self.active: tuple[Alarm, ...] = tuple(self._active.values())  # what readers see
         self._seen: dict[str, float] = {}  # key → since when it holds (not yet raised)
         self._gone: dict[str, float] = {}  # key → since when it is gone (not yet cleared)
@@ -120,6 +121,7 @@ class AlarmBook:
         with self._lock:
             alarm = Alarm(self._next_id, c.key, c.severity, c.message, time.time())
             self._next_id += 1
+            self.raised_total += 1
             self._active[c.key] = alarm
         log.warning("alarm", extra={"alarm": c.key, "severity": c.severity, "id": alarm.id})
         self.writer.put(lambda: self.db.store_alarm(alarm.to_json()), f"alarm {alarm.id} raise")

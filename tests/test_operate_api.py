@@ -111,10 +111,25 @@ BAD_BODIES = [
     ('{"import_cap_w": Infinity}', "application/json", 422, "import_cap_w"),
     ('{"colour": "red"}', "application/json", 422, "colour"),
     ('{"soc_target_low_ratio": 0.9}', "application/json", 422, None),  # above the high end
+    ('{"soc_target_high_ratio": 0.99}', "application/json", 422, None),  # above the site's max
     ('{"ramp_up_w_per_s": 1e5', "application/json", 422, None),  # not JSON
     ('{"ramp_up_w_per_s": 1e5}', "text/plain", 415, None),
     ('{"ramp_up_w_per_s": ' + "1" * 70000 + "}", "application/json", 413, None),
 ]
+
+
+async def test_a_setpoint_change_is_validated_as_the_whole_dispatch_config(api):
+    """The site file would refuse a SoC band above soc_max_ratio (0.95); so does a PATCH,
+    naming both fields; nothing changes and nothing is audited."""
+    client, keys, ops, db = api
+    before = ops.in_force(time.time())
+    r = await client.patch(
+        "/v1/setpoints", json={"soc_target_high_ratio": 0.99}, headers=auth(keys["operator"])
+    )
+    assert r.status_code == 422, r.text
+    message = " ".join(e["message"] for e in r.json()["errors"])
+    assert "soc_target_high_ratio (0.99)" in message and "soc_max_ratio (0.95)" in message
+    assert ops.in_force(time.time()) == before and db.audit_page(10, None) == []
 
 
 @pytest.mark.parametrize(("body", "content_type", "status", "field"), BAD_BODIES)
