@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import platform
 import subprocess
@@ -92,6 +93,13 @@ async def operator(base: str, key: str, until: float, counts: dict[str, int]) ->
             await asyncio.sleep(0.2)
 
 
+async def operators(base: str, key: str, seconds: float, n: int = 4) -> dict[str, int]:
+    counts = {"ok": 0, "failed": 0}
+    until = time.monotonic() + seconds
+    await asyncio.gather(*(operator(base, key, until, counts) for _ in range(n)))
+    return counts
+
+
 async def flapping_device(plant: SimulatorThread, until: float) -> None:
     """ups-b drops its link for 3 s in every 6: device_down raised and cleared."""
     loop = plant._loop
@@ -127,18 +135,23 @@ async def run_once(
     await asyncio.sleep(3.0)  # connect and settle
     first = len(records)
     counts = {"ok": 0, "failed": 0}
-    locker = None
-    async with contextlib.AsyncExitStack() as stack:
+    with contextlib.ExitStack() as stack:
         if stress:
-            locker = subprocess.Popen(
-                [sys.executable, "-c", LOCKER, str(site.data_dir / "gridpilot.sqlite")]
-            )
+            # The operators and the locking tool are processes of their own, as they are in
+            # production: their work must not run on the controller's event loop.
+            db_file = str(site.data_dir / "gridpilot.sqlite")
+            locker = subprocess.Popen([sys.executable, "-c", LOCKER, db_file])
             stack.callback(locker.kill)
-            until = time.monotonic() + seconds
             base = f"http://127.0.0.1:{site.api_port}"
-            load = [operator(base, key, until, counts) for _ in range(4)]
-            load.append(flapping_device(plant, until))
-            await asyncio.gather(*load)
+            load = subprocess.Popen(
+                [sys.executable, __file__, "--operators", base, key, str(seconds)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            stack.callback(load.kill)
+            await flapping_device(plant, time.monotonic() + seconds)
+            out, _ = await asyncio.to_thread(load.communicate, timeout=seconds + 60)
+            counts = json.loads(out.strip().splitlines()[-1])
         else:
             await asyncio.sleep(seconds)
     last = len(records)
@@ -192,7 +205,14 @@ def main() -> None:
         action="store_true",
         help="API writes, alarms, and another process locking the SQLite file",
     )
+    parser.add_argument(
+        "--operators", nargs=3, metavar=("URL", "KEY", "SECONDS"), help=argparse.SUPPRESS
+    )  # the load process --disk-stress starts
     args = parser.parse_args()
+    if args.operators:
+        base, key, seconds = args.operators
+        print(json.dumps(asyncio.run(operators(base, key, float(seconds)))))
+        return
     setup_logging("WARNING")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -76,6 +77,12 @@ def conditions(rec: TickRecord) -> list[Condition]:
 
 
 class AlarmBook:
+    """The alarms, in memory first. `active` (a tuple swapped whole) and `recent` (the last
+    alarms raised, cleared or acknowledged, as they stand) are what readers see; every change
+    is handed to the writer under the same lock, so the file gets them in order."""
+
+    RECENT = 500
+
     def __init__(self, db: OpsDB, writer: Writer) -> None:
         self.db, self.writer = db, writer
         self._lock = threading.Lock()  # memory only: the tick raises, the API acknowledges
@@ -83,16 +90,21 @@ class AlarmBook:
         self._active: dict[str, Alarm] = {
             a["key"]: Alarm(**{k: a[k] for k in Alarm.__dataclass_fields__}) for a in stored
         }
+        self._recent: dict[int, Alarm] = {a.id: a for a in self._active.values()}
         self._next_id = db.max_alarm_id() + 1
         self.raised_total = 0  # since start
-        self.active: tuple[Alarm, ...] = tuple(self._active.values())  # what readers see
+        self.active: tuple[Alarm, ...] = tuple(self._active.values())
         self._seen: dict[str, float] = {}  # key → since when it holds (not yet raised)
         self._gone: dict[str, float] = {}  # key → since when it is gone (not yet cleared)
+
+    @property
+    def recent(self) -> tuple[Alarm, ...]:
+        with self._lock:
+            return tuple(self._recent.values())
 
     def update(self, rec: TickRecord) -> None:
         now = rec.monotonic
         present = {c.key: c for c in conditions(rec)}
-        changed = False
         for key, c in present.items():
             self._gone.pop(key, None)
             if key in self._active:
@@ -101,7 +113,6 @@ class AlarmBook:
             if now - since >= HOLD_S:
                 self._raise(c)
                 self._seen.pop(key)
-                changed = True
         for key in list(self._seen):
             if key not in present:
                 del self._seen[key]
@@ -112,41 +123,47 @@ class AlarmBook:
             if now - since >= HOLD_S:
                 self._clear(key)
                 del self._gone[key]
-                changed = True
-        if changed:
-            with self._lock:
-                self.active = tuple(self._active.values())
+
+    def _changed(self, alarm: Alarm, job: Callable[[], object], what: str) -> None:
+        """With the lock held: the alarm as it now stands, for readers and for the file."""
+        if alarm.cleared_at is None:
+            self._active[alarm.key] = alarm
+        else:
+            self._active.pop(alarm.key, None)
+        self.active = tuple(self._active.values())
+        self._recent.pop(alarm.id, None)
+        self._recent[alarm.id] = alarm
+        while len(self._recent) > self.RECENT:
+            del self._recent[next(iter(self._recent))]
+        self.writer.put(job, f"alarm {alarm.id} {what}")
 
     def _raise(self, c: Condition) -> None:
         with self._lock:
             alarm = Alarm(self._next_id, c.key, c.severity, c.message, time.time())
             self._next_id += 1
             self.raised_total += 1
-            self._active[c.key] = alarm
+            self._changed(alarm, lambda: self.db.store_alarm(alarm.to_json()), "raise")
         log.warning("alarm", extra={"alarm": c.key, "severity": c.severity, "id": alarm.id})
-        self.writer.put(lambda: self.db.store_alarm(alarm.to_json()), f"alarm {alarm.id} raise")
 
     def _clear(self, key: str) -> None:
         with self._lock:
-            alarm = self._active.pop(key)
-        at = time.time()
+            alarm = replace(self._active[key], cleared_at=time.time())
+            self._changed(alarm, lambda: self.db.clear_alarm(alarm.id, alarm.cleared_at), "clear")
         log.info("alarm cleared", extra={"alarm": key, "id": alarm.id})
-        self.writer.put(lambda: self.db.clear_alarm(alarm.id, at), f"alarm {alarm.id} clear")
 
     def acknowledge(self, alarm_id: int, by: Actor) -> Alarm | None:
-        """An active alarm acknowledged in memory at once (stored by the writer, in order
-        after its raise); None if no active alarm has that id."""
+        """An alarm raised or changed since start, acknowledged in memory at once and stored
+        (with its audit entry) by the writer, after its raise; None if memory does not hold
+        it (an older one: the caller looks in the file)."""
         with self._lock:
-            alarm = next((a for a in self._active.values() if a.id == alarm_id), None)
-            if alarm is None:
-                return None
-            if alarm.acked_at is None:
-                alarm = replace(alarm, acked_at=time.time(), acked_by=by.label)
-                self._active[alarm.key] = alarm
-                self.active = tuple(self._active.values())
-                acked = alarm
-                self.writer.put(
-                    lambda: self.db.ack_alarm(acked.id, by, acked.acked_at),
-                    f"alarm {alarm.id} ack",
-                )
-            return alarm
+            alarm = self._recent.get(alarm_id)
+            if alarm is None or alarm.acked_at is not None:
+                return alarm
+            acked = replace(alarm, acked_at=time.time(), acked_by=by.label)
+
+            def store() -> None:
+                self.db.ack_alarm(acked.id, by, acked.acked_at)
+                self.db.audit(by, "alarm.ack", None, {"id": acked.id})
+
+            self._changed(acked, store, "ack")
+            return acked

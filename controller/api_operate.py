@@ -170,20 +170,19 @@ def operate_router(
     async def list_alarms(
         _: Actor = viewer, active: Annotated[bool, Query()] = False
     ) -> list[dict[str, Any]]:
-        # The active ones from memory (raised there first, whatever the disk does).
-        live = {a.id: a.to_json() for a in alarms.active}
+        # From memory first (raised, cleared, acknowledged there, whatever the disk does).
         if active:
-            return sorted(live.values(), key=lambda a: -a["id"])
+            return sorted((a.to_json() for a in alarms.active), key=lambda a: -a["id"])
         stored = {a["id"]: a for a in await asyncio.to_thread(db.alarms, False)}
-        return sorted({**stored, **live}.values(), key=lambda a: -a["id"])
+        recent = {a.id: a.to_json() for a in alarms.recent}
+        return sorted({**stored, **recent}.values(), key=lambda a: -a["id"])[:200]
 
     @router.post("/alarms/{alarm_id}/ack", summary="Acknowledge an alarm")
     async def ack_alarm(alarm_id: RowId, who: Actor = operator) -> dict[str, Any]:
-        live = alarms.acknowledge(alarm_id, who)
+        live = alarms.acknowledge(alarm_id, who)  # audited by the writer, with the ack
         if live is not None:
-            await asyncio.to_thread(db.audit, who, "alarm.ack", None, {"id": alarm_id})
             return live.to_json()
-        row = await asyncio.to_thread(db.alarm, alarm_id)  # one already cleared
+        row = await asyncio.to_thread(db.alarm, alarm_id)  # one from before this start
         if row is None:
             raise HTTPException(404, f"No alarm {alarm_id}")
         if row["acked_at"] is None:

@@ -7,7 +7,7 @@ a scrape on the API's thread never walks a dict the loop is changing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from controller.energy import WINDOWS_S, EnergyTotals, RollingRatios
 from controller.snapshot import DeviceSnapshot, Snapshot
 from controller.tokens import TokenMeter
+from controller.writer import Writer
 from drivers.base import ERROR_KINDS, LATENCY_BUCKETS_S
 
 DeviceValue = Callable[[DeviceSnapshot], float | None]
@@ -182,3 +183,36 @@ class EnergyCollector(Collector):
                 if rate > 0:
                     per_token.add_metric([self.site, window], 1.0 / rate)
         yield from (pue, per_joule, per_token, erf)
+
+
+class WriterCollector(Collector):
+    """The writer threads: what waits for the disk, and the faults they met (each a counter
+    of the writer's own, read as it stands)."""
+
+    def __init__(self, site: str, writers: Sequence[Writer]) -> None:
+        self.site, self.writers = site, writers
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["site", "writer"]
+        pending = GaugeMetricFamily(
+            "gridpilot_storage_pending_writes", "Writes queued for the disk", labels=labels
+        )
+        failing = GaugeMetricFamily(
+            "gridpilot_storage_failing",
+            "1 while a storage fault (locked, full, I/O) holds the writes",
+            labels=labels,
+        )
+        failures = CounterMetricFamily(
+            "gridpilot_storage_write_failures",
+            "Write attempts that met a storage fault (retried)",
+            labels=labels,
+        )
+        dropped = CounterMetricFamily(
+            "gridpilot_storage_writes_dropped", "Writes that failed for a bug", labels=labels
+        )
+        for w in self.writers:
+            pending.add_metric([self.site, w.name], w.pending)
+            failing.add_metric([self.site, w.name], 1.0 if w.failing else 0.0)
+            failures.add_metric([self.site, w.name], w.failures_total)
+            dropped.add_metric([self.site, w.name], w.dropped_total)
+        yield from (pending, failing, failures, dropped)

@@ -65,8 +65,8 @@ class EnergyTotals:
         """A copy for readers on other threads (never changed after)."""
         return replace(
             self,
-            battery_charge_j=dict(self.battery_charge_j),
-            battery_discharge_j=dict(self.battery_discharge_j),
+            battery_charge_j=MappingProxyType(dict(self.battery_charge_j)),  # type: ignore[arg-type]
+            battery_discharge_j=MappingProxyType(dict(self.battery_discharge_j)),  # type: ignore[arg-type]
         )
 
 

@@ -8,14 +8,16 @@ and the energy account's last published copy, never the drivers or dicts the loo
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from controller.collectors import DriverCollector, EnergyCollector
+from controller.collectors import DriverCollector, EnergyCollector, WriterCollector
 from controller.energy import EnergyTotals, RollingRatios, Sample
 from controller.record import TickRecord
 from controller.tokens import TokenMeter
+from controller.writer import Writer
 
 MODES = ("auto", "manual", "safe", "degraded")  # the control modes a tick reports
 LATE_FRACTION = 0.1  # a tick that starts later than this share of its period is late
@@ -39,7 +41,9 @@ TICK_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 
 
 
 class Metrics:
-    def __init__(self, site: str, tokens: TokenMeter | None = None) -> None:
+    def __init__(
+        self, site: str, tokens: TokenMeter | None = None, writers: Sequence[Writer] = ()
+    ) -> None:
         self.site = site
         self.tokens = tokens or TokenMeter([])
         self.latest: TickRecord | None = None  # what the collectors read at scrape time
@@ -142,6 +146,7 @@ class Metrics:
         self.registry.register(
             EnergyCollector(site, lambda: self.energy_view, self.ratios, self.tokens)
         )
+        self.registry.register(WriterCollector(site, writers))
 
     def observe(self, rec: TickRecord) -> None:
         site = self.site

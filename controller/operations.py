@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -90,14 +90,14 @@ class Operations:
         self.writer = writer or Writer("operations")
         self._lock = threading.Lock()  # API changes and the writer's edges; never the tick
         self._handed: set[tuple[str, int | float]] = set()  # edges given to the writer
-        self._capped: tuple[int, float, DispatchConfig] | None = None
+        self._capped: tuple[DispatchConfig, float, DispatchConfig] | None = None
         setpoints = self._saved_setpoints()
         self._value = OperatorState(
             setpoints=setpoints,
             dispatch=dispatch_config(site, setpoints),
             mode=db.get_setting("mode") or "auto",
-            override=_revert(db.get_setting("override")),
-            mode_override=_revert(db.get_setting("mode_override")),
+            override=self._saved_override(),
+            mode_override=_mode_revert(db.get_setting("mode_override")),
             pending=(),
         )
         self._reload_events()
@@ -118,6 +118,18 @@ class Operations:
                 extra={"errors": "; ".join(e["msg"] for e in exc.errors())},
             )
             return base
+
+    def _saved_override(self) -> Revert | None:
+        """A pending revert saved before a restart, if what it restores is still valid."""
+        revert = _revert(self.db.get_setting("override"))
+        if revert is None:
+            return None
+        try:
+            dispatch_config(self.site, Setpoints(**revert.previous))
+        except (ValidationError, TypeError) as exc:
+            log.error("saved revert refused; the override stays", extra={"error": str(exc)})
+            return None
+        return revert
 
     # --- what readers see ---------------------------------------------------------------
     @property
@@ -169,7 +181,7 @@ class Operations:
         """Validate the whole result first (the setpoints, then the dispatch configuration they
         make with the site's): a rejected change changes nothing."""
         with self._lock:
-            value = self._value
+            value = self._settle(time.time())
             old = value.setpoints
             new = Setpoints(**(update if replace_all else {**old.model_dump(), **update}))
             dispatch = dispatch_config(self.site, new)  # raises ValidationError, nothing changed
@@ -188,7 +200,7 @@ class Operations:
 
     def change_mode(self, mode: Mode, by: Actor, ttl_s: float | None) -> Mode:
         with self._lock:
-            value = self._value
+            value = self._settle(time.time())
             override = (
                 Revert({"mode": value.mode}, time.time() + ttl_s) if ttl_s is not None else None
             )
@@ -222,15 +234,13 @@ class Operations:
         on time, overlapping events resolved to the strictest. Each edge is handed once to the
         writer, which records it and folds it into the value."""
         value = self._value
-        setpoints, mode = value.setpoints, value.mode
-        dispatch = value.dispatch
-        if value.override is not None and now_s >= value.override.expires_s:
-            setpoints = Setpoints(**value.override.previous)
-            dispatch = dispatch_config(self.site, setpoints)
-            self._hand(("setpoints.revert", value.override.expires_s), value.override)
-        if value.mode_override is not None and now_s >= value.mode_override.expires_s:
-            mode = value.mode_override.previous["mode"]
-            self._hand(("mode.revert", value.mode_override.expires_s), value.mode_override)
+        expired = self._expired(value, now_s)
+        for action, revert in expired:
+            self._hand((action, revert.expires_s), revert)
+        setpoints, mode, dispatch = value.setpoints, value.mode, value.dispatch
+        if expired:
+            value = self._reverted(value, expired)
+            setpoints, mode, dispatch = value.setpoints, value.mode, value.dispatch
         cap, shed, active = math.inf, 0.0, []
         for e in value.pending:
             running = e.running(now_s)
@@ -250,11 +260,49 @@ class Operations:
 
     def _with_cap(self, dispatch: DispatchConfig, cap_w: float) -> DispatchConfig:
         """The dispatch with an event's cap (EventIn bounds it as import_cap_w is bounded);
-        made once per change, not every tick."""
-        key = (id(dispatch), cap_w)
-        if self._capped is None or self._capped[:2] != key:
-            self._capped = (*key, dispatch.model_copy(update={"import_cap_w": cap_w}))
-        return self._capped[2]
+        made once per change, not every tick (the cache holds the settings it was made from,
+        so it is compared by identity, never by an id a new object may reuse)."""
+        cached = self._capped
+        if cached is None or cached[0] is not dispatch or cached[1] != cap_w:
+            cached = self._capped = (
+                dispatch,
+                cap_w,
+                dispatch.model_copy(update={"import_cap_w": cap_w}),
+            )
+        return cached[2]
+
+    @staticmethod
+    def _expired(value: OperatorState, now_s: float) -> list[tuple[str, Revert]]:
+        """The overrides whose time is up: ("setpoints.revert" | "mode.revert", revert)."""
+        out = []
+        if value.override is not None and now_s >= value.override.expires_s:
+            out.append(("setpoints.revert", value.override))
+        if value.mode_override is not None and now_s >= value.mode_override.expires_s:
+            out.append(("mode.revert", value.mode_override))
+        return out
+
+    def _reverted(self, value: OperatorState, expired: list[tuple[str, Revert]]) -> OperatorState:
+        """`value` with these overrides reverted (their `previous` was checked at load or
+        when made, so this cannot fail)."""
+        for action, revert in expired:
+            if action == "setpoints.revert":
+                restored = Setpoints(**revert.previous)
+                value = replace(
+                    value,
+                    setpoints=restored,
+                    dispatch=dispatch_config(self.site, restored),
+                    override=None,
+                )
+            else:
+                value = replace(value, mode=revert.previous["mode"], mode_override=None)
+        return value
+
+    def _settle(self, now_s: float) -> OperatorState:
+        """With the lock held (an API change): first record and apply the reverts that are
+        due, so a change is made on what is in force, never on an expired override."""
+        for action, revert in self._expired(self._value, now_s):
+            self._fold(action, revert)
+        return self._value
 
     def _hand(self, edge: tuple[str, int | float], item: object) -> None:
         if edge in self._handed:
@@ -266,41 +314,36 @@ class Operations:
 
     # --- the writer's side ----------------------------------------------------------------
     def _record_edge(self, action: str, item: object) -> None:
+        """The writer's job for an edge a tick saw: record it, fold it into the value."""
         with self._lock:
-            value = self._value
+            self._fold(action, item)
+
+    def _fold(self, action: str, item: object) -> None:
+        """With the lock held: persist and audit an edge, and swap the value to include it.
+        A revert an operator's change has made moot is skipped."""
+        value = self._value
+        if action in ("setpoints.revert", "mode.revert"):
+            current = value.override if action == "setpoints.revert" else value.mode_override
+            if current is not item:
+                return  # an operator changed it since: nothing to revert
+            new = self._reverted(value, [(action, item)])
             if action == "setpoints.revert":
-                if value.override is not item:
-                    return  # an operator changed the setpoints since: nothing to revert
-                assert isinstance(item, Revert)
-                restored = Setpoints(**item.previous)
-                self.db.put_setting("setpoints", restored.model_dump())
+                self.db.put_setting("setpoints", new.setpoints.model_dump())
                 self.db.put_setting("override", None)
-                self.db.audit(SYSTEM, action, *_diff(value.setpoints, restored))
-                self._value = replace(
-                    value,
-                    setpoints=restored,
-                    dispatch=dispatch_config(self.site, restored),
-                    override=None,
-                )
-            elif action == "mode.revert":
-                if value.mode_override is not item:
-                    return
-                assert isinstance(item, Revert)
-                self.db.put_setting("mode", item.previous["mode"])
-                self.db.put_setting("mode_override", None)
-                self.db.audit(SYSTEM, action, value.mode, item.previous["mode"])
-                self._value = replace(value, mode=item.previous["mode"], mode_override=None)
+                self.db.audit(SYSTEM, action, *_diff(value.setpoints, new.setpoints))
             else:
-                assert isinstance(item, Event)
-                column = "started_at" if action == "event.start" else "ended_at"
-                self.db.mark_event(item.id, column)  # type: ignore[arg-type]
-                self.db.audit(
-                    SYSTEM,
-                    action,
-                    None,
-                    {"id": item.id, "kind": item.kind, "value_w": item.value_w},
-                )
-                self._reload_events()
+                self.db.put_setting("mode", new.mode)
+                self.db.put_setting("mode_override", None)
+                self.db.audit(SYSTEM, action, value.mode, new.mode)
+            self._value = new
+            return
+        assert isinstance(item, Event)
+        column = "started_at" if action == "event.start" else "ended_at"
+        self.db.mark_event(item.id, column)  # type: ignore[arg-type]
+        self.db.audit(
+            SYSTEM, action, None, {"id": item.id, "kind": item.kind, "value_w": item.value_w}
+        )
+        self._reload_events()
 
 
 def _revert(saved: dict[str, Any] | None) -> Revert | None:
@@ -310,6 +353,14 @@ def _revert(saved: dict[str, Any] | None) -> Revert | None:
     return Revert(
         previous if isinstance(previous, dict) else {"mode": previous}, saved["expires_s"]
     )
+
+
+def _mode_revert(saved: dict[str, Any] | None) -> Revert | None:
+    revert = _revert(saved)
+    if revert is not None and revert.previous.get("mode") not in get_args(Mode):
+        log.error("saved mode revert refused", extra={"previous": str(revert.previous)})
+        return None
+    return revert
 
 
 def _saved(r: Revert | None) -> dict[str, Any] | None:

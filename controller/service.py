@@ -110,8 +110,8 @@ class Controller:
                 for t in site.token_sources
             ]
         )
-        self.metrics = Metrics(site.name, self.tokens)
         self.store = Store(site.data_dir / DB_FILE)
+        self.metrics = Metrics(site.name, self.tokens, (self.ops_writer, self.store.writer))
         self.loop = ControlLoop(
             site,
             self.drivers,
@@ -185,12 +185,13 @@ class Controller:
                 await driver.stop()
             await self.tokens.stop()
             self.store.event("controller_stopped", site=self.site.name)
-            self.close()
+            await asyncio.to_thread(self.close)  # drains the writers (a locked disk: bounded)
             sock.close()
             log.info("controller stopped")
 
     def close(self) -> None:
-        """Drain and close the store and the operators' writer, then the file."""
+        """Drain and close the store and the operators' writer, then the file (a write the
+        disk still refuses after the writers' time is up is logged as lost)."""
         self.store.close()
         self.ops_writer.close()
         self.db.close()

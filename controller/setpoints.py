@@ -7,7 +7,7 @@ from __future__ import annotations
 from copy import copy
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -64,7 +64,26 @@ class Setpoints(_DispatchSetpoints):  # type: ignore[valid-type, misc]
 
 def dispatch_config(site: SiteConfig, setpoints: Setpoints) -> DispatchConfig:
     """The dispatch configuration these setpoints make with the site's, validated whole:
-    e.g. a SoC band above `soc_max_ratio` is refused (pydantic's ValidationError)."""
+    e.g. a SoC band above `soc_max_ratio` is refused (pydantic's ValidationError); and the
+    supply target must lie in the site's cooling band (its floor, its water class's maximum)."""
+    cooling = site.cooling
+    target = setpoints.supply_temperature_c
+    if not cooling.min_supply_c <= target <= cooling.max_supply_c:
+        message = (
+            f"supply_temperature_c ({target}) must lie within the site's cooling band, "
+            f"{cooling.min_supply_c}–{cooling.max_supply_c} °C ({cooling.water_class})"
+        )
+        raise ValidationError.from_exception_data(
+            "Setpoints",
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("supply_temperature_c",),
+                    "input": target,
+                    "ctx": {"error": ValueError(message)},
+                }
+            ],
+        )
     return DispatchConfig.model_validate(
         {**site.dispatch.model_dump(), **setpoints.dispatch_update()}
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from controller.assets import BatteryAsset, CoolingUnit, SiteAssets
 from controller.config import DispatchConfig
@@ -58,8 +59,8 @@ def read_site(assets: SiteAssets) -> SiteReadings:
         grid_w=grid_w,
         frequency_hz=meter.frequency_hz if meter is not None else None,
         battery_w=sum(per_asset.values()),
-        battery_asset_w=per_asset,
-        soc={b.id: b.soc for b in assets.batteries if b.soc is not None},
+        battery_asset_w=MappingProxyType(per_asset),
+        soc=MappingProxyType({b.id: b.soc for b in assets.batteries if b.soc is not None}),
         reused_heat_w=_total([c.heat_reused_w for c in serving]) if serving else None,
         missing=tuple(missing),
     )

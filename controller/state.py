@@ -79,7 +79,7 @@ class SiteState:
                 "unserved_w": result.unserved_w,
                 "shed_request_w": result.shed_request_w,
                 "frequency_response_w": result.frequency_response_w,
-                "asset_setpoints_w": result.asset_w,
+                "asset_setpoints_w": dict(result.asset_w),
             },
             "in_force": {
                 "ramp_up_w_per_s": force.dispatch.ramp_up_w_per_s,

@@ -5,7 +5,8 @@ file locked by another process, the disk full, an I/O error) stays at the head o
 and is tried again with a capped backoff, so nothing accepted is lost and order is kept; the
 fault is logged once when it starts and once when it ends, and counted. A job that fails for
 any other reason is a bug: it is logged with its description and dropped, so it cannot block
-the jobs behind it.
+the jobs behind it. (A corrupt file is a storage fault: its writes wait for an operator to
+restore it, counted and logged, rather than being thrown away.)
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ from dataclasses import dataclass
 log = logging.getLogger("gridpilot.writer")
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
-# Faults of the code, not of the disk: trying again would fail again.
-BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, TypeError)
+# Faults of the disk (locked, busy, full, I/O, corrupt): the write waits and is tried again.
+# Faults of the code (a constraint, a bad statement or argument) would fail again: dropped.
+BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+
+
+def storage_fault(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.DatabaseError | OSError) and not isinstance(exc, BUGS)
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ class Writer:
         self.put(done.set, "flush")
         return done.wait(timeout_s)
 
-    def close(self, timeout_s: float = 10.0) -> None:
+    def close(self, timeout_s: float = 5.0) -> None:
         """Run what is queued (trying a failing job until `timeout_s`), then stop."""
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
@@ -77,15 +83,15 @@ class Writer:
         while True:
             try:
                 job.run()
-            except BUGS as exc:
-                self.dropped_total += 1
-                log.error(
-                    "write dropped",
-                    extra={"writer": self.name, "write": job.what, "error": repr(exc)},
-                )
-                return
-            except Exception as exc:  # the disk's fault: keep the job, try again
-                self.failures_total += 1
+            except Exception as exc:
+                if not storage_fault(exc):
+                    self.dropped_total += 1
+                    log.error(
+                        "write dropped",
+                        extra={"writer": self.name, "write": job.what, "error": repr(exc)},
+                    )
+                    return
+                self.failures_total += 1  # the disk's fault: keep the job, try again
                 self.last_error = f"{job.what}: {exc}"
                 if not self.failing:
                     self.failing = True

@@ -204,6 +204,11 @@ def _check_roles(kind: str, points: list[Point], source: str) -> dict[str, str]:
             )
         if p.role in roles:
             raise DeviceMapError(f"{ctx}: role {p.role!r} is already played by {roles[p.role]!r}")
+        if not p.polled:
+            raise DeviceMapError(
+                f"{ctx}: role {p.role!r} needs a value read every poll; a const or string "
+                "point is read once, at connect"
+            )
         spec = known[p.role]
         if p.unit != spec.unit:
             raise DeviceMapError(

@@ -222,6 +222,17 @@ W = {"type": "float32", "unit": "W"}
             _role_map(
                 "meter",
                 [
+                    {"name": "a", "address": 0, "role": "power_w", "const": 5.0, **W},
+                    {"name": "f", "address": 2, "role": "frequency_hz", "type": "uint16",
+                     "unit": "Hz"},
+                ],
+            ),
+            "role 'power_w' needs a value read every poll",
+        ),
+        (
+            _role_map(
+                "meter",
+                [
                     {"name": "a", "address": 0, "role": "power_w", "type": "float32", "unit": "kW"},
                     {"name": "f", "address": 2, "role": "frequency_hz", "type": "uint16",
                      "unit": "Hz"},

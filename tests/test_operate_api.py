@@ -3,6 +3,7 @@ audited, and how setpoints, modes and demand-response events take effect over ti
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from controller.config import SiteConfig
 from controller.operations import Operations
+from controller.opsdb import OpsDB
 from controller.service import Controller
 
 
@@ -112,6 +114,7 @@ BAD_BODIES = [
     ('{"colour": "red"}', "application/json", 422, "colour"),
     ('{"soc_target_low_ratio": 0.9}', "application/json", 422, None),  # above the high end
     ('{"soc_target_high_ratio": 0.99}', "application/json", 422, None),  # above the site's max
+    ('{"supply_temperature_c": 50}', "application/json", 422, "supply_temperature_c"),  # > W45
     ('{"ramp_up_w_per_s": 1e5', "application/json", 422, None),  # not JSON
     ('{"ramp_up_w_per_s": 1e5}', "text/plain", 415, None),
     ('{"ramp_up_w_per_s": ' + "1" * 70000 + "}", "application/json", 413, None),
@@ -255,3 +258,48 @@ async def test_wrong_method_names_the_allowed_ones(api):
     r = await client.request("OPTIONS", "/v1/setpoints", headers=auth(keys["viewer"]))
     assert r.status_code == 405 and r.headers["allow"] == "GET, PATCH, PUT"
     assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_each_change_is_in_force_at_the_next_tick_while_an_event_caps_import(api):
+    """Two changes between ticks, a cap event running: the tick runs with the last change."""
+    client, keys, ops, _ = api
+    now = time.time()
+    event = {"kind": "import_cap", "value_w": 9e6, "start_s": now, "end_s": now + 600}
+    assert (await client.post("/v1/events", json=event, headers=auth(keys["operator"]))).is_success
+    for ramp in (1e5, 2e5, 3e5, 4e5) * 25:
+        r = await client.patch(
+            "/v1/setpoints", json={"ramp_up_w_per_s": ramp}, headers=auth(keys["operator"])
+        )
+        assert r.status_code == 200
+        force = ops.in_force(time.time())
+        assert (force.dispatch.ramp_up_w_per_s, force.dispatch.import_cap_w) == (ramp, 9e6)
+
+
+async def test_a_change_after_an_override_expired_starts_from_the_reverted_values(api):
+    """The override's time is up but its revert is not stored yet: a change to another
+    setpoint must not bring the expired override back for good."""
+    client, keys, ops, db = api
+    head = auth(keys["operator"])
+    r = await client.patch(
+        "/v1/setpoints", json={"ramp_up_w_per_s": 1e5, "ttl_s": 0.1}, headers=head
+    )
+    assert r.status_code == 200
+    await asyncio.sleep(0.2)  # expired; no tick has run to hand its revert over
+    r = await client.patch("/v1/setpoints", json={"supply_temperature_c": 30.0}, headers=head)
+    assert r.status_code == 200
+    assert r.json()["ramp_up_w_per_s"] == 5e5 and r.json()["override"] is None
+    assert ops.in_force(time.time()).dispatch.ramp_up_w_per_s == 5e5
+    actions = [e["action"] for e in db.audit_page(10, None)]
+    assert actions[:2] == ["setpoints.change", "setpoints.revert"]  # newest first
+
+
+def test_a_saved_revert_the_site_no_longer_accepts_is_dropped_at_start(site: SiteConfig, tmp_path):
+    """A revert stored before the site file changed (its SoC band now above soc_max_ratio)
+    would make every tick fail at its expiry: it is refused at start, with a log line."""
+    db = OpsDB(tmp_path / "ops.sqlite")
+    previous = Operations(site, db).setpoints.model_dump() | {"soc_target_high_ratio": 0.99}
+    db.put_setting("override", {"previous": previous, "expires_s": time.time() - 1})
+    ops = Operations(site, db)
+    assert ops.override is None
+    assert ops.in_force(time.time()).dispatch.soc_target_high_ratio == 0.7
+    db.close()

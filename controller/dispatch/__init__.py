@@ -7,7 +7,9 @@ core decides the total, `allocate` splits it over the assets.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -39,7 +41,7 @@ class DispatchInputs:
 class DispatchResult:
     grid_target_w: float  # what the grid should see, W (positive = import)
     battery_w: float  # total battery power, W
-    asset_w: dict[str, float]  # per-asset setpoint, W
+    asset_w: Mapping[str, float]  # per-asset setpoint, W (read-only: records are shared)
     unserved_w: float  # beyond the ramp limit or cap because the batteries could not, W
     shed_request_w: float  # load the site should shed to stay within the limit, W
     frequency_response_w: float  # power given back to the grid for frequency, W
@@ -137,7 +139,9 @@ def dispatch(
     result = DispatchResult(
         grid_target_w=float(out[core.O_GRID] + signed_rest),
         battery_w=float(battery_w - signed_rest),
-        asset_w={a.id: float(w) for a, w in zip(inputs.assets, per_asset, strict=True)},
+        asset_w=MappingProxyType(
+            {a.id: float(w) for a, w in zip(inputs.assets, per_asset, strict=True)}
+        ),
         unserved_w=float(out[core.O_UNSERVED] + rest),
         shed_request_w=float(out[core.O_SHED] + max(signed_rest, 0.0)),
         frequency_response_w=float(out[core.O_RESPONSE]),
@@ -157,7 +161,9 @@ def hold(
     return DispatchResult(
         grid_target_w=inputs.site_load_w - carried,
         battery_w=carried,
-        asset_w={a.id: float(w) for a, w in zip(inputs.assets, per_asset, strict=True)},
+        asset_w=MappingProxyType(
+            {a.id: float(w) for a, w in zip(inputs.assets, per_asset, strict=True)}
+        ),
         unserved_w=float(rest),
         shed_request_w=0.0,
         frequency_response_w=0.0,
