@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from itertools import pairwise
 
@@ -13,44 +12,17 @@ from controller.config import SiteConfig
 from controller.loop import ControlLoop
 from controller.opsdb import SYSTEM
 from controller.record import TickRecord
-from controller.service import Controller, make_driver
-from controller.sitefile import device_maps, plant_of
+from controller.service import make_driver
+from controller.sitefile import device_maps
 from drivers.sim.faults import Fault
-from drivers.sim.stack import SimulatorStack
-from tests.plant import modbus_only, until
-
-
-@contextlib.asynccontextmanager
-async def site_running(site: SiteConfig):
-    """The plant and the controller as `gridpilot run` starts it (drivers, loop, operations,
-    alarms, store, API); yields (stack, records, controller) with every tick's record, and
-    stops it all on the way out."""
-    stack = SimulatorStack(plant_of(site))
-    await stack.start()
-    controller = Controller(site)
-    records: list[TickRecord] = []
-    publish = controller.loop.publish
-
-    def tee(rec: TickRecord) -> None:
-        publish(rec)
-        records.append(rec)
-
-    controller.loop.publish = tee
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    try:
-        yield stack, records, controller
-    finally:
-        stop.set()
-        await task
-        await stack.stop()
+from tests.plant import controller_running, modbus_only, until
 
 
 @pytest.fixture
 async def running(site_data: dict):
     """The Modbus plant under a running controller; yields (site, stack, records, controller)."""
     site: SiteConfig = modbus_only(site_data)
-    async with site_running(site) as (stack, records, controller):
+    async with controller_running(site) as (stack, records, controller):
         yield site, stack, records, controller
 
 
@@ -212,7 +184,7 @@ async def test_cooling_control_runs_the_cdu_and_falls_back_on_bad_telemetry(site
     """Over OPC UA: the loop trims the CDU's setpoint and drives its pumps; when the CDU shows
     NaN, the pumps go to the safe speed and the setpoint to the lowest allowed, and an alarm
     is raised; then back, and the alarm clears."""
-    async with site_running(site) as (stack, records, controller):
+    async with controller_running(site) as (stack, records, controller):
 
         def fallback_alarm() -> list:
             return [a for a in controller.alarms.active if a.key == "cooling_fallback:cdu-1"]
@@ -240,7 +212,7 @@ async def test_a_second_vendors_bess_is_a_map_file_and_nothing_else(site_data: d
             if device["id"] == "bess-1":
                 device["map"] = "bess_flat"
     site = modbus_only(site_data)
-    async with site_running(site) as (stack, records, controller):
+    async with controller_running(site) as (stack, records, controller):
         await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
         await asyncio.sleep(1.0)
         last = records[-1]

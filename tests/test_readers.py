@@ -18,9 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.config import SiteConfig
 from controller.record import TickRecord
 from controller.service import Controller
-from controller.sitefile import plant_of
 from drivers.sim.stack import SimulatorStack
-from tests.plant import until
+from tests.plant import controller_running, until
 
 
 @dataclass
@@ -45,30 +44,14 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def site_running(site: SiteConfig) -> AsyncIterator[Running]:
-    stack = SimulatorStack(plant_of(site))
-    await stack.start()
-    controller = Controller(site)
-    _, key = controller.db.create_key("test-operator", "operator")
-    records: list[TickRecord] = []
-    publish = controller.loop.publish
-
-    def tee(rec: TickRecord) -> None:
-        publish(rec)
-        records.append(rec)
-
-    controller.loop.publish = tee
-    stop = asyncio.Event()
-    task = asyncio.create_task(controller.run(stop))
-    base = f"http://127.0.0.1:{site.api_port}"
-    headers = {"Authorization": f"Bearer {key}"}
-    try:
+    """The whole site under the controller, in auto, with an operator's API client."""
+    async with controller_running(site) as (stack, records, controller):
+        _, key = controller.db.create_key("test-operator", "operator")
+        base = f"http://127.0.0.1:{site.api_port}"
+        headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=5.0) as api:
             await until(lambda: records and records[-1].mode == "auto", 20, "auto mode")
             yield Running(stack, controller, records, api)
-    finally:
-        stop.set()
-        await task
-        await stack.stop()
 
 
 async def test_reused_heat_is_counted_and_erf_follows(site: SiteConfig):
