@@ -18,11 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Options pass through: make demo ARGS="--api-port 9000 --data-dir /tmp/gp --config site.yaml"
+ARGS ?=
 demo: $(STAMP)
-	$(BIN)/gridpilot demo
+	$(BIN)/gridpilot demo $(ARGS)
 
+# The tests check against mbpoll and promtool; when missing they are installed with apt-get
+# (say so first). NO_APT=1 opts out: then install them yourself, or those tests fail.
 tools:
-	@command -v $(TOOL_COMMANDS) >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(TOOL_PACKAGES); }
+	@command -v $(TOOL_COMMANDS) >/dev/null || [ -n "$(NO_APT)" ] || { \
+	  echo "make: installing Debian packages the tests use: $(TOOL_PACKAGES) (NO_APT=1 to skip)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(TOOL_PACKAGES); }
 
 test: $(STAMP) tools
 	$(BIN)/ruff check .

@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from controller.opsdb import Actor, OpsDB
 from controller.record import TickRecord
+from controller.snapshot import DeviceSnapshot
 from controller.writer import Writer
+from drivers.kinds import required_roles
 
 log = logging.getLogger("gridpilot.alarms")
 HOLD_S = 1.0  # a condition must hold (or be gone) this long before the alarm changes
@@ -46,6 +48,28 @@ class Alarm:
         return asdict(self)
 
 
+def storage_conditions(writers: Sequence[Writer]) -> list[Condition]:
+    """A writer held by a storage fault: control goes on, but what it should keep waits."""
+    return [
+        Condition(
+            f"storage_failing:{w.name}",
+            "critical",
+            f"storage failing ({w.name}): {w.pending} writes held and retried; {w.last_error}",
+        )
+        for w in writers
+        if w.failing
+    ]
+
+
+def invalid_roles(dev: DeviceSnapshot) -> list[str]:
+    """The roles the controller needs of a device whose fresh values are invalid."""
+    return [
+        role
+        for role in required_roles(dev.kind)
+        if (r := dev.role_reading(role)) is not None and not r.valid and not r.stale
+    ]
+
+
 def conditions(rec: TickRecord) -> list[Condition]:
     """What is wrong at this tick. Pure."""
     found = []
@@ -57,6 +81,18 @@ def conditions(rec: TickRecord) -> list[Condition]:
             found.append(
                 Condition(f"device_down:{dev.id}", "warning", f"{dev.id}: {dev.last_error}")
             )
+        elif dev.frozen:
+            found.append(
+                Condition(f"device_frozen:{dev.id}", "warning",
+                          f"{dev.id} answers, but its own heartbeat stands still: its data "
+                          "are old and not used")
+            )  # fmt: skip
+        elif bad := invalid_roles(dev):
+            found.append(
+                Condition(f"device_invalid:{dev.id}", "warning",
+                          f"{dev.id} shows values that cannot be used (not a number, or "
+                          f"outside its map's range): {', '.join(bad)}")
+            )  # fmt: skip
     for device, command in rec.cooling.items():
         if command is not None and command.fallback:
             found.append(
@@ -83,8 +119,8 @@ class AlarmBook:
 
     RECENT = 500
 
-    def __init__(self, db: OpsDB, writer: Writer) -> None:
-        self.db, self.writer = db, writer
+    def __init__(self, db: OpsDB, writer: Writer, watched: Sequence[Writer] = ()) -> None:
+        self.db, self.writer, self.watched = db, writer, watched
         self._lock = threading.Lock()  # memory only: the tick raises, the API acknowledges
         stored = db.alarms(active_only=True)
         self._active: dict[str, Alarm] = {
@@ -104,7 +140,7 @@ class AlarmBook:
 
     def update(self, rec: TickRecord) -> None:
         now = rec.monotonic
-        present = {c.key: c for c in conditions(rec)}
+        present = {c.key: c for c in conditions(rec) + storage_conditions(self.watched)}
         for key, c in present.items():
             self._gone.pop(key, None)
             if key in self._active:

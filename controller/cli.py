@@ -25,6 +25,7 @@ from controller.replay.run import size as size_battery
 from controller.replay.trace import Trace, TraceError, read_trace
 from controller.service import DB_FILE
 from controller.sitefile import device_maps, load_site
+from controller.state import iso
 from drivers.certs import make_site_certs
 
 CLI = Actor(None, "cli", "admin")  # who the audit log names for changes made here
@@ -46,7 +47,10 @@ LogLevelOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARN
 
 
 def _site(
-    config: Path | None, api_port: int | None = None, data_dir: Path | None = None
+    config: Path | None,
+    api_port: int | None = None,
+    data_dir: Path | None = None,
+    port_offset: int = 0,
 ) -> SiteConfig:
     overrides: dict[str, object] = {}
     if api_port is not None:
@@ -54,7 +58,7 @@ def _site(
     if data_dir is not None:
         overrides["data_dir"] = data_dir
     try:
-        return load_site(config, overrides)
+        return load_site(config, overrides, port_offset)
     except ConfigError as exc:
         typer.echo(f"gridpilot: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -66,10 +70,11 @@ def _start(
     log_level: str,
     api_port: int | None = None,
     data_dir: Path | None = None,
+    port_offset: int = 0,
 ) -> None:
     """Load the site, then run `entry` until SIGINT/SIGTERM; start-up faults exit 1."""
     setup_logging(log_level)
-    site = _site(config, api_port, data_dir)
+    site = _site(config, api_port, data_dir, port_offset)
     try:
         asyncio.run(entry(site))
     except OSError as exc:  # a port taken, a device address that cannot be bound
@@ -83,9 +88,19 @@ def demo(
     api_port: ApiPortOpt = None,
     data_dir: DataDirOpt = None,
     log_level: LogLevelOpt = "INFO",
+    port_offset: Annotated[
+        int,
+        typer.Option(
+            "--port-offset",
+            min=0,
+            max=20000,
+            help="move every port (API, devices, token server) by this: a second demo beside "
+            "the first, e.g. --port-offset 100 --data-dir /tmp/gp2",
+        ),
+    ] = 0,
 ) -> None:
     """Every simulator, the controller, the API and metrics, in one process on loopback."""
-    _start(run_demo, config, log_level, api_port, data_dir)
+    _start(run_demo, config, log_level, api_port, data_dir, port_offset)
 
 
 @app.command()
@@ -262,9 +277,14 @@ def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Every key: id, role, name, when made and revoked (never the key)."""
     db = _opsdb(config, data_dir)
     try:
+        typer.echo(f"{'id':14} {'role':9} {'state':8} {'created':24} {'revoked':24} name")
         for k in db.api_keys():
             state = "revoked" if k["revoked_at"] else "active"
-            typer.echo(f"{k['id']:14} {k['role']:9} {state:8} {k['name']}")
+            revoked = iso(k["revoked_at"]) if k["revoked_at"] else "-"
+            typer.echo(
+                f"{k['id']:14} {k['role']:9} {state:8} {iso(k['created_at']):24} "
+                f"{revoked:24} {k['name']}"
+            )
     finally:
         db.close()
 

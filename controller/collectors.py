@@ -210,9 +210,15 @@ class WriterCollector(Collector):
         dropped = CounterMetricFamily(
             "gridpilot_storage_writes_dropped", "Writes that failed for a bug", labels=labels
         )
+        shed = CounterMetricFamily(
+            "gridpilot_storage_samples_shed",
+            "Samples not kept: the queue was at its bound while the disk failed",
+            labels=labels,
+        )
         for w in self.writers:
             pending.add_metric([self.site, w.name], w.pending)
             failing.add_metric([self.site, w.name], 1.0 if w.failing else 0.0)
             failures.add_metric([self.site, w.name], w.failures_total)
             dropped.add_metric([self.site, w.name], w.dropped_total)
-        yield from (pending, failing, failures, dropped)
+            shed.add_metric([self.site, w.name], w.shed_total)
+        yield from (pending, failing, failures, dropped, shed)

@@ -201,6 +201,17 @@ class CoolingSettings(Strict):
         return self
 
 
+class RetentionConfig(Strict):
+    """How long the SQLite file keeps what grows; older rows are deleted once an hour. At one
+    sample a second, samples take about 12 MB a day; the audit log grows with operators' changes
+    (a few hundred bytes each)."""
+
+    samples_days: float = Field(30.0, ge=1, le=3650, description="1 s site samples and events")
+    audit_days: float = Field(
+        365.0, ge=1, le=36500, description="audit entries, cleared alarms, ended DR events"
+    )
+
+
 class TokenSourceConfig(Strict):
     """An inference server's metrics endpoint whose token counter gridpilot reads."""
 
@@ -232,6 +243,7 @@ class SiteConfig(BaseSettings):
     )
     dispatch: DispatchConfig = DispatchConfig()
     cooling: CoolingSettings = CoolingSettings()
+    retention: RetentionConfig = RetentionConfig()
     simulation: dict[str, Any] = Field(
         default_factory=dict,
         description="the demo plant's settings: only the simulators read them (and check them)",
@@ -292,7 +304,13 @@ def describe_errors(exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
         field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "") or "(site)"
-        got = f" (got {err['input']!r})" if err["type"] != "missing" else ""
+        # The value sent, when it is one: never a whole section (it may hold secrets).
+        shown = (
+            err["type"] != "missing"
+            and not isinstance(err["input"], dict | list)
+            and not any("password" in str(part) for part in err["loc"])
+        )
+        got = f" (got {err['input']!r})" if shown and err["loc"] else ""
         lines.append(f"{field}: {err['msg']}{got}")
     return "invalid site configuration:\n  " + "\n  ".join(lines)
 

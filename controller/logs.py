@@ -50,7 +50,10 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Libraries speak only when something is wrong.
-    for noisy in ("pymodbus", "asyncua", "uvicorn.access", "numba"):
+    # Libraries speak only when something is wrong, and not of link faults: the drivers report
+    # those themselves, once per episode, naming the device (DEBUG shows the libraries' own).
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL
+    for library in ("pymodbus", "asyncua"):
+        logging.getLogger(library).setLevel(quiet)
+    for noisy in ("uvicorn.access", "numba", "httpx", "httpcore"):  # httpx: each token poll
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger("asyncua").setLevel(logging.ERROR)

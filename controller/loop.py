@@ -60,7 +60,7 @@ class ControlLoop:
         self.cooling_cfg = cooling_config(site.cooling)
         self.seq = 0
         self.overruns = 0
-        self._last_write_errors: set[str] = set()
+        self._write_faults: set[str] = set()  # devices whose writes are failing
         self._last_tick = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -119,20 +119,21 @@ class ControlLoop:
         """Hand each command to its driver, as the point its map binds to the role; the
         driver writes it at once on its own task. Returns what was refused now and what
         failed on the wire since the previous tick."""
-        refused = []
+        faults: dict[str, str] = {}  # device → its first write fault this tick
         for c in commands:
             driver = self.drivers[c.device]
             try:
                 driver.submit(driver.map.role_point(c.role).name, c.value)
             except DeviceIOError as exc:
-                refused.append(str(exc))
-        failed = [
-            error
-            for d in self.drivers.values()
-            if (error := d.counters.last_write_error) and d.counters.last_write_error_at >= since
-        ]
-        errors = tuple(refused + failed)
-        for e in set(errors) - self._last_write_errors:  # report each fault once, not per tick
-            log.warning("write failed", extra={"seq": self.seq, "error": e})
-        self._last_write_errors = set(errors)
-        return errors
+                faults.setdefault(c.device, str(exc))
+        for device, d in self.drivers.items():
+            if (error := d.counters.last_write_error) and d.counters.last_write_error_at >= since:
+                faults.setdefault(device, error)
+        # One line when a device's writes start failing and one when they work again, not one
+        # a tick (the values in the messages change every tick).
+        for device in faults.keys() - self._write_faults:
+            log.warning("write failed", extra={"seq": self.seq, "error": faults[device]})
+        for device in self._write_faults - faults.keys():
+            log.info("writes recovered", extra={"seq": self.seq, "device": device})
+        self._write_faults = set(faults)
+        return tuple(faults.values())

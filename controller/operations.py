@@ -179,17 +179,33 @@ class Operations:
         self, update: dict[str, Any], by: Actor, ttl_s: float | None, replace_all: bool = False
     ) -> Setpoints:
         """Validate the whole result first (the setpoints, then the dispatch configuration they
-        make with the site's): a rejected change changes nothing."""
+        make with the site's): a rejected change changes nothing; a change that changes
+        nothing is neither stored nor audited.
+
+        With `ttl_s`, the change is temporary: when it expires, the setpoints go back to what
+        was in force before it (a temporary change made while another is pending takes the
+        later expiry, and goes back to what was before the first). Without it, the change is
+        permanent for the fields it names; a pending revert still restores the others on
+        time (it no longer makes them permanent), so what it will restore must be valid as a
+        whole with this change, or the change is refused."""
         with self._lock:
             value = self._settle(time.time())
             old = value.setpoints
             new = Setpoints(**(update if replace_all else {**old.model_dump(), **update}))
             dispatch = dispatch_config(self.site, new)  # raises ValidationError, nothing changed
+            if new == old:
+                return old
             override = None
             if ttl_s is not None:
                 # A manual override: back to what was before it, when it expires.
                 previous = value.override.previous if value.override else old.model_dump()
                 override = Revert(previous, time.time() + ttl_s)
+            elif value.override is not None:
+                changed = _diff(old, new)[1]
+                restored = {**value.override.previous, **changed}
+                dispatch_config(self.site, Setpoints(**restored))  # the revert stays valid
+                if restored != new.model_dump():
+                    override = Revert(restored, value.override.expires_s)
             self.db.put_setting("setpoints", new.model_dump())
             self.db.put_setting("override", _saved(override))
             self.db.audit(by, "setpoints.change", *_diff(old, new))

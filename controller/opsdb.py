@@ -221,6 +221,18 @@ class OpsDB:
             (time.time() if at_s is None else at_s, by.label, alarm_id),
         )
 
+    def prune(self, before_s: float) -> None:
+        """Delete audit entries, cleared alarms and ended or cancelled events older than
+        `before_s` (unix time). Keys, settings and anything still active stay."""
+        with self._lock:
+            self._conn.execute("DELETE FROM audit WHERE time_s < ?", (before_s,))
+            self._conn.execute("DELETE FROM alarms WHERE cleared_at < ?", (before_s,))
+            self._conn.execute(
+                "DELETE FROM dr_events WHERE coalesce(ended_at, cancelled_at, end_s) < ?"
+                " AND (ended_at IS NOT NULL OR cancelled_at IS NOT NULL OR end_s < ?)",
+                (before_s, before_s),
+            )
+
     # --- audit ------------------------------------------------------------------------
     def audit(self, by: Actor, action: str, old: Any, new: Any) -> None:
         self._write(

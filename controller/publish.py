@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from controller.alarms import AlarmBook
 from controller.metrics import Metrics
@@ -12,15 +13,26 @@ from controller.store import Store
 
 log = logging.getLogger("gridpilot.site")
 SAMPLE_PERIOD_S = 1.0
+START_GRACE_S = 10.0  # devices still connecting at start: "degraded" is not yet worth a warning
+HOUSEKEEPING_PERIOD_S = 3600.0  # retention: old rows deleted once an hour (and at start)
 
 
 class Publisher:
     def __init__(
-        self, state: SiteState, metrics: Metrics, store: Store, alarms: AlarmBook | None = None
+        self,
+        state: SiteState,
+        metrics: Metrics,
+        store: Store,
+        alarms: AlarmBook | None = None,
+        housekeeping: Callable[[float], None] | None = None,
     ) -> None:
         self.state, self.metrics, self.store, self.alarms = state, metrics, store, alarms
+        self.housekeeping = housekeeping  # given the wall time; hands its work to the writers
+        self._next_housekeeping_at = 0.0
         self._next_sample_at = 0.0
         self._mode: str | None = None
+        self._first_tick_at: float | None = None
+        self._degraded_said = False
         self._connected: dict[str, bool] = {}
 
     def __call__(self, rec: TickRecord) -> None:
@@ -32,15 +44,25 @@ class Publisher:
         if rec.monotonic >= self._next_sample_at:
             self._next_sample_at = rec.monotonic + SAMPLE_PERIOD_S
             self._sample(rec)
+        if self.housekeeping is not None and rec.monotonic >= self._next_housekeeping_at:
+            self._next_housekeeping_at = rec.monotonic + HOUSEKEEPING_PERIOD_S
+            self.housekeeping(rec.wall_time)
 
     def _events(self, rec: TickRecord) -> None:
+        if self._first_tick_at is None:
+            self._first_tick_at = rec.monotonic
+        starting = rec.monotonic - self._first_tick_at < START_GRACE_S
         if rec.mode != self._mode:
             self.store.event(
                 "mode_changed", old=self._mode, new=rec.mode, missing=list(rec.readings.missing)
             )
-            if rec.mode == "degraded":
-                log.warning("control degraded", extra={"missing": ",".join(rec.readings.missing)})
             self._mode = rec.mode
+            self._degraded_said = False
+        if rec.mode == "degraded" and not self._degraded_said and not starting:
+            # Said once per episode, and not for the first seconds of a start, while the
+            # drivers are still connecting (that is no fault).
+            log.warning("control degraded", extra={"missing": ",".join(rec.readings.missing)})
+            self._degraded_said = True
         for dev in rec.snapshot.devices.values():
             if self._connected.get(dev.id) != dev.connected:
                 kind = "device_connected" if dev.connected else "device_disconnected"

@@ -101,21 +101,22 @@ class Controller:
         # alarms, event edges and reverts over and goes on, whatever the disk does.
         self.ops_writer = Writer("operations")
         self.operations = Operations(site, self.db, self.ops_writer)
-        self.alarms = AlarmBook(self.db, self.ops_writer)
         self.drivers = {d.id: make_driver(d, maps[d.id]) for d in site.devices}
-        self.state = SiteState(site.name, site.loop_period_s)
+        self.store = Store(site.data_dir / DB_FILE)
+        writers = (self.ops_writer, self.store.writer)
+        self.alarms = AlarmBook(self.db, self.ops_writer, watched=writers)
+        self.state = SiteState(site.name, site.loop_period_s, writers)
         self.tokens = TokenMeter(
             [
                 TokenSource(t.id, str(t.url), t.metric, t.poll_period_s, t.timeout_s)
                 for t in site.token_sources
             ]
         )
-        self.store = Store(site.data_dir / DB_FILE)
-        self.metrics = Metrics(site.name, self.tokens, (self.ops_writer, self.store.writer))
+        self.metrics = Metrics(site.name, self.tokens, writers)
         self.loop = ControlLoop(
             site,
             self.drivers,
-            Publisher(self.state, self.metrics, self.store, self.alarms),
+            Publisher(self.state, self.metrics, self.store, self.alarms, self.prune),
             self.operations,
         )
         configs = {d.id: d for d in site.devices}
@@ -188,6 +189,13 @@ class Controller:
             await asyncio.to_thread(self.close)  # drains the writers (a locked disk: bounded)
             sock.close()
             log.info("controller stopped")
+
+    def prune(self, now_s: float) -> None:
+        """Retention: hand the deletion of rows past their time to the writers."""
+        keep = self.site.retention
+        self.store.prune(now_s - keep.samples_days * 86400.0)
+        audit_before = now_s - keep.audit_days * 86400.0
+        self.ops_writer.put(lambda: self.db.prune(audit_before), "prune audit, alarms, events")
 
     def close(self) -> None:
         """Drain and close the store and the operators' writer, then the file (a write the

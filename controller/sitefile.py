@@ -6,6 +6,7 @@ so `check-config` and `run` refuse it with exit 2 instead of failing tick after 
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -81,12 +82,35 @@ def parse_site(data: object, overrides: dict | None = None, source: str = "site"
     return site
 
 
-def load_site(path: Path | None = None, overrides: dict | None = None) -> SiteConfig:
-    """Load a site file (or the built-in default site), apply overrides, check it whole."""
+def shift_ports(data: object, offset: int) -> object:
+    """The site with every port it listens on or calls moved by `offset` (the API, every
+    device, the simulated inference server and the token sources that point at it), so a
+    second demo can run beside the first."""
+    if not offset or not isinstance(data, dict):
+        return data
+    data = copy.deepcopy(data)
+    data["api_port"] = data.get("api_port", SiteConfig.model_fields["api_port"].default) + offset
+    for module in data.get("modules") or []:
+        for device in module.get("devices") or []:
+            if isinstance(device.get("port"), int):
+                device["port"] += offset
+    simulation = data.get("simulation") or {}
+    if isinstance(port := simulation.get("inference_port"), int):
+        simulation["inference_port"] = port + offset
+        for source in data.get("token_sources") or []:
+            source["url"] = str(source.get("url", "")).replace(f":{port}/", f":{port + offset}/")
+    return data
+
+
+def load_site(
+    path: Path | None = None, overrides: dict | None = None, port_offset: int = 0
+) -> SiteConfig:
+    """Load a site file (or the built-in default site), move its ports by `port_offset`,
+    apply overrides, check it whole."""
     if path is None:
         source = "built-in site"
         data = read_yaml(DEFAULT_SITE, source, ConfigError)
     else:
         source = f"site file {path}"
         data = read_yaml(path, source, ConfigError)
-    return parse_site(data, overrides, source)
+    return parse_site(shift_ports(data, port_offset), overrides, source)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from controller.record import TickRecord
+from controller.writer import Writer
 
 
 def iso(ts: float) -> str:
@@ -16,9 +18,10 @@ def iso(ts: float) -> str:
 
 
 class SiteState:
-    def __init__(self, site: str, period_s: float) -> None:
+    def __init__(self, site: str, period_s: float, writers: Sequence[Writer] = ()) -> None:
         self.site = site
         self.period_s = period_s
+        self.writers = writers  # storage: ready says when a fault holds what should be kept
         self.last: TickRecord | None = None
 
     def update(self, record: TickRecord) -> None:
@@ -39,6 +42,11 @@ class SiteState:
             return False, f"last tick {age:.3f} s ago (limit {3 * self.period_s:.3f} s)"
         if self.last is not None and self.last.mode == "degraded":
             return False, f"control degraded: missing {', '.join(self.last.readings.missing)}"
+        failing = [w for w in self.writers if w.failing]
+        if failing:
+            return False, "storage failing (control goes on): " + "; ".join(
+                f"{w.name}: {w.pending} writes held, {w.last_error}" for w in failing
+            )
         return True, "ok"
 
     def to_json(self) -> dict[str, Any]:

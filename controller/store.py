@@ -45,8 +45,8 @@ class Store:
         self._conn.executescript(SCHEMA)
         self.writer = Writer("store")
 
-    def _put(self, sql: str, args: tuple[Any, ...], what: str) -> None:
-        self.writer.put(lambda: self._conn.execute(sql, args), what)
+    def _put(self, sql: str, args: tuple[Any, ...], what: str, sheddable: bool = False) -> None:
+        self.writer.put(lambda: self._conn.execute(sql, args), what, sheddable)
 
     def event(self, kind: str, device: str | None = None, **detail: Any) -> None:
         self._put(
@@ -73,7 +73,13 @@ class Store:
             f"VALUES ({', '.join('?' * (len(cols) + 1))})",
             tuple(args),
             "sample",
+            sheddable=True,
         )
+
+    def prune(self, before_s: float) -> None:
+        """Delete samples and events older than `before_s` (unix time), on the writer."""
+        for table in ("samples", "events"):
+            self._put(f"DELETE FROM {table} WHERE time_s < ?", (before_s,), f"prune {table}")
 
     def close(self) -> None:
         self.writer.close()

@@ -35,16 +35,22 @@ def storage_fault(exc: BaseException) -> bool:
 class _Job:
     run: Callable[[], object]
     what: str  # for the log: which write, of what
+    sheddable: bool = False  # a periodic sample: past the bound, new ones are not queued
 
 
 _STOP = _Job(lambda: None, "stop")
 
 
 class Writer:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, max_sheddable: int = 3600) -> None:
         self.name = name
+        self.max_sheddable = max_sheddable  # samples held while the disk fails (1 h of 1/s)
         self.failures_total = 0  # tries that failed on a storage fault
         self.dropped_total = 0  # jobs that failed for a bug
+        self.shed_total = 0  # samples not queued: the bound was reached while the disk failed
+        self.lost_total = 0  # writes the disk still refused at shutdown
+        self._sheddable = 0  # samples queued now
+        self._count_lock = threading.Lock()  # memory only, held for an increment
         self.last_error: str | None = None
         self.failing = False  # a storage fault holds the queue now
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
@@ -56,9 +62,17 @@ class Writer:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def put(self, run: Callable[[], object], what: str) -> None:
-        """Queue a job; returns at once."""
-        self._queue.put(_Job(run, what))
+    def put(self, run: Callable[[], object], what: str, sheddable: bool = False) -> None:
+        """Queue a job; returns at once. A sheddable one (a periodic sample) is not queued,
+        but counted, while `max_sheddable` of them already wait: memory stays bounded through
+        a long disk failure, and everything else (events, alarms, audit) is kept."""
+        if sheddable:
+            with self._count_lock:
+                if self._sheddable >= self.max_sheddable:
+                    self.shed_total += 1
+                    return
+                self._sheddable += 1
+        self._queue.put(_Job(run, what, sheddable))
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every job queued before this call has run (tools, tests, shutdown);
@@ -77,6 +91,9 @@ class Writer:
     def _work(self) -> None:
         while (job := self._queue.get()) is not _STOP:
             self._run(job)
+            if job.sheddable:
+                with self._count_lock:
+                    self._sheddable -= 1
 
     def _run(self, job: _Job) -> None:
         backoff = BACKOFF_INITIAL_S
@@ -100,6 +117,7 @@ class Writer:
                         extra={"writer": self.name, "write": job.what, "error": str(exc)},
                     )
                 if self._stopping.is_set():
+                    self.lost_total += 1
                     log.error("write lost at shutdown", extra={"write": job.what})
                     return
                 time.sleep(backoff)

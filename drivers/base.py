@@ -208,6 +208,13 @@ class DeviceDriver(ABC):
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.settings.poll_period_s
                     await self._poll_once()
+                    if self.counters.last_error is not None and not self.frozen:
+                        # The episode is over: said once, then no longer shown as current.
+                        log.info(
+                            "device recovered",
+                            extra={"device": self.device_id, "was": self.counters.last_error},
+                        )
+                        self.counters.last_error = None
                 backoff = self.settings.backoff_initial_s
                 await self._idle(next_poll - time.monotonic())
             except asyncio.CancelledError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -104,3 +105,30 @@ def test_logfmt_lines_carry_fields_and_quote_what_needs_it():
     assert "device=ups-a" in line
     assert 'error="TimeoutError: no answer in \\"0.5 s\\""' in line
     assert "grid_w=5123457" in line and "soc=0.612346" in line
+
+
+def test_retention_deletes_rows_past_their_time_and_keeps_the_rest(site: SiteConfig):
+    """Samples and events past `retention.samples_days`, audit entries, cleared alarms and
+    ended events past `retention.audit_days`: deleted; recent and active ones: kept."""
+    controller = Controller(site)
+    now = time.time()
+    old, recent = now - 400 * 86400, now - 3600
+    db, store = controller.db, controller.store
+    for t in (old, recent):
+        store.sample({"time_s": t, "mode": "auto", "soc_ratio": {}})
+        db._write(
+            "INSERT INTO audit (time_s, key_name, action, old, new)"
+            " VALUES (?, 'x', 't', 'null', 'null')",
+            (t,),
+        )
+        db.store_alarm({"id": int(t), "key": "k", "severity": "warning", "message": "m",
+                        "raised_at": t, "cleared_at": t})  # fmt: skip
+    db.store_alarm({"id": 1, "key": "active", "severity": "warning", "message": "m",
+                    "raised_at": old})  # fmt: skip  # still active: kept however old
+    controller.prune(now)
+    assert store.writer.flush() and controller.ops_writer.flush()
+    samples = [t for (t,) in store.query("SELECT time_s FROM samples")]
+    assert samples == [recent]
+    assert [r["time_s"] for r in db.audit_page(10, None)] == [recent]
+    assert sorted(a["id"] for a in db.alarms()) == sorted([1, int(recent)])
+    controller.close()

@@ -186,3 +186,24 @@ def test_the_config_and_the_maps_know_the_same_kinds():
     from drivers.kinds import KINDS
 
     assert set(get_args(DeviceKind)) == set(KINDS)
+
+
+def test_a_port_offset_moves_every_port_a_second_demo_needs():
+    base, moved = load_site(), load_site(port_offset=100)
+    assert moved.api_port == base.api_port + 100
+    assert [d.port for d in moved.devices] == [d.port + 100 for d in base.devices]
+    port = simulation_of(base).inference_port
+    assert simulation_of(moved).inference_port == port + 100
+    assert [t.url.port for t in moved.token_sources] == [port + 100]
+
+
+def test_a_site_level_error_does_not_print_the_site(tmp_path: Path, site_data: dict):
+    """A rule across the site (two meters) names the rule, not the whole parsed file, which
+    may hold passwords."""
+    data = copy.deepcopy(site_data)
+    data["modules"][0]["devices"][0]["kind"] = "meter"
+    data["modules"][0]["devices"][0]["map"] = "meter"
+    with pytest.raises(ConfigError) as err:
+        parse_site(data)
+    assert "exactly one grid meter" in str(err.value)
+    assert "modules" not in str(err.value) and len(str(err.value)) < 300

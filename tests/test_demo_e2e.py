@@ -204,6 +204,16 @@ def test_shutdown_is_clean(demo_run):
         assert port_closed(port), f"port {port} still open after exit"
 
 
+def test_a_start_logs_no_fault_and_libraries_stay_quiet(demo_run):
+    """Devices connecting at start are no fault; link faults are the drivers' to report;
+    token polls are not news."""
+    lines = demo_run["stderr"].splitlines()
+    assert not [line for line in lines if "control degraded" in line]
+    assert not [line for line in lines if "level=warning" in line or "level=error" in line]
+    for library in ("logger=pymodbus", "logger=asyncua", "logger=httpx"):
+        assert not [line for line in lines if library in line], library
+
+
 def test_store_kept_samples_and_events(demo_run):
     import sqlite3
 

@@ -222,3 +222,27 @@ async def test_a_second_vendors_bess_is_a_map_file_and_nothing_else(site_data: d
         assert bess.w_set == pytest.approx(last.result.asset_w["bess-1"], rel=0.5, abs=5e5)
         shown = controller.drivers["bess-1"].values
         assert "state_of_charge" in shown and "soc_ratio" not in shown  # the vendor's names
+
+
+async def test_a_meter_showing_nan_or_frozen_raises_an_alarm_and_recovers(running):
+    """The meter only observes, so control goes on; but an operator hears of it. After a
+    dropped link, its last error is no longer shown as current."""
+    _, stack, records, controller = running
+    await until(lambda: records and records[-1].mode == "auto", 10, "auto mode")
+
+    def active(key: str) -> bool:
+        return any(a.key == key for a in controller.alarms.active)
+
+    for fault, key in (
+        (Fault.NAN, "device_invalid:meter-1"),
+        (Fault.FREEZE, "device_frozen:meter-1"),
+    ):
+        stack.set_fault("meter-1", fault)
+        await until(lambda key=key: active(key), 10, f"the {key} alarm")
+        assert records[-1].mode == "auto"
+        stack.set_fault("meter-1", Fault.NONE)
+        await until(lambda key=key: not active(key), 10, f"the {key} alarm to clear")
+    stack.set_fault("meter-1", Fault.DROP)
+    await until(lambda: records[-1].snapshot.devices["meter-1"].last_error, 10, "the drop")
+    stack.set_fault("meter-1", Fault.NONE)
+    await until(lambda: records[-1].snapshot.devices["meter-1"].last_error is None, 15, "recovery")

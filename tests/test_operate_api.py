@@ -303,3 +303,25 @@ def test_a_saved_revert_the_site_no_longer_accepts_is_dropped_at_start(site: Sit
     assert ops.override is None
     assert ops.in_force(time.time()).dispatch.soc_target_high_ratio == 0.7
     db.close()
+
+
+async def test_a_permanent_change_leaves_a_pending_revert_to_its_own_time(api):
+    """A temporary deadband, then a permanent manual power: the deadband still reverts on
+    time (it used to become permanent), the manual power stays."""
+    client, keys, ops, _ = api
+    head = auth(keys["operator"])
+    r = await client.patch("/v1/setpoints", json={"deadband_hz": 0.02, "ttl_s": 3600}, headers=head)
+    assert r.status_code == 200
+    r = await client.patch("/v1/setpoints", json={"manual_battery_w": 1e6}, headers=head)
+    assert r.status_code == 200 and r.json()["override"] is not None
+    later = ops.in_force(time.time() + 3601)
+    assert later.dispatch.deadband_hz == 0.015 and later.setpoints.manual_battery_w == 1e6
+
+
+async def test_a_change_that_changes_nothing_is_not_audited(api):
+    client, keys, ops, db = api
+    same = {"ramp_up_w_per_s": ops.setpoints.ramp_up_w_per_s}
+    for _ in range(3):
+        r = await client.patch("/v1/setpoints", json=same, headers=auth(keys["operator"]))
+        assert r.status_code == 200
+    assert db.audit_page(10, None) == []

@@ -200,3 +200,17 @@ async def test_token_endpoint_speaks_prometheus_text():
     assert family.name == "vllm:generation_tokens" and family.type == "counter"
     (sample,) = [s for s in family.samples if s.name.endswith("_total")]
     assert sample.value == 1234.0 and sample.labels == {"model_name": "llama"}
+
+
+def test_the_watchdog_counts_wall_time_like_a_real_device():
+    """A plant process frozen for 10 s and thawed: its physics catches up in short steps,
+    but the controller's last heartbeat is 10 s old at once, and commands stop counting."""
+    wall = [0.0]
+    u = UpsModel(7e6, 5e6, Battery(1.5e6, 0.6), Heartbeat(2.0, clock=lambda: wall[0]))
+    u.write("heartbeat", 1)
+    u.write("input_limit_w", 3e6)
+    u.step(4e6, DT)
+    assert u.input_w == pytest.approx(3e6)  # the battery carries the rest
+    wall[0] += 10.0  # frozen, then thawed: only one short step of physics so far
+    u.step(4e6, DT)
+    assert u.input_w == pytest.approx(4e6)  # reverted: the input carries the load again

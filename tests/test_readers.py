@@ -135,6 +135,15 @@ async def test_a_locked_disk_never_delays_a_tick_nor_hides_an_alarm(site: SiteCo
         other = sqlite3.connect(db_path, isolation_level=None, timeout=5)
         other.execute("BEGIN EXCLUSIVE")  # a backup tool, say, holding the write lock
         mark = len(run.records)
+        store = run.controller.store.writer  # a sample a second: it meets the lock first
+        await until(lambda: store.failing, 10, "the store to find the file locked")
+        ready = await run.api.get("/readyz")
+        assert ready.status_code == 503 and "storage failing" in ready.json()["detail"]
+        await until(
+            lambda: any(a.key == "storage_failing:store" for a in run.controller.alarms.active),
+            5,
+            "the storage alarm",
+        )
         await run.stack.stop_device("ups-b")  # an alarm while the disk is locked
         await until(
             lambda: any(a.key == "device_down:ups-b" for a in run.controller.alarms.active),
@@ -161,3 +170,10 @@ async def test_a_locked_disk_never_delays_a_tick_nor_hides_an_alarm(site: SiteCo
         stored = [a for a in run.controller.db.alarms() if a["key"] == "device_down:ups-b"]
         assert stored and stored[0]["cleared_at"] is not None  # raised and cleared: both kept
         assert writer.failures_total > 0 and not writer.failing
+        await until(lambda: not store.failing, 10, "the store to write again")
+        await until(
+            lambda: not any(a.key.startswith("storage") for a in run.controller.alarms.active),
+            5,
+            "the storage alarm to clear",
+        )
+        assert store.shed_total == 0  # a few seconds of samples: all kept

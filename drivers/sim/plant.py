@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 HEARTBEAT_LOST = 1 << 3
@@ -45,18 +46,27 @@ class Battery:
 
 @dataclass
 class Heartbeat:
-    """The plant's watchdog: commands count only while the controller's heartbeat changes."""
+    """The plant's watchdog: commands count only while the controller's heartbeat changes.
+
+    A real device's watchdog counts wall time. Given a `clock` (the stack gives it
+    time.monotonic), so does this one: a plant process frozen for 10 s and thawed finds the
+    heartbeat 10 s old at once, although its physics catches up in short steps. Without one
+    (the physics tests), it counts the simulated time it is given."""
 
     timeout_s: float
     value: float = -1.0
     last_change_s: float = -math.inf
+    clock: Callable[[], float] | None = None
+
+    def _now(self, simulated_s: float) -> float:
+        return self.clock() if self.clock is not None else simulated_s
 
     def beat(self, value: float, now_s: float) -> None:
         if value != self.value:
-            self.value, self.last_change_s = value, now_s
+            self.value, self.last_change_s = value, self._now(now_s)
 
     def alive(self, now_s: float) -> bool:
-        return now_s - self.last_change_s <= self.timeout_s
+        return self._now(now_s) - self.last_change_s <= self.timeout_s
 
 
 @dataclass

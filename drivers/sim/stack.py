@@ -58,7 +58,7 @@ class SimulatorStack:
                 rated_power_w=sim.ups_rated_power_w,
                 max_charge_w=sim.ups_max_charge_w,
                 battery=Battery(sim.ups_battery_wh, sim.initial_soc_ratio),
-                heartbeat=Heartbeat(sim.heartbeat_timeout_s),
+                heartbeat=Heartbeat(sim.heartbeat_timeout_s, clock=time.monotonic),
             )
             for d in plant.of_kind("ups")
         }
@@ -66,7 +66,7 @@ class SimulatorStack:
             d.id: BessModel(
                 w_max_rtg=sim.bess_w_max_rtg,
                 battery=Battery(sim.bess_wh_rtg, sim.initial_soc_ratio),
-                heartbeat=Heartbeat(sim.heartbeat_timeout_s),
+                heartbeat=Heartbeat(sim.heartbeat_timeout_s, clock=time.monotonic),
             )
             for d in plant.of_kind("bess")
         }
