@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from controller import dbfile
 from controller.api_operate import KeyIn
 from controller.config import ConfigError, DispatchConfig, SiteConfig
+from controller.dbfile import StorageError
 from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
 from controller.opsdb import ROLES, Actor, OpsDB
@@ -77,6 +79,9 @@ def _start(
     site = _site(config, api_port, data_dir, port_offset)
     try:
         asyncio.run(entry(site))
+    except StorageError as exc:  # the SQLite file damaged or gone: say what to do
+        typer.echo(f"gridpilot: {exc}", err=True)
+        raise typer.Exit(2) from None
     except OSError as exc:  # a port taken, a device address that cannot be bound
         log.error("cannot start", extra={"error": str(exc)})
         raise typer.Exit(1) from None
@@ -243,7 +248,11 @@ app.add_typer(keys_app, name="keys")
 
 def _opsdb(config: Path | None, data_dir: Path | None) -> OpsDB:
     site = _site(config, None, data_dir)
-    return OpsDB(site.data_dir / DB_FILE)
+    try:
+        return OpsDB(site.data_dir / DB_FILE)
+    except StorageError as exc:
+        typer.echo(f"gridpilot: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @keys_app.command("create")
@@ -305,6 +314,62 @@ def keys_revoke(
     finally:
         db.close()
     typer.echo(f"revoked {key_id}")
+
+
+db_app = typer.Typer(help="The SQLite file: check it, back it up (online), restore a backup.")
+app.add_typer(db_app, name="db")
+
+
+def _db_path(config: Path | None, data_dir: Path | None) -> Path:
+    return _site(config, None, data_dir).data_dir / DB_FILE
+
+
+def _storage(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except StorageError as exc:
+        typer.echo(f"gridpilot: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@db_app.command("check")
+def db_check(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """SQLite's full integrity check of the site's file; exit 2 if anything is wrong."""
+    path = _db_path(config, data_dir)
+    if not path.exists():
+        typer.echo(f"gridpilot: no database at {path}", err=True)
+        raise typer.Exit(2)
+    found = dbfile.problems(path, full=True, ours=True)
+    for problem in found:
+        typer.echo(f"{path}: {problem}", err=True)
+    if found:
+        raise typer.Exit(2)
+    typer.echo(f"{path}: ok")
+
+
+@db_app.command("backup")
+def db_backup(
+    out: Annotated[Path, typer.Argument(help="the backup file to write")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Copy the site's file through SQLite's backup API: consistent while the controller runs."""
+    path = _db_path(config, data_dir)
+    _storage(lambda: dbfile.backup(path, out))
+    typer.echo(f"backed up {path} to {out}")
+
+
+@db_app.command("restore")
+def db_restore(
+    backup_file: Annotated[Path, typer.Argument(help="a file `gridpilot db backup` made")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Put a backup in place of the site's file; stop the controller first. The backup is
+    checked whole before anything is replaced."""
+    path = _db_path(config, data_dir)
+    _storage(lambda: dbfile.restore(path, backup_file))
+    typer.echo(f"restored {path} from {backup_file}")
 
 
 @app.command()

@@ -212,6 +212,14 @@ class RetentionConfig(Strict):
     )
 
 
+class BackupConfig(Strict):
+    """Periodic online backups of the SQLite file (`gridpilot db backup` by hand)."""
+
+    dir: Path | None = Field(None, description="where backups go; none: no periodic backup")
+    every_h: float = Field(24.0, ge=1, le=24 * 365, description="hours between two backups")
+    keep: int = Field(7, ge=1, le=1000, description="the newest this many are kept")
+
+
 class TokenSourceConfig(Strict):
     """An inference server's metrics endpoint whose token counter gridpilot reads."""
 
@@ -244,6 +252,7 @@ class SiteConfig(BaseSettings):
     dispatch: DispatchConfig = DispatchConfig()
     cooling: CoolingSettings = CoolingSettings()
     retention: RetentionConfig = RetentionConfig()
+    backup: BackupConfig = BackupConfig()
     simulation: dict[str, Any] = Field(
         default_factory=dict,
         description="the demo plant's settings: only the simulators read them (and check them)",

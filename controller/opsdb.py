@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from controller.dbfile import check_at_start
+
 Role = Literal["viewer", "operator", "admin"]
 MIN_KEY_CHARS = 16
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")  # each may do what those before may
@@ -70,6 +72,7 @@ def _digest(salt: bytes, secret: str) -> bytes:
 class OpsDB:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_at_start(path)  # a damaged or vanished file is refused, never silently remade
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row

@@ -6,15 +6,18 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
 from controller.alarms import AlarmBook
 from controller.api import create_app
 from controller.config import DeviceConfig, SiteConfig
+from controller.dbfile import periodic_backup
 from controller.dispatch import warm_up
 from controller.loop import ControlLoop
 from controller.metrics import Metrics
@@ -95,6 +98,7 @@ class Controller:
     def __init__(self, site: SiteConfig) -> None:
         warm_up()  # compile (or load from cache) before the first tick, not during it
         self.site = site
+        self._last_backup_s = -math.inf
         maps = device_maps(site)  # checked: each device's kind and the roles it provides
         self.db = OpsDB(site.data_dir / DB_FILE)
         # The operators' side of the file is written on its own thread: a tick hands its
@@ -191,11 +195,22 @@ class Controller:
             log.info("controller stopped")
 
     def prune(self, now_s: float) -> None:
-        """Retention: hand the deletion of rows past their time to the writers."""
+        """Housekeeping, hourly: hand the deletion of rows past their time, and a backup when
+        one is due, to the writers."""
         keep = self.site.retention
         self.store.prune(now_s - keep.samples_days * 86400.0)
         audit_before = now_s - keep.audit_days * 86400.0
         self.ops_writer.put(lambda: self.db.prune(audit_before), "prune audit, alarms, events")
+        backup = self.site.backup
+        if backup.dir is not None and now_s - self._last_backup_s >= backup.every_h * 3600.0:
+            self._last_backup_s = now_s
+            folder, path = backup.dir, self.site.data_dir / DB_FILE
+            self.ops_writer.put(lambda: self._backup(path, folder, backup.keep), "backup")
+
+    @staticmethod
+    def _backup(path: Path, folder: Path, keep: int) -> None:
+        out = periodic_backup(path, folder, keep)
+        log.info("backup made", extra={"file": str(out)})
 
     def close(self) -> None:
         """Drain and close the store and the operators' writer, then the file (a write the

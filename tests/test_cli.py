@@ -18,7 +18,7 @@ from tests.processes import GRIDPILOT, create_key, gridpilot, stop_cleanly, wait
 def test_help_lists_the_commands():
     out = subprocess.run([*GRIDPILOT, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    for command in ("demo", "run", "sim", "check-config", "replay", "size", "certs"):
+    for command in ("demo", "run", "sim", "check-config", "replay", "size", "certs", "keys", "db"):
         assert command in out.stdout
 
 

@@ -1,0 +1,109 @@
+"""The SQLite file as a whole: checked at start, backed up online, restored.
+
+At start a file that is corrupt is refused naming it and what to do, and so is a file that is
+missing or empty where one existed before: a marker beside it (`gridpilot.sqlite.id`, outside
+the file, so it survives the file's loss) says one was made here, and when. Starting anew on an
+empty file would silently lose every key, setpoint, event and audit entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+TABLES = ("api_keys", "settings", "audit")  # what makes it a gridpilot file (a restore's check)
+
+
+class StorageError(RuntimeError):
+    """The file cannot be used as it is; the message names it and what to do."""
+
+
+def marker_of(path: Path) -> Path:
+    return path.with_name(path.name + ".id")
+
+
+def _stamp(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def problems(path: Path, full: bool = False, ours: bool = False) -> list[str]:
+    """What is wrong with the file (empty: nothing). `full`: SQLite's integrity_check, which
+    reads every page; else quick_check (what a start can afford). `ours`: it must also hold
+    gridpilot's tables (a backup about to be restored)."""
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+            rows = conn.execute(f"PRAGMA {'integrity_check' if full else 'quick_check'}")
+            found = [r[0] for r in rows.fetchall() if r[0] != "ok"]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    missing = [t for t in TABLES if t not in tables] if ours else []
+    return found + ([f"not a gridpilot database: no table {', '.join(missing)}"] if missing else [])
+
+
+def check_at_start(path: Path) -> None:
+    """Refuse a corrupt file, or a missing or empty one where one existed; mark a new one."""
+    marker = marker_of(path)
+    exists = path.exists() and path.stat().st_size > 0
+    if not exists and marker.exists():
+        made = json.loads(marker.read_text()).get("created_at", 0.0)
+        state = "is empty" if path.exists() else "is missing"
+        raise StorageError(
+            f"database {path} {state}, but one was made here at {_stamp(made)} ({marker}): "
+            f"restore a backup with `gridpilot db restore BACKUP_FILE`, or, to start anew and "
+            f"lose its keys, setpoints, events and audit log, delete {marker}"
+        )
+    if exists:
+        found = problems(path)
+        if found:
+            raise StorageError(
+                f"database {path} is damaged ({'; '.join(found[:3])}): restore a backup with "
+                f"`gridpilot db restore BACKUP_FILE`, or move the file away to start anew"
+            )
+    if not marker.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"created_at": time.time()}) + "\n")
+
+
+def backup(path: Path, out: Path) -> Path:
+    """An online copy through SQLite's backup API: consistent while the controller runs."""
+    if not path.exists():
+        raise StorageError(f"no database at {path} to back up")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with (
+        closing(sqlite3.connect(path, timeout=10)) as source,
+        closing(sqlite3.connect(partial)) as target,
+    ):
+        source.backup(target)
+    os.replace(partial, out)
+    return out
+
+
+def restore(path: Path, source: Path) -> None:
+    """Put a backup in place of the file (the controller must be stopped): checked whole
+    first, then swapped in at once; the old file's write-ahead log is removed with it."""
+    if not source.exists():
+        raise StorageError(f"no backup at {source}")
+    found = problems(source, full=True, ours=True)
+    if found:
+        raise StorageError(f"backup {source} is not usable: {'; '.join(found[:3])}")
+    partial = path.with_name(path.name + ".restoring")
+    backup(source, partial)
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    os.replace(partial, path)
+    marker_of(path).write_text(json.dumps({"created_at": time.time(), "restored": str(source)}))
+
+
+def periodic_backup(path: Path, folder: Path, keep: int) -> Path:
+    """A timestamped backup in `folder`, and only the newest `keep` kept."""
+    out = backup(path, folder / f"gridpilot-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.sqlite")
+    for old in sorted(folder.glob("gridpilot-*.sqlite"))[:-keep]:
+        old.unlink()
+    return out

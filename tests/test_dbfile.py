@@ -1,0 +1,85 @@
+"""The SQLite file as an operator meets it: a damaged or vanished file refused at start with
+what to do, an online backup and a checked restore, periodic backups."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from controller.service import DB_FILE, Controller
+from controller.sitefile import load_site
+from tests.processes import GRIDPILOT, create_key
+
+
+def gridpilot_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*GRIDPILOT, *args], capture_output=True, text=True, timeout=120)
+
+
+def refused(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+
+
+def test_a_damaged_file_is_refused_at_start_naming_it(site_file: Path):
+    key = create_key(str(site_file), "admin")  # the file exists, with a key in it
+    assert key
+    db = load_site(site_file).data_dir / DB_FILE
+    raw = bytearray(db.read_bytes())
+    raw[0:16] = b"this is garbage!"  # the header: no longer SQLite
+    db.write_bytes(bytes(raw))
+    for args in (["run", "--config", str(site_file)], ["keys", "list", "--config", str(site_file)]):
+        refused(gridpilot_cli(*args), str(db), "damaged", "gridpilot db restore")
+    refused(gridpilot_cli("db", "check", "--config", str(site_file)), str(db))
+
+
+def test_an_emptied_file_is_refused_not_silently_remade(site_file: Path):
+    create_key(str(site_file), "admin")
+    db = load_site(site_file).data_dir / DB_FILE
+    db.write_bytes(b"")  # truncated: every key, setpoint and event gone
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    refused(gridpilot_cli("run", "--config", str(site_file)), "is empty", "was made here")
+    db.unlink()
+    refused(gridpilot_cli("run", "--config", str(site_file)), "is missing")
+
+
+def test_an_online_backup_restores_the_keys_and_is_checked_first(site_file: Path, tmp_path: Path):
+    key = create_key(str(site_file), "operator", "kept")
+    backup = tmp_path / "backups" / "gp.sqlite"
+    proc = gridpilot_cli("db", "backup", str(backup), "--config", str(site_file))
+    assert proc.returncode == 0, proc.stderr
+    assert gridpilot_cli("db", "check", "--config", str(site_file)).returncode == 0
+    # Elsewhere, a new site restores it: the key made before works there.
+    other = tmp_path / "other"
+    data = yaml.safe_load(site_file.read_text()) | {"data_dir": str(other)}
+    other_site = tmp_path / "other.yaml"
+    other_site.write_text(yaml.safe_dump(data))
+    proc = gridpilot_cli("db", "restore", str(backup), "--config", str(other_site))
+    assert proc.returncode == 0, proc.stderr
+    listed = gridpilot_cli("keys", "list", "--config", str(other_site)).stdout
+    assert key.split("_")[1] in listed and "kept" in listed
+    # A file that is no backup is refused before anything is replaced.
+    bogus = tmp_path / "bogus.sqlite"
+    bogus.write_bytes(b"not a database at all, just text" * 100)
+    refused(gridpilot_cli("db", "restore", str(bogus), "--config", str(other_site)), "bogus")
+    assert "kept" in gridpilot_cli("keys", "list", "--config", str(other_site)).stdout
+
+
+def test_periodic_backups_keep_the_newest(site_data: dict, tmp_path: Path):
+    from controller.sitefile import parse_site
+
+    folder = tmp_path / "backups"
+    site = parse_site(site_data | {"backup": {"dir": str(folder), "every_h": 1, "keep": 2}})
+    controller = Controller(site)
+    for k in range(3):  # three hours of housekeeping
+        controller.prune(time.time() + k * 3600)
+        assert controller.ops_writer.flush()
+        time.sleep(1.1)  # backups are named by the second
+    kept = sorted(folder.glob("gridpilot-*.sqlite"))
+    assert len(kept) == 2
+    controller.close()
