@@ -24,6 +24,7 @@ from controller.config import DispatchConfig, SiteConfig
 from controller.opsdb import SYSTEM, Actor, OpsDB
 from controller.record import InForce
 from controller.setpoints import Mode, Setpoints, dispatch_config, initial_setpoints
+from controller.state import iso
 from controller.writer import Writer
 
 log = logging.getLogger("gridpilot.operations")
@@ -71,17 +72,31 @@ class Revert:
     expires_s: float
 
 
+@dataclass(frozen=True, eq=False)  # compared by identity: two alike are two changes
+class Layer:
+    """A temporary change of setpoints: these values, until `expires_s`."""
+
+    changes: dict[str, Any]
+    expires_s: float
+
+
 @dataclass(frozen=True)
 class OperatorState:
-    setpoints: Setpoints
+    setpoints: Setpoints  # in force: the permanent ones with the temporary layers over them
     dispatch: DispatchConfig  # the site's dispatch with the setpoints, validated whole
     mode: Mode
-    override: Revert | None  # setpoints given with a TTL
+    permanent: Setpoints  # what stays when every temporary change has gone
+    layers: tuple[Layer, ...]  # temporary changes, oldest first, each reverting on its time
     mode_override: Revert | None  # mode given with a TTL ({"mode": ...})
     pending: tuple[Event, ...]  # events not yet ended: the only ones a tick looks at
 
 
-Edge = tuple[str, object]  # ("setpoints.revert", Revert) / ("event.start", Event) / ...
+def effective(permanent: Setpoints, layers: tuple[Layer, ...]) -> Setpoints:
+    """The setpoints in force: the permanent ones, each temporary change over them in turn."""
+    merged = permanent.model_dump()
+    for layer in layers:
+        merged.update(layer.changes)
+    return Setpoints(**merged)
 
 
 class Operations:
@@ -91,45 +106,61 @@ class Operations:
         self._lock = threading.Lock()  # API changes and the writer's edges; never the tick
         self._handed: set[tuple[str, int | float]] = set()  # edges given to the writer
         self._capped: tuple[DispatchConfig, float, DispatchConfig] | None = None
-        setpoints = self._saved_setpoints()
+        permanent, layers = self._saved_setpoints()
+        setpoints = effective(permanent, layers)
         self._value = OperatorState(
             setpoints=setpoints,
             dispatch=dispatch_config(site, setpoints),
             mode=db.get_setting("mode") or "auto",
-            override=self._saved_override(),
+            permanent=permanent,
+            layers=layers,
             mode_override=_mode_revert(db.get_setting("mode_override")),
             pending=(),
         )
         self._reload_events()
 
-    def _saved_setpoints(self) -> Setpoints:
-        """The setpoints saved before a restart, if the site still accepts them whole."""
-        base = initial_setpoints(self.site)
-        saved = self.db.get_setting("setpoints")
-        if not saved:
-            return base
+    def _saved_setpoints(self) -> tuple[Setpoints, tuple[Layer, ...]]:
+        """The permanent setpoints and the temporary changes saved before a restart, as far as
+        the site still accepts them whole (else the site file's, and no temporary change)."""
+        base = initial_setpoints(self.site).model_dump()
+        saved = self.db.get_setting("setpoints") or {}
+        permanent = self.db.get_setting("setpoints_permanent")
+        layers = tuple(Layer(**layer) for layer in self.db.get_setting("setpoint_layers") or [])
+        if permanent is None:  # as saved before temporary changes were layers
+            permanent = saved
+            if (old := self.db.get_setting("override")) is not None:
+                permanent = old["previous"]
+                changes = {k: v for k, v in saved.items() if old["previous"].get(k) != v}
+                layers = (Layer(changes, old["expires_s"]),) if changes else ()
         try:
-            setpoints = Setpoints(**{**base.model_dump(), **saved})
+            setpoints = Setpoints(**{**base, **permanent})
             dispatch_config(self.site, setpoints)
-            return setpoints
-        except ValidationError as exc:
-            log.error(
-                "saved setpoints refused; the site file's are in force",
-                extra={"errors": "; ".join(e["msg"] for e in exc.errors())},
-            )
-            return base
-
-    def _saved_override(self) -> Revert | None:
-        """A pending revert saved before a restart, if what it restores is still valid."""
-        revert = _revert(self.db.get_setting("override"))
-        if revert is None:
-            return None
-        try:
-            dispatch_config(self.site, Setpoints(**revert.previous))
         except (ValidationError, TypeError) as exc:
-            log.error("saved revert refused; the override stays", extra={"error": str(exc)})
-            return None
-        return revert
+            log.error("saved setpoints refused; the site file's are in force",
+                      extra={"error": str(exc)})  # fmt: skip
+            return Setpoints(**base), ()
+        try:
+            self._check_future(setpoints, layers)
+        except (ValidationError, TypeError) as exc:
+            log.error("saved temporary changes refused", extra={"error": str(exc)})
+            layers = ()
+        return setpoints, layers
+
+    def _check_future(self, permanent: Setpoints, layers: tuple[Layer, ...]) -> None:
+        """Every state the setpoints will pass through as the temporary changes expire must be
+        valid as a whole; else ValidationError naming the revert that would break it."""
+        for when in sorted({layer.expires_s for layer in layers}):
+            remaining = tuple(layer for layer in layers if layer.expires_s > when)
+            try:
+                dispatch_config(self.site, effective(permanent, remaining))
+            except ValidationError as exc:
+                reasons = "; ".join(e["msg"] for e in exc.errors())
+                message = f"once the temporary change ending at {iso(when)} reverts: {reasons}"
+                raise ValidationError.from_exception_data(
+                    "Setpoints",
+                    [{"type": "value_error", "loc": ("ttl_s",), "input": None,
+                      "ctx": {"error": ValueError(message)}}],
+                ) from None  # fmt: skip
 
     # --- what readers see ---------------------------------------------------------------
     @property
@@ -142,8 +173,18 @@ class Operations:
 
     @property
     def override(self) -> dict[str, Any] | None:
-        o = self._value.override
-        return None if o is None else {"previous": o.previous, "expires_s": o.expires_s}
+        """The temporary changes pending: what stays when they have all gone (`previous`),
+        when the last ends, and each change with its own end."""
+        value = self._value
+        if not value.layers:
+            return None
+        return {
+            "previous": value.permanent.model_dump(),
+            "expires_s": max(layer.expires_s for layer in value.layers),
+            "temporary": [
+                {"changes": layer.changes, "expires_s": layer.expires_s} for layer in value.layers
+            ],
+        }
 
     @property
     def mode_override(self) -> dict[str, Any] | None:
@@ -182,37 +223,47 @@ class Operations:
         make with the site's): a rejected change changes nothing; a change that changes
         nothing is neither stored nor audited.
 
-        With `ttl_s`, the change is temporary: when it expires, the setpoints go back to what
-        was in force before it (a temporary change made while another is pending takes the
-        later expiry, and goes back to what was before the first). Without it, the change is
-        permanent for the fields it names; a pending revert still restores the others on
-        time (it no longer makes them permanent), so what it will restore must be valid as a
-        whole with this change, or the change is refused."""
+        With `ttl_s`, the change is temporary: it lies over what is in force, and at its own
+        end it goes, whatever else was changed meanwhile (temporary changes on the same field
+        unwind in turn). Without it, the change is permanent for the fields it names (they
+        leave the temporary changes); the others' reverts keep their time. Each state the
+        setpoints will pass through as the temporary changes end must be valid as a whole, or
+        the change is refused, naming the revert that would break it."""
         with self._lock:
-            value = self._settle(time.time())
+            now = time.time()
+            value = self._settle(now)
             old = value.setpoints
             new = Setpoints(**(update if replace_all else {**old.model_dump(), **update}))
             dispatch = dispatch_config(self.site, new)  # raises ValidationError, nothing changed
-            if new == old:
+            changed = _diff(old, new)[1]
+            if not changed:
                 return old
-            override = None
+            permanent, layers = value.permanent, value.layers
             if ttl_s is not None:
-                # A manual override: back to what was before it, when it expires.
-                previous = value.override.previous if value.override else old.model_dump()
-                override = Revert(previous, time.time() + ttl_s)
-            elif value.override is not None:
-                changed = _diff(old, new)[1]
-                restored = {**value.override.previous, **changed}
-                dispatch_config(self.site, Setpoints(**restored))  # the revert stays valid
-                if restored != new.model_dump():
-                    override = Revert(restored, value.override.expires_s)
-            self.db.put_setting("setpoints", new.model_dump())
-            self.db.put_setting("override", _saved(override))
+                layers = (*layers, Layer(changed, now + ttl_s))
+            else:
+                permanent = Setpoints(**{**permanent.model_dump(), **changed})
+                kept = (_without(layer, changed) for layer in layers)
+                layers = tuple(layer for layer in kept if layer.changes)
+            self._check_future(permanent, layers)
+            self._save_setpoints(new, permanent, layers)
             self.db.audit(by, "setpoints.change", *_diff(old, new))
             if ttl_s is not None:
-                self.db.audit(by, "setpoints.ttl", None, {"ttl_s": ttl_s})
-            self._value = replace(value, setpoints=new, dispatch=dispatch, override=override)
+                self.db.audit(by, "setpoints.ttl", None, {"ttl_s": ttl_s, "fields": list(changed)})
+            self._value = replace(
+                value, setpoints=new, dispatch=dispatch, permanent=permanent, layers=layers
+            )
             return new
+
+    def _save_setpoints(
+        self, setpoints: Setpoints, permanent: Setpoints, layers: tuple[Layer, ...]
+    ) -> None:
+        self.db.put_setting("setpoints", setpoints.model_dump())
+        self.db.put_setting("setpoints_permanent", permanent.model_dump())
+        self.db.put_setting(
+            "setpoint_layers", [{"changes": x.changes, "expires_s": x.expires_s} for x in layers]
+        )
+        self.db.put_setting("override", None)  # the single revert of before layers
 
     def change_mode(self, mode: Mode, by: Actor, ttl_s: float | None) -> Mode:
         with self._lock:
@@ -251,8 +302,8 @@ class Operations:
         writer, which records it and folds it into the value."""
         value = self._value
         expired = self._expired(value, now_s)
-        for action, revert in expired:
-            self._hand((action, revert.expires_s), revert)
+        for action, item in expired:
+            self._hand((action, item.expires_s), item)
         setpoints, mode, dispatch = value.setpoints, value.mode, value.dispatch
         if expired:
             value = self._reverted(value, expired)
@@ -288,36 +339,42 @@ class Operations:
         return cached[2]
 
     @staticmethod
-    def _expired(value: OperatorState, now_s: float) -> list[tuple[str, Revert]]:
-        """The overrides whose time is up: ("setpoints.revert" | "mode.revert", revert)."""
-        out = []
-        if value.override is not None and now_s >= value.override.expires_s:
-            out.append(("setpoints.revert", value.override))
+    def _expired(value: OperatorState, now_s: float) -> list[tuple[str, Layer | Revert]]:
+        """What is due to revert: ("setpoints.revert", layer) for each temporary change whose
+        time is up, ("mode.revert", revert) for a temporary mode."""
+        out: list[tuple[str, Layer | Revert]] = [
+            ("setpoints.revert", layer) for layer in value.layers if now_s >= layer.expires_s
+        ]
         if value.mode_override is not None and now_s >= value.mode_override.expires_s:
             out.append(("mode.revert", value.mode_override))
         return out
 
-    def _reverted(self, value: OperatorState, expired: list[tuple[str, Revert]]) -> OperatorState:
-        """`value` with these overrides reverted (their `previous` was checked at load or
-        when made, so this cannot fail)."""
-        for action, revert in expired:
-            if action == "setpoints.revert":
-                restored = Setpoints(**revert.previous)
-                value = replace(
-                    value,
-                    setpoints=restored,
-                    dispatch=dispatch_config(self.site, restored),
-                    override=None,
-                )
-            else:
-                value = replace(value, mode=revert.previous["mode"], mode_override=None)
+    def _reverted(
+        self, value: OperatorState, expired: list[tuple[str, Layer | Revert]]
+    ) -> OperatorState:
+        """`value` with these reverted (every state the reverts pass through was checked when
+        the changes were made, or at load, so this does not fail)."""
+        gone = [item for action, item in expired if action == "setpoints.revert"]
+        if gone:
+            layers = tuple(x for x in value.layers if not any(x is g for g in gone))
+            restored = effective(value.permanent, layers)
+            value = replace(
+                value,
+                setpoints=restored,
+                dispatch=dispatch_config(self.site, restored),
+                layers=layers,
+            )
+        for action, item in expired:
+            if action == "mode.revert":
+                assert isinstance(item, Revert)
+                value = replace(value, mode=item.previous["mode"], mode_override=None)
         return value
 
     def _settle(self, now_s: float) -> OperatorState:
         """With the lock held (an API change): first record and apply the reverts that are
-        due, so a change is made on what is in force, never on an expired override."""
-        for action, revert in self._expired(self._value, now_s):
-            self._fold(action, revert)
+        due, so a change is made on what is in force, never on an expired one."""
+        for action, item in self._expired(self._value, now_s):
+            self._fold(action, item)
         return self._value
 
     def _hand(self, edge: tuple[str, int | float], item: object) -> None:
@@ -339,13 +396,16 @@ class Operations:
         A revert an operator's change has made moot is skipped."""
         value = self._value
         if action in ("setpoints.revert", "mode.revert"):
-            current = value.override if action == "setpoints.revert" else value.mode_override
-            if current is not item:
+            if action == "setpoints.revert":
+                present = any(layer is item for layer in value.layers)
+            else:
+                present = value.mode_override is item
+            if not present:
                 return  # an operator changed it since: nothing to revert
+            assert isinstance(item, Layer | Revert)
             new = self._reverted(value, [(action, item)])
             if action == "setpoints.revert":
-                self.db.put_setting("setpoints", new.setpoints.model_dump())
-                self.db.put_setting("override", None)
+                self._save_setpoints(new.setpoints, new.permanent, new.layers)
                 self.db.audit(SYSTEM, action, *_diff(value.setpoints, new.setpoints))
             else:
                 self.db.put_setting("mode", new.mode)
@@ -360,6 +420,11 @@ class Operations:
             SYSTEM, action, None, {"id": item.id, "kind": item.kind, "value_w": item.value_w}
         )
         self._reload_events()
+
+
+def _without(layer: Layer, fields: dict[str, Any]) -> Layer:
+    """A temporary change less the fields an operator has since set for good."""
+    return Layer({k: v for k, v in layer.changes.items() if k not in fields}, layer.expires_s)
 
 
 def _revert(saved: dict[str, Any] | None) -> Revert | None:

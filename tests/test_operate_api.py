@@ -325,3 +325,45 @@ async def test_a_change_that_changes_nothing_is_not_audited(api):
         r = await client.patch("/v1/setpoints", json=same, headers=auth(keys["operator"]))
         assert r.status_code == 200
     assert db.audit_page(10, None) == []
+
+
+async def test_each_temporary_change_reverts_on_its_own_time(api, site: SiteConfig):
+    """Two temporary changes, each with its own end, on other fields and on the same one:
+    each goes at its own time; the plan survives a restart."""
+    client, keys, ops, db = api
+    head, now = auth(keys["operator"]), time.time()
+    for body in (
+        {"deadband_hz": 0.02, "ttl_s": 3600},
+        {"droop": 0.04, "ttl_s": 60},
+        {"deadband_hz": 0.03, "ttl_s": 30},
+    ):
+        assert (await client.patch("/v1/setpoints", json=body, headers=head)).status_code == 200
+
+    def at(offset: float) -> tuple[float, float]:
+        d = ops.in_force(now + offset).dispatch
+        return d.deadband_hz, d.droop
+
+    for o in (Operations(site, db), ops):  # as a restart finds it, and as it runs
+        ops = o
+        assert at(10) == (0.03, 0.04)
+        assert at(45) == (0.02, 0.04)  # the later deadband gone: the earlier one again
+        assert at(90) == (0.02, 0.05)  # the droop's own end
+        assert at(3700) == (0.015, 0.05)  # and the first deadband's
+
+
+async def test_a_change_that_would_break_a_later_revert_is_refused(api):
+    """High end of the SoC band up for a minute, low end up for an hour: when the minute is
+    over the band would be upside down. Refused, naming the revert; nothing changed."""
+    client, keys, ops, _ = api
+    head = auth(keys["operator"])
+    r = await client.patch(
+        "/v1/setpoints", json={"soc_target_high_ratio": 0.9, "ttl_s": 60}, headers=head
+    )
+    assert r.status_code == 200
+    before = ops.setpoints
+    r = await client.patch(
+        "/v1/setpoints", json={"soc_target_low_ratio": 0.8, "ttl_s": 3600}, headers=head
+    )
+    assert r.status_code == 422, r.text
+    assert "once the temporary change ending at" in r.text and "reverts" in r.text
+    assert ops.setpoints == before
