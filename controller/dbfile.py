@@ -8,6 +8,7 @@ empty file would silently lose every key, setpoint, event and audit entry.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -15,6 +16,7 @@ import time
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 TABLES = ("api_keys", "settings", "audit")  # what makes it a gridpilot file (a restore's check)
 
@@ -51,10 +53,13 @@ def check_at_start(path: Path) -> None:
     marker = marker_of(path)
     exists = path.exists() and path.stat().st_size > 0
     if not exists and marker.exists():
-        made = json.loads(marker.read_text()).get("created_at", 0.0)
+        try:
+            made = _stamp(float(json.loads(marker.read_text())["created_at"]))
+        except (ValueError, KeyError, TypeError):
+            made = "a time its marker no longer says"
         state = "is empty" if path.exists() else "is missing"
         raise StorageError(
-            f"database {path} {state}, but one was made here at {_stamp(made)} ({marker}): "
+            f"database {path} {state}, but one was made here at {made} ({marker}): "
             f"restore a backup with `gridpilot db restore BACKUP_FILE`, or, to start anew and "
             f"lose its keys, setpoints, events and audit log, delete {marker}"
         )
@@ -65,9 +70,28 @@ def check_at_start(path: Path) -> None:
                 f"database {path} is damaged ({'; '.join(found[:3])}): restore a backup with "
                 f"`gridpilot db restore BACKUP_FILE`, or move the file away to start anew"
             )
+
+
+def mark(path: Path) -> None:
+    """Say, beside the file, that one was made here (once its schema is in it)."""
+    marker = marker_of(path)
     if not marker.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"created_at": time.time()}) + "\n")
+
+
+def hold_run_lock(path: Path) -> TextIO:
+    """The running controller's lock on its file (released when the process ends, however):
+    a restore must not swap the file under it. StorageError if another holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 - held while running
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StorageError(
+            f"a controller is running on {path} (it holds {handle.name}): stop it first"
+        ) from None
+    return handle
 
 
 def backup(path: Path, out: Path) -> Path:
@@ -76,6 +100,7 @@ def backup(path: Path, out: Path) -> Path:
         raise StorageError(f"no database at {path} to back up")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
+    partial.unlink(missing_ok=True)  # one a failed backup left
     with (
         closing(sqlite3.connect(path, timeout=10)) as source,
         closing(sqlite3.connect(partial)) as target,
@@ -90,6 +115,14 @@ def restore(path: Path, source: Path) -> None:
     first, then swapped in at once; the old file's write-ahead log is removed with it."""
     if not source.exists():
         raise StorageError(f"no backup at {source}")
+    lock = hold_run_lock(path)  # refused while a controller runs on the file
+    try:
+        _restore(path, source)
+    finally:
+        lock.close()
+
+
+def _restore(path: Path, source: Path) -> None:
     found = problems(source, full=True, ours=True)
     if found:
         raise StorageError(f"backup {source} is not usable: {'; '.join(found[:3])}")
@@ -101,9 +134,20 @@ def restore(path: Path, source: Path) -> None:
     marker_of(path).write_text(json.dumps({"created_at": time.time(), "restored": str(source)}))
 
 
-def periodic_backup(path: Path, folder: Path, keep: int) -> Path:
-    """A timestamped backup in `folder`, and only the newest `keep` kept."""
-    out = backup(path, folder / f"gridpilot-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.sqlite")
-    for old in sorted(folder.glob("gridpilot-*.sqlite"))[:-keep]:
+def backup_due(folder: Path, site: str, every_s: float) -> bool:
+    """Whether the site's newest backup in `folder` is older than `every_s` (or none is)."""
+    times = [f.stat().st_mtime for f in folder.glob(f"gridpilot-{site}-*.sqlite")]
+    return not times or time.time() - max(times) >= every_s
+
+
+def periodic_backup(path: Path, folder: Path, site: str, keep: int) -> Path:
+    """A timestamped backup of the site's file in `folder`, checked, then only the newest
+    `keep` of this site's kept (a backup that does not check out replaces none)."""
+    out = backup(path, folder / f"gridpilot-{site}-{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}.sqlite")
+    found = problems(out, ours=True)
+    if found:
+        out.unlink()
+        raise StorageError(f"backup of {path} does not check out: {'; '.join(found[:3])}")
+    for old in sorted(folder.glob(f"gridpilot-{site}-*.sqlite"))[:-keep]:
         old.unlink()
     return out

@@ -104,7 +104,9 @@ class Operations:
         self.site, self.db = site, db
         self.writer = writer or Writer("operations")
         self._lock = threading.Lock()  # API changes and the writer's edges; never the tick
-        self._handed: set[tuple[str, int | float]] = set()  # edges given to the writer
+        # Edges handed to the writer and not yet folded: a layer or revert by identity (held
+        # here, so its id cannot be reused meanwhile), an event by id; dropped once folded.
+        self._handed: dict[tuple[str, int], object] = {}
         self._capped: tuple[DispatchConfig, float, DispatchConfig] | None = None
         permanent, layers = self._saved_setpoints()
         setpoints = effective(permanent, layers)
@@ -125,7 +127,11 @@ class Operations:
         base = initial_setpoints(self.site).model_dump()
         saved = self.db.get_setting("setpoints") or {}
         permanent = self.db.get_setting("setpoints_permanent")
-        layers = tuple(Layer(**layer) for layer in self.db.get_setting("setpoint_layers") or [])
+        try:
+            layers = tuple(Layer(**x) for x in self.db.get_setting("setpoint_layers") or [])
+        except TypeError as exc:
+            log.error("saved temporary changes unreadable", extra={"error": str(exc)})
+            layers = ()
         if permanent is None:  # as saved before temporary changes were layers
             permanent = saved
             if (old := self.db.get_setting("override")) is not None:
@@ -149,13 +155,17 @@ class Operations:
     def _check_future(self, permanent: Setpoints, layers: tuple[Layer, ...]) -> None:
         """Every state the setpoints will pass through as the temporary changes expire must be
         valid as a whole; else ValidationError naming the revert that would break it."""
-        for when in sorted({layer.expires_s for layer in layers}):
+        for when in [-math.inf, *sorted({layer.expires_s for layer in layers})]:
             remaining = tuple(layer for layer in layers if layer.expires_s > when)
             try:
                 dispatch_config(self.site, effective(permanent, remaining))
             except ValidationError as exc:
                 reasons = "; ".join(e["msg"] for e in exc.errors())
-                message = f"once the temporary change ending at {iso(when)} reverts: {reasons}"
+                message = (
+                    f"once the temporary change ending at {iso(when)} reverts: {reasons}"
+                    if math.isfinite(when)
+                    else reasons
+                )
                 raise ValidationError.from_exception_data(
                     "Setpoints",
                     [{"type": "value_error", "loc": ("ttl_s",), "input": None,
@@ -235,21 +245,26 @@ class Operations:
             old = value.setpoints
             new = Setpoints(**(update if replace_all else {**old.model_dump(), **update}))
             dispatch = dispatch_config(self.site, new)  # raises ValidationError, nothing changed
-            changed = _diff(old, new)[1]
-            if not changed:
+            # The fields the operator named (a PUT names them all), with their new values:
+            # naming a field's present value still makes it permanent, or starts a new end.
+            named = {k: getattr(new, k) for k in (new.model_dump() if replace_all else update)}
+            in_layers = any(k in layer.changes for layer in value.layers for k in named)
+            if new == old and not in_layers:
                 return old
             permanent, layers = value.permanent, value.layers
             if ttl_s is not None:
-                layers = (*layers, Layer(changed, now + ttl_s))
+                layers = (*layers, Layer(named, now + ttl_s))
             else:
-                permanent = Setpoints(**{**permanent.model_dump(), **changed})
-                kept = (_without(layer, changed) for layer in layers)
+                permanent = Setpoints(**{**permanent.model_dump(), **named})
+                kept = (_without(layer, named) for layer in layers)
                 layers = tuple(layer for layer in kept if layer.changes)
             self._check_future(permanent, layers)
-            self._save_setpoints(new, permanent, layers)
-            self.db.audit(by, "setpoints.change", *_diff(old, new))
-            if ttl_s is not None:
-                self.db.audit(by, "setpoints.ttl", None, {"ttl_s": ttl_s, "fields": list(changed)})
+            with self.db.transaction():  # all of it stored, or none of it
+                self._save_setpoints(new, permanent, layers)
+                self.db.audit(by, "setpoints.change", *_diff(old, new))
+                if ttl_s is not None:
+                    ttl = {"ttl_s": ttl_s, "fields": list(named)}
+                    self.db.audit(by, "setpoints.ttl", None, ttl)
             self._value = replace(
                 value, setpoints=new, dispatch=dispatch, permanent=permanent, layers=layers
             )
@@ -271,9 +286,10 @@ class Operations:
             override = (
                 Revert({"mode": value.mode}, time.time() + ttl_s) if ttl_s is not None else None
             )
-            self.db.put_setting("mode", mode)
-            self.db.put_setting("mode_override", _saved(override))
-            self.db.audit(by, "mode.change", value.mode, {"mode": mode, "ttl_s": ttl_s})
+            with self.db.transaction():
+                self.db.put_setting("mode", mode)
+                self.db.put_setting("mode_override", _saved(override))
+                self.db.audit(by, "mode.change", value.mode, {"mode": mode, "ttl_s": ttl_s})
             self._value = replace(value, mode=mode, mode_override=override)
             return mode
 
@@ -303,7 +319,7 @@ class Operations:
         value = self._value
         expired = self._expired(value, now_s)
         for action, item in expired:
-            self._hand((action, item.expires_s), item)
+            self._hand((action, id(item)), item)
         setpoints, mode, dispatch = value.setpoints, value.mode, value.dispatch
         if expired:
             value = self._reverted(value, expired)
@@ -354,9 +370,12 @@ class Operations:
     ) -> OperatorState:
         """`value` with these reverted (every state the reverts pass through was checked when
         the changes were made, or at load, so this does not fail)."""
-        gone = [item for action, item in expired if action == "setpoints.revert"]
+        gone = [item.expires_s for action, item in expired if action == "setpoints.revert"]
         if gone:
-            layers = tuple(x for x in value.layers if not any(x is g for g in gone))
+            # Every layer that has ended by then goes with it: exactly the states checked when
+            # the changes were made (one at a time, in another order, could be invalid).
+            cutoff = max(gone)
+            layers = tuple(x for x in value.layers if x.expires_s > cutoff)
             restored = effective(value.permanent, layers)
             value = replace(
                 value,
@@ -377,19 +396,22 @@ class Operations:
             self._fold(action, item)
         return self._value
 
-    def _hand(self, edge: tuple[str, int | float], item: object) -> None:
+    def _hand(self, edge: tuple[str, int], item: object) -> None:
         if edge in self._handed:
             return
-        self._handed.add(edge)
+        self._handed[edge] = item
         action = edge[0]
         log.info(action.replace(".", " "), extra={"edge": str(edge[1])})
-        self.writer.put(lambda: self._record_edge(action, item), f"operations {action}")
+        self.writer.put(lambda: self._record_edge(edge, item), f"operations {action}")
 
     # --- the writer's side ----------------------------------------------------------------
-    def _record_edge(self, action: str, item: object) -> None:
+    def _record_edge(self, edge: tuple[str, int], item: object) -> None:
         """The writer's job for an edge a tick saw: record it, fold it into the value."""
-        with self._lock:
-            self._fold(action, item)
+        try:
+            with self._lock:
+                self._fold(edge[0], item)
+        finally:
+            self._handed.pop(edge, None)
 
     def _fold(self, action: str, item: object) -> None:
         """With the lock held: persist and audit an edge, and swap the value to include it.
@@ -397,7 +419,8 @@ class Operations:
         value = self._value
         if action in ("setpoints.revert", "mode.revert"):
             if action == "setpoints.revert":
-                present = any(layer is item for layer in value.layers)
+                assert isinstance(item, Layer)
+                present = any(layer.expires_s <= item.expires_s for layer in value.layers)
             else:
                 present = value.mode_override is item
             if not present:
@@ -405,8 +428,9 @@ class Operations:
             assert isinstance(item, Layer | Revert)
             new = self._reverted(value, [(action, item)])
             if action == "setpoints.revert":
-                self._save_setpoints(new.setpoints, new.permanent, new.layers)
-                self.db.audit(SYSTEM, action, *_diff(value.setpoints, new.setpoints))
+                with self.db.transaction():
+                    self._save_setpoints(new.setpoints, new.permanent, new.layers)
+                    self.db.audit(SYSTEM, action, *_diff(value.setpoints, new.setpoints))
             else:
                 self.db.put_setting("mode", new.mode)
                 self.db.put_setting("mode_override", None)

@@ -14,11 +14,13 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.dbfile import check_at_start
+from controller.dbfile import check_at_start, mark
 
 Role = Literal["viewer", "operator", "admin"]
 MIN_KEY_CHARS = 16
@@ -73,13 +75,14 @@ class OpsDB:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_at_start(path)  # a damaged or vanished file is refused, never silently remade
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a transaction holds it across its statements
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
         self._conn.executescript(SCHEMA)
+        mark(path)
         # Reads on a connection of their own: under WAL they never wait for a write (one held
         # by a locked or slow disk), so keys are still checked and state still served.
         self._read_lock = threading.Lock()
@@ -95,6 +98,18 @@ class OpsDB:
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._read_lock:
             return [dict(r) for r in self._reader.execute(sql, args).fetchall()]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The writes inside, all stored or none (on this connection, from this thread)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         with self._lock:

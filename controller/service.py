@@ -6,18 +6,17 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import signal
 import socket
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import uvicorn
 
+from controller import dbfile
 from controller.alarms import AlarmBook
 from controller.api import create_app
 from controller.config import DeviceConfig, SiteConfig
-from controller.dbfile import periodic_backup
 from controller.dispatch import warm_up
 from controller.loop import ControlLoop
 from controller.metrics import Metrics
@@ -98,9 +97,12 @@ class Controller:
     def __init__(self, site: SiteConfig) -> None:
         warm_up()  # compile (or load from cache) before the first tick, not during it
         self.site = site
-        self._last_backup_s = -math.inf
+        self.db_path = site.data_dir / DB_FILE
+        self._backup_idle = threading.Lock()
+        self.backup_failures_total = 0
         maps = device_maps(site)  # checked: each device's kind and the roles it provides
-        self.db = OpsDB(site.data_dir / DB_FILE)
+        self.db = OpsDB(self.db_path)
+        self._run_lock = dbfile.hold_run_lock(self.db_path)  # no restore under a running one
         # The operators' side of the file is written on its own thread: a tick hands its
         # alarms, event edges and reverts over and goes on, whatever the disk does.
         self.ops_writer = Writer("operations")
@@ -201,16 +203,23 @@ class Controller:
         self.store.prune(now_s - keep.samples_days * 86400.0)
         audit_before = now_s - keep.audit_days * 86400.0
         self.ops_writer.put(lambda: self.db.prune(audit_before), "prune audit, alarms, events")
-        backup = self.site.backup
-        if backup.dir is not None and now_s - self._last_backup_s >= backup.every_h * 3600.0:
-            self._last_backup_s = now_s
-            folder, path = backup.dir, self.site.data_dir / DB_FILE
-            self.ops_writer.put(lambda: self._backup(path, folder, backup.keep), "backup")
+        if self.site.backup.dir is not None and self._backup_idle.acquire(blocking=False):
+            # A thread of its own: a slow or failing backup holds up no other write.
+            threading.Thread(target=self._backup, name="backup", daemon=True).start()
 
-    @staticmethod
-    def _backup(path: Path, folder: Path, keep: int) -> None:
-        out = periodic_backup(path, folder, keep)
-        log.info("backup made", extra={"file": str(out)})
+    def _backup(self) -> None:
+        """A backup if one is due (by the newest in the folder: restarts do not add more)."""
+        b = self.site.backup
+        assert b.dir is not None
+        try:
+            if dbfile.backup_due(b.dir, self.site.name, b.every_h * 3600.0):
+                out = dbfile.periodic_backup(self.db_path, b.dir, self.site.name, b.keep)
+                log.info("backup made", extra={"file": str(out)})
+        except Exception as exc:  # a full or missing folder: said, and tried next hour
+            self.backup_failures_total += 1
+            log.error("backup failed", extra={"folder": str(b.dir), "error": str(exc)})
+        finally:
+            self._backup_idle.release()
 
     def close(self) -> None:
         """Drain and close the store and the operators' writer, then the file (a write the
@@ -218,3 +227,4 @@ class Controller:
         self.store.close()
         self.ops_writer.close()
         self.db.close()
+        self._run_lock.close()

@@ -70,16 +70,56 @@ def test_an_online_backup_restores_the_keys_and_is_checked_first(site_file: Path
     assert "kept" in gridpilot_cli("keys", "list", "--config", str(other_site)).stdout
 
 
-def test_periodic_backups_keep_the_newest(site_data: dict, tmp_path: Path):
+def wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_periodic_backups_when_due_checked_and_the_newest_kept(site_data: dict, tmp_path: Path):
+    from controller import dbfile
     from controller.sitefile import parse_site
 
     folder = tmp_path / "backups"
     site = parse_site(site_data | {"backup": {"dir": str(folder), "every_h": 1, "keep": 2}})
     controller = Controller(site)
-    for k in range(3):  # three hours of housekeeping
-        controller.prune(time.time() + k * 3600)
-        assert controller.ops_writer.flush()
-        time.sleep(1.1)  # backups are named by the second
-    kept = sorted(folder.glob("gridpilot-*.sqlite"))
-    assert len(kept) == 2
+    controller.prune(time.time())  # housekeeping: a backup is due (none yet)
+    wait_for(lambda: len(list(folder.glob("gridpilot-demo-*.sqlite"))) == 1)
+    controller.prune(time.time())  # a restart's housekeeping: the newest is fresh, none due
+    time.sleep(0.5)
+    assert len(list(folder.glob("gridpilot-demo-*.sqlite"))) == 1
+    for _ in range(3):
+        dbfile.periodic_backup(controller.db_path, folder, "demo", keep=2)
+    kept = list(folder.glob("gridpilot-demo-*.sqlite"))
+    assert len(kept) == 2 and all(not dbfile.problems(f, ours=True) for f in kept)
     controller.close()
+
+
+def test_a_failing_backup_holds_up_no_other_write(site_data: dict, tmp_path: Path):
+    from controller.sitefile import parse_site
+
+    folder = tmp_path / "not-a-folder"
+    folder.write_text("a file where the backups should go")
+    site = parse_site(site_data | {"backup": {"dir": str(folder)}})
+    controller = Controller(site)
+    controller.prune(time.time())
+    wait_for(lambda: controller.backup_failures_total == 1)
+    assert controller.ops_writer.flush(5.0) and not controller.ops_writer.failing
+    controller.close()
+
+
+def test_a_restore_is_refused_while_a_controller_runs_on_the_file(site_data: dict, tmp_path):
+    from controller import dbfile
+    from controller.dbfile import StorageError
+    from controller.sitefile import parse_site
+
+    controller = Controller(parse_site(site_data))
+    backup = dbfile.backup(controller.db_path, tmp_path / "b.sqlite")
+    try:
+        dbfile.restore(controller.db_path, backup)
+        raise AssertionError("restored under a running controller")
+    except StorageError as exc:
+        assert "stop it first" in str(exc)
+    controller.close()
+    dbfile.restore(controller.db_path, backup)  # stopped: fine

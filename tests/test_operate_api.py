@@ -13,7 +13,7 @@ import pytest
 
 from controller.config import SiteConfig
 from controller.operations import Operations
-from controller.opsdb import OpsDB
+from controller.opsdb import SYSTEM, OpsDB
 from controller.service import Controller
 
 
@@ -367,3 +367,46 @@ async def test_a_change_that_would_break_a_later_revert_is_refused(api):
     assert r.status_code == 422, r.text
     assert "once the temporary change ending at" in r.text and "reverts" in r.text
     assert ops.setpoints == before
+
+
+def test_layers_past_their_end_at_a_restart_fold_into_checked_states(site: SiteConfig, tmp_path):
+    """High end up (ending later), then low end up (ending sooner): each state on the way
+    was valid. Found both ended at a restart, they go together, never one at a time in an
+    order that was never checked; two layers with one end both go."""
+    db = OpsDB(tmp_path / "ops.sqlite")
+    ops = Operations(site, db)
+    ops.change_setpoints({"soc_target_high_ratio": 0.9}, SYSTEM, ttl_s=20)
+    ops.change_setpoints({"soc_target_low_ratio": 0.8}, SYSTEM, ttl_s=10)
+    ops.change_setpoints({"droop": 0.04}, SYSTEM, ttl_s=10)
+    later = time.time() + 30
+    restarted = Operations(site, db)
+    force = restarted.in_force(later)
+    assert (force.dispatch.soc_target_low_ratio, force.dispatch.soc_target_high_ratio) == (0.5, 0.7)
+    assert restarted.writer.flush()
+    assert restarted.override is None and restarted.setpoints.droop == 0.05
+    db.close()
+
+
+def test_a_saved_layer_the_site_no_longer_fits_is_dropped_not_a_crash(site_data, tmp_path):
+    from controller.sitefile import parse_site
+
+    db = OpsDB(tmp_path / "ops.sqlite")
+    Operations(parse_site(site_data), db).change_setpoints(
+        {"soc_target_high_ratio": 0.9}, SYSTEM, ttl_s=3600
+    )
+    site_data["dispatch"]["soc_max_ratio"] = 0.85  # the site file changed meanwhile
+    ops = Operations(parse_site(site_data), db)
+    assert ops.override is None and ops.in_force(time.time()).dispatch.soc_target_high_ratio == 0.7
+    db.close()
+
+
+async def test_a_put_of_a_temporary_value_makes_it_permanent(api):
+    client, keys, ops, _ = api
+    head = auth(keys["operator"])
+    r = await client.patch("/v1/setpoints", json={"droop": 0.04, "ttl_s": 60}, headers=head)
+    assert r.status_code == 200
+    body = {k: v for k, v in r.json().items() if k != "override"}
+    assert body["droop"] == 0.04
+    r = await client.put("/v1/setpoints", json=body, headers=head)  # the same values, for good
+    assert r.status_code == 200 and r.json()["override"] is None
+    assert ops.in_force(time.time() + 120).dispatch.droop == 0.04
