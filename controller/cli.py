@@ -203,7 +203,7 @@ def replay(
         run = simulate(load, tr.dt_s, settings, progress)
         result = report(run, tr.dt_s, settings, bound)
     if plot_to is not None:
-        plot(run, tr.dt_s, str(plot_to))
+        plot(run, tr.dt_s, str(plot_to), settings, trace.name)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -33,6 +33,7 @@ class Publisher:
         self._mode: str | None = None
         self._first_tick_at: float | None = None
         self._degraded_said = False
+        self._waiting_said = False
         self._connected: dict[str, bool] = {}
 
     def __call__(self, rec: TickRecord) -> None:
@@ -58,11 +59,18 @@ class Publisher:
             )
             self._mode = rec.mode
             self._degraded_said = False
-        if rec.mode == "degraded" and not self._degraded_said and not starting:
-            # Said once per episode, and not for the first seconds of a start, while the
-            # drivers are still connecting (that is no fault).
-            log.warning("control degraded", extra={"missing": ",".join(rec.readings.missing)})
-            self._degraded_said = True
+        if rec.mode == "degraded" and not self._degraded_said:
+            # Said once per episode; in the first seconds of a start, while the drivers are
+            # still connecting, at info (that is no fault); a warning if it lasts.
+            missing = ",".join(rec.readings.missing)
+            if starting and not self._waiting_said:
+                log.info(
+                    "starting: waiting for the devices' first data", extra={"missing": missing}
+                )
+                self._waiting_said = True
+            elif not starting:
+                log.warning("control degraded", extra={"missing": missing})
+                self._degraded_said = True
         for dev in rec.snapshot.devices.values():
             if self._connected.get(dev.id) != dev.connected:
                 kind = "device_connected" if dev.connected else "device_disconnected"

@@ -207,3 +207,19 @@ def test_a_site_level_error_does_not_print_the_site(tmp_path: Path, site_data: d
         parse_site(data)
     assert "exactly one grid meter" in str(err.value)
     assert "modules" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_the_documented_environment_variables_work(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """The README's table of variables, each as written there."""
+    for name, value in {
+        "GRIDPILOT_API_PORT": "9000",
+        "GRIDPILOT_DATA_DIR": str(tmp_path),
+        "GRIDPILOT_COOLING__WATER_CLASS": "W40",
+        "GRIDPILOT_BACKUP__DIR": str(tmp_path / "backups"),
+        "GRIDPILOT_TOKEN_SOURCES": '[{"id": "vllm-0", "url": "http://vllm:8000/metrics"}]',
+    }.items():
+        monkeypatch.setenv(name, value)
+    site = load_site()
+    assert (site.api_port, site.data_dir, site.cooling.water_class) == (9000, tmp_path, "W40")
+    assert site.backup.dir == tmp_path / "backups"
+    assert [str(t.url) for t in site.token_sources] == ["http://vllm:8000/metrics"]

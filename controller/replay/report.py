@@ -55,7 +55,11 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def print_figures(result: dict[str, Any], trace: Path) -> None:
-    table = Table(title=f"replay of {trace} ({result['steps']:,} steps of {result['dt_s']:g} s)")
+    # The title is the trace's name and its steps, short enough not to wrap mid-phrase.
+    table = Table(
+        title=f"replay of {trace.name}\n{result['steps']:,} steps of {result['dt_s']:g} s",
+        caption=str(trace),
+    )
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_column("unit")

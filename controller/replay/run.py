@@ -208,23 +208,55 @@ def size(load_w: np.ndarray, dt_s: float, settings: ReplaySettings) -> Sizing:
     )
 
 
-def plot(run: ReplayRun, dt_s: float, path: str) -> None:
-    """IT load, grid draw, battery power and SoC over time, to a PNG (or any matplotlib format)."""
+SOC_MIN_SPAN = 0.05  # the SoC axis spans at least this: a 0.0003 wiggle is not a swing
+
+
+def plot(
+    run: ReplayRun, dt_s: float, path: str, settings: ReplaySettings, title: str = "replay"
+) -> None:
+    """Site load and grid draw, the grid's ramp against its limit, battery power and SoC over
+    time, to a PNG (or any matplotlib format), titled with the settings it ran with."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = np.arange(len(run.load_w)) * dt_s
-    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(11, 7), constrained_layout=True)
-    axes[0].plot(t, run.load_w / 1e6, lw=0.6, label="site load")
-    axes[0].plot(t, run.out[:, core.O_GRID] / 1e6, lw=1.4, label="grid draw")
+    grid_w = run.out[:, core.O_GRID]
+    limit = settings.ramp_w_per_s
+    fig, axes = plt.subplots(4, 1, sharex=True, figsize=(11, 9), constrained_layout=True)
+    d = settings.dispatch
+    fig.suptitle(
+        f"{title}: {settings.gpus:,} GPUs + {settings.base_w / 1e6:g} MW; grid ramp limit "
+        f"{limit / 1e6:g} MW/s; battery {settings.battery_w / 1e6:g} MW / "
+        f"{settings.battery_wh / 1e6:g} MWh; low-pass {d.lowpass_tau_s:g} s, energy return "
+        f"{d.energy_return_s:g} s",
+        fontsize=10,
+    )
+    axes[0].plot(t, run.load_w / 1e6, lw=0.6, color="tab:gray", label="site load")
+    axes[0].plot(t, grid_w / 1e6, lw=1.4, color="tab:blue", label="grid draw (the plan)")
     axes[0].set_ylabel("MW")
-    axes[0].legend(loc="upper right")
-    axes[1].plot(t, run.out[:, core.O_BATTERY] / 1e6, lw=0.6, color="tab:green")
-    axes[1].set_ylabel("battery MW\n(+ discharge)")
-    axes[2].plot(t, run.energy_j[1:] / run.capacity_j, color="tab:purple")
-    axes[2].set_ylabel("state of charge")
-    axes[2].set_xlabel("time (s)")
+    ramp = np.gradient(grid_w, dt_s) / 1e6 if len(grid_w) > 1 else np.zeros_like(grid_w)
+    axes[1].plot(t, ramp, lw=0.6, color="tab:blue", label="grid ramp")
+    for sign in (1, -1):
+        axes[1].axhline(sign * limit / 1e6, color="tab:red", ls="--", lw=1,
+                        label="ramp limit" if sign > 0 else None)  # fmt: skip
+    axes[1].set_ylabel("grid ramp\n(MW/s)")
+    axes[2].plot(t, run.out[:, core.O_BATTERY] / 1e6, lw=0.6, color="tab:green",
+                 label="battery power (+ discharge)")  # fmt: skip
+    axes[2].axhline(0.0, color="black", lw=0.5)
+    axes[2].set_ylabel("battery MW")
+    soc = run.energy_j[1:] / run.capacity_j
+    axes[3].plot(t, soc, color="tab:purple", label="state of charge")
+    middle, span = (soc.max() + soc.min()) / 2, max(soc.max() - soc.min(), SOC_MIN_SPAN)
+    axes[3].set_ylim(max(middle - span * 0.6, 0.0), min(middle + span * 0.6, 1.0))
+    axes[3].set_ylabel("state of charge")
+    kwh = run.capacity_j / 3.6e6  # the same curve in stored energy, on the right
+    axes[3].secondary_yaxis("right", functions=(lambda r: r * kwh, lambda e: e / kwh)).set_ylabel(
+        "stored kWh"
+    )
+    axes[3].set_xlabel("time (s)")
+    for ax in axes:  # legends beside the data (past the kWh axis), never over it
+        ax.legend(loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
