@@ -66,12 +66,6 @@ class Event:
         return not self.cancelled and self.start_s <= now_s < self.end_s
 
 
-@dataclass(frozen=True)
-class Revert:
-    previous: dict[str, Any]  # what was in force before, restored at expiry
-    expires_s: float
-
-
 @dataclass(frozen=True, eq=False)  # compared by identity: two alike are two changes
 class Layer:
     """A temporary change of setpoints: these values, until `expires_s`."""
@@ -84,11 +78,17 @@ class Layer:
 class OperatorState:
     setpoints: Setpoints  # in force: the permanent ones with the temporary layers over them
     dispatch: DispatchConfig  # the site's dispatch with the setpoints, validated whole
-    mode: Mode
+    mode: Mode  # in force: the newest temporary mode, else the permanent one
     permanent: Setpoints  # what stays when every temporary change has gone
     layers: tuple[Layer, ...]  # temporary changes, oldest first, each reverting on its time
-    mode_override: Revert | None  # mode given with a TTL ({"mode": ...})
+    mode_base: Mode  # the mode that stays when every temporary one has gone
+    mode_layers: tuple[Layer, ...]  # temporary modes ({"mode": ...}), oldest first
     pending: tuple[Event, ...]  # events not yet ended: the only ones a tick looks at
+
+
+def mode_of(base: Mode, layers: tuple[Layer, ...]) -> Mode:
+    """The mode in force: the newest temporary one still pending, else the permanent one."""
+    return layers[-1].changes["mode"] if layers else base
 
 
 def effective(permanent: Setpoints, layers: tuple[Layer, ...]) -> Setpoints:
@@ -110,16 +110,37 @@ class Operations:
         self._capped: tuple[DispatchConfig, float, DispatchConfig] | None = None
         permanent, layers = self._saved_setpoints()
         setpoints = effective(permanent, layers)
+        mode_base, mode_layers = self._saved_mode()
         self._value = OperatorState(
             setpoints=setpoints,
             dispatch=dispatch_config(site, setpoints),
-            mode=db.get_setting("mode") or "auto",
+            mode=mode_of(mode_base, mode_layers),
             permanent=permanent,
             layers=layers,
-            mode_override=_mode_revert(db.get_setting("mode_override")),
+            mode_base=mode_base,
+            mode_layers=mode_layers,
             pending=(),
         )
         self._reload_events()
+
+    def _saved_mode(self) -> tuple[Mode, tuple[Layer, ...]]:
+        """The permanent mode and the temporary ones saved before a restart (an unknown mode
+        is refused with a log line: auto, with no temporary mode)."""
+        modes = get_args(Mode)
+        base = self.db.get_setting("mode_base")
+        saved_layers = self.db.get_setting("mode_layers")
+        layers: tuple[Layer, ...] = ()
+        if base is None:  # as saved before temporary modes were layers
+            base = self.db.get_setting("mode") or "auto"
+            if (old := self.db.get_setting("mode_override")) is not None:
+                layers = (Layer({"mode": base}, old["expires_s"]),)
+                base = old["previous"]
+        elif saved_layers:
+            layers = tuple(Layer(**x) for x in saved_layers)
+        if base not in modes or any(x.changes.get("mode") not in modes for x in layers):
+            log.error("saved mode refused; auto is in force", extra={"mode": str(base)})
+            return "auto", ()
+        return base, layers
 
     def _saved_setpoints(self) -> tuple[Setpoints, tuple[Layer, ...]]:
         """The permanent setpoints and the temporary changes saved before a restart, as far as
@@ -198,8 +219,18 @@ class Operations:
 
     @property
     def mode_override(self) -> dict[str, Any] | None:
-        o = self._value.mode_override
-        return None if o is None else {"previous": o.previous["mode"], "expires_s": o.expires_s}
+        """The temporary modes pending: the mode that stays when they have gone (`previous`),
+        when the last ends, and each with its own end."""
+        value = self._value
+        if not value.mode_layers:
+            return None
+        return {
+            "previous": value.mode_base,
+            "expires_s": max(x.expires_s for x in value.mode_layers),
+            "temporary": [
+                {"mode": x.changes["mode"], "expires_s": x.expires_s} for x in value.mode_layers
+            ],
+        }
 
     def events(self) -> list[dict[str, Any]]:
         return list(self._events)
@@ -281,17 +312,30 @@ class Operations:
         self.db.put_setting("override", None)  # the single revert of before layers
 
     def change_mode(self, mode: Mode, by: Actor, ttl_s: float | None) -> Mode:
+        """With `ttl_s`, the mode is temporary and goes at its own end (temporary modes stack:
+        `safe` for 4 s, then `manual` for 2 s: manual, safe again, then the mode before);
+        without it, the mode is permanent and every temporary one is cancelled."""
         with self._lock:
-            value = self._settle(time.time())
-            override = (
-                Revert({"mode": value.mode}, time.time() + ttl_s) if ttl_s is not None else None
-            )
+            now = time.time()
+            value = self._settle(now)
+            if ttl_s is not None:
+                layer = Layer({"mode": mode}, now + ttl_s)
+                base, layers = value.mode_base, (*value.mode_layers, layer)
+            else:
+                base, layers = mode, ()
             with self.db.transaction():
-                self.db.put_setting("mode", mode)
-                self.db.put_setting("mode_override", _saved(override))
+                self._save_mode(mode, base, layers)
                 self.db.audit(by, "mode.change", value.mode, {"mode": mode, "ttl_s": ttl_s})
-            self._value = replace(value, mode=mode, mode_override=override)
+            self._value = replace(value, mode=mode, mode_base=base, mode_layers=layers)
             return mode
+
+    def _save_mode(self, mode: Mode, base: Mode, layers: tuple[Layer, ...]) -> None:
+        self.db.put_setting("mode", mode)
+        self.db.put_setting("mode_base", base)
+        self.db.put_setting(
+            "mode_layers", [{"changes": x.changes, "expires_s": x.expires_s} for x in layers]
+        )
+        self.db.put_setting("mode_override", None)  # the single revert of before layers
 
     def add_event(self, event: EventIn, by: Actor) -> dict[str, Any]:
         with self._lock:
@@ -355,19 +399,14 @@ class Operations:
         return cached[2]
 
     @staticmethod
-    def _expired(value: OperatorState, now_s: float) -> list[tuple[str, Layer | Revert]]:
+    def _expired(value: OperatorState, now_s: float) -> list[tuple[str, Layer]]:
         """What is due to revert: ("setpoints.revert", layer) for each temporary change whose
-        time is up, ("mode.revert", revert) for a temporary mode."""
-        out: list[tuple[str, Layer | Revert]] = [
+        time is up, ("mode.revert", layer) for each temporary mode."""
+        return [
             ("setpoints.revert", layer) for layer in value.layers if now_s >= layer.expires_s
-        ]
-        if value.mode_override is not None and now_s >= value.mode_override.expires_s:
-            out.append(("mode.revert", value.mode_override))
-        return out
+        ] + [("mode.revert", layer) for layer in value.mode_layers if now_s >= layer.expires_s]
 
-    def _reverted(
-        self, value: OperatorState, expired: list[tuple[str, Layer | Revert]]
-    ) -> OperatorState:
+    def _reverted(self, value: OperatorState, expired: list[tuple[str, Layer]]) -> OperatorState:
         """`value` with these reverted (every state the reverts pass through was checked when
         the changes were made, or at load, so this does not fail)."""
         gone = [item.expires_s for action, item in expired if action == "setpoints.revert"]
@@ -383,10 +422,11 @@ class Operations:
                 dispatch=dispatch_config(self.site, restored),
                 layers=layers,
             )
-        for action, item in expired:
-            if action == "mode.revert":
-                assert isinstance(item, Revert)
-                value = replace(value, mode=item.previous["mode"], mode_override=None)
+        gone = [item.expires_s for action, item in expired if action == "mode.revert"]
+        if gone:
+            cutoff = max(gone)
+            layers = tuple(x for x in value.mode_layers if x.expires_s > cutoff)
+            value = replace(value, mode=mode_of(value.mode_base, layers), mode_layers=layers)
         return value
 
     def _settle(self, now_s: float) -> OperatorState:
@@ -418,23 +458,19 @@ class Operations:
         A revert an operator's change has made moot is skipped."""
         value = self._value
         if action in ("setpoints.revert", "mode.revert"):
-            if action == "setpoints.revert":
-                assert isinstance(item, Layer)
-                present = any(layer.expires_s <= item.expires_s for layer in value.layers)
-            else:
-                present = value.mode_override is item
-            if not present:
+            assert isinstance(item, Layer)
+            pending = value.layers if action == "setpoints.revert" else value.mode_layers
+            if not any(layer.expires_s <= item.expires_s for layer in pending):
                 return  # an operator changed it since: nothing to revert
-            assert isinstance(item, Layer | Revert)
             new = self._reverted(value, [(action, item)])
             if action == "setpoints.revert":
                 with self.db.transaction():
                     self._save_setpoints(new.setpoints, new.permanent, new.layers)
                     self.db.audit(SYSTEM, action, *_diff(value.setpoints, new.setpoints))
             else:
-                self.db.put_setting("mode", new.mode)
-                self.db.put_setting("mode_override", None)
-                self.db.audit(SYSTEM, action, value.mode, new.mode)
+                with self.db.transaction():
+                    self._save_mode(new.mode, new.mode_base, new.mode_layers)
+                    self.db.audit(SYSTEM, action, value.mode, new.mode)
             self._value = new
             return
         assert isinstance(item, Event)
@@ -449,31 +485,6 @@ class Operations:
 def _without(layer: Layer, fields: dict[str, Any]) -> Layer:
     """A temporary change less the fields an operator has since set for good."""
     return Layer({k: v for k, v in layer.changes.items() if k not in fields}, layer.expires_s)
-
-
-def _revert(saved: dict[str, Any] | None) -> Revert | None:
-    if saved is None:
-        return None
-    previous = saved["previous"]
-    return Revert(
-        previous if isinstance(previous, dict) else {"mode": previous}, saved["expires_s"]
-    )
-
-
-def _mode_revert(saved: dict[str, Any] | None) -> Revert | None:
-    revert = _revert(saved)
-    if revert is not None and revert.previous.get("mode") not in get_args(Mode):
-        log.error("saved mode revert refused", extra={"previous": str(revert.previous)})
-        return None
-    return revert
-
-
-def _saved(r: Revert | None) -> dict[str, Any] | None:
-    """As stored: the mode's revert keeps its previous mode as a plain string."""
-    if r is None:
-        return None
-    previous: Any = r.previous["mode"] if set(r.previous) == {"mode"} else r.previous
-    return {"previous": previous, "expires_s": r.expires_s}
 
 
 def _diff(old: Setpoints, new: Setpoints) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -410,3 +410,21 @@ async def test_a_put_of_a_temporary_value_makes_it_permanent(api):
     r = await client.put("/v1/setpoints", json=body, headers=head)  # the same values, for good
     assert r.status_code == 200 and r.json()["override"] is None
     assert ops.in_force(time.time() + 120).dispatch.droop == 0.04
+
+
+async def test_temporary_modes_stack_and_each_ends_on_its_own_time(api, site: SiteConfig):
+    """`safe` for 4 s, then `manual` for 2 s: manual, then safe again, then the mode before
+    (it used to end in `safe` for good, with no revert left); a restart finds the plan."""
+    client, keys, ops, db = api
+    head, now = auth(keys["operator"]), time.time()
+    for body in ({"mode": "safe", "ttl_s": 4}, {"mode": "manual", "ttl_s": 2}):
+        assert (await client.post("/v1/mode", json=body, headers=head)).status_code == 200
+    shown = (await client.get("/v1/mode", headers=head)).json()
+    assert shown["mode"] == "manual" and shown["override"]["previous"] == "auto"
+    for o in (Operations(site, db), ops):  # as a restart finds it, and as it runs
+        assert [o.in_force(now + t).mode for t in (1, 3, 5)] == ["manual", "safe", "auto"]
+    assert ops.writer.flush()
+    assert ops.mode == "auto" and ops.mode_override is None
+    r = await client.post("/v1/mode", json={"mode": "safe", "ttl_s": 60}, headers=head)
+    r = await client.post("/v1/mode", json={"mode": "manual"}, headers=head)  # for good
+    assert r.status_code == 200 and ops.in_force(time.time() + 120).mode == "manual"
