@@ -7,7 +7,8 @@ a scrape on the API's thread never walks a dict the loop is changing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -18,12 +19,24 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from controller.energy import WINDOWS_S, EnergyTotals, RollingRatios
-from controller.snapshot import DeviceSnapshot, Snapshot
+from controller.snapshot import Snapshot
 from controller.tokens import TokenMeter
 from controller.writer import Writer
 from drivers.base import ERROR_KINDS, LATENCY_BUCKETS_S
 
-DeviceValue = Callable[[DeviceSnapshot], float | None]
+# A table of families over a set of things (devices, writers): name, type, help, value of one.
+Table = tuple[tuple[str, type, str, Callable[[Any], float | None]], ...]
+
+
+def families(site: str, label: str, table: Table, things: Mapping[str, Any]) -> Iterator[Metric]:
+    """One family per row of `table`, one sample per thing (labelled site and `label`) whose
+    value is known."""
+    for name, family_type, help_text, value_of in table:
+        family = family_type(name, help_text, labels=["site", label])
+        for key, thing in things.items():
+            if (value := value_of(thing)) is not None:
+                family.add_metric([site, key], value)
+        yield family
 
 
 class DriverCollector(Collector):
@@ -32,8 +45,8 @@ class DriverCollector(Collector):
     def __init__(self, site: str, latest: Callable[[], Snapshot | None]) -> None:
         self.site, self.latest = site, latest
 
-    # name, type, help, value of one device (None: no sample)
-    FAMILIES: tuple[tuple[str, type, str, DeviceValue], ...] = (
+    # name, type, help, value of one device (a DeviceSnapshot; None: no sample)
+    FAMILIES: Table = (
         ("gridpilot_device_up", GaugeMetricFamily, "1 while the driver is connected",
          lambda d: 1.0 if d.connected else 0.0),
         ("gridpilot_device_polls", CounterMetricFamily, "Completed polls of every point",
@@ -53,13 +66,7 @@ class DriverCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snapshot = self.latest()
         devices = snapshot.devices if snapshot is not None else {}
-        for name, family_type, help_text, value_of in self.FAMILIES:
-            family = family_type(name, help_text, labels=["site", "device"])
-            for device_id, driver in devices.items():
-                value = value_of(driver)
-                if value is not None:
-                    family.add_metric([self.site, device_id], value)
-            yield family
+        yield from families(self.site, "device", self.FAMILIES, devices)
         by_kind = CounterMetricFamily(
             "gridpilot_device_errors_by_kind",
             "Errors by kind: " + ", ".join(ERROR_KINDS),
@@ -192,33 +199,21 @@ class WriterCollector(Collector):
     def __init__(self, site: str, writers: Sequence[Writer]) -> None:
         self.site, self.writers = site, writers
 
+    # name, type, help, value of one writer
+    FAMILIES: Table = (
+        ("gridpilot_storage_pending_writes", GaugeMetricFamily, "Writes queued for the disk",
+         lambda w: w.pending),
+        ("gridpilot_storage_failing", GaugeMetricFamily,
+         "1 while a storage fault (locked, full, I/O) holds the writes",
+         lambda w: 1.0 if w.failing else 0.0),
+        ("gridpilot_storage_write_failures", CounterMetricFamily,
+         "Write attempts that met a storage fault (retried)", lambda w: w.failures_total),
+        ("gridpilot_storage_writes_dropped", CounterMetricFamily, "Writes that failed for a bug",
+         lambda w: w.dropped_total),
+        ("gridpilot_storage_samples_shed", CounterMetricFamily,
+         "Samples not kept: the queue was at its bound while the disk failed",
+         lambda w: w.shed_total),
+    )  # fmt: skip
+
     def collect(self) -> Iterator[Metric]:
-        labels = ["site", "writer"]
-        pending = GaugeMetricFamily(
-            "gridpilot_storage_pending_writes", "Writes queued for the disk", labels=labels
-        )
-        failing = GaugeMetricFamily(
-            "gridpilot_storage_failing",
-            "1 while a storage fault (locked, full, I/O) holds the writes",
-            labels=labels,
-        )
-        failures = CounterMetricFamily(
-            "gridpilot_storage_write_failures",
-            "Write attempts that met a storage fault (retried)",
-            labels=labels,
-        )
-        dropped = CounterMetricFamily(
-            "gridpilot_storage_writes_dropped", "Writes that failed for a bug", labels=labels
-        )
-        shed = CounterMetricFamily(
-            "gridpilot_storage_samples_shed",
-            "Samples not kept: the queue was at its bound while the disk failed",
-            labels=labels,
-        )
-        for w in self.writers:
-            pending.add_metric([self.site, w.name], w.pending)
-            failing.add_metric([self.site, w.name], 1.0 if w.failing else 0.0)
-            failures.add_metric([self.site, w.name], w.failures_total)
-            dropped.add_metric([self.site, w.name], w.dropped_total)
-            shed.add_metric([self.site, w.name], w.shed_total)
-        yield from (pending, failing, failures, dropped, shed)
+        yield from families(self.site, "writer", self.FAMILIES, {w.name: w for w in self.writers})

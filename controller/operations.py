@@ -24,7 +24,15 @@ from controller.config import DispatchConfig, SiteConfig
 from controller.opsdb import SYSTEM, Actor, OpsDB
 from controller.record import InForce
 from controller.setpoints import Mode, Setpoints, dispatch_config, initial_setpoints
-from controller.state import iso
+from controller.temporary import (
+    Layer,
+    as_saved,
+    check_future,
+    effective,
+    mode_of,
+    pending_after,
+    without,
+)
 from controller.writer import Writer
 
 log = logging.getLogger("gridpilot.operations")
@@ -66,14 +74,6 @@ class Event:
         return not self.cancelled and self.start_s <= now_s < self.end_s
 
 
-@dataclass(frozen=True, eq=False)  # compared by identity: two alike are two changes
-class Layer:
-    """A temporary change of setpoints: these values, until `expires_s`."""
-
-    changes: dict[str, Any]
-    expires_s: float
-
-
 @dataclass(frozen=True)
 class OperatorState:
     setpoints: Setpoints  # in force: the permanent ones with the temporary layers over them
@@ -84,19 +84,6 @@ class OperatorState:
     mode_base: Mode  # the mode that stays when every temporary one has gone
     mode_layers: tuple[Layer, ...]  # temporary modes ({"mode": ...}), oldest first
     pending: tuple[Event, ...]  # events not yet ended: the only ones a tick looks at
-
-
-def mode_of(base: Mode, layers: tuple[Layer, ...]) -> Mode:
-    """The mode in force: the newest temporary one still pending, else the permanent one."""
-    return layers[-1].changes["mode"] if layers else base
-
-
-def effective(permanent: Setpoints, layers: tuple[Layer, ...]) -> Setpoints:
-    """The setpoints in force: the permanent ones, each temporary change over them in turn."""
-    merged = permanent.model_dump()
-    for layer in layers:
-        merged.update(layer.changes)
-    return Setpoints(**merged)
 
 
 class Operations:
@@ -167,31 +154,11 @@ class Operations:
                       extra={"error": str(exc)})  # fmt: skip
             return Setpoints(**base), ()
         try:
-            self._check_future(setpoints, layers)
+            check_future(self.site, setpoints, layers)
         except (ValidationError, TypeError) as exc:
             log.error("saved temporary changes refused", extra={"error": str(exc)})
             layers = ()
         return setpoints, layers
-
-    def _check_future(self, permanent: Setpoints, layers: tuple[Layer, ...]) -> None:
-        """Every state the setpoints will pass through as the temporary changes expire must be
-        valid as a whole; else ValidationError naming the revert that would break it."""
-        for when in [-math.inf, *sorted({layer.expires_s for layer in layers})]:
-            remaining = tuple(layer for layer in layers if layer.expires_s > when)
-            try:
-                dispatch_config(self.site, effective(permanent, remaining))
-            except ValidationError as exc:
-                reasons = "; ".join(e["msg"] for e in exc.errors())
-                message = (
-                    f"once the temporary change ending at {iso(when)} reverts: {reasons}"
-                    if math.isfinite(when)
-                    else reasons
-                )
-                raise ValidationError.from_exception_data(
-                    "Setpoints",
-                    [{"type": "value_error", "loc": ("ttl_s",), "input": None,
-                      "ctx": {"error": ValueError(message)}}],
-                ) from None  # fmt: skip
 
     # --- what readers see ---------------------------------------------------------------
     @property
@@ -287,9 +254,9 @@ class Operations:
                 layers = (*layers, Layer(named, now + ttl_s))
             else:
                 permanent = Setpoints(**{**permanent.model_dump(), **named})
-                kept = (_without(layer, named) for layer in layers)
+                kept = (without(layer, named) for layer in layers)
                 layers = tuple(layer for layer in kept if layer.changes)
-            self._check_future(permanent, layers)
+            check_future(self.site, permanent, layers)
             with self.db.transaction():  # all of it stored, or none of it
                 self._save_setpoints(new, permanent, layers)
                 self.db.audit(by, "setpoints.change", *_diff(old, new))
@@ -306,9 +273,7 @@ class Operations:
     ) -> None:
         self.db.put_setting("setpoints", setpoints.model_dump())
         self.db.put_setting("setpoints_permanent", permanent.model_dump())
-        self.db.put_setting(
-            "setpoint_layers", [{"changes": x.changes, "expires_s": x.expires_s} for x in layers]
-        )
+        self.db.put_setting("setpoint_layers", as_saved(layers))
         self.db.put_setting("override", None)  # the single revert of before layers
 
     def change_mode(self, mode: Mode, by: Actor, ttl_s: float | None) -> Mode:
@@ -332,9 +297,7 @@ class Operations:
     def _save_mode(self, mode: Mode, base: Mode, layers: tuple[Layer, ...]) -> None:
         self.db.put_setting("mode", mode)
         self.db.put_setting("mode_base", base)
-        self.db.put_setting(
-            "mode_layers", [{"changes": x.changes, "expires_s": x.expires_s} for x in layers]
-        )
+        self.db.put_setting("mode_layers", as_saved(layers))
         self.db.put_setting("mode_override", None)  # the single revert of before layers
 
     def add_event(self, event: EventIn, by: Actor) -> dict[str, Any]:
@@ -409,12 +372,11 @@ class Operations:
     def _reverted(self, value: OperatorState, expired: list[tuple[str, Layer]]) -> OperatorState:
         """`value` with these reverted (every state the reverts pass through was checked when
         the changes were made, or at load, so this does not fail)."""
-        gone = [item.expires_s for action, item in expired if action == "setpoints.revert"]
-        if gone:
-            # Every layer that has ended by then goes with it: exactly the states checked when
-            # the changes were made (one at a time, in another order, could be invalid).
-            cutoff = max(gone)
-            layers = tuple(x for x in value.layers if x.expires_s > cutoff)
+        ended: dict[str, float] = {}  # per kind, the latest end among those due
+        for action, layer in expired:
+            ended[action] = max(ended.get(action, -math.inf), layer.expires_s)
+        if "setpoints.revert" in ended:
+            layers = pending_after(value.layers, ended["setpoints.revert"])
             restored = effective(value.permanent, layers)
             value = replace(
                 value,
@@ -422,10 +384,8 @@ class Operations:
                 dispatch=dispatch_config(self.site, restored),
                 layers=layers,
             )
-        gone = [item.expires_s for action, item in expired if action == "mode.revert"]
-        if gone:
-            cutoff = max(gone)
-            layers = tuple(x for x in value.mode_layers if x.expires_s > cutoff)
+        if "mode.revert" in ended:
+            layers = pending_after(value.mode_layers, ended["mode.revert"])
             value = replace(value, mode=mode_of(value.mode_base, layers), mode_layers=layers)
         return value
 
@@ -480,11 +440,6 @@ class Operations:
             SYSTEM, action, None, {"id": item.id, "kind": item.kind, "value_w": item.value_w}
         )
         self._reload_events()
-
-
-def _without(layer: Layer, fields: dict[str, Any]) -> Layer:
-    """A temporary change less the fields an operator has since set for good."""
-    return Layer({k: v for k, v in layer.changes.items() if k not in fields}, layer.expires_s)
 
 
 def _diff(old: Setpoints, new: Setpoints) -> tuple[dict[str, Any], dict[str, Any]]:

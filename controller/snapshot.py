@@ -60,8 +60,7 @@ class DeviceSnapshot:
 
     def role(self, role: str) -> float | None:
         """The value of the point playing `role`, if fresh and valid, else None."""
-        point = self.roles.get(role)
-        reading = self.points.get(point) if point is not None else None
+        reading = self.role_reading(role)
         return reading.value if reading is not None and reading.usable else None
 
     def role_reading(self, role: str) -> PointReading | None:
