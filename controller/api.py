@@ -4,96 +4,50 @@ for the orchestrator (no key). Every error is an RFC 9457 problem document."""
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from controller.alarms import AlarmBook
 from controller.api_operate import operate_router
 from controller.auth import requires
-from controller.config import DeviceConfig
-from controller.metrics import Metrics
-from controller.operations import Operations
+from controller.config import ApiLimits
+from controller.docs import docs_page, mount_docs_assets
+from controller.edge import EdgeRules, TokenBuckets
+from controller.link import ControllerLink, ControllerUnavailable, Refusal
 from controller.opsdb import OpsDB
 from controller.problems import Problem, field_errors, problem, problem_responses
-from controller.state import SiteState
-from drivers.devicemap import DeviceMap
 
-MAX_BODY_BYTES = 64 * 1024
+log = logging.getLogger("gridpilot.api")
 
 
-class BodyRules:
-    """Bodies: JSON only, and at most MAX_BODY_BYTES, checked before any handler reads them.
-    Plain ASGI (not BaseHTTPMiddleware, which re-streams every response and so cost each
-    keep-alive request ~40 ms of Nagle and delayed-ACK here)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length", b"0")
-        too_big = problem(413, "Body too large", f"at most {MAX_BODY_BYTES} bytes")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            await too_big(scope, receive, send)
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > MAX_BODY_BYTES:
-                await too_big(scope, receive, send)
-                return
-        kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if body and kind != b"application/json":
-            await problem(415, "Unsupported media type", "send application/json")(
-                scope, receive, send
-            )
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def create_app(
-    state: SiteState,
-    metrics: Metrics,
-    ops: Operations,
-    db: OpsDB,
-    alarms: AlarmBook,
-    configs: Mapping[str, DeviceConfig],
-    maps: Mapping[str, DeviceMap],
-) -> FastAPI:
+def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None) -> FastAPI:
+    """The API: views and changes go to the controller through `link`; keys, the audit log
+    and history are read from the SQLite file (`db`, read-only in the API's process)."""
+    limits = limits or ApiLimits()
     app = FastAPI(
         title="gridpilot",
         summary="Grid-interactive controller for AI data centers",
         version="0.1.0",
-        responses=problem_responses(400, 413, 415, 500),
+        responses=problem_responses(400, 408, 413, 415, 429, 431, 500, 503),
+        docs_url=None,  # served below from the package's own files: no CDN
+        redoc_url=None,
     )
+    per_address = TokenBuckets(2 * limits.writes_per_s, 2 * limits.write_burst)
+    app.add_middleware(EdgeRules, limits=limits, per_address=per_address)
+    app.state.per_key = TokenBuckets(limits.writes_per_s, limits.write_burst)
+    mount_docs_assets(app)
 
-    app.add_middleware(BodyRules)
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return docs_page(app.title)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -122,6 +76,27 @@ def create_app(
         errors = field_errors(list(exc.errors()))
         return problem(422, "Invalid request", "nothing was changed", errors=errors)
 
+    @app.exception_handler(Refusal)
+    async def refused(request: Request, exc: Refusal) -> JSONResponse:
+        extra = {"errors": exc.errors} if exc.errors is not None else {}
+        return problem(exc.status, exc.title, exc.detail, **extra)
+
+    @app.exception_handler(ControllerUnavailable)
+    async def unavailable(request: Request, exc: ControllerUnavailable) -> JSONResponse:
+        detail = str(exc)
+        if request.method != "GET":
+            detail += "; a change sent may still take effect: read it back"
+        return problem(503, "Controller unavailable", detail)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "request failed",
+            exc_info=exc,
+            extra={"method": request.method, "path": request.url.path},
+        )
+        return problem(500, "Internal error", f"{request.method} {request.url.path}")
+
     viewer = Depends(requires(db, "viewer"))
 
     @app.get(
@@ -135,13 +110,13 @@ def create_app(
     )
     async def get_state(_: Any = viewer) -> Response:
         # Serialised here, not by FastAPI's generic encoder: a third of each request's time.
-        body = json.dumps(state.to_json(), allow_nan=False, separators=(",", ":"))
+        body = json.dumps(await link.view("state"), allow_nan=False, separators=(",", ":"))
         return Response(body, media_type="application/json")
 
-    # The API has its own thread: metrics and state are read as the loop last published them.
+    # Metrics and state as the loop last published them, fetched at most once a period.
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def get_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await link.view("metrics"), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", summary="Alive")
     async def healthz() -> dict[str, str]:
@@ -153,12 +128,15 @@ def create_app(
         responses=problem_responses(503),
     )
     async def readyz() -> Response:
-        ok, reason = state.ready()
+        try:
+            ok, reason = await link.view("ready")
+        except (ControllerUnavailable, Refusal) as exc:
+            ok, reason = False, str(exc)
         if ok:
             return JSONResponse({"status": "ready"})
         return problem(503, "Not ready", reason)
 
-    app.include_router(operate_router(ops, db, state, alarms, configs, maps))
+    app.include_router(operate_router(link, db))
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, with the Problem model, and 422 as the problem document this

@@ -1,5 +1,6 @@
 """API keys on requests: who is calling, and may they. 401 without a valid key, 403 when the
-key's role is below what the endpoint needs (viewer < operator < admin)."""
+key's role is below what the endpoint needs (viewer < operator < admin); 429 when the key has
+made more changes than its rate allows (the app's `per_key` buckets)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from controller.edge import WRITE_METHODS
 from controller.opsdb import ROLES, Actor, OpsDB, Role
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -27,6 +29,11 @@ def requires(db: OpsDB, role: Role) -> Callable[..., Awaitable[Actor]]:
             raise HTTPException(401, "Invalid API key", headers={"WWW-Authenticate": "Bearer"})
         if ROLES.index(actor.role) < ROLES.index(role):
             raise HTTPException(403, f"This needs the {role} role; the key is {actor.role}")
+        if request.method in WRITE_METHODS:
+            wait = request.app.state.per_key.take(actor.key_id or actor.name)
+            if wait:
+                retry = {"Retry-After": str(max(1, round(wait + 0.5)))}
+                raise HTTPException(429, "Too many changes from this key", headers=retry)
         return actor
 
     return check

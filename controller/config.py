@@ -220,6 +220,41 @@ class BackupConfig(Strict):
     keep: int = Field(7, ge=1, le=1000, description="the newest this many are kept")
 
 
+class ApiTlsConfig(Strict):
+    """HTTPS for the API: `gridpilot certs` makes a pair, or bring the site's own."""
+
+    certificate: FilePath = Field(description="the API's certificate chain (PEM)")
+    private_key: FilePath = Field(description="its private key (PEM)")
+
+
+class ApiLimits(Strict):
+    """What one client may cost the API process. The loop runs in another process; these keep
+    the API itself answering under floods and slow clients."""
+
+    max_connections: int = Field(256, ge=8, le=100_000, description="open at once, all clients")
+    max_connections_per_address: int = Field(
+        64, ge=1, le=100_000, description="open at once from one client address"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="to send a request's line and headers, from connect"
+    )
+    body_timeout_s: float = Field(10.0, gt=0, le=300, description="to send a request's body")
+    keep_alive_s: float = Field(5.0, gt=0, le=300, description="idle between two requests")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024 * 1024, description="request line and headers, together"
+    )
+    max_headers: int = Field(64, ge=8, le=1000, description="header fields in one request")
+    writes_per_s: float = Field(
+        10.0, gt=0, le=10_000, description="changes per second per key (per address: twice)"
+    )
+    write_burst: int = Field(
+        50, ge=1, le=100_000, description="changes at once per key (per address: twice)"
+    )
+    controller_timeout_s: float = Field(
+        15.0, gt=0, le=120, description="the longest a request waits for the controller"
+    )
+
+
 class TokenSourceConfig(Strict):
     """An inference server's metrics endpoint whose token counter gridpilot reads."""
 
@@ -244,6 +279,8 @@ class SiteConfig(BaseSettings):
     loop_period_s: float = Field(0.1, ge=0.005, le=10, description="control tick period")
     api_host: str = "127.0.0.1"
     api_port: Port = 8080
+    api_tls: ApiTlsConfig | None = Field(None, description="HTTPS for the API; none: HTTP")
+    api_limits: ApiLimits = ApiLimits()
     data_dir: Path = Path("data")
     modules: list[ModuleConfig] = Field(min_length=1)
     token_sources: list[TokenSourceConfig] = Field(

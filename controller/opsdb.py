@@ -65,6 +65,13 @@ class Actor:
 SYSTEM = Actor(None, "system", "admin")
 
 
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    target, uri = (f"{path.resolve().as_uri()}?mode=ro", True) if read_only else (str(path), False)
+    conn = sqlite3.connect(target, uri=uri, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
 def _digest(salt: bytes, secret: str) -> bytes:
     # Keys are 192 random bits, not passwords: a salted SHA-256 cannot be brute-forced, and it
     # keeps every request's check in microseconds (a slow KDF would cap the API's throughput).
@@ -72,22 +79,25 @@ def _digest(salt: bytes, secret: str) -> bytes:
 
 
 class OpsDB:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        check_at_start(path)  # a damaged or vanished file is refused, never silently remade
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        """The file, its schema made if new. `read_only`: the API process's view of a file the
+        controller has opened (and checked) already; any write raises sqlite3.Error."""
         self._lock = threading.RLock()  # a transaction holds it across its statements
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
-        self._conn.executescript(SCHEMA)
-        mark(path)
+        if read_only:
+            self._conn = _connect(path, read_only=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            check_at_start(path)  # a damaged or vanished file is refused, never silently remade
+            self._conn = _connect(path, read_only=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
+            self._conn.executescript(SCHEMA)
+            mark(path)
         # Reads on a connection of their own: under WAL they never wait for a write (one held
         # by a locked or slow disk), so keys are still checked and state still served.
         self._read_lock = threading.Lock()
-        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._reader.row_factory = sqlite3.Row
+        self._reader = _connect(path, read_only=read_only)
         self._reader.execute("PRAGMA busy_timeout=1000")
 
     def close(self) -> None:

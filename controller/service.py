@@ -1,4 +1,5 @@
-"""The controller process: drivers, control loop, store and API, started and stopped together."""
+"""The controller process: drivers, control loop and store, with the API's process beside it,
+started and stopped together."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import contextlib
 import gc
 import logging
 import signal
-import socket
 import threading
 from collections.abc import Iterator
+from functools import cached_property
 
-import uvicorn
+from fastapi import FastAPI
 
 from controller import dbfile
 from controller.alarms import AlarmBook
-from controller.api import create_app
+from controller.apiproc import ApiProcess, ApiSpec
+from controller.bridge import Bridge
 from controller.config import DeviceConfig, SiteConfig
 from controller.dispatch import warm_up
 from controller.loop import ControlLoop
@@ -73,14 +75,6 @@ def make_driver(device: DeviceConfig, devmap: DeviceMap | None = None) -> Device
     )
 
 
-class _ApiServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @contextlib.contextmanager
 def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     loop = asyncio.get_running_loop()
@@ -126,34 +120,39 @@ class Controller:
             self.operations,
         )
         configs = {d.id: d for d in site.devices}
-        self.app = create_app(
-            self.state, self.metrics, self.operations, self.db, self.alarms, configs, maps
+        self.bridge = Bridge(
+            self.operations, self.db, self.state, self.alarms, self.metrics, configs, maps
+        )
+        self.log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        self.api_process: ApiProcess | None = None  # while running
+
+    @cached_property
+    def app(self) -> FastAPI:
+        """The API over an in-process link to the bridge: the same app, requests and JSON the
+        API process runs, without its process (tests drive it in their own event loop)."""
+        from controller.api import create_app
+        from controller.link import InProcessLink
+
+        link = InProcessLink(self.bridge.handle, self.site.loop_period_s)
+        return create_app(link, self.db, self.site.api_limits)
+
+    def api_spec(self) -> ApiSpec:
+        site = self.site
+        return ApiSpec(
+            site.api_host,
+            site.api_port,
+            self.db_path,
+            site.loop_period_s,
+            site.api_limits,
+            site.api_tls,
+            self.log_level,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then close every device link, the API and the store."""
-        config = uvicorn.Config(
-            self.app,
-            host=self.site.api_host,
-            port=self.site.api_port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-        api = _ApiServer(config)
-        # Bind before anything starts, so a taken port is a clear error, not a half-started site.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted connections inherit it: a response's head and body leave at once, instead
-        # of the body waiting ~40 ms for the client's delayed ACK on keep-alive requests.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock.bind((self.site.api_host, self.site.api_port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                f"cannot listen on {self.site.api_host}:{self.site.api_port}: {exc.strerror}"
-            ) from None
+        # The API first: a taken port is a clear error, not a half-started site.
+        api = self.api_process = ApiProcess(self.api_spec(), self.bridge)
+        await asyncio.to_thread(api.start)
         for driver in self.drivers.values():
             driver.start()
         self.tokens.start()
@@ -163,37 +162,25 @@ class Controller:
         gc.collect()
         gc.freeze()
         self.store.event("controller_started", site=self.site.name)
-        # The API serves on its own thread and event loop: a burst of requests cannot delay a
-        # tick (at 64 connections on one loop, ticks were skipped; on two, none are).
-        api_task = asyncio.create_task(
-            asyncio.to_thread(asyncio.run, api.serve(sockets=[sock])), name="api"
-        )
+        # The API serves from its own process: no request, however large or slow, can take
+        # this interpreter from the loop; it is started anew if it dies.
+        watch_task = asyncio.create_task(api.watch(stop), name="api-watch")
         loop_task = asyncio.create_task(self.loop.run(stop), name="loop")
-        log.info(
-            "controller running",
-            extra={
-                "api": f"http://{self.site.api_host}:{self.site.api_port}",
-                "site": self.site.name,
-            },
-        )
+        log.info("controller running", extra={"api": api.spec.url, "site": self.site.name})
         try:
-            done, _ = await asyncio.wait(
-                {api_task, loop_task, asyncio.create_task(stop.wait())},
+            await asyncio.wait(
+                {loop_task, asyncio.create_task(stop.wait())},
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            if api_task in done and not stop.is_set():
-                api_task.result()  # the API could not start (port taken): raise it
-                raise RuntimeError("API server stopped unexpectedly")
         finally:
             stop.set()
-            api.should_exit = True
-            await asyncio.gather(loop_task, api_task, return_exceptions=True)
+            await asyncio.gather(loop_task, watch_task, return_exceptions=True)
+            await asyncio.to_thread(api.stop)
             for driver in self.drivers.values():
                 await driver.stop()
             await self.tokens.stop()
             self.store.event("controller_stopped", site=self.site.name)
             await asyncio.to_thread(self.close)  # drains the writers (a locked disk: bounded)
-            sock.close()
             log.info("controller stopped")
 
     def prune(self, now_s: float) -> None:

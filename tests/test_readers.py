@@ -5,53 +5,13 @@ record show. Regression tests for defects the readers had when each rebuilt its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controller.config import SiteConfig
-from controller.record import TickRecord
-from controller.service import Controller
-from drivers.sim.stack import SimulatorStack
-from tests.plant import controller_running, until
-
-
-@dataclass
-class Running:
-    stack: SimulatorStack
-    controller: Controller
-    records: list[TickRecord]
-    api: httpx.AsyncClient
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        """A sample of the controller's own /metrics, as Prometheus would scrape it."""
-        text = self._scrape
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return s.value
-        return None
-
-    async def scrape(self) -> None:
-        self._scrape = (await self.api.get("/metrics")).text
-
-
-@contextlib.asynccontextmanager
-async def site_running(site: SiteConfig) -> AsyncIterator[Running]:
-    """The whole site under the controller, in auto, with an operator's API client."""
-    async with controller_running(site) as (stack, records, controller):
-        _, key = controller.db.create_key("test-operator", "operator")
-        base = f"http://127.0.0.1:{site.api_port}"
-        headers = {"Authorization": f"Bearer {key}"}
-        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=5.0) as api:
-            await until(lambda: records and records[-1].mode == "auto", 20, "auto mode")
-            yield Running(stack, controller, records, api)
+from tests.plant import site_running, until
 
 
 async def test_reused_heat_is_counted_and_erf_follows(site: SiteConfig):
