@@ -5,9 +5,11 @@ A client without the right credentials is refused, and the driver reports it."""
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller.config import SiteConfig
 from controller.service import make_driver
@@ -15,6 +17,9 @@ from controller.sitefile import parse_site, plant_of
 from drivers.certs import make_site_certs
 from drivers.sim.stack import SimulatorStack
 from tests.plant import until
+from tests.processes import GRIDPILOT
+
+PASSWORD = "s3cret-Plant"
 
 
 @pytest.fixture
@@ -27,7 +32,7 @@ async def secured(site_data: dict, tmp_path: Path):
             "certificate": str(certs.device.certificate),
             "private_key": str(certs.device.private_key),
             "client_ca": str(certs.ca),
-            "users": {"gridpilot": "s3cret-Plant"},
+            "users": {"gridpilot": PASSWORD},
         },
     }
     site = parse_site(data)
@@ -38,14 +43,18 @@ async def secured(site_data: dict, tmp_path: Path):
 
 
 def secure(device, certs, client=None, **extra):
-    """The device's config with a secured link: our certificate (or `client`'s), and the
-    device's CA (Modbus) or certificate (OPC UA) to check it by."""
+    """The device's config with a secured link: our certificate (or `client`'s), and whom we
+    trust: the site's CA (Modbus), the device's own certificate, pinned (OPC UA)."""
     client = client or certs.controller
-    peer = certs.ca if device.kind != "cdu" else certs.device.certificate
+    trust = (
+        {"peer_ca": [certs.ca]}
+        if device.kind != "cdu"
+        else {"peer_certificate": certs.device.certificate}
+    )
     security = {
         "certificate": client.certificate,
         "private_key": client.private_key,
-        "peer_certificate": peer,
+        **trust,
         **extra,
     }
     data = {**device.model_dump(), "security": security, "timeout_s": 3.0}
@@ -106,3 +115,23 @@ def test_security_config_is_checked(site: SiteConfig, tmp_path: Path):
         secure(cdu, certs, username="u", password="p", password_file=certs.ca)
     with pytest.raises(ValueError, match="does not point to a file"):
         secure(cdu, certs, peer_certificate=tmp_path / "missing.pem")
+    with pytest.raises(ValueError, match=f"device {cdu.id}: security needs peer_certificate"):
+        secure(cdu, certs, peer_certificate=None)
+
+
+def test_check_config_refuses_security_that_trusts_nobody(tmp_path: Path, site_data: dict):
+    certs = make_site_certs(tmp_path / "certs", ["127.0.0.1"])
+    data = copy.deepcopy(site_data)
+    cdu = next(d for m in data["modules"] for d in m["devices"] if d["kind"] == "cdu")
+    cdu["security"] = {
+        "certificate": str(certs.controller.certificate),
+        "private_key": str(certs.controller.private_key),
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(
+        [*GRIDPILOT, "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"device {cdu['id']}: security needs peer_certificate" in proc.stderr
+    assert "peer_ca" in proc.stderr and "Traceback" not in proc.stderr
