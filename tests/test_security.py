@@ -4,20 +4,27 @@ A client without the right credentials is refused, and the driver reports it."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import yaml
+from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
 from controller.config import SiteConfig
 from controller.service import make_driver
 from controller.sitefile import parse_site, plant_of
-from drivers.certs import make_site_certs
+from drivers.certs import CONTROLLER_URI, SiteCerts, make_site_certs
+from drivers.maploader import load_map
+from drivers.sim.opcua_server import DeviceSecurity, OpcUaDeviceServer
 from drivers.sim.stack import SimulatorStack
 from tests.plant import until
 from tests.processes import GRIDPILOT
+from tests.sites import free_port
 
 PASSWORD = "s3cret-Plant"
 
@@ -117,6 +124,65 @@ def test_security_config_is_checked(site: SiteConfig, tmp_path: Path):
         secure(cdu, certs, peer_certificate=tmp_path / "missing.pem")
     with pytest.raises(ValueError, match=f"device {cdu.id}: security needs peer_certificate"):
         secure(cdu, certs, peer_certificate=None)
+
+
+@contextlib.asynccontextmanager
+async def opcua_cdu(
+    certs: SiteCerts, client_ca: Path, shown: dict[str, float]
+) -> AsyncIterator[OpcUaDeviceServer]:
+    """A secured OPC UA CDU alone on a free loopback port (the whole plant takes longer),
+    with `certs`' device certificate, trusting clients `client_ca` signed, showing `shown`."""
+    server = OpcUaDeviceServer(
+        load_map("cdu"),
+        "127.0.0.1",
+        free_port(),
+        "cdu-1",
+        DeviceSecurity(certs.device.certificate, certs.device.private_key, (client_ca,)),
+        {"gridpilot": PASSWORD},
+    )
+    await server.start(shown)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_the_simulator_refuses_security_none_and_unknown_certificates(tmp_path: Path):
+    """What a real device does, shown with asyncua's own client: a SecurityPolicy None channel
+    serves discovery, but its session is never activated; a client certificate the device
+    does not trust is refused at CreateSession, before any login."""
+    certs = make_site_certs(tmp_path / "site", ["127.0.0.1"])
+    stranger = make_site_certs(tmp_path / "stranger", ["127.0.0.1"])
+    async with opcua_cdu(certs, certs.ca, {}) as server:
+        careless = Client(server.endpoint, timeout=3)  # SecurityPolicy None
+        await careless.connect_socket()
+        try:
+            await careless.send_hello()
+            await careless.open_secure_channel()
+            with pytest.raises(ua.UaError, match="No matching endpoints"):
+                await careless.create_session()  # asyncua stops here; a careless client goes on
+            with pytest.raises(ua.uaerrors.BadSecurityPolicyRejected):
+                await careless.activate_session(username="gridpilot", password=PASSWORD)
+            with pytest.raises(ua.uaerrors.BadSessionNotActivated):
+                await careless.nodes.server_state.read_value()
+        finally:
+            careless.disconnect_socket()
+
+        unknown = Client(server.endpoint, timeout=3)
+        unknown.application_uri = CONTROLLER_URI
+        await unknown.set_security(
+            SecurityPolicyBasic256Sha256,
+            str(stranger.controller.certificate),
+            str(stranger.controller.private_key),
+            server_certificate=str(certs.device.certificate),
+            mode=ua.MessageSecurityMode.SignAndEncrypt,
+        )
+        unknown.set_user("gridpilot")
+        unknown.set_password(PASSWORD)
+        with pytest.raises(ua.uaerrors.BadCertificateUntrusted):
+            await unknown.connect()
+        assert server.access is not None
+        assert server.access.attempts == ["gridpilot"]  # the careless client's only
 
 
 def test_check_config_refuses_security_that_trusts_nobody(tmp_path: Path, site_data: dict):
