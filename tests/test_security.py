@@ -1,6 +1,7 @@
 """Secured links end to end: Modbus/TCP Security (mutual TLS) and OPC UA Basic256Sha256
 SignAndEncrypt with a user name and password, both with certificates from `gridpilot certs`.
-A client without the right credentials is refused, and the driver reports it."""
+A client without the right credentials is refused, and the driver reports it; a server the
+controller does not trust is refused before it is sent anything secret."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import copy
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
-from controller.config import SiteConfig
+from controller.config import DeviceConfig, SiteConfig
 from controller.service import make_driver
 from controller.sitefile import parse_site, plant_of
 from drivers.certs import CONTROLLER_URI, SiteCerts, make_site_certs
@@ -145,6 +147,61 @@ async def opcua_cdu(
         yield server
     finally:
         await server.stop()
+
+
+def cdu_config(server: OpcUaDeviceServer, certs: SiteCerts, **trust: object) -> DeviceConfig:
+    """The controller's config for that CDU: our certificate, user and password, and `trust`."""
+    security = {
+        "certificate": certs.controller.certificate,
+        "private_key": certs.controller.private_key,
+        "username": "gridpilot",
+        "password": PASSWORD,
+        **trust,
+    }
+    port = urlparse(server.endpoint).port
+    return DeviceConfig.model_validate(
+        {"id": "cdu-1", "kind": "cdu", "port": port, "timeout_s": 3.0, "security": security}
+    )
+
+
+async def test_a_rogue_server_is_refused_before_it_sees_the_password(tmp_path: Path):
+    """Another server at the device's address, with a certificate of its own making, showing
+    a fake 99 °C and taking any client of the site: refused as a `security` error whether we
+    pin the device's certificate or trust the site's CA. No login ever reaches it, and its
+    value never reaches the controller."""
+    site = make_site_certs(tmp_path / "site", ["127.0.0.1"])
+    rogue = make_site_certs(tmp_path / "rogue", ["127.0.0.1"])
+    trusts = [
+        ({"peer_certificate": site.device.certificate}, "is not the pinned one"),
+        ({"peer_ca": [site.ca]}, "is not signed by a trusted CA"),
+    ]
+    async with opcua_cdu(rogue, site.ca, {"supply_temperature_c": 99.0}) as server:
+        for trust, why in trusts:
+            driver = make_driver(cdu_config(server, site, **trust))
+            driver.start()
+            try:
+                await until(lambda d=driver: d.counters.errors_total > 0, 10, "the refusal")
+            finally:
+                await driver.stop()
+            assert not driver.values and not driver.connected
+            assert set(driver.counters.errors_by_kind) == {"security"}, driver.counters
+            error = driver.counters.last_error or ""
+            assert "device cdu-1" in error and server.endpoint in error and why in error
+        assert server.access is not None and server.access.attempts == []
+
+
+async def test_a_device_is_trusted_by_its_pinned_certificate_or_its_ca(tmp_path: Path):
+    certs = make_site_certs(tmp_path, ["127.0.0.1"])
+    async with opcua_cdu(certs, certs.ca, {"supply_temperature_c": 31.5}) as server:
+        for trust in ({"peer_certificate": certs.device.certificate}, {"peer_ca": [certs.ca]}):
+            driver = make_driver(cdu_config(server, certs, **trust))
+            driver.start()
+            try:
+                await until(lambda d=driver: d.values, 10, f"a poll trusting {trust}")
+            finally:
+                await driver.stop()
+            assert driver.values["supply_temperature_c"].value == 31.5
+            assert driver.counters.errors_total == 0
 
 
 async def test_the_simulator_refuses_security_none_and_unknown_certificates(tmp_path: Path):
