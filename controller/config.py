@@ -42,9 +42,11 @@ class SecurityConfig(Strict):
     certificate: FilePath = Field(description="the controller's certificate (PEM)")
     private_key: FilePath = Field(description="its private key (PEM)")
     peer_certificate: FilePath | None = Field(
-        None,
-        description="Modbus: the CA that signed the device's certificate; OPC UA: the "
-        "server's certificate (absent: taken from the endpoint)",
+        None, description="the device's own certificate (PEM): pinned, only it is accepted"
+    )
+    peer_ca: list[FilePath] = Field(
+        default_factory=list,
+        description="CA certificates (PEM): a device certificate one of them signed is accepted",
     )
     username: str | None = Field(None, min_length=1, max_length=256, description="OPC UA user")
     password: SecretStr | None = Field(None, description="better: password_file")
@@ -90,6 +92,17 @@ class DeviceConfig(Strict):
     @property
     def map_name(self) -> str:
         return self.map or self.kind
+
+    @model_validator(mode="after")
+    def _trusts_someone(self) -> DeviceConfig:
+        sec = self.security
+        if sec is not None and sec.peer_certificate is None and not sec.peer_ca:
+            raise ValueError(
+                f"device {self.id}: security needs peer_certificate (the device's own "
+                "certificate) or peer_ca (the CAs that sign it): without either, any server "
+                "answering at its address would be trusted"
+            )
+        return self
 
 
 class ModuleConfig(Strict):

@@ -56,9 +56,10 @@ def make_driver(device: DeviceConfig, devmap: DeviceMap | None = None) -> Device
         security = LinkSecurity(
             sec.certificate,
             sec.private_key,
-            sec.peer_certificate,
-            sec.username,
-            sec.password_text(),
+            peer_certificate=sec.peer_certificate,
+            peer_ca=tuple(sec.peer_ca),
+            username=sec.username,
+            password=sec.password_text(),
         )
     if devmap.protocol == "modbus":
         return ModbusDriver(

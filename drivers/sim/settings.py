@@ -33,7 +33,7 @@ class ServerSecurityConfig(Strict):
 
     certificate: FilePath = Field(description="the devices' certificate (PEM)")
     private_key: FilePath
-    client_ca: FilePath = Field(description="Modbus: clients must show a certificate it signed")
+    client_ca: FilePath = Field(description="clients must show a certificate it signed")
     users: dict[str, SecretStr] = Field(
         default_factory=dict, description="OPC UA user names and passwords (none: anonymous)"
     )

@@ -20,7 +20,7 @@ from drivers.security import server_tls
 from drivers.sim.faults import LINK_FAULTS, Fault, faulty_value, measured
 from drivers.sim.load import TraceLoad
 from drivers.sim.modbus_server import ModbusDeviceServer, RegisterImage
-from drivers.sim.opcua_server import OpcUaDeviceServer
+from drivers.sim.opcua_server import DeviceSecurity, OpcUaDeviceServer
 from drivers.sim.plant import (
     Battery,
     BessModel,
@@ -129,7 +129,7 @@ class SimulatorStack:
                 device.host,
                 device.port,
                 device.id,
-                (sec.certificate, sec.private_key) if sec else None,
+                DeviceSecurity(sec.certificate, sec.private_key, (sec.client_ca,)) if sec else None,
                 {u: p.get_secret_value() for u, p in sec.users.items()} if sec else None,
             )
             await ua_server.start(self.shown(device.id))
