@@ -102,14 +102,21 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
             "ack_alarm", id=alarm_id, actor=ActorIn.of(who)
         )
 
-    @router.get("/audit", summary="The audit log, newest first, paged by id")
+    @router.get(
+        "/audit",
+        summary="The audit log, newest first, paged by id",
+        description="A viewer sees what changed and when, not who: keys' ids and names, and "
+        "what key changes said, are shown to operators and admins only.",
+    )
     async def get_audit(
-        _: Actor = viewer,
+        who: Actor = viewer,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
     ) -> dict[str, Any]:
         rows = await asyncio.to_thread(db.audit_page, limit, before_id)
         next_before = rows[-1]["id"] if len(rows) == limit else None
+        if who.role == "viewer":
+            rows = [_for_viewers(row) for row in rows]
         return {"entries": rows, "next_before_id": next_before}
 
     @router.get("/keys", summary="API keys (never the keys themselves)")
@@ -130,3 +137,14 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
         )
 
     return router
+
+
+def _for_viewers(entry: dict[str, Any]) -> dict[str, Any]:
+    """An audit entry without the keys in it: who (unless the system), and a key change's
+    content (names and roles)."""
+    shown = dict(entry)
+    if shown.get("key_id") is not None:
+        shown["key_id"], shown["key_name"] = None, "(a key)"
+    if str(shown.get("action", "")).startswith("key."):
+        shown["old"] = shown["new"] = None
+    return shown

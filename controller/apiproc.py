@@ -27,7 +27,7 @@ import uvicorn
 
 from controller.bridge import Bridge
 from controller.channel import MAX_REQUEST_BYTES, encode, recv_frame
-from controller.config import ApiLimits, ApiTlsConfig
+from controller.config import ApiLimits
 from controller.edge import Tally, guarded_protocol, raise_open_files_limit
 from controller.link import SocketLink
 from controller.logs import setup_logging
@@ -48,7 +48,7 @@ class ApiSpec:
     db_path: Path
     period_s: float  # views are fetched at most once a loop period
     limits: ApiLimits
-    tls: ApiTlsConfig | None
+    tls: tuple[Path, Path] | None  # HTTPS: (certificate chain, private key), PEM
     log_level: str
 
     @property
@@ -121,8 +121,8 @@ async def _serve(spec: ApiSpec, channel: socket.socket) -> None:
         http=guarded_protocol(limits, tally),
         h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_keep_alive=int(max(1, round(limits.keep_alive_s))),
-        ssl_certfile=spec.tls.certificate if spec.tls else None,
-        ssl_keyfile=spec.tls.private_key if spec.tls else None,
+        ssl_certfile=spec.tls[0] if spec.tls else None,
+        ssl_keyfile=spec.tls[1] if spec.tls else None,
         log_config=None,
         access_log=False,
         lifespan="off",

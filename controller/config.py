@@ -234,10 +234,28 @@ class BackupConfig(Strict):
 
 
 class ApiTlsConfig(Strict):
-    """HTTPS for the API: `gridpilot certs` makes a pair, or bring the site's own."""
+    """HTTPS for the API: the site's own certificate and key, or (`auto_dir`) a site CA and a
+    certificate made at first start and kept in that folder (the container's default)."""
 
-    certificate: FilePath = Field(description="the API's certificate chain (PEM)")
-    private_key: FilePath = Field(description="its private key (PEM)")
+    enabled: bool = Field(True, description="false: plain HTTP (TLS ends in a proxy in front)")
+    certificate: FilePath | None = Field(None, description="the API's certificate chain (PEM)")
+    private_key: FilePath | None = Field(None, description="its private key (PEM)")
+    auto_dir: Path | None = Field(
+        None, description="without certificate: make (once) and use a CA and certificate here"
+    )
+    hosts: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="auto_dir: names clients reach the API by, besides this host's own",
+    )
+
+    @model_validator(mode="after")
+    def _source(self) -> ApiTlsConfig:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("certificate and private_key go together")
+        if self.enabled and self.certificate is None and self.auto_dir is None:
+            raise ValueError("give certificate and private_key, or auto_dir")
+        return self
 
 
 class ApiLimits(Strict):

@@ -8,9 +8,11 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from functools import cached_property
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -31,6 +33,7 @@ from controller.store import Store
 from controller.tokens import TokenMeter, TokenSource
 from controller.writer import Writer
 from drivers.base import DeviceDriver, DriverSettings
+from drivers.certs import api_certificate
 from drivers.devicemap import DeviceMap
 from drivers.maploader import load_map
 from drivers.modbus_client import ModbusDriver
@@ -145,9 +148,25 @@ class Controller:
             self.db_path,
             site.loop_period_s,
             site.api_limits,
-            site.api_tls,
+            self.api_tls(),
             self.log_level,
         )
+
+    def api_tls(self) -> tuple[Path, Path] | None:
+        """The API's certificate and key: the site's, or those made once in `auto_dir`."""
+        tls = self.site.api_tls
+        if tls is None or not tls.enabled:
+            return None
+        if tls.certificate is not None and tls.private_key is not None:
+            return tls.certificate, tls.private_key
+        assert tls.auto_dir is not None
+        hosts = sorted(
+            {socket.gethostname(), "localhost", "127.0.0.1", self.site.api_host, *tls.hosts}
+        )
+        hosts = [h for h in hosts if h not in ("0.0.0.0", "::")]
+        ca, pair = api_certificate(tls.auto_dir, hosts)
+        log.info("API certificate", extra={"certificate": str(pair.certificate), "ca": str(ca)})
+        return pair.certificate, pair.private_key
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then close every device link, the API and the store."""

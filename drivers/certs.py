@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CONTROLLER_URI = "urn:gridpilot:controller"
 DEVICE_URI = "urn:gridpilot:device"
+API_URI = "urn:gridpilot:api"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class SiteCerts:
     ca: Path
     device: Pair
     controller: Pair
+    api: Pair  # the HTTPS API's (a server certificate for the same hosts)
 
 
 def _key() -> rsa.RSAPrivateKey:
@@ -123,4 +125,16 @@ def make_site_certs(folder: Path, hosts: list[str], days: int = 365) -> SiteCert
         ca=ca_path,
         device=leaf("device", DEVICE_URI, ExtendedKeyUsageOID.SERVER_AUTH),
         controller=leaf("controller", CONTROLLER_URI, ExtendedKeyUsageOID.CLIENT_AUTH),
+        api=leaf("api", API_URI, ExtendedKeyUsageOID.SERVER_AUTH),
     )
+
+
+def api_certificate(folder: Path, hosts: list[str], days: int = 825) -> tuple[Path, Pair]:
+    """The API's certificate in `folder` and the CA that signed it: those there already, or
+    a new site CA and certificates for `hosts` when the folder has none."""
+    pair = Pair(folder / "api.pem", folder / "api-key.pem")
+    ca = folder / "ca.pem"
+    if not (pair.certificate.exists() and pair.private_key.exists() and ca.exists()):
+        made = make_site_certs(folder, hosts, days)
+        ca, pair = made.ca, made.api
+    return ca, pair

@@ -7,7 +7,9 @@ the strings (maker, model, serial) become its identity."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import ssl
 import time
 
 from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
@@ -18,6 +20,7 @@ from drivers.base import (
     DeviceDriver,
     DeviceMismatchError,
     DeviceRejectedError,
+    DeviceSecurityError,
     DriverSettings,
 )
 from drivers.devicemap import Block, DeviceMap
@@ -46,9 +49,11 @@ class ModbusDriver(DeviceDriver):
         # Our own loop does the retrying and backoff; pymodbus must not reconnect behind it.
         client: AsyncModbusTcpClient
         if self.security is not None:  # Modbus/TCP Security: mutual TLS, MBAP inside
+            sslctx = client_tls(self.security)
+            await self._check_peer(sslctx)
             client = AsyncModbusTlsClient(
                 self.host,
-                sslctx=client_tls(self.security),
+                sslctx=sslctx,
                 port=self.port,
                 timeout=self.settings.timeout_s,
                 retries=0,
@@ -72,6 +77,24 @@ class ModbusDriver(DeviceDriver):
             self._client = None
             client.close()
             raise
+
+    async def _check_peer(self, sslctx: ssl.SSLContext) -> None:
+        """One TLS handshake of our own first: pymodbus only says a connect failed, and a
+        device whose certificate we do not trust must count as `security`, not `connection`."""
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=sslctx),
+                self.settings.timeout_s,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise DeviceSecurityError(
+                f"{self.host}:{self.port}: device certificate not trusted: {exc.verify_message}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise DeviceSecurityError(f"{self.host}:{self.port}: TLS refused: {exc}") from None
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
     async def _check_identity(self) -> None:
         identity: dict[str, str] = {}

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
+from cryptography import x509
 
+from controller.service import Controller
 from controller.sitefile import load_site, simulation_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +22,52 @@ def test_compose_site_file_is_valid_and_points_at_the_plant_service():
     assert exposed == {d.port for d in site.devices} | {simulation_of(site).inference_port}
     (source,) = site.token_sources  # the controller reads the plant's token endpoint
     assert source.url.host == "plant" and source.url.port == simulation_of(site).inference_port
-    assert compose["services"]["controller"]["ports"] == [f"{site.api_port}:{site.api_port}"]
+    port = site.api_port
+    assert compose["services"]["controller"]["ports"] == [
+        f"${{GRIDPILOT_PUBLISH:-127.0.0.1}}:{port}:{port}"
+    ]
+
+
+def test_compose_publishes_on_loopback_unless_told_otherwise():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        for mapping in service.get("ports", []):
+            assert mapping.startswith("${GRIDPILOT_PUBLISH:-127.0.0.1}:"), (name, mapping)
+
+
+def test_the_image_serves_https_by_default_with_a_certificate_prometheus_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """With the Dockerfile's and compose's environment, the controller makes its API
+    certificate at first start for the name Prometheus scrapes it by, signed by the CA that
+    Prometheus is told to trust."""
+    env = dict(
+        line.strip().rstrip("\\").strip().split("=", 1)
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip().startswith("GRIDPILOT_")
+    )
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env.update(compose["services"]["controller"]["environment"])
+    env["GRIDPILOT_API_TLS__AUTO_DIR"] = env["GRIDPILOT_API_TLS__AUTO_DIR"].replace(
+        "/var/lib/gridpilot", str(tmp_path)
+    )
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    site = load_site(ROOT / "deploy" / "site.compose.yaml", {"data_dir": str(tmp_path)})
+    controller = Controller(site)
+    try:
+        certificate, _ = controller.api_tls()  # type: ignore[misc]
+    finally:
+        controller.close()
+    cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "controller" in sans.get_values_for_type(x509.DNSName)
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    assert job["scheme"] == "https" and job["tls_config"]["ca_file"] == "/gridpilot/tls/ca.pem"
+    assert "gridpilot-data:/gridpilot:ro" in compose["services"]["prometheus"]["volumes"]
+    ca = x509.load_pem_x509_certificate((tmp_path / "tls" / "ca.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
 
 
 def test_compose_mounts_name_files_that_exist():

@@ -245,6 +245,28 @@ async def test_mode_with_ttl_and_keys_lifecycle(api):
     assert not any(new["key"] in json.dumps(e) for e in older.json()["entries"])  # never the key
 
 
+async def test_viewers_see_what_changed_in_the_audit_log_but_not_which_keys(api):
+    client, keys, _, _ = api
+    made = await client.post(
+        "/v1/keys", json={"name": "night shift", "role": "operator"}, headers=auth(keys["admin"])
+    )
+    assert made.status_code == 201 and made.headers["cache-control"] == "no-store"
+    r = await client.patch(
+        "/v1/setpoints", json={"ramp_up_w_per_s": 3e5}, headers=auth(made.json()["key"])
+    )
+    assert r.status_code == 200
+    seen = {}
+    for role in ("viewer", "operator"):
+        page = await client.get("/v1/audit", headers=auth(keys[role]))
+        seen[role] = {e["action"]: e for e in page.json()["entries"]}
+    assert seen["operator"]["key.create"]["new"]["name"] == "night shift"
+    assert seen["operator"]["setpoints.change"]["key_name"] == "night shift"
+    viewer_view = json.dumps(seen["viewer"])
+    assert "night shift" not in viewer_view and "admin-key" not in viewer_view
+    change = seen["viewer"]["setpoints.change"]
+    assert change["new"] == {"ramp_up_w_per_s": 3e5} and change["key_id"] is None
+
+
 def test_the_matrix_covers_every_operation(site: SiteConfig, tmp_path: Path):
     controller = Controller(site)
     paths = controller.app.openapi()["paths"]  # what the app says it serves

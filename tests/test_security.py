@@ -100,6 +100,7 @@ async def test_wrong_credentials_are_refused_and_reported(secured, tmp_path: Pat
     cdu = next(d for d in site.devices if d.kind == "cdu")
     cases = [  # (config, the error kind the driver counts)
         (secure(ups, certs, client=stranger.controller), "connection"),  # a stranger's certificate
+        (secure(ups, certs, peer_ca=[stranger.ca]), "security"),  # a device we do not trust
         (ups, "connection"),  # plain Modbus/TCP to a TLS port
         (secure(cdu, certs, username="gridpilot", password="wrong"), "security"),
         (cdu, "security"),  # no security at all
