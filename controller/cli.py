@@ -381,7 +381,8 @@ def certs(
     days: Annotated[int, typer.Option("--days", min=1, max=3650, help="valid for")] = 365,
 ) -> None:
     """Make a site CA, a device certificate and a controller certificate for secured links
-    (Modbus/TCP Security, OPC UA Basic256Sha256). Refuses to overwrite existing files."""
+    (Modbus/TCP Security, OPC UA Basic256Sha256), and one for the HTTPS API (api_tls).
+    Refuses to overwrite existing files."""
     if out.exists() and any(out.glob("*.pem")):
         typer.echo(f"gridpilot: {out} already holds certificates; choose an empty folder", err=True)
         raise typer.Exit(2)
@@ -392,6 +393,8 @@ def certs(
         ("device key", made.device.private_key),
         ("controller certificate", made.controller.certificate),
         ("controller key", made.controller.private_key),
+        ("API certificate", made.api.certificate),
+        ("API key", made.api.private_key),
     ):
         typer.echo(f"{name:24} {path}")
 
