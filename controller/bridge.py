@@ -3,15 +3,19 @@ ask. Reads are views of the latest published record (and the operators' value in
 changes are commands, each checked again here against the same shapes the API checked, then
 run through `Operations` (stored and audited in one transaction before they take effect).
 
-One request at a time, on a thread of this process's own: however many clients the API
-process serves, the controller's interpreter does one bounded piece of work for them at once.
+Views one at a time on one thread, changes one at a time on another: however many clients the
+API process serves, the controller's interpreter does at most two bounded pieces of work for
+them at once, and a change waiting on a locked disk holds up no read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
 import socket
 import sqlite3
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +27,7 @@ from controller.alarms import AlarmBook
 from controller.channel import (
     MAX_REPLY_BYTES,
     MAX_REQUEST_BYTES,
+    VIEWS,
     ChannelClosed,
     FrameTooLarge,
     encode,
@@ -39,6 +44,7 @@ from controller.state import SiteState
 from drivers.devicemap import DeviceMap
 
 log = logging.getLogger("gridpilot.bridge")
+MAX_QUEUED_COMMANDS = 64  # changes waiting on a slow disk; more are refused, not queued
 
 
 class _Command(BaseModel):
@@ -126,22 +132,44 @@ class Bridge:
     # --- the channel ----------------------------------------------------------------------
     def serve(self, sock: socket.socket) -> None:
         """Answer requests until the API process closes its end (or sends garbage: then the
-        channel closes, and the API process is started anew)."""
-        while True:
-            try:
-                message = recv_frame(sock, MAX_REQUEST_BYTES)
-            except (ChannelClosed, OSError):
-                return
-            except (FrameTooLarge, ValueError) as exc:
-                log.error("bad frame from the API process; closing", extra={"error": str(exc)})
-                return
-            reply = encode(self.handle(message))
-            if len(reply) > MAX_REPLY_BYTES:
-                reply = encode(_failure(message, 500, "Reply too large", f"{len(reply)} bytes"))
-            try:
-                sock.sendall(reply)
-            except OSError:
-                return
+        channel closes, and the API process is started anew). Views are answered here at
+        once; commands, which may wait on the disk, queue for a thread of their own (a
+        locked file holds up changes, never a read of the state)."""
+        send_lock = threading.Lock()
+        commands: queue.Queue[dict[str, Any] | None] = queue.Queue(MAX_QUEUED_COMMANDS)
+
+        def reply(message: dict[str, Any], answer: dict[str, Any]) -> None:
+            data = encode(answer)
+            if len(data) > MAX_REPLY_BYTES:
+                data = encode(_failure(message, 500, "Reply too large", f"{len(data)} bytes"))
+            with send_lock, contextlib.suppress(OSError):
+                sock.sendall(data)
+
+        def run_commands() -> None:
+            while (message := commands.get()) is not None:
+                reply(message, self.handle(message))
+
+        worker = threading.Thread(target=run_commands, name="api-commands", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    message = recv_frame(sock, MAX_REQUEST_BYTES)
+                except (ChannelClosed, OSError):
+                    return
+                except (FrameTooLarge, ValueError) as exc:
+                    log.error("bad frame from the API process; closing", extra={"error": str(exc)})
+                    return
+                if message.get("op") in VIEWS:
+                    reply(message, self.handle(message))
+                    continue
+                try:
+                    commands.put_nowait(message)
+                except queue.Full:
+                    busy = f"{MAX_QUEUED_COMMANDS} changes already wait; nothing was changed"
+                    reply(message, _failure(message, 503, "Busy", busy))
+        finally:
+            commands.put(None)
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any]:
         reply = self._answer(message)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controller.channel import MAX_REPLY_BYTES, ChannelClosed, encode, read_frame
+from controller.channel import MAX_REPLY_BYTES, VIEWS, ChannelClosed, encode, read_frame
 
 
 class ControllerUnavailable(Exception):
@@ -75,9 +75,6 @@ class ControllerLink:
 
     async def close(self) -> None:
         return None
-
-
-VIEWS = frozenset({"state", "ready", "devices", "setpoints", "mode", "alarms", "metrics"})
 
 
 class SocketLink(ControllerLink):

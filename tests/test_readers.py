@@ -86,6 +86,41 @@ async def test_cooling_starts_without_a_fallback(site: SiteConfig):
         assert not [a for a in run.controller.alarms.active if a.key.startswith("cooling")]
 
 
+async def test_a_change_the_locked_disk_refuses_answers_503_and_changes_nothing(
+    site: SiteConfig,
+):
+    """Another process holds the file's write lock past the busy timeout: a PATCH answers a
+    problem document (503) and nothing changes, in force or stored; reads of the state are
+    answered meanwhile (a change waiting on the disk holds up no read)."""
+    async with site_running(site) as run:
+        before = (await run.api.get("/v1/setpoints")).json()
+        audit = run.controller.db.audit_page(100, None)
+        other = sqlite3.connect(site.data_dir / "gridpilot.sqlite", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            change = asyncio.create_task(
+                run.api.patch("/v1/setpoints", json={"ramp_up_w_per_s": 123456.0}, timeout=20)
+            )
+            reads, started = 0, time.monotonic()
+            while not change.done():
+                state = await run.api.get("/v1/state")  # answered while the change waits
+                assert state.status_code == 200
+                reads += 1
+                await asyncio.sleep(0.2)
+            r = await change
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "nothing changed" in r.json()["detail"]
+        assert reads >= (time.monotonic() - started) / 0.2 * 0.5  # reads kept coming
+        assert (await run.api.get("/v1/setpoints")).json() == before
+        rec = run.records[-1]
+        assert rec.in_force.dispatch.ramp_up_w_per_s == before["ramp_up_w_per_s"]
+        assert run.controller.db.audit_page(100, None) == audit
+
+
 async def test_a_locked_disk_never_delays_a_tick_nor_hides_an_alarm(site: SiteConfig):
     """Another process holds the SQLite file's write lock for seconds: ticks go on at their
     period, an alarm raised meanwhile is shown at once (from memory), its raise and clear are
