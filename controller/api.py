@@ -22,8 +22,9 @@ from controller.config import ApiLimits
 from controller.docs import docs_page, mount_docs_assets
 from controller.edge import EdgeRules, TokenBuckets
 from controller.link import ControllerLink, ControllerUnavailable, Refusal
-from controller.opsdb import OpsDB
+from controller.opsdb import Actor, OpsDB
 from controller.problems import Problem, field_errors, problem, problem_responses
+from controller.stream import TickEvents, TickStream
 
 log = logging.getLogger("gridpilot.api")
 
@@ -112,6 +113,30 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
         # Serialised here, not by FastAPI's generic encoder: a third of each request's time.
         body = json.dumps(await link.view("state"), allow_nan=False, separators=(",", ":"))
         return Response(body, media_type="application/json")
+
+    stream = TickStream(link, link.fresh_s, limits.max_stream_clients)
+    app.state.stream = stream
+
+    @app.get(
+        "/v1/stream",
+        summary="Server-sent events: a summary of each tick as it comes",
+        description="Each event's data is the state of `/v1/state` without the devices' "
+        "points (their stale and invalid counts instead). A client that falls 50 ticks "
+        "behind is dropped. Send the key as a bearer token (e.g. fetch() with headers).",
+        responses={
+            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            **problem_responses(401, 403, 503),
+        },
+        response_class=TickEvents,
+    )
+    async def get_stream(_: Any = viewer) -> TickEvents:
+        if stream.full:
+            raise StarletteHTTPException(503, f"at most {limits.max_stream_clients} streams")
+        return TickEvents(stream.events())
+
+    @app.get("/v1/whoami", summary="The calling key: its name and role")
+    async def whoami(who: Actor = viewer) -> dict[str, Any]:
+        return {"key_id": who.key_id, "name": who.name, "role": who.role}
 
     # Metrics and state as the loop last published them, fetched at most once a period.
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -111,13 +111,15 @@ async def _serve(spec: ApiSpec, channel: socket.socket) -> None:
     server: _Server | None = None
 
     def controller_gone() -> None:
+        app.state.stream.end_all()  # streams end now, not cut off at the shutdown's deadline
         if server is not None:
             server.should_exit = True
 
     link = SocketLink(reader, writer, limits.controller_timeout_s, spec.period_s, controller_gone)
     db = OpsDB(spec.db_path, read_only=True)
+    app = create_app(link, db, limits)
     config = uvicorn.Config(
-        create_app(link, db, limits),
+        app,
         http=guarded_protocol(limits, tally),
         h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_keep_alive=int(max(1, round(limits.keep_alive_s))),

@@ -281,6 +281,9 @@ class ApiLimits(Strict):
     write_burst: int = Field(
         50, ge=1, le=100_000, description="changes at once per key (per address: twice)"
     )
+    max_stream_clients: int = Field(
+        100, ge=1, le=10_000, description="clients of /v1/stream at once"
+    )
     controller_timeout_s: float = Field(
         15.0, gt=0, le=120, description="the longest a request waits for the controller"
     )

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import resource
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +31,7 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 LINGER_S = 1.0
+SEND_BUFFER_BYTES = 64 * 1024  # the kernel's per-connection send buffer (not megabytes)
 NO_STORE = [(b"cache-control", b"no-store")]
 
 
@@ -92,6 +94,10 @@ def guarded_protocol(limits: ApiLimits, tally: Tally) -> type[H11Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # a client that stops reading is found out in seconds
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
             host = self.client[0] if self.client else None
             same = sum(1 for c in self.connections if getattr(c, "client", None) and
                        c.client[0] == host)  # fmt: skip
