@@ -134,6 +134,14 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
             raise StarletteHTTPException(503, f"at most {limits.max_stream_clients} streams")
         return TickEvents(stream.events())
 
+    @app.get(
+        "/v1/efficiency",
+        summary="PUE, tokens per joule and ERF over 1 min and 1 h; the energy since start",
+        description="A ratio appears once its window is half covered. Energy in J.",
+    )
+    async def efficiency(_: Any = viewer) -> dict[str, Any]:
+        return await link.view("efficiency")  # type: ignore[no-any-return]
+
     @app.get("/v1/whoami", summary="The calling key: its name and role")
     async def whoami(who: Actor = viewer) -> dict[str, Any]:
         return {"key_id": who.key_id, "name": who.name, "role": who.role}

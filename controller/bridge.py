@@ -120,6 +120,7 @@ class Bridge:
             "mode": lambda _: self._mode(),
             "alarms": lambda _: self._alarms(),
             "metrics": lambda _: generate_latest(metrics.registry).decode(),
+            "efficiency": lambda _: self._efficiency(),
             "change_setpoints": self._change_setpoints,
             "change_mode": self._change_mode,
             "add_event": self._add_event,
@@ -246,6 +247,25 @@ class Bridge:
         return {
             "active": [a.to_json() for a in self.alarms.active],
             "recent": [a.to_json() for a in self.alarms.recent],
+        }
+
+    def _efficiency(self) -> dict[str, Any]:
+        """PUE, tokens per joule and ERF over each window (absent until half covered), and
+        the energy account since start, as of the last tick."""
+        ratios: dict[str, dict[str, float]] = {}
+        for (ratio, window), value in self.metrics.ratios.latest.items():
+            ratios.setdefault(ratio, {})[window] = value
+        e = self.metrics.energy_view
+        return {
+            **ratios,
+            "energy_j": {
+                "it": e.it_j,
+                "cooling": e.cooling_j,
+                "facility": e.facility_j,
+                "grid_import": e.grid_import_j,
+                "recovered_heat": e.reused_heat_j,
+            },
+            "tokens": self.metrics.tokens.total(),
         }
 
     # --- commands -------------------------------------------------------------------------

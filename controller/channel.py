@@ -16,7 +16,9 @@ HEADER = struct.Struct("!I")
 MAX_REQUEST_BYTES = 256 * 1024  # a request carries at most one checked body (64 KiB)
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # the metrics text of a large site
 # What the API may read of the controller (the rest of the bridge's table are commands).
-VIEWS = frozenset({"state", "ready", "devices", "setpoints", "mode", "alarms", "metrics"})
+VIEWS = frozenset(
+    {"state", "ready", "devices", "setpoints", "mode", "alarms", "metrics", "efficiency"}
+)
 
 
 class ChannelClosed(Exception):

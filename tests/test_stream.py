@@ -88,3 +88,16 @@ async def test_a_client_that_stops_reading_is_dropped(site: SiteConfig):
         assert received < 2_000_000
         async with httpx.AsyncClient(base_url=str(run.api.base_url)) as fresh:
             assert (await fresh.get("/healthz")).status_code == 200
+
+
+async def test_efficiency_shows_the_energy_since_start(site: SiteConfig):
+    async with site_running(site) as run:
+        deadline = time.monotonic() + 10
+        while True:  # the account counts from the first tick with every power known
+            body = (await run.api.get("/v1/efficiency")).json()
+            if body["energy_j"]["it"] > 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        energy = body["energy_j"]
+        assert energy["it"] > 0 and energy["facility"] >= energy["it"]
+        assert body["tokens"] >= 0
