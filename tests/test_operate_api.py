@@ -63,6 +63,9 @@ ENDPOINTS = [
     ("GET", "/v1/keys", None, "admin", 200),
     ("POST", "/v1/keys", {"name": "night shift", "role": "viewer"}, "admin", 201),
     ("DELETE", "/v1/keys/{key_id}", None, "admin", 404),
+    ("GET", "/v1/whoami", None, "viewer", 200),
+    ("GET", "/v1/efficiency", None, "viewer", 200),
+    ("GET", "/v1/stream", None, "viewer", None),  # endless when allowed: test_stream.py
 ]  # fmt: skip
 ORDER = ["viewer", "operator", "admin"]
 MISSING = {"device_id": "ups-z", "event_id": "999", "alarm_id": "999", "key_id": "abc123"}
@@ -73,6 +76,8 @@ async def test_authorisation_matrix(api, method: str, path: str, body, least: st
     client, keys, _, _ = api
     for who in (None, "bad", "viewer", "operator", "admin"):
         url = path.format(**MISSING)
+        if allowed is None and who not in (None, "bad"):
+            continue
         r = await client.request(method, url, json=body, headers=auth(keys.get(who or "")))
         if who in (None, "bad"):
             expected = 401
@@ -450,3 +455,28 @@ async def test_temporary_modes_stack_and_each_ends_on_its_own_time(api, site: Si
     r = await client.post("/v1/mode", json={"mode": "safe", "ttl_s": 60}, headers=head)
     r = await client.post("/v1/mode", json={"mode": "manual"}, headers=head)  # for good
     assert r.status_code == 200 and ops.in_force(time.time() + 120).mode == "manual"
+
+
+async def test_null_is_no_setpoint_value_except_where_it_means_none(api):
+    """Absent means unchanged; `null` is refused where a setpoint has no null value, and the
+    schema says so (and states the rules across fields)."""
+    client, keys, ops, _ = api
+    head = auth(keys["operator"])
+    before = ops.setpoints
+    for body in ({"ramp_up_w_per_s": None}, {"droop": None}, {"ttl_s": None, "droop": 0.04}):
+        r = await client.patch("/v1/setpoints", json=body, headers=head)
+        assert r.status_code == 422, body
+        assert r.headers["content-type"] == "application/problem+json"
+    assert ops.setpoints == before
+    r = await client.patch("/v1/setpoints", json={"import_cap_w": None}, headers=head)
+    assert r.status_code == 200 and r.json()["import_cap_w"] is None  # null: no cap
+    schema = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    patch = schema["SetpointsPatch"]
+    nullable = {
+        name
+        for name, field in patch["properties"].items()
+        if any(option.get("type") == "null" for option in field.get("anyOf", []))
+    }
+    assert nullable == {"import_cap_w"}
+    assert not any("default" in field for field in patch["properties"].values())
+    assert "soc_min_ratio ≤ soc_target_low_ratio" in patch["description"]
