@@ -22,6 +22,7 @@ from dataclasses import dataclass
 log = logging.getLogger("gridpilot.writer")
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
+FINISH_RUNNING_S = 10.0  # at shutdown, for the write under way (SQLite's busy timeout: 5 s)
 # Faults of the disk (locked, busy, full, I/O, corrupt): the write waits and is tried again.
 # Faults of the code (a constraint, a bad statement or argument) would fail again: dropped.
 BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
@@ -82,18 +83,32 @@ class Writer:
         return done.wait(timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Run what is queued (trying a failing job until `timeout_s`), then stop."""
+        """Run what is queued (trying a failing job until `timeout_s`), then stop. What is
+        still queued then is not run but counted and logged as lost, and this returns once the
+        job running now has ended: after it, the thread touches nothing (the file may close)."""
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
         self._stopping.set()
-        self._thread.join(1.0)
+        self._thread.join(FINISH_RUNNING_S)
+        if self._thread.is_alive():
+            log.error("writer still busy at shutdown", extra={"writer": self.name})
 
     def _work(self) -> None:
+        lost: list[str] = []
         while (job := self._queue.get()) is not _STOP:
-            self._run(job)
+            if self._stopping.is_set():
+                lost.append(job.what)  # time is up: not started, so not half done
+            else:
+                self._run(job)
             if job.sheddable:
                 with self._count_lock:
                     self._sheddable -= 1
+        if lost:
+            self.lost_total += len(lost)
+            log.error(
+                "writes lost at shutdown",
+                extra={"writer": self.name, "count": len(lost), "first": lost[0]},
+            )
 
     def _run(self, job: _Job) -> None:
         backoff = BACKOFF_INITIAL_S

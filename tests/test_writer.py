@@ -42,3 +42,19 @@ def test_a_job_that_fails_for_a_bug_is_dropped_and_the_rest_go_on():
     assert writer.flush(5.0)
     assert done == ["after"] and writer.dropped_total == 1 and writer.failures_total == 0
     writer.close()
+
+
+def test_at_shutdown_what_is_left_when_time_is_up_is_counted_lost_and_never_run_after():
+    """A long queue at shutdown: after `close` returns, no job runs (the file may close), and
+    those not started are counted as lost, not run half against a closed file."""
+    ran: list[int] = []
+    writer = Writer("test")
+    for n in range(50):
+        writer.put(lambda n=n: (time.sleep(0.05), ran.append(n)), f"slow {n}")
+    writer.close(timeout_s=0.3)
+    after_close = len(ran)
+    time.sleep(0.3)
+    assert len(ran) == after_close  # nothing ran after close returned
+    assert 0 < after_close < 50
+    assert writer.lost_total == 50 - after_close
+    assert ran == list(range(after_close))  # in order, each whole
