@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.sitefile import load_site
 from tests.processes import GRIDPILOT, create_key, gridpilot, stop_cleanly, wait_http
@@ -97,8 +98,13 @@ def test_certs_makes_a_trust_domain_and_never_overwrites_it(tmp_path: Path):
     made = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     names = {"ca.pem", "device.pem", "device-key.pem", "controller.pem", "controller-key.pem"}
+    names |= {"api.pem", "api-key.pem"}  # the HTTPS API's
     assert {p.name for p in out.iterdir()} == names
-    assert (out / "controller-key.pem").stat().st_mode & 0o077 == 0  # the key is ours alone
+    for key in ("controller-key.pem", "api-key.pem"):
+        assert (out / key).stat().st_mode & 0o077 == 0  # the key is ours alone
+    api = x509.load_pem_x509_certificate((out / "api.pem").read_bytes())
+    usage = api.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usage
     device = x509.load_pem_x509_certificate((out / "device.pem").read_bytes())
     ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
     device.verify_directly_issued_by(ca)
