@@ -20,7 +20,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.config import DispatchConfig, SiteConfig
+from controller.config import MIN_POWER_W, DispatchConfig, SiteConfig
 from controller.opsdb import SYSTEM, Actor, OpsDB
 from controller.record import InForce
 from controller.setpoints import Mode, Setpoints, dispatch_config, initial_setpoints
@@ -45,7 +45,9 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     kind: Literal["import_cap", "shed"]
-    value_w: float = Field(gt=0, le=1e10, description="the cap, or the load to shed, W")
+    value_w: float = Field(
+        ge=MIN_POWER_W, le=1e10, description="the cap, or the load to shed, W (at least 1 kW)"
+    )
     start_s: float = Field(ge=0, le=1e11, description="unix time it starts")
     end_s: float = Field(ge=0, le=1e11, description="unix time it ends")
 

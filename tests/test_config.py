@@ -56,6 +56,12 @@ def _set(data: dict, path: str, value: object) -> dict:
         ("api_port", 70000, "api_port"),
         ("dispatch.ramp_up_w_per_s", -5, "dispatch.ramp_up_w_per_s"),
         ("dispatch.lowpass_tau_s", float("nan"), "dispatch.lowpass_tau_s"),
+        ("dispatch.ramp_up_w_per_s", 5e-324, "dispatch.ramp_up_w_per_s"),  # > 0, yet no limit
+        ("dispatch.droop", 5e-324, "dispatch.droop"),
+        ("dispatch.soc_return_s", 5e-324, "dispatch.soc_return_s"),
+        ("dispatch.energy_return_s", 5e-324, "0 (off) or at least 1 s"),
+        ("dispatch.charge_efficiency", 5e-324, "dispatch.charge_efficiency"),
+        ("dispatch.import_cap_w", 5e-324, "dispatch.import_cap_w"),
         ("dispatch.soc_min_ratio", 0.99, "soc_min_ratio"),
         ("modules.0.devices.0.kind", "toaster", "modules.0.devices.0.kind"),
         ("modules.0.devices.0.port", 0, "modules.0.devices.0.port"),

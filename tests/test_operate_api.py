@@ -110,6 +110,11 @@ BAD_BODIES = [
     ('{"ramp_up_w_per_s": -5}', "application/json", 422, "ramp_up_w_per_s"),
     ('{"ramp_up_w_per_s": 2e9}', "application/json", 422, "ramp_up_w_per_s"),
     ('{"ramp_up_w_per_s": NaN}', "application/json", 422, "ramp_up_w_per_s"),
+    # Above zero, yet no limit a site has: each lower bound is the least that means something.
+    ('{"ramp_up_w_per_s": 5e-324}', "application/json", 422, "ramp_up_w_per_s"),
+    ('{"ramp_down_w_per_s": 999}', "application/json", 422, "ramp_down_w_per_s"),
+    ('{"droop": 5e-324}', "application/json", 422, "droop"),
+    ('{"import_cap_w": 5e-324}', "application/json", 422, "import_cap_w"),
     ('{"import_cap_w": Infinity}', "application/json", 422, "import_cap_w"),
     ('{"colour": "red"}', "application/json", 422, "colour"),
     ('{"soc_target_low_ratio": 0.9}', "application/json", 422, None),  # above the high end
@@ -119,6 +124,16 @@ BAD_BODIES = [
     ('{"ramp_up_w_per_s": 1e5}', "text/plain", 415, None),
     ('{"ramp_up_w_per_s": ' + "1" * 70000 + "}", "application/json", 413, None),
 ]
+
+# The bound each refused value broke (W/s for the ramps, W for the cap, per unit for droop).
+NAMED_BOUNDS = {
+    '{"ramp_up_w_per_s": -5}': {"ge": 1e3},
+    '{"ramp_up_w_per_s": 2e9}': {"le": 1e9},
+    '{"ramp_up_w_per_s": 5e-324}': {"ge": 1e3},
+    '{"ramp_down_w_per_s": 999}': {"ge": 1e3},
+    '{"droop": 5e-324}': {"ge": 0.001},
+    '{"import_cap_w": 5e-324}': {"ge": 1e3},
+}
 
 
 async def test_a_setpoint_change_is_validated_as_the_whole_dispatch_config(api):
@@ -150,9 +165,9 @@ async def test_bad_input_is_refused_and_changes_nothing(api, body, content_type,
     assert problem["status"] == status and problem["title"]
     if field is not None:
         assert any(e["field"] == field for e in problem["errors"]), problem
-    if "-5" in body or "2e9" in body:  # the bound is named
+    if body in NAMED_BOUNDS:  # the bound broken is named
         (error,) = problem["errors"]
-        assert error["bounds"] in ({"gt": 0}, {"le": 1e9})
+        assert error["bounds"] == NAMED_BOUNDS[body]
     assert ops.setpoints == before
     assert db.audit_page(10, None) == []  # nothing accepted, nothing audited
 
