@@ -330,18 +330,30 @@ class ConfigError(ValueError):
     """An invalid site: the message names each bad field and its value."""
 
 
+# Where secrets live: a device's or the plant's `security` (passwords, the OPC UA users), and any
+# field named like one. No value sent there is ever shown: pydantic would show a misspelt
+# `passwd:`, a section given as a bare string or a user's password of the wrong type as written.
+SECRET_PARTS = ("security", "password", "secret")
+
+
+def _may_show(err: Any) -> bool:
+    """Whether an error may show the value sent: one value (never a whole section), and
+    nowhere near a secret."""
+    near_secret = any(w in str(part).lower() for part in err["loc"] for w in SECRET_PARTS)
+    return (
+        bool(err["loc"])
+        and err["type"] != "missing"
+        and not isinstance(err["input"], dict | list)
+        and not near_secret
+    )
+
+
 def describe_errors(exc: ValidationError, prefix: str = "") -> str:
-    """Each bad field of a site, with what it got, one a line."""
+    """Each bad field of a site, with what it got (never a secret), one a line."""
     lines = []
     for err in exc.errors():
         field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "") or "(site)"
-        # The value sent, when it is one: never a whole section (it may hold secrets).
-        shown = (
-            err["type"] != "missing"
-            and not isinstance(err["input"], dict | list)
-            and not any("password" in str(part) for part in err["loc"])
-        )
-        got = f" (got {err['input']!r})" if shown and err["loc"] else ""
+        got = f" (got {err['input']!r})" if _may_show(err) else ""
         lines.append(f"{field}: {err['msg']}{got}")
     return "invalid site configuration:\n  " + "\n  ".join(lines)
 

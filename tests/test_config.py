@@ -229,3 +229,53 @@ def test_the_documented_environment_variables_work(monkeypatch: pytest.MonkeyPat
     assert (site.api_port, site.data_dir, site.cooling.water_class) == (9000, tmp_path, "W40")
     assert site.backup.dir == tmp_path / "backups"
     assert [str(t.url) for t in site.token_sources] == ["http://vllm:8000/metrics"]
+
+
+SECRET = "hunter2-never-shown"
+SECRET_NUMBER = 86753090  # a password YAML reads as a number
+
+
+def _secured(data: dict, security: object) -> dict:
+    """The site with its first device's `security` as given."""
+    data = copy.deepcopy(data)
+    data["modules"][0]["devices"][0]["security"] = security
+    return data
+
+
+def _tls(pem: Path, **more: object) -> dict:
+    return {"certificate": str(pem), "private_key": str(pem), **more}
+
+
+@pytest.mark.parametrize(
+    ("write", "named"),
+    [
+        (lambda d, pem: _secured(d, _tls(pem, username="gp", passwd=SECRET)),
+         "security.passwd: Extra inputs are not permitted"),
+        (lambda d, pem: _secured(d, SECRET),
+         "modules.0.devices.0.security: Input should be a valid dictionary"),
+        (lambda d, pem: _secured(d, _tls(pem, username="gp", password=SECRET,
+                                         password_file=str(pem))),
+         "give password or password_file, not both"),
+        (lambda d, pem: d | {"simulation": {**d["simulation"], "security": _tls(
+            pem, client_ca=str(pem), users={"gp": SECRET_NUMBER})}},
+         "simulation.security.users.gp: Input should be a valid string"),
+        (lambda d, pem: yaml.safe_dump(_secured(d, _tls(pem, username="gp", password="PLACE")))
+         .replace("password: PLACE", f'password: "{SECRET}'),
+         "not valid YAML: while scanning a quoted scalar (line"),
+    ],
+)  # fmt: skip
+def test_check_config_never_shows_a_password(tmp_path: Path, site_data: dict, write, named: str):
+    """Errors name the field and what is wrong, never a value sent near a secret: pydantic
+    (and PyYAML, quoting the line) would show a misspelt key's password as written."""
+    pem = tmp_path / "controller.pem"
+    pem.write_text("read only once the site starts\n")
+    path = tmp_path / "site.yaml"
+    written = write(site_data, pem)
+    path.write_text(written if isinstance(written, str) else yaml.safe_dump(written))
+    proc = subprocess.run(
+        [*GRIDPILOT, "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stdout
+    assert named in proc.stderr
+    shown = proc.stdout + proc.stderr
+    assert SECRET not in shown and str(SECRET_NUMBER) not in shown and "Traceback" not in shown
