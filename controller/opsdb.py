@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.dbfile import check_at_start, mark
+from controller.dbfile import check_at_start, create, mark
 
 Role = Literal["viewer", "operator", "admin"]
 MIN_KEY_CHARS = 16
@@ -73,8 +73,8 @@ def _digest(salt: bytes, secret: str) -> bytes:
 
 class OpsDB:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         check_at_start(path)  # a damaged or vanished file is refused, never silently remade
+        create(path)  # 0600 in a 0700 folder from the start: it holds the keys' hashes
         self._lock = threading.RLock()  # a transaction holds it across its statements
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import httpx
 from cryptography import x509
 
 from controller.sitefile import load_site
+from drivers.certs import make_site_certs
 from tests.processes import GRIDPILOT, create_key, gridpilot, stop_cleanly, wait_http
 
 
@@ -94,11 +96,13 @@ def test_simulators_alone_serve_every_device_and_stop_on_sigterm(site_file: Path
 def test_certs_makes_a_trust_domain_and_never_overwrites_it(tmp_path: Path):
     out = tmp_path / "pki"
     cmd = [*GRIDPILOT, "certs", "--out", str(out), "--host", "127.0.0.1", "--host", "plant.local"]
-    made = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    made = subprocess.run(cmd, capture_output=True, text=True, timeout=60, umask=0)
     assert made.returncode == 0, made.stderr
     names = {"ca.pem", "device.pem", "device-key.pem", "controller.pem", "controller-key.pem"}
     assert {p.name for p in out.iterdir()} == names
-    assert (out / "controller-key.pem").stat().st_mode & 0o077 == 0  # the key is ours alone
+    # The keys are ours alone, and so is their folder, with no umask to help.
+    keys = (out / "device-key.pem", out / "controller-key.pem")
+    assert [p.stat().st_mode & 0o777 for p in (out, *keys)] == [0o700, 0o600, 0o600]
     device = x509.load_pem_x509_certificate((out / "device.pem").read_bytes())
     ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
     device.verify_directly_issued_by(ca)
@@ -108,6 +112,19 @@ def test_certs_makes_a_trust_domain_and_never_overwrites_it(tmp_path: Path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "already holds certificates" in again.stderr
     assert (out / "ca.pem").read_bytes() == before
+
+
+def test_the_private_keys_are_never_readable_by_others(tmp_path: Path, monkeypatch):
+    """Each key is made 0600 at once: one written readable to all and chmod'ed after could
+    be opened in between (an open file stays readable after a chmod)."""
+
+    def chmod(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"chmod after creation: {args}")
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    made = make_site_certs(tmp_path / "pki", ["127.0.0.1"])
+    for key in (made.device.private_key, made.controller.private_key):
+        assert key.stat().st_mode & 0o777 == 0o600
 
 
 def test_setpoints_mode_and_events_survive_a_kill(site_file: Path):
