@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.logs import setup_logging
 from controller.record import TickRecord
@@ -117,7 +118,7 @@ async def run_once(
     plant = SimulatorThread(plant_of(site))
     await asyncio.to_thread(plant.start)
     controller = Controller(site)
-    _, key = controller.db.create_key("bench-operator", "operator")
+    _, key = controller.db.create_key("bench-operator", "operator", CLI)
     # (start, duration, lateness, overruns so far, auto?): numbers only, so the benchmark's
     # own bookkeeping does not grow the heap the garbage collector has to walk.
     records: list[tuple[float, float, float, int, bool]] = []

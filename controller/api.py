@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,7 +91,7 @@ def create_app(
         title="gridpilot",
         summary="Grid-interactive controller for AI data centers",
         version="0.1.0",
-        responses=problem_responses(400, 413, 415, 500),
+        responses=problem_responses(400, 413, 415, 500, 503),
     )
 
     app.add_middleware(BodyRules)
@@ -121,6 +122,12 @@ def create_app(
         # A change valid field by field but not as a whole (e.g. SoC band upside down).
         errors = field_errors(list(exc.errors()))
         return problem(422, "Invalid request", "nothing was changed", errors=errors)
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def storage_problem(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        # The file refused a change (locked by another process past the busy timeout, full,
+        # failing): it was rolled back whole and memory left as it was, so it may be retried.
+        return problem(503, "Storage unavailable", f"{exc}; nothing was changed, try again")
 
     viewer = Depends(requires(db, "viewer"))
 

@@ -182,13 +182,10 @@ def operate_router(
         live = alarms.acknowledge(alarm_id, who)  # audited by the writer, with the ack
         if live is not None:
             return live.to_json()
-        row = await asyncio.to_thread(db.alarm, alarm_id)  # one from before this start
+        row = await asyncio.to_thread(db.ack_alarm, alarm_id, who)  # one from before this start
         if row is None:
             raise HTTPException(404, f"No alarm {alarm_id}")
-        if row["acked_at"] is None:
-            await asyncio.to_thread(db.ack_alarm, alarm_id, who)
-            await asyncio.to_thread(db.audit, who, "alarm.ack", None, {"id": alarm_id})
-        return await asyncio.to_thread(db.alarm, alarm_id)  # type: ignore[return-value]
+        return row
 
     @router.get("/audit", summary="The audit log, newest first, paged by id")
     async def get_audit(
@@ -206,17 +203,13 @@ def operate_router(
 
     @router.post("/keys", status_code=201, summary="Create a key; it is shown only here")
     async def create_key(body: KeyIn, who: Actor = admin) -> dict[str, Any]:
-        key_id, token = await asyncio.to_thread(db.create_key, body.name, body.role)
-        await asyncio.to_thread(
-            db.audit, who, "key.create", None, {"id": key_id, "name": body.name, "role": body.role}
-        )
+        key_id, token = await asyncio.to_thread(db.create_key, body.name, body.role, who)
         return {"id": key_id, "name": body.name, "role": body.role, "key": token}
 
     @router.delete("/keys/{key_id}", summary="Revoke a key")
     async def revoke_key(key_id: KeyId, who: Actor = admin) -> dict[str, Any]:
-        if not await asyncio.to_thread(db.revoke_key, key_id):
+        if not await asyncio.to_thread(db.revoke_key, key_id, who):
             raise HTTPException(404, f"No active key {key_id!r}")
-        await asyncio.to_thread(db.audit, who, "key.revoke", {"id": key_id}, None)
         return {"id": key_id, "revoked": True}
 
     return router

@@ -273,8 +273,7 @@ def keys_create(
         raise typer.Exit(2) from None
     db = _opsdb(config, data_dir)
     try:
-        key_id, token = db.create_key(name, role)  # type: ignore[arg-type]
-        db.audit(CLI, "key.create", None, {"id": key_id, "name": name, "role": role})
+        key_id, token = db.create_key(name, role, CLI)  # type: ignore[arg-type]
     finally:
         db.close()
     typer.echo(f"id    {key_id}\nrole  {role}\nname  {name}\nkey   {token}")
@@ -307,10 +306,9 @@ def keys_revoke(
     """Revoke a key: requests with it get 401 from then on."""
     db = _opsdb(config, data_dir)
     try:
-        if not db.revoke_key(key_id):
+        if not db.revoke_key(key_id, CLI):
             typer.echo(f"gridpilot: no active key {key_id!r}", err=True)
             raise typer.Exit(2)
-        db.audit(CLI, "key.revoke", {"id": key_id}, None)
     finally:
         db.close()
     typer.echo(f"revoked {key_id}")

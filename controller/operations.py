@@ -303,22 +303,25 @@ class Operations:
         self.db.put_setting("mode_override", None)  # the single revert of before layers
 
     def add_event(self, event: EventIn, by: Actor) -> dict[str, Any]:
+        """Stored with its audit entry in one transaction, then in force."""
         with self._lock:
-            event_id = self.db.add_event(event.kind, event.value_w, event.start_s, event.end_s, by)
-            row = self.db.event(event_id)
-            self.db.audit(by, "event.create", None, row)
+            with self.db.transaction():
+                row = self.db.add_event(event.kind, event.value_w, event.start_s, event.end_s, by)
+                self.db.audit(by, "event.create", None, row)
             self._reload_events()
-            return row  # type: ignore[return-value]
+            return row
 
     def cancel_event(self, event_id: int, by: Actor) -> dict[str, Any] | None:
+        """Stored with its audit entry in one transaction, then in force."""
         with self._lock:
             row = self.db.event(event_id)
             if row is None or row["cancelled_at"] is not None:
                 return None
-            self.db.mark_event(event_id, "cancelled_at")
-            self.db.audit(by, "event.cancel", row, self.db.event(event_id))
+            with self.db.transaction():
+                cancelled = self.db.mark_event(event_id, "cancelled_at")
+                self.db.audit(by, "event.cancel", row, cancelled)
             self._reload_events()
-            return self.db.event(event_id)
+            return cancelled
 
     # --- each tick (no lock, no disk) -----------------------------------------------------
     def in_force(self, now_s: float) -> InForce:
@@ -436,11 +439,11 @@ class Operations:
             self._value = new
             return
         assert isinstance(item, Event)
-        column = "started_at" if action == "event.start" else "ended_at"
-        self.db.mark_event(item.id, column)  # type: ignore[arg-type]
-        self.db.audit(
-            SYSTEM, action, None, {"id": item.id, "kind": item.kind, "value_w": item.value_w}
-        )
+        with self.db.transaction():
+            self.db.mark_event(item.id, "started_at" if action == "event.start" else "ended_at")
+            self.db.audit(
+                SYSTEM, action, None, {"id": item.id, "kind": item.kind, "value_w": item.value_w}
+            )
         self._reload_events()
 
 

@@ -2,7 +2,9 @@
 events, alarms and the audit log. Everything here survives a restart.
 
 Its own connection (WAL lets it share the file with the sample writer); calls are short and
-rare, and the API runs them in a worker thread so the control loop never waits on them.
+rare, and the API runs them in a worker thread so the control loop never waits on them. A
+change and its audit entry are one transaction: both stored, or (the file locked past the busy
+timeout, the disk full) neither, and then the caller changes nothing in memory either.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from controller.dbfile import check_at_start, create, mark
 Role = Literal["viewer", "operator", "admin"]
 MIN_KEY_CHARS = 16
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")  # each may do what those before may
+BUSY_TIMEOUT_S = 5.0  # a write waits this long for another's lock on the file, then fails
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -79,7 +82,7 @@ class OpsDB:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
         self._conn.executescript(SCHEMA)
         mark(path)
@@ -101,33 +104,46 @@ class OpsDB:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """The writes inside, all stored or none (on this connection, from this thread)."""
+        """The writes inside, all stored or none (on this connection, from this thread): a
+        failed COMMIT rolls back too, so no half-open transaction is left for the next."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         with self._lock:
             return self._conn.execute(sql, args).lastrowid or 0
 
+    def _written(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        """One row as the writing connection sees it: in a transaction, with its own writes
+        (the reader sees only what is committed)."""
+        with self._lock:
+            row = self._conn.execute(sql, args).fetchone()
+        return dict(row) if row is not None else None
+
     # --- keys -------------------------------------------------------------------------
-    def create_key(self, name: str, role: Role) -> tuple[str, str]:
-        """A new key: (id, the key itself). The key is shown once and never stored."""
-        key_id, secret, salt = (
-            secrets.token_hex(6),
-            secrets.token_urlsafe(24),
-            secrets.token_bytes(16),
-        )
+    def create_key(self, name: str, role: Role, by: Actor) -> tuple[str, str]:
+        """A new key and its audit entry: (id, the key itself). The key is shown once and
+        never stored."""
+        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
+        with self.transaction():
+            self._insert_key(key_id, secret, name, role, by)
+        return key_id, f"gp_{key_id}_{secret}"
+
+    def _insert_key(self, key_id: str, secret: str, name: str, role: Role, by: Actor) -> None:
+        """In a transaction: a new key (never one in place of another) and its audit entry."""
+        salt = secrets.token_bytes(16)
         self._write(
             "INSERT INTO api_keys (id, name, role, salt, hash, created_at) VALUES (?,?,?,?,?,?)",
             (key_id, name, role, salt, _digest(salt, secret), time.time()),
         )
-        return key_id, f"gp_{key_id}_{secret}"
+        self.audit(by, "key.create", None, {"id": key_id, "name": name, "role": role})
 
     def add_key(self, token: str, name: str, role: Role) -> str:
         """Store a key given from outside (the demo's GRIDPILOT_API_KEY); returns its id."""
@@ -156,23 +172,27 @@ class OpsDB:
             "SELECT id, name, role, created_at, revoked_at FROM api_keys ORDER BY created_at"
         )
 
-    def revoke_key(self, key_id: str) -> bool:
-        with self._lock:
-            cur = self._conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (time.time(), key_id),
+    def revoke_key(self, key_id: str, by: Actor) -> bool:
+        """Revoke an active key, with its audit entry; False if no active key has this id."""
+        with self.transaction():
+            row = self._written(
+                "SELECT role FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,)
             )
-            return cur.rowcount == 1
+            if row is None:
+                return False
+            self._write("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (time.time(), key_id))
+            self.audit(by, "key.revoke", {"id": key_id}, None)
+        return True
 
-    def ensure_demo_key(self, env_key: str | None) -> str | None:
-        """The demo's admin key: GRIDPILOT_API_KEY when given, else one made at first start.
-        Returns a key to show (only a new one)."""
+    def ensure_demo_key(self, env_key: str | None, by: Actor) -> str | None:
+        """The demo's admin key: GRIDPILOT_API_KEY when given, else one made (audited) when no
+        key is active. Returns a key to show (only a new one)."""
         if env_key:
             self.add_key(env_key, "demo-admin", "admin")
             return None
         if self.has_keys():
             return None
-        return self.create_key("demo-admin", "admin")[1]
+        return self.create_key("demo-admin", "admin", by)[1]
 
     def has_keys(self) -> bool:
         return bool(self._rows("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1"))
@@ -188,12 +208,18 @@ class OpsDB:
         )
 
     # --- demand-response events -------------------------------------------------------
-    def add_event(self, kind: str, value_w: float, start_s: float, end_s: float, by: Actor) -> int:
-        return self._write(
+    def add_event(
+        self, kind: str, value_w: float, start_s: float, end_s: float, by: Actor
+    ) -> dict[str, Any]:
+        """Store an event; its row as stored (in a transaction: before the commit)."""
+        event_id = self._write(
             "INSERT INTO dr_events (kind, value_w, start_s, end_s, created_by, created_at)"
             " VALUES (?,?,?,?,?,?)",
             (kind, value_w, start_s, end_s, by.label, time.time()),
         )
+        row = self._written("SELECT * FROM dr_events WHERE id = ?", (event_id,))
+        assert row is not None  # inserted just now, on this connection
+        return row
 
     def events(self, include_past: bool = True) -> list[dict[str, Any]]:
         where = (
@@ -207,8 +233,10 @@ class OpsDB:
 
     def mark_event(
         self, event_id: int, column: Literal["started_at", "ended_at", "cancelled_at"]
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """Note when an event started, ended or was cancelled; its row as it then stands."""
         self._write(f"UPDATE dr_events SET {column} = ? WHERE id = ?", (time.time(), event_id))
+        return self._written("SELECT * FROM dr_events WHERE id = ?", (event_id,))
 
     # --- alarms -----------------------------------------------------------------------
     def store_alarm(self, alarm: dict[str, Any]) -> None:
@@ -229,15 +257,21 @@ class OpsDB:
         where = "WHERE cleared_at IS NULL" if active_only else ""
         return self._rows(f"SELECT * FROM alarms {where} ORDER BY id DESC LIMIT ?", (limit,))
 
-    def alarm(self, alarm_id: int) -> dict[str, Any] | None:
-        rows = self._rows("SELECT * FROM alarms WHERE id = ?", (alarm_id,))
-        return rows[0] if rows else None
-
-    def ack_alarm(self, alarm_id: int, by: Actor, at_s: float | None = None) -> None:
-        self._write(
-            "UPDATE alarms SET acked_at = ?, acked_by = ? WHERE id = ?",
-            (time.time() if at_s is None else at_s, by.label, alarm_id),
-        )
+    def ack_alarm(
+        self, alarm_id: int, by: Actor, at_s: float | None = None
+    ) -> dict[str, Any] | None:
+        """Acknowledge a stored alarm, with its audit entry, in one transaction; its row as it
+        then stands (None: no such alarm). One acknowledged before stays as it was."""
+        with self.transaction():
+            row = self._written("SELECT * FROM alarms WHERE id = ?", (alarm_id,))
+            if row is None or row["acked_at"] is not None:
+                return row
+            self._write(
+                "UPDATE alarms SET acked_at = ?, acked_by = ? WHERE id = ?",
+                (time.time() if at_s is None else at_s, by.label, alarm_id),
+            )
+            self.audit(by, "alarm.ack", None, {"id": alarm_id})
+            return self._written("SELECT * FROM alarms WHERE id = ?", (alarm_id,))
 
     def prune(self, before_s: float) -> None:
         """Delete audit entries, cleared alarms and ended or cancelled events older than

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.logs import LogfmtFormatter
 from controller.service import Controller
@@ -20,7 +21,7 @@ from controller.store import Store
 @pytest.fixture
 async def client(site: SiteConfig, tmp_path: Path):
     controller = Controller(site)  # as `gridpilot run` builds it, never started: no tick
-    _, key = controller.db.create_key("reader", "viewer")
+    _, key = controller.db.create_key("reader", "viewer", CLI)
     transport = httpx.ASGITransport(app=controller.app)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(

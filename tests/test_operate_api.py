@@ -4,24 +4,32 @@ audited, and how setpoints, modes and demand-response events take effect over ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from controller import opsdb
+from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.operations import Operations
 from controller.opsdb import SYSTEM, OpsDB
 from controller.service import Controller
 
 
-@pytest.fixture
-async def api(site: SiteConfig, tmp_path: Path):
-    controller = Controller(site)  # as `gridpilot run` builds it, never started: no tick
+@contextlib.asynccontextmanager
+async def operate(site: SiteConfig):
+    """The API of a controller as `gridpilot run` builds it, never started (no tick), with a
+    key of each role: (client, keys, operations, database)."""
+    controller = Controller(site)
     db, ops = controller.db, controller.operations
-    keys = {role: db.create_key(f"{role}-key", role)[1] for role in ("viewer", "operator", "admin")}
+    keys = {
+        role: db.create_key(f"{role}-key", role, CLI)[1] for role in ("viewer", "operator", "admin")
+    }  # as `gridpilot keys create` makes them
     keys["bad"] = "gp_000000000000_not-a-real-secret"
     transport = httpx.ASGITransport(app=controller.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gridpilot") as client:
@@ -29,8 +37,19 @@ async def api(site: SiteConfig, tmp_path: Path):
     controller.close()
 
 
+@pytest.fixture
+async def api(site: SiteConfig):
+    async with operate(site) as running:
+        yield running
+
+
 def auth(key: str | None) -> dict[str, str]:
     return {} if key is None else {"Authorization": f"Bearer {key}"}
+
+
+def audited(db: OpsDB) -> list[dict]:
+    """The audit log, newest first, without the fixture's own keys."""
+    return [e for e in db.audit_page(100, None) if e["key_name"] != CLI.name]
 
 
 FUTURE = time.time() + 3600
@@ -99,7 +118,7 @@ async def test_setpoint_change_is_applied_persisted_and_audited(api, site: SiteC
     force = ops.in_force(time.time())
     assert force.dispatch.ramp_up_w_per_s == 250000 and force.dispatch.import_cap_w == 9e6
     assert force.dispatch.lowpass_tau_s == site.dispatch.lowpass_tau_s  # the rest as configured
-    (entry,) = db.audit_page(10, None)
+    (entry,) = audited(db)
     assert entry["action"] == "setpoints.change" and entry["key_name"] == "operator-key"
     assert entry["old"] == {"ramp_up_w_per_s": 500000.0, "import_cap_w": None}
     assert entry["new"] == {"ramp_up_w_per_s": 250000.0, "import_cap_w": 9e6}
@@ -147,7 +166,7 @@ async def test_a_setpoint_change_is_validated_as_the_whole_dispatch_config(api):
     assert r.status_code == 422, r.text
     message = " ".join(e["message"] for e in r.json()["errors"])
     assert "soc_target_high_ratio (0.99)" in message and "soc_max_ratio (0.95)" in message
-    assert ops.in_force(time.time()) == before and db.audit_page(10, None) == []
+    assert ops.in_force(time.time()) == before and audited(db) == []
 
 
 @pytest.mark.parametrize(("body", "content_type", "status", "field"), BAD_BODIES)
@@ -169,7 +188,7 @@ async def test_bad_input_is_refused_and_changes_nothing(api, body, content_type,
         (error,) = problem["errors"]
         assert error["bounds"] == NAMED_BOUNDS[body]
     assert ops.setpoints == before
-    assert db.audit_page(10, None) == []  # nothing accepted, nothing audited
+    assert audited(db) == []  # nothing accepted, nothing audited
 
 
 async def test_override_with_ttl_reverts_and_the_revert_is_audited(api):
@@ -182,7 +201,7 @@ async def test_override_with_ttl_reverts_and_the_revert_is_audited(api):
     assert ops.in_force(time.time() + 1.0).dispatch.droop == 0.05  # expired: back to before
     assert ops.writer.flush()  # the tick handed the revert's record to the writer
     assert ops.setpoints.droop == 0.05 and ops.override is None
-    actions = [(e["action"], e["key_name"]) for e in db.audit_page(10, None)]
+    actions = [(e["action"], e["key_name"]) for e in audited(db)]
     assert actions[0] == ("setpoints.revert", "system")
     assert ("setpoints.change", "operator-key") in actions
 
@@ -214,8 +233,8 @@ async def test_events_overlap_to_the_strictest_and_start_and_end_on_time(api):
     assert cap_at(150) == 8e6
     assert cap_at(250) is None
     assert ops.writer.flush()  # the ticks handed each edge's record to the writer
-    starts = [e for e in db.audit_page(50, None) if e["action"] == "event.start"]
-    ends = [e for e in db.audit_page(50, None) if e["action"] == "event.end"]
+    starts = [e for e in audited(db) if e["action"] == "event.start"]
+    ends = [e for e in audited(db) if e["action"] == "event.end"]
     assert len(starts) == 4 and len(ends) == 4  # each once, by the system
     # A cancelled event ends at once.
     late = {"kind": "import_cap", "value_w": 6e6, "start_s": now, "end_s": now + 1000}
@@ -256,7 +275,7 @@ async def test_mode_with_ttl_and_keys_lifecycle(api):
     older = await client.get(
         f"/v1/audit?limit=50&before_id={log['next_before_id']}", headers=auth(keys["viewer"])
     )
-    assert [e["action"] for e in older.json()["entries"]][-1] == "mode.change"
+    assert "mode.change" in [e["action"] for e in older.json()["entries"]]
     assert not any(new["key"] in json.dumps(e) for e in older.json()["entries"])  # never the key
 
 
@@ -304,7 +323,7 @@ async def test_a_change_after_an_override_expired_starts_from_the_reverted_value
     assert r.status_code == 200
     assert r.json()["ramp_up_w_per_s"] == 5e5 and r.json()["override"] is None
     assert ops.in_force(time.time()).dispatch.ramp_up_w_per_s == 5e5
-    actions = [e["action"] for e in db.audit_page(10, None)]
+    actions = [e["action"] for e in audited(db)]
     assert actions[:2] == ["setpoints.change", "setpoints.revert"]  # newest first
 
 
@@ -339,7 +358,7 @@ async def test_a_change_that_changes_nothing_is_not_audited(api):
     for _ in range(3):
         r = await client.patch("/v1/setpoints", json=same, headers=auth(keys["operator"]))
         assert r.status_code == 200
-    assert db.audit_page(10, None) == []
+    assert audited(db) == []
 
 
 async def test_each_temporary_change_reverts_on_its_own_time(api, site: SiteConfig):
@@ -443,3 +462,73 @@ async def test_temporary_modes_stack_and_each_ends_on_its_own_time(api, site: Si
     r = await client.post("/v1/mode", json={"mode": "safe", "ttl_s": 60}, headers=head)
     r = await client.post("/v1/mode", json={"mode": "manual"}, headers=head)  # for good
     assert r.status_code == 200 and ops.in_force(time.time() + 120).mode == "manual"
+
+
+def cap_event(start_s: float, end_s: float, value_w: float = 8e6) -> dict:
+    return {"kind": "import_cap", "value_w": value_w, "start_s": start_s, "end_s": end_s}
+
+
+def key_id(token: str) -> str:
+    return token.split("_")[1]
+
+
+def refused_with(r: httpx.Response, status: int, *words: str) -> None:
+    """A problem document with `status`, naming each of `words`."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["status"] == status and all(w in r.json()["detail"] for w in words), r.text
+
+
+@pytest.mark.parametrize("fault", ["locked", "audit refused"])
+async def test_a_change_the_file_refuses_changes_nothing(site: SiteConfig, monkeypatch, fault):
+    """Another process holds the file's write lock past the busy timeout, or the second write
+    of a change (its audit entry) fails: each change (event added or cancelled, key made or
+    revoked, a stored alarm acknowledged, setpoints) answers a problem document, and neither
+    memory nor the table changes; the same change succeeds once the file takes it."""
+    monkeypatch.setattr(opsdb, "BUSY_TIMEOUT_S", 0.2)
+    async with operate(site) as (client, keys, ops, db):
+        head, now = auth(keys["admin"]), time.time()
+        planned = (await client.post("/v1/events", json=cap_event(now + 100, now + 200),
+                                     headers=head)).json()  # fmt: skip
+        viewer = keys["viewer"]
+        db.store_alarm({"id": 7, "key": "k", "severity": "warning", "message": "m",
+                        "raised_at": now})  # fmt: skip  # from before this start
+        path = ops.site.data_dir / "gridpilot.sqlite"
+        other = sqlite3.connect(path, isolation_level=None)
+        if fault == "audit refused":  # as a full disk would refuse the second write
+            other.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN"
+                          " SELECT RAISE(ABORT, 'no room for the audit entry'); END")  # fmt: skip
+        table = list(other.iterdump())
+
+        async def shown() -> tuple:
+            lists = [(await client.get(p, headers=head)).json()
+                     for p in ("/v1/events", "/v1/keys", "/v1/alarms", "/v1/audit")]  # fmt: skip
+            return lists, ops.setpoints, ops.override
+
+        before = await shown()
+        changes = [
+            ("POST", "/v1/events", cap_event(now + 150, now + 250, 7e6)),
+            ("DELETE", f"/v1/events/{planned['id']}", None),
+            ("POST", "/v1/keys", {"name": "late", "role": "viewer"}),
+            ("DELETE", f"/v1/keys/{key_id(viewer)}", None),
+            ("POST", "/v1/alarms/7/ack", None),
+            ("PATCH", "/v1/setpoints", {"droop": 0.04}),
+        ]
+        if fault == "locked":
+            other.execute("BEGIN EXCLUSIVE")  # a backup tool, say
+        for method, url, body in changes:
+            r = await client.request(method, url, json=body, headers=head)
+            refused_with(r, 503, "nothing was changed")
+        assert await shown() == before and list(other.iterdump()) == table
+        assert (await client.get("/v1/mode", headers=auth(viewer))).status_code == 200
+        other.execute("ROLLBACK" if fault == "locked" else "DROP TRIGGER refuse")
+        other.close()
+        # What a tick sees (a tick at these times records the event's start: only now).
+        assert [ops.in_force(now + t).dispatch.import_cap_w for t in (50, 150, 250)] == [
+            None, 8e6, None
+        ]  # fmt: skip
+        assert ops.writer.flush()
+        for method, url, body in changes:  # nothing left half done: each goes through now
+            r = await client.request(method, url, json=body, headers=head)
+            assert r.is_success, (url, r.text)
+        assert ops.in_force(now + 150).dispatch.import_cap_w == 7e6

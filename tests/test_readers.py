@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.record import TickRecord
 from controller.service import Controller
@@ -46,7 +47,7 @@ class Running:
 async def site_running(site: SiteConfig) -> AsyncIterator[Running]:
     """The whole site under the controller, in auto, with an operator's API client."""
     async with controller_running(site) as (stack, records, controller):
-        _, key = controller.db.create_key("test-operator", "operator")
+        _, key = controller.db.create_key("test-operator", "operator", CLI)
         base = f"http://127.0.0.1:{site.api_port}"
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=5.0) as api:
@@ -151,7 +152,9 @@ async def test_a_locked_disk_never_delays_a_tick_nor_hides_an_alarm(site: SiteCo
             "the alarm, in memory",
         )
         r = await run.api.get("/v1/alarms", params={"active": "true"})
-        assert any(a["key"] == "device_down:ups-b" for a in r.json())
+        (down,) = [a for a in r.json() if a["key"] == "device_down:ups-b"]
+        acked = await run.api.post(f"/v1/alarms/{down['id']}/ack")  # in memory at once
+        assert acked.status_code == 200 and acked.json()["acked_by"].startswith("test-operator")
         writer = run.controller.ops_writer
         await until(lambda: writer.failing, 15, "the writer to find the file locked")
         await run.stack.start_device("ups-b")
@@ -169,6 +172,10 @@ async def test_a_locked_disk_never_delays_a_tick_nor_hides_an_alarm(site: SiteCo
         assert all(t.lateness_s < period / 2 for t in ticks), max(t.lateness_s for t in ticks)
         stored = [a for a in run.controller.db.alarms() if a["key"] == "device_down:ups-b"]
         assert stored and stored[0]["cleared_at"] is not None  # raised and cleared: both kept
+        assert stored[0]["acked_at"] == acked.json()["acked_at"]  # and acknowledged,
+        audit = run.controller.db.audit_page(100, None)
+        acks = [e for e in audit if e["action"] == "alarm.ack" and e["new"]["id"] == down["id"]]
+        assert len(acks) == 1  # audited once
         assert writer.failures_total > 0 and not writer.failing
         await until(lambda: not store.failing, 10, "the store to write again")
         await until(
