@@ -24,7 +24,7 @@ from controller.auth import requires
 from controller.config import DeviceConfig
 from controller.metrics import Metrics
 from controller.operations import Operations
-from controller.opsdb import OpsDB
+from controller.opsdb import Conflict, OpsDB
 from controller.problems import Problem, field_errors, problem, problem_responses
 from controller.state import SiteState
 from drivers.devicemap import DeviceMap
@@ -122,6 +122,10 @@ def create_app(
         # A change valid field by field but not as a whole (e.g. SoC band upside down).
         errors = field_errors(list(exc.errors()))
         return problem(422, "Invalid request", "nothing was changed", errors=errors)
+
+    @app.exception_handler(Conflict)
+    async def conflict_problem(request: Request, exc: Conflict) -> JSONResponse:
+        return problem(409, "Conflict", f"{exc}; nothing was changed")
 
     @app.exception_handler(sqlite3.DatabaseError)
     async def storage_problem(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:

@@ -206,7 +206,10 @@ def operate_router(
         key_id, token = await asyncio.to_thread(db.create_key, body.name, body.role, who)
         return {"id": key_id, "name": body.name, "role": body.role, "key": token}
 
-    @router.delete("/keys/{key_id}", summary="Revoke a key")
+    @router.delete(
+        "/keys/{key_id}", summary="Revoke a key (never the last admin key)",
+        responses=problem_responses(409),
+    )  # fmt: skip
     async def revoke_key(key_id: KeyId, who: Actor = admin) -> dict[str, Any]:
         if not await asyncio.to_thread(db.revoke_key, key_id, who):
             raise HTTPException(404, f"No active key {key_id!r}")

@@ -20,7 +20,7 @@ from controller.config import ConfigError, DispatchConfig, SiteConfig
 from controller.dbfile import StorageError
 from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
-from controller.opsdb import ROLES, Actor, OpsDB
+from controller.opsdb import ROLES, Actor, Conflict, OpsDB
 from controller.replay.report import print_figures, print_sizing, replay_progress
 from controller.replay.run import ReplaySettings, plot, report, simulate
 from controller.replay.run import size as size_battery
@@ -255,6 +255,12 @@ def _opsdb(config: Path | None, data_dir: Path | None) -> OpsDB:
         raise typer.Exit(2) from None
 
 
+def _refused(exc: Conflict) -> typer.Exit:
+    """A change the file's state refuses (a bound, the last admin key): said, exit 2."""
+    typer.echo(f"gridpilot: {exc}", err=True)
+    return typer.Exit(2)
+
+
 @keys_app.command("create")
 def keys_create(
     role: Annotated[str, typer.Option("--role", help="viewer, operator or admin")],
@@ -309,6 +315,8 @@ def keys_revoke(
         if not db.revoke_key(key_id, CLI):
             typer.echo(f"gridpilot: no active key {key_id!r}", err=True)
             raise typer.Exit(2)
+    except Conflict as exc:
+        raise _refused(exc) from None
     finally:
         db.close()
     typer.echo(f"revoked {key_id}")

@@ -68,6 +68,11 @@ class Actor:
 SYSTEM = Actor(None, "system", "admin")
 
 
+class Conflict(Exception):
+    """A change refused for what is stored now (a bound reached, the last admin key); nothing
+    was changed. The API answers 409 with this message, the CLI exits 2 with it."""
+
+
 def _digest(salt: bytes, secret: str) -> bytes:
     # Keys are 192 random bits, not passwords: a salted SHA-256 cannot be brute-forced, and it
     # keeps every request's check in microseconds (a slow KDF would cap the API's throughput).
@@ -173,13 +178,23 @@ class OpsDB:
         )
 
     def revoke_key(self, key_id: str, by: Actor) -> bool:
-        """Revoke an active key, with its audit entry; False if no active key has this id."""
+        """Revoke an active key, with its audit entry; False if no active key has this id.
+        The last active admin key stays (Conflict): without one, no key could be made or
+        revoked through the API any more."""
         with self.transaction():
             row = self._written(
                 "SELECT role FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,)
             )
             if row is None:
                 return False
+            admins = self._written(
+                "SELECT count(*) AS n FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL"
+            )
+            if row["role"] == "admin" and admins is not None and admins["n"] <= 1:
+                raise Conflict(
+                    f"key {key_id} is the last active admin key: make another admin key "
+                    f"before revoking it"
+                )
             self._write("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (time.time(), key_id))
             self.audit(by, "key.revoke", {"id": key_id}, None)
         return True

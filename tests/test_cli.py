@@ -153,3 +153,13 @@ def test_setpoints_mode_and_events_survive_a_kill(site_file: Path):
         (found,) = httpx.get(f"{base}/v1/events", headers=key).json()
         assert found["id"] == made.json()["id"] and found["value_w"] == 7.5e6
         stop_cleanly(proc, "controller stopped", signal.SIGTERM)
+
+
+def test_keys_revoke_keeps_the_last_admin_key(site_file: Path):
+    admin = create_key(str(site_file), "admin")
+    revoke = [*GRIDPILOT, "keys", "revoke", admin.split("_")[1], "--config", str(site_file)]
+    out = subprocess.run(revoke, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "last active admin key: make another admin key" in out.stderr
+    create_key(str(site_file), "admin", "second")
+    assert subprocess.run(revoke, capture_output=True, text=True, timeout=60).returncode == 0

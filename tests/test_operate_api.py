@@ -479,6 +479,24 @@ def refused_with(r: httpx.Response, status: int, *words: str) -> None:
     assert r.json()["status"] == status and all(w in r.json()["detail"] for w in words), r.text
 
 
+async def test_the_last_admin_key_cannot_be_revoked(api):
+    """Without an active admin key no key could be made or revoked through the API any more:
+    revoking the last is refused (409, naming why), and nothing changes."""
+    client, keys, _, db = api
+    admin = keys["admin"]
+    r = await client.delete(f"/v1/keys/{key_id(admin)}", headers=auth(admin))
+    refused_with(r, 409, "last active admin key", "make another admin key")
+    assert (await client.get("/v1/keys", headers=auth(admin))).status_code == 200
+    assert audited(db) == []
+    other = await client.post("/v1/keys", json={"name": "night", "role": "admin"},
+                              headers=auth(admin))  # fmt: skip
+    second = other.json()["key"]
+    r = await client.delete(f"/v1/keys/{key_id(admin)}", headers=auth(second))
+    assert r.status_code == 200  # another admin remains
+    r = await client.delete(f"/v1/keys/{key_id(second)}", headers=auth(second))
+    refused_with(r, 409, "last active admin key")
+
+
 @pytest.mark.parametrize("fault", ["locked", "audit refused"])
 async def test_a_change_the_file_refuses_changes_nothing(site: SiteConfig, monkeypatch, fault):
     """Another process holds the file's write lock past the busy timeout, or the second write
