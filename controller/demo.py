@@ -7,7 +7,7 @@ import logging
 import os
 
 from controller.config import SiteConfig
-from controller.opsdb import Actor, OpsDB
+from controller.opsdb import Actor, Conflict, OpsDB
 from controller.service import DB_FILE, Controller, stop_on_signals
 from controller.sitefile import plant_of
 from drivers.sim.stack import SimulatorStack, SimulatorThread
@@ -24,8 +24,11 @@ async def run_controller(site: SiteConfig, stop: asyncio.Event | None = None) ->
 
 async def run_demo(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
     db = OpsDB(site.data_dir / DB_FILE)
+    new_key = None
     try:
         new_key = db.ensure_demo_key(os.environ.get("GRIDPILOT_API_KEY"), DEMO)
+    except Conflict as exc:  # e.g. the key given was revoked: the demo runs, without it
+        log.warning("GRIDPILOT_API_KEY not used", extra={"reason": str(exc)})
     finally:
         db.close()
     if new_key:  # shown once; only its hash is kept

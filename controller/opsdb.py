@@ -150,17 +150,22 @@ class OpsDB:
         )
         self.audit(by, "key.create", None, {"id": key_id, "name": name, "role": role})
 
-    def add_key(self, token: str, name: str, role: Role) -> str:
-        """Store a key given from outside (the demo's GRIDPILOT_API_KEY); returns its id."""
+    def add_key(self, token: str, name: str, role: Role, by: Actor) -> str:
+        """Store a key given from outside (the demo's GRIDPILOT_API_KEY), audited; returns its
+        id. One stored before stays as it is: a revoked one is never made active again
+        (Conflict says so), nor is another secret put under its id."""
         if len(token) < MIN_KEY_CHARS:
             raise ValueError(f"an API key has at least {MIN_KEY_CHARS} characters")
         key_id, secret = parse_token(token)
-        salt = secrets.token_bytes(16)
-        self._write(
-            "INSERT OR REPLACE INTO api_keys (id, name, role, salt, hash, created_at)"
-            " VALUES (?,?,?,?,?,?)",
-            (key_id, name, role, salt, _digest(salt, secret), time.time()),
-        )
+        with self.transaction():
+            row = self._written("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+            if row is None:
+                self._insert_key(key_id, secret, name, role, by)
+                return key_id
+        if row["revoked_at"] is not None:
+            raise Conflict(f"key {key_id} was revoked; it stays revoked: give another key")
+        if not hmac.compare_digest(row["hash"], _digest(row["salt"], secret)):
+            raise Conflict(f"key id {key_id} is taken by another key: give another key")
         return key_id
 
     def verify(self, token: str) -> Actor | None:
@@ -201,9 +206,10 @@ class OpsDB:
 
     def ensure_demo_key(self, env_key: str | None, by: Actor) -> str | None:
         """The demo's admin key: GRIDPILOT_API_KEY when given, else one made (audited) when no
-        key is active. Returns a key to show (only a new one)."""
+        key is active. Returns a key to show (only a new one). Conflict when the given key
+        was revoked: a revoked key stays revoked, however often the demo starts."""
         if env_key:
-            self.add_key(env_key, "demo-admin", "admin")
+            self.add_key(env_key, "demo-admin", "admin", by)
             return None
         if self.has_keys():
             return None

@@ -163,3 +163,34 @@ def test_keys_revoke_keeps_the_last_admin_key(site_file: Path):
     assert "last active admin key: make another admin key" in out.stderr
     create_key(str(site_file), "admin", "second")
     assert subprocess.run(revoke, capture_output=True, text=True, timeout=60).returncode == 0
+
+
+def test_a_revoked_demo_key_stays_revoked_after_a_restart(site_file: Path):
+    """The demo's key (GRIDPILOT_API_KEY) is made once, audited; revoked through the API, it
+    stays revoked when the demo starts again with it (it used to come back active, with no
+    audit entry), and the demo says so."""
+    site = load_site(site_file)
+    base = f"http://127.0.0.1:{site.api_port}"
+    demo_key = "demo-key-an-operator-gave-0123456789"
+    env = {"GRIDPILOT_API_KEY": demo_key}
+    with gridpilot("demo", "--config", str(site_file), env=env) as proc:
+        wait_http(f"{base}/healthz", proc)
+        head = {"Authorization": f"Bearer {demo_key}"}
+        second = httpx.post(f"{base}/v1/keys", json={"name": "second", "role": "admin"},
+                            headers=head).json()  # fmt: skip
+        keys = httpx.get(f"{base}/v1/keys", headers=head).json()
+        demo_id = next(k["id"] for k in keys if k["name"] == "demo-admin")
+        other = {"Authorization": f"Bearer {second['key']}"}
+        assert httpx.delete(f"{base}/v1/keys/{demo_id}", headers=other).status_code == 200
+        stop_cleanly(proc, "simulators stopped")
+    with gridpilot("demo", "--config", str(site_file), env=env) as proc:
+        wait_http(f"{base}/healthz", proc)
+        assert httpx.get(f"{base}/v1/mode", headers=head).status_code == 401
+        log = httpx.get(f"{base}/v1/audit", params={"limit": 100}, headers=other).json()
+        stderr = stop_cleanly(proc, "simulators stopped")
+    made = [
+        (e["key_name"], e["new"]["name"]) for e in log["entries"] if e["action"] == "key.create"
+    ]
+    assert made == [("demo-admin", "second"), ("demo", "demo-admin")]  # newest first
+    assert [e["old"]["id"] for e in log["entries"] if e["action"] == "key.revoke"] == [demo_id]
+    assert "GRIDPILOT_API_KEY not used" in stderr and "stays revoked" in stderr
