@@ -153,9 +153,14 @@ def operate_router(
 
     @router.get("/events", summary="Demand-response events, past and planned")
     async def list_events(_: Actor = viewer) -> list[dict[str, Any]]:
-        return ops.events()
+        return await asyncio.to_thread(db.events)
 
-    @router.post("/events", status_code=201, summary="Schedule an import cap or a shed target")
+    @router.post(
+        "/events",
+        status_code=201,
+        summary="Schedule an import cap or a shed target",
+        responses=problem_responses(409),
+    )
     async def post_event(body: EventIn, who: Actor = operator) -> dict[str, Any]:
         return await asyncio.to_thread(ops.add_event, body, who)
 

@@ -234,6 +234,15 @@ class RetentionConfig(Strict):
     )
 
 
+class LimitsConfig(Strict):
+    """Bounds on what the API lets pile up: past one, a request is refused (409) and nothing
+    is stored, so neither the file nor what each tick looks at grows without end."""
+
+    max_pending_events: int = Field(
+        1000, ge=1, le=100_000, description="demand-response events planned or running"
+    )
+
+
 class BackupConfig(Strict):
     """Periodic online backups of the SQLite file (`gridpilot db backup` by hand)."""
 
@@ -274,6 +283,7 @@ class SiteConfig(BaseSettings):
     dispatch: DispatchConfig = DispatchConfig()
     cooling: CoolingSettings = CoolingSettings()
     retention: RetentionConfig = RetentionConfig()
+    limits: LimitsConfig = LimitsConfig()
     backup: BackupConfig = BackupConfig()
     simulation: dict[str, Any] = Field(
         default_factory=dict,

@@ -242,6 +242,15 @@ class OpsDB:
         assert row is not None  # inserted just now, on this connection
         return row
 
+    def pending_events(self, now_s: float) -> list[dict[str, Any]]:
+        """The events a tick must still look at: not yet ended, and not cancelled or over
+        before they ever started."""
+        return self._rows(
+            "SELECT * FROM dr_events WHERE ended_at IS NULL AND (started_at IS NOT NULL"
+            " OR (cancelled_at IS NULL AND end_s > ?)) ORDER BY start_s, id",
+            (now_s,),
+        )
+
     def events(self, include_past: bool = True) -> list[dict[str, Any]]:
         where = (
             "" if include_past else "WHERE cancelled_at IS NULL AND end_s > strftime('%s','now')"

@@ -222,12 +222,14 @@ def test_the_documented_environment_variables_work(monkeypatch: pytest.MonkeyPat
         "GRIDPILOT_DATA_DIR": str(tmp_path),
         "GRIDPILOT_COOLING__WATER_CLASS": "W40",
         "GRIDPILOT_BACKUP__DIR": str(tmp_path / "backups"),
+        "GRIDPILOT_LIMITS__MAX_PENDING_EVENTS": "200",
         "GRIDPILOT_TOKEN_SOURCES": '[{"id": "vllm-0", "url": "http://vllm:8000/metrics"}]',
     }.items():
         monkeypatch.setenv(name, value)
     site = load_site()
     assert (site.api_port, site.data_dir, site.cooling.water_class) == (9000, tmp_path, "W40")
     assert site.backup.dir == tmp_path / "backups"
+    assert site.limits.max_pending_events == 200
     assert [str(t.url) for t in site.token_sources] == ["http://vllm:8000/metrics"]
 
 

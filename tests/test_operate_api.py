@@ -19,6 +19,7 @@ from controller.config import SiteConfig
 from controller.operations import Operations
 from controller.opsdb import SYSTEM, OpsDB
 from controller.service import Controller
+from controller.sitefile import parse_site
 
 
 @contextlib.asynccontextmanager
@@ -477,6 +478,67 @@ def refused_with(r: httpx.Response, status: int, *words: str) -> None:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["status"] == status and all(w in r.json()["detail"] for w in words), r.text
+
+
+async def test_planned_events_are_bounded_and_one_past_the_bound_stores_nothing(site_data):
+    """At `limits.max_pending_events` planned or running, one more is refused (409, naming
+    the bound) and neither stored nor audited; cancelled and ended ones do not count."""
+    site = parse_site(site_data | {"limits": {"max_pending_events": 3}})
+    async with operate(site) as (client, keys, ops, db):
+        head, now = auth(keys["operator"]), time.time()
+        made = []
+        for start, end in ((0.0, 0.3), (100, 200), (300, 400)):  # the first ends at once
+            r = await client.post(
+                "/v1/events", json=cap_event(now + start, now + end), headers=head
+            )
+            assert r.status_code == 201, r.text
+            made.append(r.json()["id"])
+        listed, log = (await client.get("/v1/events", headers=head)).json(), audited(db)
+        r = await client.post("/v1/events", json=cap_event(now + 500, now + 600), headers=head)
+        refused_with(r, 409, "3 events are planned or running", "limits.max_pending_events")
+        assert (await client.get("/v1/events", headers=head)).json() == listed
+        assert audited(db) == log and ops.in_force(now + 550).dispatch.import_cap_w is None
+        await asyncio.sleep(0.4)  # the first has ended: one fewer planned or running
+        assert (await client.post("/v1/events", json=cap_event(now + 500, now + 600),
+                                  headers=head)).status_code == 201  # fmt: skip
+        assert (await client.post("/v1/events", json=cap_event(now + 700, now + 800),
+                                  headers=head)).status_code == 409  # fmt: skip
+        assert (await client.delete(f"/v1/events/{made[1]}", headers=head)).status_code == 200
+        assert (await client.post("/v1/events", json=cap_event(now + 700, now + 800),
+                                  headers=head)).status_code == 201  # fmt: skip
+
+
+def rows_read(db: OpsDB) -> list[int]:
+    """From now on, count every row the file's two connections hand back (a one-item list)."""
+    count = [0]
+
+    def counted(cursor: sqlite3.Cursor, row: tuple) -> sqlite3.Row:
+        count[0] += 1
+        return sqlite3.Row(cursor, row)
+
+    db._conn.row_factory = db._reader.row_factory = counted
+    return count
+
+
+async def test_an_event_is_added_and_cancelled_without_reading_the_others(api):
+    """A year of a busy site's events in the table: adding one and cancelling it read their
+    own rows, not the table (each used to read all 8,500); the ticks see both at once."""
+    client, keys, ops, db = api
+    now, head = time.time(), auth(keys["operator"])
+    past = [("shed", 5e5, t, t + 60, "x", t, None, t, t + 60) for t in range(8500)]
+    with contextlib.closing(sqlite3.connect(ops.site.data_dir / "gridpilot.sqlite")) as other:
+        other.executemany("INSERT INTO dr_events (kind, value_w, start_s, end_s, created_by,"
+                          " created_at, cancelled_at, started_at, ended_at)"
+                          " VALUES (?,?,?,?,?,?,?,?,?)", past)  # fmt: skip
+        other.commit()
+    count = rows_read(db)
+    r = await client.post("/v1/events", json=cap_event(now + 10, now + 100), headers=head)
+    assert r.status_code == 201 and count[0] < 10, count  # the key, the row stored: a few
+    assert ops.in_force(now + 50).dispatch.import_cap_w == 8e6
+    count[0] = 0
+    r = await client.delete(f"/v1/events/{r.json()['id']}", headers=head)
+    assert r.status_code == 200 and count[0] < 10, count  # the key, the row, as cancelled
+    assert ops.in_force(now + 50).dispatch.import_cap_w is None
 
 
 async def test_the_last_admin_key_cannot_be_revoked(api):
