@@ -206,7 +206,12 @@ def operate_router(
     async def list_keys(_: Actor = admin) -> list[dict[str, Any]]:
         return await asyncio.to_thread(db.api_keys)
 
-    @router.post("/keys", status_code=201, summary="Create a key; it is shown only here")
+    @router.post(
+        "/keys",
+        status_code=201,
+        summary="Create a key; it is shown only here",
+        responses=problem_responses(409),
+    )
     async def create_key(body: KeyIn, who: Actor = admin) -> dict[str, Any]:
         key_id, token = await asyncio.to_thread(db.create_key, body.name, body.role, who)
         return {"id": key_id, "name": body.name, "role": body.role, "key": token}

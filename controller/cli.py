@@ -249,7 +249,7 @@ app.add_typer(keys_app, name="keys")
 def _opsdb(config: Path | None, data_dir: Path | None) -> OpsDB:
     site = _site(config, None, data_dir)
     try:
-        return OpsDB(site.data_dir / DB_FILE)
+        return OpsDB(site.data_dir / DB_FILE, site.limits)
     except StorageError as exc:
         typer.echo(f"gridpilot: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -280,6 +280,8 @@ def keys_create(
     db = _opsdb(config, data_dir)
     try:
         key_id, token = db.create_key(name, role, CLI)  # type: ignore[arg-type]
+    except Conflict as exc:
+        raise _refused(exc) from None
     finally:
         db.close()
     typer.echo(f"id    {key_id}\nrole  {role}\nname  {name}\nkey   {token}")

@@ -241,6 +241,7 @@ class LimitsConfig(Strict):
     max_pending_events: int = Field(
         1000, ge=1, le=100_000, description="demand-response events planned or running"
     )
+    max_active_keys: int = Field(100, ge=1, le=10_000, description="API keys not revoked")
 
 
 class BackupConfig(Strict):

@@ -23,7 +23,7 @@ async def run_controller(site: SiteConfig, stop: asyncio.Event | None = None) ->
 
 
 async def run_demo(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
-    db = OpsDB(site.data_dir / DB_FILE)
+    db = OpsDB(site.data_dir / DB_FILE, site.limits)
     new_key = None
     try:
         new_key = db.ensure_demo_key(os.environ.get("GRIDPILOT_API_KEY"), DEMO)

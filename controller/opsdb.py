@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from controller.config import LimitsConfig
 from controller.dbfile import check_at_start, create, mark
 
 Role = Literal["viewer", "operator", "admin"]
@@ -80,7 +81,8 @@ def _digest(salt: bytes, secret: str) -> bytes:
 
 
 class OpsDB:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, limits: LimitsConfig | None = None) -> None:
+        self.limits = limits or LimitsConfig()
         check_at_start(path)  # a damaged or vanished file is refused, never silently remade
         create(path)  # 0600 in a 0700 folder from the start: it holds the keys' hashes
         self._lock = threading.RLock()  # a transaction holds it across its statements
@@ -135,7 +137,7 @@ class OpsDB:
     # --- keys -------------------------------------------------------------------------
     def create_key(self, name: str, role: Role, by: Actor) -> tuple[str, str]:
         """A new key and its audit entry: (id, the key itself). The key is shown once and
-        never stored."""
+        never stored. Conflict once `limits.max_active_keys` are active."""
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
         with self.transaction():
             self._insert_key(key_id, secret, name, role, by)
@@ -143,6 +145,12 @@ class OpsDB:
 
     def _insert_key(self, key_id: str, secret: str, name: str, role: Role, by: Actor) -> None:
         """In a transaction: a new key (never one in place of another) and its audit entry."""
+        active = self._written("SELECT count(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+        if active is not None and active["n"] >= self.limits.max_active_keys:
+            raise Conflict(
+                f"{active['n']} API keys are active, as many as limits.max_active_keys allows: "
+                f"revoke one first"
+            )
         salt = secrets.token_bytes(16)
         self._write(
             "INSERT INTO api_keys (id, name, role, salt, hash, created_at) VALUES (?,?,?,?,?,?)",

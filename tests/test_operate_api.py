@@ -508,6 +508,24 @@ async def test_planned_events_are_bounded_and_one_past_the_bound_stores_nothing(
                                   headers=head)).status_code == 201  # fmt: skip
 
 
+async def test_active_keys_are_bounded_and_one_past_the_bound_stores_nothing(site_data):
+    site = parse_site(site_data | {"limits": {"max_active_keys": 4}})
+    async with operate(site) as (client, keys, _, db):
+        head = auth(keys["admin"])
+        made = await client.post(
+            "/v1/keys", json={"name": "fourth", "role": "viewer"}, headers=head
+        )
+        assert made.status_code == 201  # the fixture made three
+        listed, log = (await client.get("/v1/keys", headers=head)).json(), audited(db)
+        r = await client.post("/v1/keys", json={"name": "fifth", "role": "viewer"}, headers=head)
+        refused_with(r, 409, "4 API keys are active", "limits.max_active_keys")
+        assert (await client.get("/v1/keys", headers=head)).json() == listed and audited(db) == log
+        gone = await client.delete(f"/v1/keys/{made.json()['id']}", headers=head)
+        assert gone.status_code == 200  # a revoked key does not count
+        r = await client.post("/v1/keys", json={"name": "fifth", "role": "viewer"}, headers=head)
+        assert r.status_code == 201
+
+
 def rows_read(db: OpsDB) -> list[int]:
     """From now on, count every row the file's two connections hand back (a one-item list)."""
     count = [0]
