@@ -88,7 +88,7 @@ async def operator(base: str, key: str, until: float, counts: dict[str, int]) ->
                 ok = not isinstance(r, BaseException) and r.status_code < 300
                 counts["ok" if ok else "failed"] += 1
             alarms = await api.get("/v1/alarms", params={"active": "true"})
-            for a in alarms.json()[:1] if alarms.status_code == 200 else []:
+            for a in alarms.json()["alarms"][:1] if alarms.status_code == 200 else []:
                 r = await api.post(f"/v1/alarms/{a['id']}/ack")
                 counts["ok" if r.status_code == 200 else "failed"] += 1
             await asyncio.sleep(0.2)

@@ -16,7 +16,7 @@ from controller.alarms import AlarmBook
 from controller.auth import requires
 from controller.config import DeviceConfig
 from controller.operations import EventIn, Operations
-from controller.opsdb import Actor, OpsDB, Role
+from controller.opsdb import NO_CURSOR, Actor, OpsDB, Role
 from controller.problems import problem_responses
 from controller.setpoints import Mode, Setpoints
 from controller.snapshot import LinkCounters
@@ -26,6 +26,14 @@ from drivers.devicemap import DeviceMap
 RowId = Annotated[int, Path(ge=1, le=2**62, description="as listed")]
 KeyId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9]+$")]
 DeviceId = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+# Lists come in pages, newest first: the next page is the one before the last id shown.
+Limit = Annotated[int, Query(ge=1, le=100, description="at most this many")]
+BeforeId = Annotated[int | None, Query(ge=1, le=2**62, description="a page's next_before_id")]
+
+
+def page(rows: list[dict[str, Any]], name: str, limit: int) -> dict[str, Any]:
+    """A page of `rows` as `name`, and where the next begins (none: this was the last)."""
+    return {name: rows, "next_before_id": rows[-1]["id"] if len(rows) == limit else None}
 
 
 TTL = Field(None, gt=0, le=86400, description="revert to the values before, after this long")
@@ -151,9 +159,11 @@ def operate_router(
         await asyncio.to_thread(ops.change_mode, body.mode, who, body.ttl_s)
         return {"mode": ops.mode, "override": ops.mode_override}
 
-    @router.get("/events", summary="Demand-response events, past and planned")
-    async def list_events(_: Actor = viewer) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(db.events)
+    @router.get("/events", summary="Demand-response events, past and planned, newest first")
+    async def list_events(
+        _: Actor = viewer, limit: Limit = 50, before_id: BeforeId = None
+    ) -> dict[str, Any]:
+        return page(await asyncio.to_thread(db.events_page, limit, before_id), "events", limit)
 
     @router.post(
         "/events",
@@ -171,16 +181,22 @@ def operate_router(
             raise HTTPException(404, f"No event {event_id} to cancel")
         return row
 
-    @router.get("/alarms", summary="Active alarms, or the history")
+    @router.get("/alarms", summary="Active alarms, or the history, newest first")
     async def list_alarms(
-        _: Actor = viewer, active: Annotated[bool, Query()] = False
-    ) -> list[dict[str, Any]]:
+        _: Actor = viewer,
+        active: Annotated[bool, Query()] = False,
+        limit: Limit = 50,
+        before_id: BeforeId = None,
+    ) -> dict[str, Any]:
         # From memory first (raised, cleared, acknowledged there, whatever the disk does).
-        if active:
-            return sorted((a.to_json() for a in alarms.active), key=lambda a: -a["id"])
-        stored = {a["id"]: a for a in await asyncio.to_thread(db.alarms, False)}
-        recent = {a.id: a.to_json() for a in alarms.recent}
-        return sorted({**stored, **recent}.values(), key=lambda a: -a["id"])[:200]
+        below = before_id or NO_CURSOR
+        shown = alarms.active if active else alarms.recent
+        found = {a.id: a.to_json() for a in shown if a.id < below}
+        if not active:  # each source's newest `limit` hold the newest `limit` of both
+            stored = await asyncio.to_thread(db.alarms, False, limit, before_id)
+            found = {a["id"]: a for a in stored} | found
+        rows = sorted(found.values(), key=lambda a: -a["id"])[:limit]
+        return page(rows, "alarms", limit)
 
     @router.post("/alarms/{alarm_id}/ack", summary="Acknowledge an alarm")
     async def ack_alarm(alarm_id: RowId, who: Actor = operator) -> dict[str, Any]:
@@ -195,16 +211,18 @@ def operate_router(
     @router.get("/audit", summary="The audit log, newest first, paged by id")
     async def get_audit(
         _: Actor = viewer,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+        limit: Limit = 50,
+        before_id: BeforeId = None,
     ) -> dict[str, Any]:
-        rows = await asyncio.to_thread(db.audit_page, limit, before_id)
-        next_before = rows[-1]["id"] if len(rows) == limit else None
-        return {"entries": rows, "next_before_id": next_before}
+        return page(await asyncio.to_thread(db.audit_page, limit, before_id), "entries", limit)
 
-    @router.get("/keys", summary="API keys (never the keys themselves)")
-    async def list_keys(_: Actor = admin) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(db.api_keys)
+    @router.get("/keys", summary="API keys, newest first (never the keys themselves)")
+    async def list_keys(
+        _: Actor = admin,
+        limit: Limit = 50,
+        before_id: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z0-9]+$")] = None,
+    ) -> dict[str, Any]:
+        return page(await asyncio.to_thread(db.keys_page, limit, before_id), "keys", limit)
 
     @router.post(
         "/keys",

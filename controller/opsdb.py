@@ -29,6 +29,7 @@ Role = Literal["viewer", "operator", "admin"]
 MIN_KEY_CHARS = 16
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")  # each may do what those before may
 BUSY_TIMEOUT_S = 5.0  # a write waits this long for another's lock on the file, then fails
+NO_CURSOR = 2**62  # above every id: a page without `before_id` starts at the newest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -72,6 +73,10 @@ SYSTEM = Actor(None, "system", "admin")
 class Conflict(Exception):
     """A change refused for what is stored now (a bound reached, the last admin key); nothing
     was changed. The API answers 409 with this message, the CLI exits 2 with it."""
+
+
+def _below(before_id: int | None) -> int:
+    return NO_CURSOR if before_id is None else before_id
 
 
 def _digest(salt: bytes, secret: str) -> bytes:
@@ -190,6 +195,16 @@ class OpsDB:
             "SELECT id, name, role, created_at, revoked_at FROM api_keys ORDER BY created_at"
         )
 
+    def keys_page(self, limit: int, before_id: str | None) -> list[dict[str, Any]]:
+        """Keys, newest first, those made before key `before_id` (an unknown one: none)."""
+        start = "(SELECT created_at, id FROM api_keys WHERE id = ?)"
+        return self._rows(
+            "SELECT id, name, role, created_at, revoked_at FROM api_keys"
+            f" WHERE ? IS NULL OR (created_at, id) < {start}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (before_id, before_id, limit),
+        )
+
     def revoke_key(self, key_id: str, by: Actor) -> bool:
         """Revoke an active key, with its audit entry; False if no active key has this id.
         The last active admin key stays (Conflict): without one, no key could be made or
@@ -259,11 +274,11 @@ class OpsDB:
             (now_s,),
         )
 
-    def events(self, include_past: bool = True) -> list[dict[str, Any]]:
-        where = (
-            "" if include_past else "WHERE cancelled_at IS NULL AND end_s > strftime('%s','now')"
+    def events_page(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT * FROM dr_events WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (_below(before_id), limit),
         )
-        return self._rows(f"SELECT * FROM dr_events {where} ORDER BY start_s, id")
 
     def event(self, event_id: int) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM dr_events WHERE id = ?", (event_id,))
@@ -291,9 +306,15 @@ class OpsDB:
     def max_alarm_id(self) -> int:
         return self._rows("SELECT coalesce(max(id), 0) AS n FROM alarms")[0]["n"]
 
-    def alarms(self, active_only: bool = False, limit: int = 200) -> list[dict[str, Any]]:
-        where = "WHERE cleared_at IS NULL" if active_only else ""
-        return self._rows(f"SELECT * FROM alarms {where} ORDER BY id DESC LIMIT ?", (limit,))
+    def alarms(
+        self, active_only: bool = False, limit: int = 200, before_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Alarms, newest first: those below id `before_id`."""
+        active = "AND cleared_at IS NULL" if active_only else ""
+        return self._rows(
+            f"SELECT * FROM alarms WHERE id < ? {active} ORDER BY id DESC LIMIT ?",
+            (_below(before_id), limit),
+        )
 
     def ack_alarm(
         self, alarm_id: int, by: Actor, at_s: float | None = None
@@ -333,7 +354,7 @@ class OpsDB:
     def audit_page(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
         rows = self._rows(
             "SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?",
-            (before_id if before_id is not None else 2**62, limit),
+            (_below(before_id), limit),
         )
         for r in rows:
             r["old"], r["new"] = json.loads(r["old"]), json.loads(r["new"])

@@ -150,7 +150,7 @@ def test_setpoints_mode_and_events_survive_a_kill(site_file: Path):
         setpoints = httpx.get(f"{base}/v1/setpoints", headers=key).json()
         assert setpoints["ramp_up_w_per_s"] == 321000 and setpoints["soc_target_low_ratio"] == 0.45
         assert httpx.get(f"{base}/v1/mode", headers=key).json()["mode"] == "safe"
-        (found,) = httpx.get(f"{base}/v1/events", headers=key).json()
+        (found,) = httpx.get(f"{base}/v1/events", headers=key).json()["events"]
         assert found["id"] == made.json()["id"] and found["value_w"] == 7.5e6
         stop_cleanly(proc, "controller stopped", signal.SIGTERM)
 
@@ -178,7 +178,7 @@ def test_a_revoked_demo_key_stays_revoked_after_a_restart(site_file: Path):
         head = {"Authorization": f"Bearer {demo_key}"}
         second = httpx.post(f"{base}/v1/keys", json={"name": "second", "role": "admin"},
                             headers=head).json()  # fmt: skip
-        keys = httpx.get(f"{base}/v1/keys", headers=head).json()
+        keys = httpx.get(f"{base}/v1/keys", headers=head).json()["keys"]
         demo_id = next(k["id"] for k in keys if k["name"] == "demo-admin")
         other = {"Authorization": f"Bearer {second['key']}"}
         assert httpx.delete(f"{base}/v1/keys/{demo_id}", headers=other).status_code == 200

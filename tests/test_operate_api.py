@@ -264,7 +264,7 @@ async def test_mode_with_ttl_and_keys_lifecycle(api):
     )
     new = made.json()
     assert made.status_code == 201 and new["key"].startswith("gp_")
-    listed = (await client.get("/v1/keys", headers=auth(keys["admin"]))).json()
+    listed = (await client.get("/v1/keys", headers=auth(keys["admin"]))).json()["keys"]
     assert all("key" not in k and "hash" not in k for k in listed)
     assert (await client.get("/v1/mode", headers=auth(new["key"]))).status_code == 200
     gone = await client.delete(f"/v1/keys/{new['id']}", headers=auth(keys["admin"]))
@@ -540,7 +540,8 @@ def rows_read(db: OpsDB) -> list[int]:
 
 async def test_an_event_is_added_and_cancelled_without_reading_the_others(api):
     """A year of a busy site's events in the table: adding one and cancelling it read their
-    own rows, not the table (each used to read all 8,500); the ticks see both at once."""
+    own rows, not the table (each used to read all 8,500); the ticks see both at once, and
+    the list comes in pages."""
     client, keys, ops, db = api
     now, head = time.time(), auth(keys["operator"])
     past = [("shed", 5e5, t, t + 60, "x", t, None, t, t + 60) for t in range(8500)]
@@ -557,6 +558,36 @@ async def test_an_event_is_added_and_cancelled_without_reading_the_others(api):
     r = await client.delete(f"/v1/events/{r.json()['id']}", headers=head)
     assert r.status_code == 200 and count[0] < 10, count  # the key, the row, as cancelled
     assert ops.in_force(now + 50).dispatch.import_cap_w is None
+    first = (await client.get("/v1/events", headers=head)).json()
+    assert len(first["events"]) == 50 and first["events"][0]["cancelled_at"] is not None
+    ids, before = [], None
+    for _ in range(3):
+        query = {"limit": 100} | ({"before_id": before} if before else {})
+        page = (await client.get("/v1/events", params=query, headers=head)).json()
+        ids += [e["id"] for e in page["events"]]
+        before = page["next_before_id"]
+    assert ids == list(range(8501, 8201, -1))  # newest first, none twice, none left out
+    r = await client.get("/v1/events", params={"limit": 101}, headers=head)
+    refused_with(r, 422, "nothing was changed")
+
+
+async def test_alarms_keys_and_audit_come_in_pages(api):
+    client, keys, _, db = api
+    head = auth(keys["admin"])
+    for n in (1, 2, 3):  # raised before this start: in the file only
+        db.store_alarm({"id": n, "key": f"k{n}", "severity": "warning", "message": "m",
+                        "raised_at": time.time(), "cleared_at": time.time()})  # fmt: skip
+    for path, name, count in (("/v1/alarms", "alarms", 3), ("/v1/keys", "keys", 3)):
+        first = (await client.get(path, params={"limit": 2}, headers=head)).json()
+        assert len(first[name]) == 2 and first["next_before_id"] == first[name][-1]["id"]
+        rest = await client.get(
+            path, params={"limit": 2, "before_id": first["next_before_id"]}, headers=head
+        )
+        assert len(rest.json()[name]) == count - 2 and rest.json()["next_before_id"] is None
+        ids = [x["id"] for x in first[name] + rest.json()[name]]
+        assert len(set(ids)) == count
+    for path in ("/v1/alarms", "/v1/keys", "/v1/audit", "/v1/events"):
+        refused_with(await client.get(path, params={"limit": 101}, headers=head), 422, "")
 
 
 async def test_the_last_admin_key_cannot_be_revoked(api):

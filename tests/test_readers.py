@@ -152,7 +152,7 @@ async def test_a_locked_disk_never_delays_a_tick_nor_hides_an_alarm(site: SiteCo
             "the alarm, in memory",
         )
         r = await run.api.get("/v1/alarms", params={"active": "true"})
-        (down,) = [a for a in r.json() if a["key"] == "device_down:ups-b"]
+        (down,) = [a for a in r.json()["alarms"] if a["key"] == "device_down:ups-b"]
         acked = await run.api.post(f"/v1/alarms/{down['id']}/ack")  # in memory at once
         assert acked.status_code == 200 and acked.json()["acked_by"].startswith("test-operator")
         writer = run.controller.ops_writer
