@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.logs import setup_logging
 from controller.record import TickRecord
@@ -87,7 +88,7 @@ async def operator(base: str, key: str, until: float, counts: dict[str, int]) ->
                 ok = not isinstance(r, BaseException) and r.status_code < 300
                 counts["ok" if ok else "failed"] += 1
             alarms = await api.get("/v1/alarms", params={"active": "true"})
-            for a in alarms.json()[:1] if alarms.status_code == 200 else []:
+            for a in alarms.json()["alarms"][:1] if alarms.status_code == 200 else []:
                 r = await api.post(f"/v1/alarms/{a['id']}/ack")
                 counts["ok" if r.status_code == 200 else "failed"] += 1
             await asyncio.sleep(0.2)
@@ -117,7 +118,7 @@ async def run_once(
     plant = SimulatorThread(plant_of(site))
     await asyncio.to_thread(plant.start)
     controller = Controller(site)
-    _, key = controller.db.create_key("bench-operator", "operator")
+    _, key = controller.db.create_key("bench-operator", "operator", CLI)
     # (start, duration, lateness, overruns so far, auto?): numbers only, so the benchmark's
     # own bookkeeping does not grow the heap the garbage collector has to walk.
     records: list[tuple[float, float, float, int, bool]] = []

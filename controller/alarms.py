@@ -196,10 +196,6 @@ class AlarmBook:
             if alarm is None or alarm.acked_at is not None:
                 return alarm
             acked = replace(alarm, acked_at=time.time(), acked_by=by.label)
-
-            def store() -> None:
-                self.db.ack_alarm(acked.id, by, acked.acked_at)
-                self.db.audit(by, "alarm.ack", None, {"id": acked.id})
-
-            self._changed(acked, store, "ack")
+            # Stored with its audit entry in one transaction, by the writer, after the raise.
+            self._changed(acked, lambda: self.db.ack_alarm(acked.id, by, acked.acked_at), "ack")
             return acked

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -88,6 +89,11 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
         if request.method != "GET":
             detail += "; a change sent may still take effect: read it back"
         return problem(503, "Controller unavailable", detail)
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def storage_problem(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        # A read of the file failed (the file failing): say so; reads change nothing.
+        return problem(503, "Storage unavailable", f"{exc}; try again")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

@@ -14,12 +14,20 @@ from controller.auth import requires
 from controller.commands import ActorIn, KeyIn, ModeIn, SetpointsPatch, SetpointsPut
 from controller.link import ControllerLink
 from controller.operations import EventIn
-from controller.opsdb import Actor, OpsDB
+from controller.opsdb import NO_CURSOR, Actor, OpsDB
 from controller.problems import problem_responses
 
 RowId = Annotated[int, Path(ge=1, le=2**62, description="as listed")]
 KeyId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9]+$")]
 DeviceId = Annotated[str, Path(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")]
+# Lists come in pages, newest first: the next page is the one before the last id shown.
+Limit = Annotated[int, Query(ge=1, le=100, description="at most this many")]
+BeforeId = Annotated[int | None, Query(ge=1, le=2**62, description="a page's next_before_id")]
+
+
+def page(rows: list[dict[str, Any]], name: str, limit: int) -> dict[str, Any]:
+    """A page of `rows` as `name`, and where the next begins (none: this was the last)."""
+    return {name: rows, "next_before_id": rows[-1]["id"] if len(rows) == limit else None}
 
 
 def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
@@ -66,11 +74,18 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
             "change_mode", change=change, actor=ActorIn.of(who)
         )
 
-    @router.get("/events", summary="Demand-response events, past and planned")
-    async def list_events(_: Actor = viewer) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(db.events)
+    @router.get("/events", summary="Demand-response events, past and planned, newest first")
+    async def list_events(
+        _: Actor = viewer, limit: Limit = 50, before_id: BeforeId = None
+    ) -> dict[str, Any]:
+        return page(await asyncio.to_thread(db.events_page, limit, before_id), "events", limit)
 
-    @router.post("/events", status_code=201, summary="Schedule an import cap or a shed target")
+    @router.post(
+        "/events",
+        status_code=201,
+        summary="Schedule an import cap or a shed target",
+        responses=problem_responses(409),
+    )
     async def post_event(body: EventIn, who: Actor = operator) -> dict[str, Any]:
         event = body.model_dump()
         return await link.call(  # type: ignore[no-any-return]
@@ -83,18 +98,23 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
             "cancel_event", id=event_id, actor=ActorIn.of(who)
         )
 
-    @router.get("/alarms", summary="Active alarms, or the history")
+    @router.get("/alarms", summary="Active alarms, or the history, newest first")
     async def list_alarms(
-        _: Actor = viewer, active: Annotated[bool, Query()] = False
-    ) -> list[dict[str, Any]]:
+        _: Actor = viewer,
+        active: Annotated[bool, Query()] = False,
+        limit: Limit = 50,
+        before_id: BeforeId = None,
+    ) -> dict[str, Any]:
         # From the controller's memory first (raised, cleared, acknowledged there, whatever
         # the disk does), then the file's history.
         live = await link.view("alarms")
-        if active:
-            return sorted(live["active"], key=lambda a: -a["id"])
-        stored = {a["id"]: a for a in await asyncio.to_thread(db.alarms, False)}
-        recent = {a["id"]: a for a in live["recent"]}
-        return sorted({**stored, **recent}.values(), key=lambda a: -a["id"])[:200]
+        below = before_id or NO_CURSOR
+        found = {a["id"]: a for a in live["active" if active else "recent"] if a["id"] < below}
+        if not active:  # each source's newest `limit` hold the newest `limit` of both
+            stored = await asyncio.to_thread(db.alarms, False, limit, before_id)
+            found = {a["id"]: a for a in stored} | found
+        rows = sorted(found.values(), key=lambda a: -a["id"])[:limit]
+        return page(rows, "alarms", limit)
 
     @router.post("/alarms/{alarm_id}/ack", summary="Acknowledge an alarm")
     async def ack_alarm(alarm_id: RowId, who: Actor = operator) -> dict[str, Any]:
@@ -110,27 +130,37 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
     )
     async def get_audit(
         who: Actor = viewer,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+        limit: Limit = 50,
+        before_id: BeforeId = None,
     ) -> dict[str, Any]:
         rows = await asyncio.to_thread(db.audit_page, limit, before_id)
-        next_before = rows[-1]["id"] if len(rows) == limit else None
-        if who.role == "viewer":
-            rows = [_for_viewers(row) for row in rows]
-        return {"entries": rows, "next_before_id": next_before}
+        shown = [_for_viewers(row) for row in rows] if who.role == "viewer" else rows
+        return page(shown, "entries", limit)
 
-    @router.get("/keys", summary="API keys (never the keys themselves)")
-    async def list_keys(_: Actor = admin) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(db.api_keys)
+    @router.get("/keys", summary="API keys, newest first (never the keys themselves)")
+    async def list_keys(
+        _: Actor = admin,
+        limit: Limit = 50,
+        before_id: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z0-9]+$")] = None,
+    ) -> dict[str, Any]:
+        return page(await asyncio.to_thread(db.keys_page, limit, before_id), "keys", limit)
 
-    @router.post("/keys", status_code=201, summary="Create a key; it is shown only here")
+    @router.post(
+        "/keys",
+        status_code=201,
+        summary="Create a key; it is shown only here",
+        responses=problem_responses(409),
+    )
     async def create_key(body: KeyIn, who: Actor = admin) -> dict[str, Any]:
         key = body.model_dump()
         return await link.call(  # type: ignore[no-any-return]
             "create_key", key=key, actor=ActorIn.of(who)
         )
 
-    @router.delete("/keys/{key_id}", summary="Revoke a key")
+    @router.delete(
+        "/keys/{key_id}", summary="Revoke a key (never the last admin key)",
+        responses=problem_responses(409),
+    )  # fmt: skip
     async def revoke_key(key_id: KeyId, who: Actor = admin) -> dict[str, Any]:
         return await link.call(  # type: ignore[no-any-return]
             "revoke_key", key_id=key_id, actor=ActorIn.of(who)

@@ -37,7 +37,7 @@ from controller.commands import ActorIn, KeyIn, ModeIn, SetpointsPatch, Setpoint
 from controller.config import DeviceConfig
 from controller.metrics import Metrics
 from controller.operations import EventIn, Operations
-from controller.opsdb import OpsDB
+from controller.opsdb import Conflict, OpsDB
 from controller.problems import field_errors
 from controller.snapshot import LinkCounters
 from controller.state import SiteState
@@ -191,12 +191,17 @@ class Bridge:
             return _failure(message, 422, "Invalid request", "nothing was changed", errors=errors)
         except Refused as exc:
             return _failure(message, exc.status, exc.title, exc.detail)
+        except Conflict as exc:  # a bound reached, the last admin key: nothing was changed
+            return _failure(message, 409, "Conflict", f"{exc}; nothing was changed")
         except HTTPException as exc:
             return _failure(message, exc.status_code, str(exc.detail), f"{op}")
-        except sqlite3.Error as exc:  # locked or failing disk: the transaction rolled back
+        except sqlite3.DatabaseError as exc:  # locked or failing disk: rolled back whole
             log.warning("change not stored", extra={"op": op, "error": str(exc)})
             return _failure(
-                message, 503, "Storage unavailable", f"not stored, nothing changed: {exc}"
+                message,
+                503,
+                "Storage unavailable",
+                f"{exc}; not stored, nothing was changed, try again",
             )
         except Exception as exc:
             log.exception("request failed", extra={"op": op})
@@ -300,30 +305,21 @@ class Bridge:
         live = self.alarms.acknowledge(cmd.id, who)  # audited by the writer, with the ack
         if live is not None:
             return live.to_json()
-        row = self.db.alarm(cmd.id)  # one from before this start
+        row = self.db.ack_alarm(cmd.id, who)  # one from before this start (with its audit)
         if row is None:
             raise Refused(404, "Not found", f"No alarm {cmd.id}")
-        if row["acked_at"] is None:
-            with self.db.transaction():
-                self.db.ack_alarm(cmd.id, who)
-                self.db.audit(who, "alarm.ack", None, {"id": cmd.id})
-        return self.db.alarm(cmd.id)  # type: ignore[return-value]
+        return row
 
     def _create_key(self, args: dict[str, Any]) -> dict[str, Any]:
         cmd = _CreateKey.model_validate(args)
         body = KeyIn.model_validate(cmd.key)
-        with self.db.transaction():
-            key_id, token = self.db.create_key(body.name, body.role)
-            made = {"id": key_id, "name": body.name, "role": body.role}
-            self.db.audit(cmd.actor.actor(), "key.create", None, made)
-        return {**made, "key": token}
+        key_id, token = self.db.create_key(body.name, body.role, cmd.actor.actor())
+        return {"id": key_id, "name": body.name, "role": body.role, "key": token}
 
     def _revoke_key(self, args: dict[str, Any]) -> dict[str, Any]:
         cmd = _RevokeKey.model_validate(args)
-        with self.db.transaction():
-            if not self.db.revoke_key(cmd.key_id):
-                raise Refused(404, "Not found", f"No active key {cmd.key_id!r}")
-            self.db.audit(cmd.actor.actor(), "key.revoke", {"id": cmd.key_id}, None)
+        if not self.db.revoke_key(cmd.key_id, cmd.actor.actor()):
+            raise Refused(404, "Not found", f"No active key {cmd.key_id!r}")
         return {"id": cmd.key_id, "revoked": True}
 
 

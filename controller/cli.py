@@ -20,7 +20,7 @@ from controller.config import ConfigError, DispatchConfig, SiteConfig
 from controller.dbfile import StorageError
 from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
-from controller.opsdb import ROLES, Actor, OpsDB
+from controller.opsdb import ROLES, Actor, Conflict, OpsDB
 from controller.replay.report import print_figures, print_sizing, replay_progress
 from controller.replay.run import ReplaySettings, plot, report, simulate
 from controller.replay.run import size as size_battery
@@ -249,10 +249,16 @@ app.add_typer(keys_app, name="keys")
 def _opsdb(config: Path | None, data_dir: Path | None) -> OpsDB:
     site = _site(config, None, data_dir)
     try:
-        return OpsDB(site.data_dir / DB_FILE)
+        return OpsDB(site.data_dir / DB_FILE, site.limits)
     except StorageError as exc:
         typer.echo(f"gridpilot: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _refused(exc: Conflict) -> typer.Exit:
+    """A change the file's state refuses (a bound, the last admin key): said, exit 2."""
+    typer.echo(f"gridpilot: {exc}", err=True)
+    return typer.Exit(2)
 
 
 @keys_app.command("create")
@@ -273,8 +279,9 @@ def keys_create(
         raise typer.Exit(2) from None
     db = _opsdb(config, data_dir)
     try:
-        key_id, token = db.create_key(name, role)  # type: ignore[arg-type]
-        db.audit(CLI, "key.create", None, {"id": key_id, "name": name, "role": role})
+        key_id, token = db.create_key(name, role, CLI)  # type: ignore[arg-type]
+    except Conflict as exc:
+        raise _refused(exc) from None
     finally:
         db.close()
     typer.echo(f"id    {key_id}\nrole  {role}\nname  {name}\nkey   {token}")
@@ -307,10 +314,11 @@ def keys_revoke(
     """Revoke a key: requests with it get 401 from then on."""
     db = _opsdb(config, data_dir)
     try:
-        if not db.revoke_key(key_id):
+        if not db.revoke_key(key_id, CLI):
             typer.echo(f"gridpilot: no active key {key_id!r}", err=True)
             raise typer.Exit(2)
-        db.audit(CLI, "key.revoke", {"id": key_id}, None)
+    except Conflict as exc:
+        raise _refused(exc) from None
     finally:
         db.close()
     typer.echo(f"revoked {key_id}")

@@ -20,6 +20,7 @@ from pydantic import (
     FilePath,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -29,6 +30,10 @@ BATTERY_KINDS = ("ups", "bess")
 Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+# Lower bounds are the least values that still mean something: "above zero" let 5e-324 through,
+# which the dispatch core turns into no ramp at all or an infinite frequency response.
+MIN_POWER_W = 1e3  # 1 kW: an import cap or a shed target below it is no site's
+RampLimit = Annotated[float, Field(ge=1e3, le=1e9)]  # W/s: at least 1 kW/s
 
 
 class Strict(BaseModel):
@@ -117,8 +122,10 @@ class DispatchConfig(Strict):
         0.0, ge=0, le=200, description="moving average before the low-pass, e.g. one period"
     )
     lowpass_tau_s: float = Field(10.0, gt=0, le=3600, description="low-pass time constant")
-    ramp_up_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit upward, W/s")
-    ramp_down_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit downward, W/s")
+    ramp_up_w_per_s: RampLimit = Field(5e5, description="grid ramp limit upward, W/s (≥ 1 kW/s)")
+    ramp_down_w_per_s: RampLimit = Field(
+        5e5, description="grid ramp limit downward, W/s (≥ 1 kW/s)"
+    )
     soc_min_ratio: float = Field(
         0.2, ge=0, le=1, description="reserve: never discharged below, 0–1"
     )
@@ -128,10 +135,13 @@ class DispatchConfig(Strict):
     )
     soc_target_high_ratio: float = Field(0.7, ge=0, le=1, description="top of the SoC band, 0–1")
     soc_return_s: float = Field(
-        300.0, gt=0, le=86400, description="time constant of the drift back into the band"
+        300.0, ge=1, le=86400, description="time constant of the drift back into the band, s"
     )
     energy_return_s: float = Field(
-        20.0, ge=0, le=3600, description="replace the energy the battery gave over this time"
+        20.0,
+        ge=0,
+        le=3600,
+        description="replace the energy the battery gave over this time, s (0: off, else ≥ 1)",
     )
     energy_anchor_s: float = Field(
         60.0, gt=0, le=86400, description="...counted from the stored energy's recent average"
@@ -139,16 +149,19 @@ class DispatchConfig(Strict):
     ride_through_s: float = Field(
         300.0, ge=0, le=7200, description="UPS reserve: s of full rated load, never used to smooth"
     )
-    charge_efficiency: float = Field(0.96, gt=0, le=1)
-    discharge_efficiency: float = Field(0.96, gt=0, le=1)
+    charge_efficiency: float = Field(0.96, ge=0.5, le=1, description="one way, 0.5–1")
+    discharge_efficiency: float = Field(0.96, ge=0.5, le=1, description="one way, 0.5–1")
     nominal_frequency_hz: Literal[50, 60] = 50
     droop: float = Field(
-        0.05, gt=0, le=1, description="per-unit frequency deviation for full response"
+        0.05,
+        ge=0.001,
+        le=1,
+        description="per-unit frequency deviation for full response (0.05: 5 %; at least 0.1 %)",
     )
     deadband_hz: float = Field(0.015, ge=0, le=1, description="frequency deadband, Hz")
     frequency_response_w: float = Field(1e6, ge=0, le=1e9, description="power at full response")
     import_cap_w: float | None = Field(
-        None, gt=0, le=1e10, description="peak limit on grid import, W"
+        None, ge=MIN_POWER_W, le=1e10, description="peak limit on grid import, W (at least 1 kW)"
     )
     fast_split_tau_s: float = Field(
         5.0,
@@ -160,6 +173,15 @@ class DispatchConfig(Strict):
     allocation_horizon_s: float = Field(
         300.0, gt=0, le=86400, description="energy an asset must sustain its share for"
     )
+
+    @field_validator("energy_return_s")
+    @classmethod
+    def _off_or_a_time(cls, value: float) -> float:
+        # The core divides by it: 0 turns it off, but a microsecond would make the grid
+        # replace the battery's energy at once (5e-324 s: at an infinite rate).
+        if 0 < value < 1:
+            raise ValueError("energy_return_s is 0 (off) or at least 1 s")
+        return value
 
     @model_validator(mode="after")
     def _check_band(self) -> DispatchConfig:
@@ -223,6 +245,16 @@ class RetentionConfig(Strict):
     audit_days: float = Field(
         365.0, ge=1, le=36500, description="audit entries, cleared alarms, ended DR events"
     )
+
+
+class LimitsConfig(Strict):
+    """Bounds on what the API lets pile up: past one, a request is refused (409) and nothing
+    is stored, so neither the file nor what each tick looks at grows without end."""
+
+    max_pending_events: int = Field(
+        1000, ge=1, le=100_000, description="demand-response events planned or running"
+    )
+    max_active_keys: int = Field(100, ge=1, le=10_000, description="API keys not revoked")
 
 
 class BackupConfig(Strict):
@@ -323,6 +355,7 @@ class SiteConfig(BaseSettings):
     dispatch: DispatchConfig = DispatchConfig()
     cooling: CoolingSettings = CoolingSettings()
     retention: RetentionConfig = RetentionConfig()
+    limits: LimitsConfig = LimitsConfig()
     backup: BackupConfig = BackupConfig()
     simulation: dict[str, Any] = Field(
         default_factory=dict,
@@ -379,18 +412,30 @@ class ConfigError(ValueError):
     """An invalid site: the message names each bad field and its value."""
 
 
+# Where secrets live: a device's or the plant's `security` (passwords, the OPC UA users), and any
+# field named like one. No value sent there is ever shown: pydantic would show a misspelt
+# `passwd:`, a section given as a bare string or a user's password of the wrong type as written.
+SECRET_PARTS = ("security", "password", "secret")
+
+
+def _may_show(err: Any) -> bool:
+    """Whether an error may show the value sent: one value (never a whole section), and
+    nowhere near a secret."""
+    near_secret = any(w in str(part).lower() for part in err["loc"] for w in SECRET_PARTS)
+    return (
+        bool(err["loc"])
+        and err["type"] != "missing"
+        and not isinstance(err["input"], dict | list)
+        and not near_secret
+    )
+
+
 def describe_errors(exc: ValidationError, prefix: str = "") -> str:
-    """Each bad field of a site, with what it got, one a line."""
+    """Each bad field of a site, with what it got (never a secret), one a line."""
     lines = []
     for err in exc.errors():
         field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "") or "(site)"
-        # The value sent, when it is one: never a whole section (it may hold secrets).
-        shown = (
-            err["type"] != "missing"
-            and not isinstance(err["input"], dict | list)
-            and not any("password" in str(part) for part in err["loc"])
-        )
-        got = f" (got {err['input']!r})" if shown and err["loc"] else ""
+        got = f" (got {err['input']!r})" if _may_show(err) else ""
         lines.append(f"{field}: {err['msg']}{got}")
     return "invalid site configuration:\n  " + "\n  ".join(lines)
 

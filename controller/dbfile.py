@@ -4,6 +4,9 @@ At start a file that is corrupt is refused naming it and what to do, and so is a
 missing or empty where one existed before: a marker beside it (`gridpilot.sqlite.id`, outside
 the file, so it survives the file's loss) says one was made here, and when. Starting anew on an
 empty file would silently lose every key, setpoint, event and audit entry.
+
+Everything written here is its owner's alone (it holds key hashes and the audit log): the data
+folder is made 0700 and each file 0600 from the start, the SQLite file's -wal and -shm too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
+
+from drivers.private import private_dir, touch_private, write_private
 
 TABLES = ("api_keys", "settings", "audit")  # what makes it a gridpilot file (a restore's check)
 
@@ -72,18 +77,29 @@ def check_at_start(path: Path) -> None:
             )
 
 
+def create(path: Path) -> None:
+    """The file, made 0600 in a folder made 0700 if they are new, before SQLite opens it (its
+    -wal and -shm then get the file's mode). Call after `check_at_start`."""
+    private_dir(path.parent)
+    touch_private(path)
+
+
+def _write_marker(path: Path, **fields: object) -> None:
+    text = json.dumps({"created_at": time.time(), **fields}) + "\n"
+    write_private(marker_of(path), text.encode())
+
+
 def mark(path: Path) -> None:
     """Say, beside the file, that one was made here (once its schema is in it)."""
-    marker = marker_of(path)
-    if not marker.exists():
-        marker.write_text(json.dumps({"created_at": time.time()}) + "\n")
+    if not marker_of(path).exists():
+        _write_marker(path)
 
 
 def hold_run_lock(path: Path) -> TextIO:
     """The running controller's lock on its file (released when the process ends, however):
     a restore must not swap the file under it. StorageError if another holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115 - held while running
+    lock = touch_private(private_dir(path.parent) / (path.name + ".lock"))
+    handle = open(lock, "a")  # noqa: SIM115 - held while running
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -98,9 +114,10 @@ def backup(path: Path, out: Path) -> Path:
     """An online copy through SQLite's backup API: consistent while the controller runs."""
     if not path.exists():
         raise StorageError(f"no database at {path} to back up")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(out.parent)
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)  # one a failed backup left
+    touch_private(partial)  # a copy of the file is as private as the file
     with (
         closing(sqlite3.connect(path, timeout=10)) as source,
         closing(sqlite3.connect(partial)) as target,
@@ -131,7 +148,7 @@ def _restore(path: Path, source: Path) -> None:
     for suffix in ("-wal", "-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
     os.replace(partial, path)
-    marker_of(path).write_text(json.dumps({"created_at": time.time(), "restored": str(source)}))
+    _write_marker(path, restored=str(source))
 
 
 def backup_due(folder: Path, site: str, every_s: float) -> bool:

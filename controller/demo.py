@@ -7,12 +7,13 @@ import logging
 import os
 
 from controller.config import SiteConfig
-from controller.opsdb import OpsDB
+from controller.opsdb import Actor, Conflict, OpsDB
 from controller.service import DB_FILE, Controller, stop_on_signals
 from controller.sitefile import plant_of
 from drivers.sim.stack import SimulatorStack, SimulatorThread
 
 log = logging.getLogger("gridpilot")
+DEMO = Actor(None, "demo", "admin")  # who the audit log names for the demo's own key
 
 
 async def run_controller(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
@@ -22,9 +23,12 @@ async def run_controller(site: SiteConfig, stop: asyncio.Event | None = None) ->
 
 
 async def run_demo(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
-    db = OpsDB(site.data_dir / DB_FILE)
+    db = OpsDB(site.data_dir / DB_FILE, site.limits)
+    new_key = None
     try:
-        new_key = db.ensure_demo_key(os.environ.get("GRIDPILOT_API_KEY"))
+        new_key = db.ensure_demo_key(os.environ.get("GRIDPILOT_API_KEY"), DEMO)
+    except Conflict as exc:  # e.g. the key given was revoked: the demo runs, without it
+        log.warning("GRIDPILOT_API_KEY not used", extra={"reason": str(exc)})
     finally:
         db.close()
     if new_key:  # shown once; only its hash is kept

@@ -15,13 +15,14 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.config import DispatchConfig, SiteConfig
-from controller.opsdb import SYSTEM, Actor, OpsDB
+from controller.config import MIN_POWER_W, DispatchConfig, SiteConfig
+from controller.opsdb import SYSTEM, Actor, Conflict, OpsDB
 from controller.record import InForce
 from controller.setpoints import Mode, Setpoints, dispatch_config, initial_setpoints
 from controller.temporary import (
@@ -45,7 +46,9 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     kind: Literal["import_cap", "shed"]
-    value_w: float = Field(gt=0, le=1e10, description="the cap, or the load to shed, W")
+    value_w: float = Field(
+        ge=MIN_POWER_W, le=1e10, description="the cap, or the load to shed, W (at least 1 kW)"
+    )
     start_s: float = Field(ge=0, le=1e11, description="unix time it starts")
     end_s: float = Field(ge=0, le=1e11, description="unix time it ends")
 
@@ -72,6 +75,26 @@ class Event:
 
     def running(self, now_s: float) -> bool:
         return not self.cancelled and self.start_s <= now_s < self.end_s
+
+    def planned_or_running(self, now_s: float) -> bool:
+        return not self.cancelled and now_s < self.end_s
+
+
+def _event_of(row: dict[str, Any]) -> Event:
+    return Event(
+        row["id"],
+        row["kind"],
+        row["value_w"],
+        row["start_s"],
+        row["end_s"],
+        started=row["started_at"] is not None,
+        cancelled=row["cancelled_at"] is not None,
+    )
+
+
+def _in_order(events: Iterable[Event]) -> tuple[Event, ...]:
+    """As a tick goes through them: by start, then as made."""
+    return tuple(sorted(events, key=lambda e: (e.start_s, e.id)))
 
 
 @dataclass(frozen=True)
@@ -106,9 +129,8 @@ class Operations:
             layers=layers,
             mode_base=mode_base,
             mode_layers=mode_layers,
-            pending=(),
+            pending=_in_order(_event_of(row) for row in db.pending_events(time.time())),
         )
-        self._reload_events()
 
     def _saved_mode(self) -> tuple[Mode, tuple[Layer, ...]]:
         """The permanent mode and the temporary ones saved before a restart (an unknown mode
@@ -199,30 +221,6 @@ class Operations:
             ],
         }
 
-    def events(self) -> list[dict[str, Any]]:
-        return list(self._events)
-
-    def _reload_events(self) -> None:
-        """Every event (for the API) and those a tick must still look at: not yet ended, and
-        not cancelled or over before they ever started. Call with the lock held (or alone)."""
-        self._events = self.db.events()
-        now = time.time()
-        pending = tuple(
-            Event(
-                e["id"],
-                e["kind"],
-                e["value_w"],
-                e["start_s"],
-                e["end_s"],
-                started=e["started_at"] is not None,
-                cancelled=e["cancelled_at"] is not None,
-            )
-            for e in self._events
-            if e["ended_at"] is None
-            and (e["started_at"] is not None or (e["cancelled_at"] is None and e["end_s"] > now))
-        )
-        self._value = replace(self._value, pending=pending)
-
     # --- changes (API threads) -----------------------------------------------------------
     def change_setpoints(
         self, update: dict[str, Any], by: Actor, ttl_s: float | None, replace_all: bool = False
@@ -301,22 +299,47 @@ class Operations:
         self.db.put_setting("mode_override", None)  # the single revert of before layers
 
     def add_event(self, event: EventIn, by: Actor) -> dict[str, Any]:
+        """Stored with its audit entry in one transaction, then added to what the ticks look
+        at (the table is not read again). Conflict once `limits.max_pending_events` events
+        are planned or running: each tick goes through them all."""
         with self._lock:
-            event_id = self.db.add_event(event.kind, event.value_w, event.start_s, event.end_s, by)
-            row = self.db.event(event_id)
-            self.db.audit(by, "event.create", None, row)
-            self._reload_events()
-            return row  # type: ignore[return-value]
+            now, value = time.time(), self._value
+            planned = sum(1 for e in value.pending if e.planned_or_running(now))
+            if planned >= self.site.limits.max_pending_events:
+                raise Conflict(
+                    f"{planned} events are planned or running, as many as "
+                    f"limits.max_pending_events allows: cancel one, or wait for one to end"
+                )
+            with self.db.transaction():
+                row = self.db.add_event(event.kind, event.value_w, event.start_s, event.end_s, by)
+                self.db.audit(by, "event.create", None, row)
+            pending = (e for e in value.pending if not self._missed(e, now))
+            self._value = replace(value, pending=_in_order((*pending, _event_of(row))))
+            return row
+
+    def _missed(self, event: Event, now_s: float) -> bool:
+        """Over before any tick saw it run (shorter than a tick): no tick will end it."""
+        started = event.started or ("event.start", event.id) in self._handed
+        return not started and event.end_s <= now_s
 
     def cancel_event(self, event_id: int, by: Actor) -> dict[str, Any] | None:
+        """Stored with its audit entry in one transaction, then taken out of what the ticks
+        look at; a running event stays there, cancelled, for the next tick to end it."""
         with self._lock:
             row = self.db.event(event_id)
             if row is None or row["cancelled_at"] is not None:
                 return None
-            self.db.mark_event(event_id, "cancelled_at")
-            self.db.audit(by, "event.cancel", row, self.db.event(event_id))
-            self._reload_events()
-            return self.db.event(event_id)
+            with self.db.transaction():
+                cancelled = self.db.mark_event(event_id, "cancelled_at")
+                self.db.audit(by, "event.cancel", row, cancelled)
+            value = self._value
+            pending = (
+                replace(e, cancelled=True) if e.id == event_id else e
+                for e in value.pending
+                if e.id != event_id or e.started
+            )
+            self._value = replace(value, pending=tuple(pending))
+            return cancelled
 
     # --- each tick (no lock, no disk) -----------------------------------------------------
     def in_force(self, now_s: float) -> InForce:
@@ -434,12 +457,23 @@ class Operations:
             self._value = new
             return
         assert isinstance(item, Event)
-        column = "started_at" if action == "event.start" else "ended_at"
-        self.db.mark_event(item.id, column)  # type: ignore[arg-type]
-        self.db.audit(
-            SYSTEM, action, None, {"id": item.id, "kind": item.kind, "value_w": item.value_w}
-        )
-        self._reload_events()
+        with self.db.transaction():
+            self.db.mark_event(item.id, "started_at" if action == "event.start" else "ended_at")
+            self.db.audit(
+                SYSTEM, action, None, {"id": item.id, "kind": item.kind, "value_w": item.value_w}
+            )
+        self._value = replace(value, pending=_with_edge(value.pending, action, item))
+
+
+def _with_edge(pending: tuple[Event, ...], action: str, item: Event) -> tuple[Event, ...]:
+    """The pending events once an event's start or end is recorded: an ended one goes; a
+    started one is marked so, and one that left them since a tick saw it start (cancelled,
+    or dropped as missed) comes back started and cancelled, so the next tick ends it."""
+    others = tuple(e for e in pending if e.id != item.id)
+    if action == "event.end":
+        return others
+    current = next((e for e in pending if e.id == item.id), replace(item, cancelled=True))
+    return _in_order((*others, replace(current, started=True)))
 
 
 def _diff(old: Setpoints, new: Setpoints) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -2,7 +2,9 @@
 events, alarms and the audit log. Everything here survives a restart.
 
 Its own connection (WAL lets it share the file with the sample writer); calls are short and
-rare, and the API runs them in a worker thread so the control loop never waits on them.
+rare, and the API runs them in a worker thread so the control loop never waits on them. A
+change and its audit entry are one transaction: both stored, or (the file locked past the busy
+timeout, the disk full) neither, and then the caller changes nothing in memory either.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from controller.dbfile import check_at_start, mark
+from controller.config import LimitsConfig
+from controller.dbfile import check_at_start, create, mark
 
 Role = Literal["viewer", "operator", "admin"]
 MIN_KEY_CHARS = 16
 ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")  # each may do what those before may
+BUSY_TIMEOUT_S = 5.0  # a write waits this long for another's lock on the file, then fails
+NO_CURSOR = 2**62  # above every id: a page without `before_id` starts at the newest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -72,6 +77,15 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
+class Conflict(Exception):
+    """A change refused for what is stored now (a bound reached, the last admin key); nothing
+    was changed. The API answers 409 with this message, the CLI exits 2 with it."""
+
+
+def _below(before_id: int | None) -> int:
+    return NO_CURSOR if before_id is None else before_id
+
+
 def _digest(salt: bytes, secret: str) -> bytes:
     # Keys are 192 random bits, not passwords: a salted SHA-256 cannot be brute-forced, and it
     # keeps every request's check in microseconds (a slow KDF would cap the API's throughput).
@@ -79,18 +93,21 @@ def _digest(salt: bytes, secret: str) -> bytes:
 
 
 class OpsDB:
-    def __init__(self, path: Path, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path, limits: LimitsConfig | None = None, read_only: bool = False
+    ) -> None:
         """The file, its schema made if new. `read_only`: the API process's view of a file the
         controller has opened (and checked) already; any write raises sqlite3.Error."""
+        self.limits = limits or LimitsConfig()
         self._lock = threading.RLock()  # a transaction holds it across its statements
         if read_only:
             self._conn = _connect(path, read_only=True)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
             check_at_start(path)  # a damaged or vanished file is refused, never silently remade
+            create(path)  # 0600 in a 0700 folder from the start: it holds the keys' hashes
             self._conn = _connect(path, read_only=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
             self._conn.executescript(SCHEMA)
             mark(path)
@@ -111,45 +128,69 @@ class OpsDB:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """The writes inside, all stored or none (on this connection, from this thread)."""
+        """The writes inside, all stored or none (on this connection, from this thread): a
+        failed COMMIT rolls back too, so no half-open transaction is left for the next."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         with self._lock:
             return self._conn.execute(sql, args).lastrowid or 0
 
+    def _written(self, sql: str, args: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        """One row as the writing connection sees it: in a transaction, with its own writes
+        (the reader sees only what is committed)."""
+        with self._lock:
+            row = self._conn.execute(sql, args).fetchone()
+        return dict(row) if row is not None else None
+
     # --- keys -------------------------------------------------------------------------
-    def create_key(self, name: str, role: Role) -> tuple[str, str]:
-        """A new key: (id, the key itself). The key is shown once and never stored."""
-        key_id, secret, salt = (
-            secrets.token_hex(6),
-            secrets.token_urlsafe(24),
-            secrets.token_bytes(16),
-        )
+    def create_key(self, name: str, role: Role, by: Actor) -> tuple[str, str]:
+        """A new key and its audit entry: (id, the key itself). The key is shown once and
+        never stored. Conflict once `limits.max_active_keys` are active."""
+        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
+        with self.transaction():
+            self._insert_key(key_id, secret, name, role, by)
+        return key_id, f"gp_{key_id}_{secret}"
+
+    def _insert_key(self, key_id: str, secret: str, name: str, role: Role, by: Actor) -> None:
+        """In a transaction: a new key (never one in place of another) and its audit entry."""
+        active = self._written("SELECT count(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+        if active is not None and active["n"] >= self.limits.max_active_keys:
+            raise Conflict(
+                f"{active['n']} API keys are active, as many as limits.max_active_keys allows: "
+                f"revoke one first"
+            )
+        salt = secrets.token_bytes(16)
         self._write(
             "INSERT INTO api_keys (id, name, role, salt, hash, created_at) VALUES (?,?,?,?,?,?)",
             (key_id, name, role, salt, _digest(salt, secret), time.time()),
         )
-        return key_id, f"gp_{key_id}_{secret}"
+        self.audit(by, "key.create", None, {"id": key_id, "name": name, "role": role})
 
-    def add_key(self, token: str, name: str, role: Role) -> str:
-        """Store a key given from outside (the demo's GRIDPILOT_API_KEY); returns its id."""
+    def add_key(self, token: str, name: str, role: Role, by: Actor) -> str:
+        """Store a key given from outside (the demo's GRIDPILOT_API_KEY), audited; returns its
+        id. One stored before stays as it is: a revoked one is never made active again
+        (Conflict says so), nor is another secret put under its id."""
         if len(token) < MIN_KEY_CHARS:
             raise ValueError(f"an API key has at least {MIN_KEY_CHARS} characters")
         key_id, secret = parse_token(token)
-        salt = secrets.token_bytes(16)
-        self._write(
-            "INSERT OR REPLACE INTO api_keys (id, name, role, salt, hash, created_at)"
-            " VALUES (?,?,?,?,?,?)",
-            (key_id, name, role, salt, _digest(salt, secret), time.time()),
-        )
+        with self.transaction():
+            row = self._written("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+            if row is None:
+                self._insert_key(key_id, secret, name, role, by)
+                return key_id
+        if row["revoked_at"] is not None:
+            raise Conflict(f"key {key_id} was revoked; it stays revoked: give another key")
+        if not hmac.compare_digest(row["hash"], _digest(row["salt"], secret)):
+            raise Conflict(f"key id {key_id} is taken by another key: give another key")
         return key_id
 
     def verify(self, token: str) -> Actor | None:
@@ -166,23 +207,48 @@ class OpsDB:
             "SELECT id, name, role, created_at, revoked_at FROM api_keys ORDER BY created_at"
         )
 
-    def revoke_key(self, key_id: str) -> bool:
-        with self._lock:
-            cur = self._conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (time.time(), key_id),
-            )
-            return cur.rowcount == 1
+    def keys_page(self, limit: int, before_id: str | None) -> list[dict[str, Any]]:
+        """Keys, newest first, those made before key `before_id` (an unknown one: none)."""
+        start = "(SELECT created_at, id FROM api_keys WHERE id = ?)"
+        return self._rows(
+            "SELECT id, name, role, created_at, revoked_at FROM api_keys"
+            f" WHERE ? IS NULL OR (created_at, id) < {start}"
+            " ORDER BY created_at DESC, id DESC LIMIT ?",
+            (before_id, before_id, limit),
+        )
 
-    def ensure_demo_key(self, env_key: str | None) -> str | None:
-        """The demo's admin key: GRIDPILOT_API_KEY when given, else one made at first start.
-        Returns a key to show (only a new one)."""
+    def revoke_key(self, key_id: str, by: Actor) -> bool:
+        """Revoke an active key, with its audit entry; False if no active key has this id.
+        The last active admin key stays (Conflict): without one, no key could be made or
+        revoked through the API any more."""
+        with self.transaction():
+            row = self._written(
+                "SELECT role FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,)
+            )
+            if row is None:
+                return False
+            admins = self._written(
+                "SELECT count(*) AS n FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL"
+            )
+            if row["role"] == "admin" and admins is not None and admins["n"] <= 1:
+                raise Conflict(
+                    f"key {key_id} is the last active admin key: make another admin key "
+                    f"before revoking it"
+                )
+            self._write("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (time.time(), key_id))
+            self.audit(by, "key.revoke", {"id": key_id}, None)
+        return True
+
+    def ensure_demo_key(self, env_key: str | None, by: Actor) -> str | None:
+        """The demo's admin key: GRIDPILOT_API_KEY when given, else one made (audited) when no
+        key is active. Returns a key to show (only a new one). Conflict when the given key
+        was revoked: a revoked key stays revoked, however often the demo starts."""
         if env_key:
-            self.add_key(env_key, "demo-admin", "admin")
+            self.add_key(env_key, "demo-admin", "admin", by)
             return None
         if self.has_keys():
             return None
-        return self.create_key("demo-admin", "admin")[1]
+        return self.create_key("demo-admin", "admin", by)[1]
 
     def has_keys(self) -> bool:
         return bool(self._rows("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1"))
@@ -198,18 +264,33 @@ class OpsDB:
         )
 
     # --- demand-response events -------------------------------------------------------
-    def add_event(self, kind: str, value_w: float, start_s: float, end_s: float, by: Actor) -> int:
-        return self._write(
+    def add_event(
+        self, kind: str, value_w: float, start_s: float, end_s: float, by: Actor
+    ) -> dict[str, Any]:
+        """Store an event; its row as stored (in a transaction: before the commit)."""
+        event_id = self._write(
             "INSERT INTO dr_events (kind, value_w, start_s, end_s, created_by, created_at)"
             " VALUES (?,?,?,?,?,?)",
             (kind, value_w, start_s, end_s, by.label, time.time()),
         )
+        row = self._written("SELECT * FROM dr_events WHERE id = ?", (event_id,))
+        assert row is not None  # inserted just now, on this connection
+        return row
 
-    def events(self, include_past: bool = True) -> list[dict[str, Any]]:
-        where = (
-            "" if include_past else "WHERE cancelled_at IS NULL AND end_s > strftime('%s','now')"
+    def pending_events(self, now_s: float) -> list[dict[str, Any]]:
+        """The events a tick must still look at: not yet ended, and not cancelled or over
+        before they ever started."""
+        return self._rows(
+            "SELECT * FROM dr_events WHERE ended_at IS NULL AND (started_at IS NOT NULL"
+            " OR (cancelled_at IS NULL AND end_s > ?)) ORDER BY start_s, id",
+            (now_s,),
         )
-        return self._rows(f"SELECT * FROM dr_events {where} ORDER BY start_s, id")
+
+    def events_page(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT * FROM dr_events WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (_below(before_id), limit),
+        )
 
     def event(self, event_id: int) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM dr_events WHERE id = ?", (event_id,))
@@ -217,8 +298,10 @@ class OpsDB:
 
     def mark_event(
         self, event_id: int, column: Literal["started_at", "ended_at", "cancelled_at"]
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """Note when an event started, ended or was cancelled; its row as it then stands."""
         self._write(f"UPDATE dr_events SET {column} = ? WHERE id = ?", (time.time(), event_id))
+        return self._written("SELECT * FROM dr_events WHERE id = ?", (event_id,))
 
     # --- alarms -----------------------------------------------------------------------
     def store_alarm(self, alarm: dict[str, Any]) -> None:
@@ -235,19 +318,31 @@ class OpsDB:
     def max_alarm_id(self) -> int:
         return self._rows("SELECT coalesce(max(id), 0) AS n FROM alarms")[0]["n"]
 
-    def alarms(self, active_only: bool = False, limit: int = 200) -> list[dict[str, Any]]:
-        where = "WHERE cleared_at IS NULL" if active_only else ""
-        return self._rows(f"SELECT * FROM alarms {where} ORDER BY id DESC LIMIT ?", (limit,))
-
-    def alarm(self, alarm_id: int) -> dict[str, Any] | None:
-        rows = self._rows("SELECT * FROM alarms WHERE id = ?", (alarm_id,))
-        return rows[0] if rows else None
-
-    def ack_alarm(self, alarm_id: int, by: Actor, at_s: float | None = None) -> None:
-        self._write(
-            "UPDATE alarms SET acked_at = ?, acked_by = ? WHERE id = ?",
-            (time.time() if at_s is None else at_s, by.label, alarm_id),
+    def alarms(
+        self, active_only: bool = False, limit: int = 200, before_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Alarms, newest first: those below id `before_id`."""
+        active = "AND cleared_at IS NULL" if active_only else ""
+        return self._rows(
+            f"SELECT * FROM alarms WHERE id < ? {active} ORDER BY id DESC LIMIT ?",
+            (_below(before_id), limit),
         )
+
+    def ack_alarm(
+        self, alarm_id: int, by: Actor, at_s: float | None = None
+    ) -> dict[str, Any] | None:
+        """Acknowledge a stored alarm, with its audit entry, in one transaction; its row as it
+        then stands (None: no such alarm). One acknowledged before stays as it was."""
+        with self.transaction():
+            row = self._written("SELECT * FROM alarms WHERE id = ?", (alarm_id,))
+            if row is None or row["acked_at"] is not None:
+                return row
+            self._write(
+                "UPDATE alarms SET acked_at = ?, acked_by = ? WHERE id = ?",
+                (time.time() if at_s is None else at_s, by.label, alarm_id),
+            )
+            self.audit(by, "alarm.ack", None, {"id": alarm_id})
+            return self._written("SELECT * FROM alarms WHERE id = ?", (alarm_id,))
 
     def prune(self, before_s: float) -> None:
         """Delete audit entries, cleared alarms and ended or cancelled events older than
@@ -271,7 +366,7 @@ class OpsDB:
     def audit_page(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
         rows = self._rows(
             "SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?",
-            (before_id if before_id is not None else 2**62, limit),
+            (_below(before_id), limit),
         )
         for r in rows:
             r["old"], r["new"] = json.loads(r["old"]), json.loads(r["new"])

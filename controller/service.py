@@ -99,7 +99,7 @@ class Controller:
         self._backup_idle = threading.Lock()
         self.backup_failures_total = 0
         maps = device_maps(site)  # checked: each device's kind and the roles it provides
-        self.db = OpsDB(self.db_path)
+        self.db = OpsDB(self.db_path, site.limits)
         self._run_lock = dbfile.hold_run_lock(self.db_path)  # no restore under a running one
         # The operators' side of the file is written on its own thread: a tick hands its
         # alarms, event edges and reverts over and goes on, whatever the disk does.

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from controller.dbfile import create
 from controller.writer import Writer
 
 SCHEMA = """
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS samples (
 
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create(path)  # 0600 in a 0700 folder, if new (the operators' side usually made it)
         self.path = path
         # Open here so a bad path fails at start-up, not silently in the thread.
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from drivers.private import private_dir, write_private
+
 CONTROLLER_URI = "urn:gridpilot:controller"
 DEVICE_URI = "urn:gridpilot:device"
 API_URI = "urn:gridpilot:api"
@@ -26,7 +28,7 @@ API_URI = "urn:gridpilot:api"
 @dataclass(frozen=True)
 class Pair:
     certificate: Path  # PEM
-    private_key: Path  # PEM, unencrypted: keep the folder readable by the service only
+    private_key: Path  # PEM, unencrypted: made 0600, in a folder made 0700
 
 
 @dataclass(frozen=True)
@@ -57,19 +59,15 @@ def _host(host: str) -> x509.GeneralName:
 
 def _write(pair: Pair, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> None:
     pair.certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.private_key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    pair.private_key.chmod(0o600)
+    write_private(pair.private_key, pem)  # 0600 from its first byte, never chmod'ed later
 
 
 def make_site_certs(folder: Path, hosts: list[str], days: int = 365) -> SiteCerts:
     """A CA, a device certificate for `hosts` and a controller certificate, into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)  # it holds unencrypted private keys
     now = dt.datetime.now(dt.UTC)
     ca_key = _key()
     ca = (

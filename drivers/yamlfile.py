@@ -45,4 +45,17 @@ def read_yaml(file: Path | Traversable, source: str, error: type[Exception]) -> 
     try:
         return parse_yaml(text)
     except yaml.YAMLError as exc:
-        raise error(f"{source}: not valid YAML: {exc}") from None
+        raise error(f"{source}: not valid YAML: {describe(exc)}") from None
+
+
+def describe(exc: yaml.YAMLError) -> str:
+    """What is wrong and where (line, column), without the lines themselves: PyYAML quotes
+    them, and a site file's may hold a password."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc)  # a reader's error: a character's code and its position
+    parts = [
+        f"{text} (line {mark.line + 1}, column {mark.column + 1})" if mark else text
+        for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))
+        if text
+    ]
+    return "; ".join(parts + ([exc.note] if exc.note else []))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.record import TickRecord
 from controller.service import Controller
@@ -86,7 +87,7 @@ class Running:
 async def site_running(site: SiteConfig) -> AsyncIterator[Running]:
     """The whole site under the controller, in auto, with an operator's API client."""
     async with controller_running(site) as (stack, records, controller):
-        _, key = controller.db.create_key("test-operator", "operator")
+        _, key = controller.db.create_key("test-operator", "operator", CLI)
         base = f"http://127.0.0.1:{site.api_port}"
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=5.0) as api:

@@ -17,14 +17,18 @@ GRIDPILOT = [sys.executable, "-m", "controller.cli"]
 
 
 @contextmanager
-def gridpilot(*args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """`gridpilot ARGS` in the background; killed on the way out if still running."""
+def gridpilot(
+    *args: str, env: dict[str, str] | None = None, umask: int = -1
+) -> Iterator[subprocess.Popen]:
+    """`gridpilot ARGS` in the background (with `umask`, if given); killed on the way out if
+    still running."""
     proc = subprocess.Popen(
         [*GRIDPILOT, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        umask=umask,
     )
     try:
         yield proc

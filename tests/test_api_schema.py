@@ -10,13 +10,14 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from controller.cli import CLI
 from controller.service import Controller
 from controller.sitefile import parse_site
 from tests.sites import site_dict
 
 _data = Path(tempfile.mkdtemp(prefix="gridpilot-schema-"))
 _controller = Controller(parse_site(site_dict(_data / "data")))  # as `run` builds it, not run
-_, ADMIN = _controller.db.create_key("schemathesis", "admin")
+_, ADMIN = _controller.db.create_key("schemathesis", "admin", CLI)
 app = _controller.app
 # /readyz answers 503 until the loop ticks (there is none here): by design, and documented.
 schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(path="/readyz")

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.logs import LogfmtFormatter
 from controller.service import Controller
@@ -20,7 +21,7 @@ from controller.store import Store
 @pytest.fixture
 async def client(site: SiteConfig, tmp_path: Path):
     controller = Controller(site)  # as `gridpilot run` builds it, never started: no tick
-    _, key = controller.db.create_key("reader", "viewer")
+    _, key = controller.db.create_key("reader", "viewer", CLI)
     transport = httpx.ASGITransport(app=controller.app)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(
@@ -125,10 +126,26 @@ def test_retention_deletes_rows_past_their_time_and_keeps_the_rest(site: SiteCon
                         "raised_at": t, "cleared_at": t})  # fmt: skip
     db.store_alarm({"id": 1, "key": "active", "severity": "warning", "message": "m",
                     "raised_at": old})  # fmt: skip  # still active: kept however old
+    # Demand-response events: (start, end, cancelled at, started at, ended at).
+    events = {
+        "old, ended": (old, old + 60, None, old, old + 60),
+        "old, cancelled before it began": (old + 60, old + 120, old, None, None),
+        "old, over while the controller was down": (old, old + 60, None, None, None),
+        "recent, ended": (recent, recent + 60, None, recent, recent + 60),
+        "planned, made long ago": (now + 60, now + 120, None, None, None),
+    }
+    for name, (start, end, cancelled, started, ended) in events.items():
+        db._write(
+            "INSERT INTO dr_events (kind, value_w, start_s, end_s, created_by, created_at,"
+            " cancelled_at, started_at, ended_at) VALUES ('shed', 1e6, ?, ?, ?, ?, ?, ?, ?)",
+            (start, end, name, old, cancelled, started, ended),
+        )
     controller.prune(now)
     assert store.writer.flush() and controller.ops_writer.flush()
     samples = [t for (t,) in store.query("SELECT time_s FROM samples")]
     assert samples == [recent]
     assert [r["time_s"] for r in db.audit_page(10, None)] == [recent]
     assert sorted(a["id"] for a in db.alarms()) == sorted([1, int(recent)])
+    kept = {e["created_by"] for e in db.events_page(10, None)}
+    assert kept == {"recent, ended", "planned, made long ago"}
     controller.close()

@@ -56,6 +56,12 @@ def _set(data: dict, path: str, value: object) -> dict:
         ("api_port", 70000, "api_port"),
         ("dispatch.ramp_up_w_per_s", -5, "dispatch.ramp_up_w_per_s"),
         ("dispatch.lowpass_tau_s", float("nan"), "dispatch.lowpass_tau_s"),
+        ("dispatch.ramp_up_w_per_s", 5e-324, "dispatch.ramp_up_w_per_s"),  # > 0, yet no limit
+        ("dispatch.droop", 5e-324, "dispatch.droop"),
+        ("dispatch.soc_return_s", 5e-324, "dispatch.soc_return_s"),
+        ("dispatch.energy_return_s", 5e-324, "0 (off) or at least 1 s"),
+        ("dispatch.charge_efficiency", 5e-324, "dispatch.charge_efficiency"),
+        ("dispatch.import_cap_w", 5e-324, "dispatch.import_cap_w"),
         ("dispatch.soc_min_ratio", 0.99, "soc_min_ratio"),
         ("modules.0.devices.0.kind", "toaster", "modules.0.devices.0.kind"),
         ("modules.0.devices.0.port", 0, "modules.0.devices.0.port"),
@@ -216,10 +222,62 @@ def test_the_documented_environment_variables_work(monkeypatch: pytest.MonkeyPat
         "GRIDPILOT_DATA_DIR": str(tmp_path),
         "GRIDPILOT_COOLING__WATER_CLASS": "W40",
         "GRIDPILOT_BACKUP__DIR": str(tmp_path / "backups"),
+        "GRIDPILOT_LIMITS__MAX_PENDING_EVENTS": "200",
         "GRIDPILOT_TOKEN_SOURCES": '[{"id": "vllm-0", "url": "http://vllm:8000/metrics"}]',
     }.items():
         monkeypatch.setenv(name, value)
     site = load_site()
     assert (site.api_port, site.data_dir, site.cooling.water_class) == (9000, tmp_path, "W40")
     assert site.backup.dir == tmp_path / "backups"
+    assert site.limits.max_pending_events == 200
     assert [str(t.url) for t in site.token_sources] == ["http://vllm:8000/metrics"]
+
+
+SECRET = "hunter2-never-shown"
+SECRET_NUMBER = 86753090  # a password YAML reads as a number
+
+
+def _secured(data: dict, security: object) -> dict:
+    """The site with its first device's `security` as given."""
+    data = copy.deepcopy(data)
+    data["modules"][0]["devices"][0]["security"] = security
+    return data
+
+
+def _tls(pem: Path, **more: object) -> dict:
+    return {"certificate": str(pem), "private_key": str(pem), **more}
+
+
+@pytest.mark.parametrize(
+    ("write", "named"),
+    [
+        (lambda d, pem: _secured(d, _tls(pem, username="gp", passwd=SECRET)),
+         "security.passwd: Extra inputs are not permitted"),
+        (lambda d, pem: _secured(d, SECRET),
+         "modules.0.devices.0.security: Input should be a valid dictionary"),
+        (lambda d, pem: _secured(d, _tls(pem, username="gp", password=SECRET,
+                                         password_file=str(pem))),
+         "give password or password_file, not both"),
+        (lambda d, pem: d | {"simulation": {**d["simulation"], "security": _tls(
+            pem, client_ca=str(pem), users={"gp": SECRET_NUMBER})}},
+         "simulation.security.users.gp: Input should be a valid string"),
+        (lambda d, pem: yaml.safe_dump(_secured(d, _tls(pem, username="gp", password="PLACE")))
+         .replace("password: PLACE", f'password: "{SECRET}'),
+         "not valid YAML: while scanning a quoted scalar (line"),
+    ],
+)  # fmt: skip
+def test_check_config_never_shows_a_password(tmp_path: Path, site_data: dict, write, named: str):
+    """Errors name the field and what is wrong, never a value sent near a secret: pydantic
+    (and PyYAML, quoting the line) would show a misspelt key's password as written."""
+    pem = tmp_path / "controller.pem"
+    pem.write_text("read only once the site starts\n")
+    path = tmp_path / "site.yaml"
+    written = write(site_data, pem)
+    path.write_text(written if isinstance(written, str) else yaml.safe_dump(written))
+    proc = subprocess.run(
+        [*GRIDPILOT, "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stdout
+    assert named in proc.stderr
+    shown = proc.stdout + proc.stderr
+    assert SECRET not in shown and str(SECRET_NUMBER) not in shown and "Traceback" not in shown

@@ -3,6 +3,7 @@ what to do, an online backup and a checked restore, periodic backups."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -11,11 +12,13 @@ import yaml
 
 from controller.service import DB_FILE, Controller
 from controller.sitefile import load_site
-from tests.processes import GRIDPILOT, create_key
+from tests.processes import GRIDPILOT, create_key, gridpilot, stop_cleanly, wait_http
 
 
-def gridpilot_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*GRIDPILOT, *args], capture_output=True, text=True, timeout=120)
+def gridpilot_cli(*args: str, umask: int = -1) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*GRIDPILOT, *args], capture_output=True, text=True, timeout=120, umask=umask
+    )
 
 
 def refused(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -123,3 +126,34 @@ def test_a_restore_is_refused_while_a_controller_runs_on_the_file(site_data: dic
         assert "stop it first" in str(exc)
     controller.close()
     dbfile.restore(controller.db_path, backup)  # stopped: fine
+
+
+def modes(*paths: Path) -> dict[str, str]:
+    """Each path's permission bits, by name, in octal."""
+    return {p.name: oct(p.stat().st_mode & 0o777) for p in paths}
+
+
+def test_the_data_is_its_owners_alone_from_the_start(site_data: dict, tmp_path: Path):
+    """With no umask to help (0), what gridpilot makes is its owner's alone: the data folder
+    and the backups' 0700, the SQLite file with its -wal and -shm, the marker, the run lock,
+    each backup and a restored file 0600 (SQLite never chmods: each is made so)."""
+    backups = tmp_path / "backups"
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(site_data | {"backup": {"dir": str(backups)}}))
+    site = load_site(site_file)
+    db = site.data_dir / DB_FILE
+    with gridpilot("run", "--config", str(site_file), umask=0) as proc:
+        wait_http(f"http://127.0.0.1:{site.api_port}/healthz", proc)
+        wait_for(lambda: any(backups.glob("gridpilot-*.sqlite")), 30)  # at start: one is due
+        (backup,) = backups.glob("gridpilot-*.sqlite")
+        made = [db.with_name(db.name + end) for end in ("", "-wal", "-shm", ".id", ".lock")]
+        assert modes(*made, backup) == {p.name: "0o600" for p in (*made, backup)}
+        assert modes(site.data_dir, backups) == {"data": "0o700", "backups": "0o700"}
+        stop_cleanly(proc, "controller stopped", signal.SIGTERM)
+    other = tmp_path / "other"  # a new site restoring it: its folder made, the file put in
+    proc = gridpilot_cli("db", "restore", str(backup), "--config", str(site_file),
+                         "--data-dir", str(other), umask=0)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert modes(other, other / DB_FILE, other / f"{DB_FILE}.id") == {
+        "other": "0o700", DB_FILE: "0o600", f"{DB_FILE}.id": "0o600"
+    }  # fmt: skip

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from controller.cli import CLI
 from controller.service import Controller
 from controller.sitefile import parse_site
 from drivers.certs import make_site_certs
@@ -193,7 +194,7 @@ async def test_api_over_tls_with_the_sites_certificates(site_data: dict[str, Any
     }
     site = parse_site({**site_data, "api_tls": tls})
     controller = Controller(site)
-    _, key = controller.db.create_key("tls-viewer", "viewer")
+    _, key = controller.db.create_key("tls-viewer", "viewer", CLI)
     stop = asyncio.Event()
     task = asyncio.create_task(controller.run(stop))
     try:

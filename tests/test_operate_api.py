@@ -4,24 +4,33 @@ audited, and how setpoints, modes and demand-response events take effect over ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from controller import opsdb
+from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.operations import Operations
 from controller.opsdb import SYSTEM, OpsDB
 from controller.service import Controller
+from controller.sitefile import parse_site
 
 
-@pytest.fixture
-async def api(site: SiteConfig, tmp_path: Path):
-    controller = Controller(site)  # as `gridpilot run` builds it, never started: no tick
+@contextlib.asynccontextmanager
+async def operate(site: SiteConfig):
+    """The API of a controller as `gridpilot run` builds it, never started (no tick), with a
+    key of each role: (client, keys, operations, database)."""
+    controller = Controller(site)
     db, ops = controller.db, controller.operations
-    keys = {role: db.create_key(f"{role}-key", role)[1] for role in ("viewer", "operator", "admin")}
+    keys = {
+        role: db.create_key(f"{role}-key", role, CLI)[1] for role in ("viewer", "operator", "admin")
+    }  # as `gridpilot keys create` makes them
     keys["bad"] = "gp_000000000000_not-a-real-secret"
     transport = httpx.ASGITransport(app=controller.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gridpilot") as client:
@@ -29,8 +38,19 @@ async def api(site: SiteConfig, tmp_path: Path):
     controller.close()
 
 
+@pytest.fixture
+async def api(site: SiteConfig):
+    async with operate(site) as running:
+        yield running
+
+
 def auth(key: str | None) -> dict[str, str]:
     return {} if key is None else {"Authorization": f"Bearer {key}"}
+
+
+def audited(db: OpsDB) -> list[dict]:
+    """The audit log, newest first, without the fixture's own keys."""
+    return [e for e in db.audit_page(100, None) if e["key_name"] != CLI.name]
 
 
 FUTURE = time.time() + 3600
@@ -104,7 +124,7 @@ async def test_setpoint_change_is_applied_persisted_and_audited(api, site: SiteC
     force = ops.in_force(time.time())
     assert force.dispatch.ramp_up_w_per_s == 250000 and force.dispatch.import_cap_w == 9e6
     assert force.dispatch.lowpass_tau_s == site.dispatch.lowpass_tau_s  # the rest as configured
-    (entry,) = db.audit_page(10, None)
+    (entry,) = audited(db)
     assert entry["action"] == "setpoints.change" and entry["key_name"] == "operator-key"
     assert entry["old"] == {"ramp_up_w_per_s": 500000.0, "import_cap_w": None}
     assert entry["new"] == {"ramp_up_w_per_s": 250000.0, "import_cap_w": 9e6}
@@ -115,6 +135,11 @@ BAD_BODIES = [
     ('{"ramp_up_w_per_s": -5}', "application/json", 422, "ramp_up_w_per_s"),
     ('{"ramp_up_w_per_s": 2e9}', "application/json", 422, "ramp_up_w_per_s"),
     ('{"ramp_up_w_per_s": NaN}', "application/json", 422, "ramp_up_w_per_s"),
+    # Above zero, yet no limit a site has: each lower bound is the least that means something.
+    ('{"ramp_up_w_per_s": 5e-324}', "application/json", 422, "ramp_up_w_per_s"),
+    ('{"ramp_down_w_per_s": 999}', "application/json", 422, "ramp_down_w_per_s"),
+    ('{"droop": 5e-324}', "application/json", 422, "droop"),
+    ('{"import_cap_w": 5e-324}', "application/json", 422, "import_cap_w"),
     ('{"import_cap_w": Infinity}', "application/json", 422, "import_cap_w"),
     ('{"colour": "red"}', "application/json", 422, "colour"),
     ('{"soc_target_low_ratio": 0.9}', "application/json", 422, None),  # above the high end
@@ -124,6 +149,16 @@ BAD_BODIES = [
     ('{"ramp_up_w_per_s": 1e5}', "text/plain", 415, None),
     ('{"ramp_up_w_per_s": ' + "1" * 70000 + "}", "application/json", 413, None),
 ]
+
+# The bound each refused value broke (W/s for the ramps, W for the cap, per unit for droop).
+NAMED_BOUNDS = {
+    '{"ramp_up_w_per_s": -5}': {"ge": 1e3},
+    '{"ramp_up_w_per_s": 2e9}': {"le": 1e9},
+    '{"ramp_up_w_per_s": 5e-324}': {"ge": 1e3},
+    '{"ramp_down_w_per_s": 999}': {"ge": 1e3},
+    '{"droop": 5e-324}': {"ge": 0.001},
+    '{"import_cap_w": 5e-324}': {"ge": 1e3},
+}
 
 
 async def test_a_setpoint_change_is_validated_as_the_whole_dispatch_config(api):
@@ -137,7 +172,7 @@ async def test_a_setpoint_change_is_validated_as_the_whole_dispatch_config(api):
     assert r.status_code == 422, r.text
     message = " ".join(e["message"] for e in r.json()["errors"])
     assert "soc_target_high_ratio (0.99)" in message and "soc_max_ratio (0.95)" in message
-    assert ops.in_force(time.time()) == before and db.audit_page(10, None) == []
+    assert ops.in_force(time.time()) == before and audited(db) == []
 
 
 @pytest.mark.parametrize(("body", "content_type", "status", "field"), BAD_BODIES)
@@ -155,11 +190,11 @@ async def test_bad_input_is_refused_and_changes_nothing(api, body, content_type,
     assert problem["status"] == status and problem["title"]
     if field is not None:
         assert any(e["field"] == field for e in problem["errors"]), problem
-    if "-5" in body or "2e9" in body:  # the bound is named
+    if body in NAMED_BOUNDS:  # the bound broken is named
         (error,) = problem["errors"]
-        assert error["bounds"] in ({"gt": 0}, {"le": 1e9})
+        assert error["bounds"] == NAMED_BOUNDS[body]
     assert ops.setpoints == before
-    assert db.audit_page(10, None) == []  # nothing accepted, nothing audited
+    assert audited(db) == []  # nothing accepted, nothing audited
 
 
 async def test_override_with_ttl_reverts_and_the_revert_is_audited(api):
@@ -172,7 +207,7 @@ async def test_override_with_ttl_reverts_and_the_revert_is_audited(api):
     assert ops.in_force(time.time() + 1.0).dispatch.droop == 0.05  # expired: back to before
     assert ops.writer.flush()  # the tick handed the revert's record to the writer
     assert ops.setpoints.droop == 0.05 and ops.override is None
-    actions = [(e["action"], e["key_name"]) for e in db.audit_page(10, None)]
+    actions = [(e["action"], e["key_name"]) for e in audited(db)]
     assert actions[0] == ("setpoints.revert", "system")
     assert ("setpoints.change", "operator-key") in actions
 
@@ -204,8 +239,8 @@ async def test_events_overlap_to_the_strictest_and_start_and_end_on_time(api):
     assert cap_at(150) == 8e6
     assert cap_at(250) is None
     assert ops.writer.flush()  # the ticks handed each edge's record to the writer
-    starts = [e for e in db.audit_page(50, None) if e["action"] == "event.start"]
-    ends = [e for e in db.audit_page(50, None) if e["action"] == "event.end"]
+    starts = [e for e in audited(db) if e["action"] == "event.start"]
+    ends = [e for e in audited(db) if e["action"] == "event.end"]
     assert len(starts) == 4 and len(ends) == 4  # each once, by the system
     # A cancelled event ends at once.
     late = {"kind": "import_cap", "value_w": 6e6, "start_s": now, "end_s": now + 1000}
@@ -234,7 +269,7 @@ async def test_mode_with_ttl_and_keys_lifecycle(api):
     )
     new = made.json()
     assert made.status_code == 201 and new["key"].startswith("gp_")
-    listed = (await client.get("/v1/keys", headers=auth(keys["admin"]))).json()
+    listed = (await client.get("/v1/keys", headers=auth(keys["admin"]))).json()["keys"]
     assert all("key" not in k and "hash" not in k for k in listed)
     assert (await client.get("/v1/mode", headers=auth(new["key"]))).status_code == 200
     gone = await client.delete(f"/v1/keys/{new['id']}", headers=auth(keys["admin"]))
@@ -246,7 +281,7 @@ async def test_mode_with_ttl_and_keys_lifecycle(api):
     older = await client.get(
         f"/v1/audit?limit=50&before_id={log['next_before_id']}", headers=auth(keys["viewer"])
     )
-    assert [e["action"] for e in older.json()["entries"]][-1] == "mode.change"
+    assert "mode.change" in [e["action"] for e in older.json()["entries"]]
     assert not any(new["key"] in json.dumps(e) for e in older.json()["entries"])  # never the key
 
 
@@ -263,7 +298,8 @@ async def test_viewers_see_what_changed_in_the_audit_log_but_not_which_keys(api)
     seen = {}
     for role in ("viewer", "operator"):
         page = await client.get("/v1/audit", headers=auth(keys[role]))
-        seen[role] = {e["action"]: e for e in page.json()["entries"]}
+        newest_first = page.json()["entries"]
+        seen[role] = {e["action"]: e for e in reversed(newest_first)}  # each action's newest
     assert seen["operator"]["key.create"]["new"]["name"] == "night shift"
     assert seen["operator"]["setpoints.change"]["key_name"] == "night shift"
     viewer_view = json.dumps(seen["viewer"])
@@ -316,7 +352,7 @@ async def test_a_change_after_an_override_expired_starts_from_the_reverted_value
     assert r.status_code == 200
     assert r.json()["ramp_up_w_per_s"] == 5e5 and r.json()["override"] is None
     assert ops.in_force(time.time()).dispatch.ramp_up_w_per_s == 5e5
-    actions = [e["action"] for e in db.audit_page(10, None)]
+    actions = [e["action"] for e in audited(db)]
     assert actions[:2] == ["setpoints.change", "setpoints.revert"]  # newest first
 
 
@@ -351,7 +387,7 @@ async def test_a_change_that_changes_nothing_is_not_audited(api):
     for _ in range(3):
         r = await client.patch("/v1/setpoints", json=same, headers=auth(keys["operator"]))
         assert r.status_code == 200
-    assert db.audit_page(10, None) == []
+    assert audited(db) == []
 
 
 async def test_each_temporary_change_reverts_on_its_own_time(api, site: SiteConfig):
@@ -480,3 +516,201 @@ async def test_null_is_no_setpoint_value_except_where_it_means_none(api):
     assert nullable == {"import_cap_w"}
     assert not any("default" in field for field in patch["properties"].values())
     assert "soc_min_ratio ≤ soc_target_low_ratio" in patch["description"]
+
+
+def cap_event(start_s: float, end_s: float, value_w: float = 8e6) -> dict:
+    return {"kind": "import_cap", "value_w": value_w, "start_s": start_s, "end_s": end_s}
+
+
+def key_id(token: str) -> str:
+    return token.split("_")[1]
+
+
+def refused_with(r: httpx.Response, status: int, *words: str) -> None:
+    """A problem document with `status`, naming each of `words`."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["status"] == status and all(w in r.json()["detail"] for w in words), r.text
+
+
+async def test_planned_events_are_bounded_and_one_past_the_bound_stores_nothing(site_data):
+    """At `limits.max_pending_events` planned or running, one more is refused (409, naming
+    the bound) and neither stored nor audited; cancelled and ended ones do not count."""
+    site = parse_site(site_data | {"limits": {"max_pending_events": 3}})
+    async with operate(site) as (client, keys, ops, db):
+        head, now = auth(keys["operator"]), time.time()
+        made = []
+        for start, end in ((0.0, 0.3), (100, 200), (300, 400)):  # the first ends at once
+            r = await client.post(
+                "/v1/events", json=cap_event(now + start, now + end), headers=head
+            )
+            assert r.status_code == 201, r.text
+            made.append(r.json()["id"])
+        listed, log = (await client.get("/v1/events", headers=head)).json(), audited(db)
+        r = await client.post("/v1/events", json=cap_event(now + 500, now + 600), headers=head)
+        refused_with(r, 409, "3 events are planned or running", "limits.max_pending_events")
+        assert (await client.get("/v1/events", headers=head)).json() == listed
+        assert audited(db) == log and ops.in_force(now + 550).dispatch.import_cap_w is None
+        await asyncio.sleep(0.4)  # the first has ended: one fewer planned or running
+        assert (await client.post("/v1/events", json=cap_event(now + 500, now + 600),
+                                  headers=head)).status_code == 201  # fmt: skip
+        assert (await client.post("/v1/events", json=cap_event(now + 700, now + 800),
+                                  headers=head)).status_code == 409  # fmt: skip
+        assert (await client.delete(f"/v1/events/{made[1]}", headers=head)).status_code == 200
+        assert (await client.post("/v1/events", json=cap_event(now + 700, now + 800),
+                                  headers=head)).status_code == 201  # fmt: skip
+
+
+async def test_active_keys_are_bounded_and_one_past_the_bound_stores_nothing(site_data):
+    site = parse_site(site_data | {"limits": {"max_active_keys": 4}})
+    async with operate(site) as (client, keys, _, db):
+        head = auth(keys["admin"])
+        made = await client.post(
+            "/v1/keys", json={"name": "fourth", "role": "viewer"}, headers=head
+        )
+        assert made.status_code == 201  # the fixture made three
+        listed, log = (await client.get("/v1/keys", headers=head)).json(), audited(db)
+        r = await client.post("/v1/keys", json={"name": "fifth", "role": "viewer"}, headers=head)
+        refused_with(r, 409, "4 API keys are active", "limits.max_active_keys")
+        assert (await client.get("/v1/keys", headers=head)).json() == listed and audited(db) == log
+        gone = await client.delete(f"/v1/keys/{made.json()['id']}", headers=head)
+        assert gone.status_code == 200  # a revoked key does not count
+        r = await client.post("/v1/keys", json={"name": "fifth", "role": "viewer"}, headers=head)
+        assert r.status_code == 201
+
+
+def rows_read(db: OpsDB) -> list[int]:
+    """From now on, count every row the file's two connections hand back (a one-item list)."""
+    count = [0]
+
+    def counted(cursor: sqlite3.Cursor, row: tuple) -> sqlite3.Row:
+        count[0] += 1
+        return sqlite3.Row(cursor, row)
+
+    db._conn.row_factory = db._reader.row_factory = counted
+    return count
+
+
+async def test_an_event_is_added_and_cancelled_without_reading_the_others(api):
+    """A year of a busy site's events in the table: adding one and cancelling it read their
+    own rows, not the table (each used to read all 8,500); the ticks see both at once, and
+    the list comes in pages."""
+    client, keys, ops, db = api
+    now, head = time.time(), auth(keys["operator"])
+    past = [("shed", 5e5, t, t + 60, "x", t, None, t, t + 60) for t in range(8500)]
+    with contextlib.closing(sqlite3.connect(ops.site.data_dir / "gridpilot.sqlite")) as other:
+        other.executemany("INSERT INTO dr_events (kind, value_w, start_s, end_s, created_by,"
+                          " created_at, cancelled_at, started_at, ended_at)"
+                          " VALUES (?,?,?,?,?,?,?,?,?)", past)  # fmt: skip
+        other.commit()
+    count = rows_read(db)
+    r = await client.post("/v1/events", json=cap_event(now + 10, now + 100), headers=head)
+    assert r.status_code == 201 and count[0] < 10, count  # the key, the row stored: a few
+    assert ops.in_force(now + 50).dispatch.import_cap_w == 8e6
+    count[0] = 0
+    r = await client.delete(f"/v1/events/{r.json()['id']}", headers=head)
+    assert r.status_code == 200 and count[0] < 10, count  # the key, the row, as cancelled
+    assert ops.in_force(now + 50).dispatch.import_cap_w is None
+    first = (await client.get("/v1/events", headers=head)).json()
+    assert len(first["events"]) == 50 and first["events"][0]["cancelled_at"] is not None
+    ids, before = [], None
+    for _ in range(3):
+        query = {"limit": 100} | ({"before_id": before} if before else {})
+        page = (await client.get("/v1/events", params=query, headers=head)).json()
+        ids += [e["id"] for e in page["events"]]
+        before = page["next_before_id"]
+    assert ids == list(range(8501, 8201, -1))  # newest first, none twice, none left out
+    r = await client.get("/v1/events", params={"limit": 101}, headers=head)
+    refused_with(r, 422, "nothing was changed")
+
+
+async def test_alarms_keys_and_audit_come_in_pages(api):
+    client, keys, _, db = api
+    head = auth(keys["admin"])
+    for n in (1, 2, 3):  # raised before this start: in the file only
+        db.store_alarm({"id": n, "key": f"k{n}", "severity": "warning", "message": "m",
+                        "raised_at": time.time(), "cleared_at": time.time()})  # fmt: skip
+    for path, name, count in (("/v1/alarms", "alarms", 3), ("/v1/keys", "keys", 3)):
+        first = (await client.get(path, params={"limit": 2}, headers=head)).json()
+        assert len(first[name]) == 2 and first["next_before_id"] == first[name][-1]["id"]
+        rest = await client.get(
+            path, params={"limit": 2, "before_id": first["next_before_id"]}, headers=head
+        )
+        assert len(rest.json()[name]) == count - 2 and rest.json()["next_before_id"] is None
+        ids = [x["id"] for x in first[name] + rest.json()[name]]
+        assert len(set(ids)) == count
+    for path in ("/v1/alarms", "/v1/keys", "/v1/audit", "/v1/events"):
+        refused_with(await client.get(path, params={"limit": 101}, headers=head), 422, "")
+
+
+async def test_the_last_admin_key_cannot_be_revoked(api):
+    """Without an active admin key no key could be made or revoked through the API any more:
+    revoking the last is refused (409, naming why), and nothing changes."""
+    client, keys, _, db = api
+    admin = keys["admin"]
+    r = await client.delete(f"/v1/keys/{key_id(admin)}", headers=auth(admin))
+    refused_with(r, 409, "last active admin key", "make another admin key")
+    assert (await client.get("/v1/keys", headers=auth(admin))).status_code == 200
+    assert audited(db) == []
+    other = await client.post("/v1/keys", json={"name": "night", "role": "admin"},
+                              headers=auth(admin))  # fmt: skip
+    second = other.json()["key"]
+    r = await client.delete(f"/v1/keys/{key_id(admin)}", headers=auth(second))
+    assert r.status_code == 200  # another admin remains
+    r = await client.delete(f"/v1/keys/{key_id(second)}", headers=auth(second))
+    refused_with(r, 409, "last active admin key")
+
+
+@pytest.mark.parametrize("fault", ["locked", "audit refused"])
+async def test_a_change_the_file_refuses_changes_nothing(site: SiteConfig, monkeypatch, fault):
+    """Another process holds the file's write lock past the busy timeout, or the second write
+    of a change (its audit entry) fails: each change (event added or cancelled, key made or
+    revoked, a stored alarm acknowledged, setpoints) answers a problem document, and neither
+    memory nor the table changes; the same change succeeds once the file takes it."""
+    monkeypatch.setattr(opsdb, "BUSY_TIMEOUT_S", 0.2)
+    async with operate(site) as (client, keys, ops, db):
+        head, now = auth(keys["admin"]), time.time()
+        planned = (await client.post("/v1/events", json=cap_event(now + 100, now + 200),
+                                     headers=head)).json()  # fmt: skip
+        viewer = keys["viewer"]
+        db.store_alarm({"id": 7, "key": "k", "severity": "warning", "message": "m",
+                        "raised_at": now})  # fmt: skip  # from before this start
+        path = ops.site.data_dir / "gridpilot.sqlite"
+        other = sqlite3.connect(path, isolation_level=None)
+        if fault == "audit refused":  # as a full disk would refuse the second write
+            other.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN"
+                          " SELECT RAISE(ABORT, 'no room for the audit entry'); END")  # fmt: skip
+        table = list(other.iterdump())
+
+        async def shown() -> tuple:
+            lists = [(await client.get(p, headers=head)).json()
+                     for p in ("/v1/events", "/v1/keys", "/v1/alarms", "/v1/audit")]  # fmt: skip
+            return lists, ops.setpoints, ops.override
+
+        before = await shown()
+        changes = [
+            ("POST", "/v1/events", cap_event(now + 150, now + 250, 7e6)),
+            ("DELETE", f"/v1/events/{planned['id']}", None),
+            ("POST", "/v1/keys", {"name": "late", "role": "viewer"}),
+            ("DELETE", f"/v1/keys/{key_id(viewer)}", None),
+            ("POST", "/v1/alarms/7/ack", None),
+            ("PATCH", "/v1/setpoints", {"droop": 0.04}),
+        ]
+        if fault == "locked":
+            other.execute("BEGIN EXCLUSIVE")  # a backup tool, say
+        for method, url, body in changes:
+            r = await client.request(method, url, json=body, headers=head)
+            refused_with(r, 503, "nothing was changed")
+        assert await shown() == before and list(other.iterdump()) == table
+        assert (await client.get("/v1/mode", headers=auth(viewer))).status_code == 200
+        other.execute("ROLLBACK" if fault == "locked" else "DROP TRIGGER refuse")
+        other.close()
+        # What a tick sees (a tick at these times records the event's start: only now).
+        assert [ops.in_force(now + t).dispatch.import_cap_w for t in (50, 150, 250)] == [
+            None, 8e6, None
+        ]  # fmt: skip
+        assert ops.writer.flush()
+        for method, url, body in changes:  # nothing left half done: each goes through now
+            r = await client.request(method, url, json=body, headers=head)
+            assert r.is_success, (url, r.text)
+        assert ops.in_force(now + 150).dispatch.import_cap_w == 7e6

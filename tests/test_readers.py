@@ -113,7 +113,7 @@ async def test_a_change_the_locked_disk_refuses_answers_503_and_changes_nothing(
             other.close()
         assert r.status_code == 503, r.text
         assert r.headers["content-type"] == "application/problem+json"
-        assert "nothing changed" in r.json()["detail"]
+        assert "nothing was changed" in r.json()["detail"]
         assert reads >= (time.monotonic() - started) / 0.2 * 0.5  # reads kept coming
         assert (await run.api.get("/v1/setpoints")).json() == before
         rec = run.records[-1]
@@ -146,7 +146,9 @@ async def test_a_locked_disk_never_delays_a_tick_nor_hides_an_alarm(site: SiteCo
             "the alarm, in memory",
         )
         r = await run.api.get("/v1/alarms", params={"active": "true"})
-        assert any(a["key"] == "device_down:ups-b" for a in r.json())
+        (down,) = [a for a in r.json()["alarms"] if a["key"] == "device_down:ups-b"]
+        acked = await run.api.post(f"/v1/alarms/{down['id']}/ack")  # in memory at once
+        assert acked.status_code == 200 and acked.json()["acked_by"].startswith("test-operator")
         writer = run.controller.ops_writer
         await until(lambda: writer.failing, 15, "the writer to find the file locked")
         await run.stack.start_device("ups-b")
@@ -164,6 +166,10 @@ async def test_a_locked_disk_never_delays_a_tick_nor_hides_an_alarm(site: SiteCo
         assert all(t.lateness_s < period / 2 for t in ticks), max(t.lateness_s for t in ticks)
         stored = [a for a in run.controller.db.alarms() if a["key"] == "device_down:ups-b"]
         assert stored and stored[0]["cleared_at"] is not None  # raised and cleared: both kept
+        assert stored[0]["acked_at"] == acked.json()["acked_at"]  # and acknowledged,
+        audit = run.controller.db.audit_page(100, None)
+        acks = [e for e in audit if e["action"] == "alarm.ack" and e["new"]["id"] == down["id"]]
+        assert len(acks) == 1  # audited once
         assert writer.failures_total > 0 and not writer.failing
         await until(lambda: not store.failing, 10, "the store to write again")
         await until(

@@ -76,6 +76,8 @@ def test_cli_refuses_a_bad_trace_with_status_2(tmp_path: Path):
     ("args", "named"),
     [
         (["--ramp-w-per-s", "-1"], "--ramp-w-per-s"),
+        (["--ramp-w-per-s", "5e-324"], "--ramp-w-per-s"),  # above zero, yet no limit
+        (["--energy-return-s", "5e-324"], "--energy-return-s"),  # checked with the site's
         (["--gpus", "-3"], "--gpus"),
         (["--battery-wh", "0"], "--battery-wh"),
         (["--base-w", "nan"], "--base-w"),

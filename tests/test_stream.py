@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from controller.cli import CLI
 from controller.config import SiteConfig
 from tests.plant import Running, site_running
 
@@ -44,7 +45,7 @@ async def test_every_client_gets_each_tick_as_the_state_shows_it(site: SiteConfi
         state = (await run.api.get("/v1/state")).json()
         assert state["tick"]["seq"] >= event["tick"]["seq"]
         assert set(state["devices"]) == set(event["devices"])
-        viewer = run.controller.db.create_key("stream-viewer", "viewer")[1]
+        viewer = run.controller.db.create_key("stream-viewer", "viewer", CLI)[1]
         r = await run.api.get("/v1/whoami", headers={"Authorization": f"Bearer {viewer}"})
         assert r.json() == {
             "key_id": viewer.split("_")[1],

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from controller.config import DispatchConfig
+from controller.config import DispatchConfig, RampLimit
 from controller.dispatch import Bank, core, initial_state, params_vector
 from controller.replay.bound import BoundProblem, min_capacity_kwh, min_power_w, min_throughput_kwh
 from controller.replay.figures import Figures, figures
@@ -31,7 +31,7 @@ class ReplaySettings(BaseModel):
     battery_w: float = Field(20e6, gt=0, le=1e10, description="charge and discharge limit")
     battery_wh: float = Field(20e6, gt=0, le=1e12)
     initial_soc: float = Field(0.6, ge=0, le=1)
-    ramp_w_per_s: float = Field(5e5, gt=0, le=1e9, description="grid ramp limit, up and down")
+    ramp_w_per_s: RampLimit = Field(5e5, description="grid ramp limit, up and down, W/s")
     lowpass_tau_s: float | None = Field(None, gt=0, le=3600, description="override the site's")
     average_window_s: float | None = Field(None, ge=0, le=200, description="override the site's")
     energy_return_s: float | None = Field(None, ge=0, le=3600, description="override the site's")
@@ -46,7 +46,8 @@ class ReplaySettings(BaseModel):
         for name in ("lowpass_tau_s", "average_window_s", "energy_return_s"):
             if (value := getattr(self, name)) is not None:
                 update[name] = value
-        self.dispatch = self.dispatch.model_copy(update=update)
+        # Validated whole, as the site file is: a copy with the options would skip the bounds.
+        self.dispatch = DispatchConfig.model_validate({**self.dispatch.model_dump(), **update})
         return self
 
     @property
