@@ -128,6 +128,7 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
             **problem_responses(401, 403, 503),
         },
         response_class=TickEvents,
+        status_code=200,
     )
     async def get_stream(_: Any = viewer) -> TickEvents:
         if stream.full:
