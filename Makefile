@@ -23,11 +23,13 @@ ARGS ?=
 demo: $(STAMP)
 	$(BIN)/gridpilot demo $(ARGS)
 
-# The tests check against mbpoll and promtool; when missing they are installed with apt-get
-# (say so first). NO_APT=1 opts out: then install them yourself, or those tests fail.
+# The tests check against mbpoll and promtool; when one is missing they are installed with
+# apt-get (say so first). NO_APT=1 opts out: then install them yourself, or those tests
+# fail. Each command is looked for (`command -v a b` answers for the last one only).
 tools:
-	@command -v $(TOOL_COMMANDS) >/dev/null || [ -n "$(NO_APT)" ] || { \
-	  echo "make: installing Debian packages the tests use: $(TOOL_PACKAGES) (NO_APT=1 to skip)"; \
+	@missing=; for c in $(TOOL_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	[ -z "$$missing" ] || [ -n "$(NO_APT)" ] || { \
+	  echo "make: installing Debian packages the tests use: $(TOOL_PACKAGES) (missing:$$missing; NO_APT=1 to skip)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(TOOL_PACKAGES); }
 
 test: $(STAMP) tools
