@@ -1,20 +1,24 @@
 """HTTP API: state and operations for operators (API keys), metrics for Prometheus, probes
-for the orchestrator (no key). Every error is an RFC 9457 problem document."""
+for the orchestrator (no key), and the operator console (static files: the page needs no key,
+every /v1 call it makes does). Every error is an RFC 9457 problem document."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from controller.api_operate import operate_router
 from controller.auth import requires
@@ -27,6 +31,24 @@ from controller.problems import Problem, field_errors, problem, problem_response
 from controller.stream import TickEvents, TickStream
 
 log = logging.getLogger("gridpilot.api")
+UI = Path(__file__).parent / "ui"  # the operator console: plain HTML, CSS and ES modules
+# The console's page loads only its own files and talks only to this server.
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+REVALIDATE = "no-cache"  # cached, but checked (ETag) each load: an upgrade is seen at once
+
+
+class ConsoleFiles(StaticFiles):
+    """The console's assets, each revalidated on load and under the console's CSP."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = REVALIDATE
+        response.headers["Content-Security-Policy"] = CONSOLE_CSP
+        return response
 
 
 def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None) -> FastAPI:
@@ -45,6 +67,12 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
     app.add_middleware(EdgeRules, limits=limits, per_address=per_address)
     app.state.per_key = TokenBuckets(limits.writes_per_s, limits.write_burst)
     mount_docs_assets(app)
+    app.mount("/ui", ConsoleFiles(directory=UI), name="ui")
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def console() -> FileResponse:
+        headers = {"Cache-Control": REVALIDATE, "Content-Security-Policy": CONSOLE_CSP}
+        return FileResponse(UI / "index.html", media_type="text/html", headers=headers)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -63,6 +91,13 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
                 if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), request.url.path)
                 for method in operations
             }
+            if not methods:  # a path outside the schema (the console's page)
+                methods = {
+                    method
+                    for route in app.routes
+                    if getattr(route, "path", None) == request.url.path
+                    for method in getattr(route, "methods", None) or ()
+                }
             response.headers["Allow"] = ", ".join(sorted(methods))
         return response
 
