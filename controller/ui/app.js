@@ -4,7 +4,8 @@
 import { ApiError, api, openStream, session, whenUnauthorized } from "./api.js";
 import { PowerChart } from "./chart.js";
 import {
-  $, $$, ago, clock, dateTime, duration, fill, fixed, h, kw, mw, mwh, pct, power, text, withUnit,
+  $, $$, ago, clock, dateTime, duration, fill, fixed, h, kw, mw, mwh, pct, power, scaled, text,
+  withUnit,
 } from "./format.js";
 import { SetpointsPanel } from "./setpoints.js";
 
@@ -25,6 +26,7 @@ const ui = {
   devices: [], // /v1/devices, polled
   setpointValues: null,
   alarmsActive: [],
+  events: [], // /v1/events, polled
   auditBefore: [], // the before_id of each page shown so far (null: the newest)
   auditNext: null,
 };
@@ -102,12 +104,14 @@ async function start(who) {
       toast,
       onApplied: () => refreshSoon(pollAudit),
     });
+    wireControls();
+  }
+  if (!ui.setpoints.rows.size) {
     try {
       await ui.setpoints.build();
     } catch (exc) {
-      toast(`Setpoint bounds unavailable: ${exc.message}`, "error");
+      toast(`Setpoints unavailable (their schema did not load): ${exc.message}`, "error");
     }
-    wireControls();
   }
   applyRole();
   ui.stream = openStream(session.key, { onTick, onStatus: linkStatus });
@@ -227,7 +231,7 @@ function renderOverview() {
   grid.dataset.seq = t.tick?.seq;
   grid.dataset.w = m.grid_w;
   const bw = m.battery_w;
-  const direction = !Number.isFinite(bw) || Math.abs(bw) < 1e4 ? "idle"
+  const direction = !Number.isFinite(bw) ? "not measured" : Math.abs(bw) < 1e4 ? "idle"
     : bw > 0 ? "discharging" : "charging";
   kpi("kpi-battery", mw(bw), "MW", `${direction} · plan ${mw(d.battery_w)} MW`);
   const hz = m.grid_frequency_hz;
@@ -284,6 +288,11 @@ function renderAssets(t) {
   text($("#soc-band"), band);
   const root = $("#assets");
   const ids = Object.keys({ ...socs, ...setpoints });
+  if (!ids.length) {
+    root.dataset.ids = "";
+    fill(root, h("div", { class: "empty" }, "No battery reading: see the devices and alarms"));
+    return;
+  }
   if (root.dataset.ids !== ids.join(",")) {
     root.dataset.ids = ids.join(",");
     fill(root, ids.map((id) => {
@@ -331,8 +340,10 @@ function renderLimits(t) {
       d.shed_request_w ? "warn" : ""],
     ["Unserved", d.unserved_w ? `${mw(d.unserved_w)} MW` : "0 MW", d.unserved_w ? "bad" : ""],
   ];
-  const events = (f.events || []).map((e) => (typeof e === "object"
-    ? `${e.kind === "shed" ? "shed" : "cap"} ${mw(e.value_w)} MW (#${e.id})` : String(e)));
+  const events = (f.events || []).map((id) => {
+    const e = ui.events.find((x) => x.id === id);
+    return e ? `#${id} ${e.kind === "shed" ? "shed" : "cap"} ${mw(e.value_w)} MW` : `#${id}`;
+  });
   rows.push(["Events", events.length ? events.join(", ") : "none", events.length ? "warn" : ""]);
   const root = $("#limits");
   if (root.children.length !== rows.length * 2) {
@@ -369,11 +380,14 @@ function renderDevices() {
     const open = ui.openDevice === dv.id;
     const row = h("tr", {
       class: `dev dev-${link}${open ? " open" : ""}`, dataset: { id: dv.id },
-      title: `${dv.protocol} ${dv.address} · map ${dv.map}`,
-      onclick: () => {
-        ui.openDevice = ui.openDevice === dv.id ? null : dv.id;
-        renderDevices();
-        renderPoints();
+      title: `${dv.protocol} ${dv.address} · map ${dv.map} · click for its points`,
+      tabindex: 0,
+      onclick: () => toggleDevice(dv.id),
+      onkeydown: (e) => {
+        if (e.key === "Enter" || e.key === " ") {
+          e.preventDefault();
+          toggleDevice(dv.id);
+        }
       },
     },
     h("td", {}, h("span", { class: "caret" }, open ? "▾" : "▸"), h("b", {}, dv.id),
@@ -381,7 +395,7 @@ function renderDevices() {
     h("td", {}, h("span", { class: `chip link-${link}` }, link),
       l.last_error || dv.last_error
         ? h("div", { class: "small error-text" }, l.last_error || dv.last_error) : null),
-    h("td", { class: "r mono" }, dv.counters?.last_poll_s != null
+    h("td", { class: "r mono nowrap" }, dv.counters?.last_poll_s != null
       ? `${fixed(dv.counters.last_poll_s * 1000, 1)} ms` : "—"),
     h("td", { class: `r mono${l.stale_points ? " hl-warn" : ""}`, dataset: { count: "stale" } },
       l.stale_points ?? "—"),
@@ -395,6 +409,13 @@ function renderDevices() {
   fill(body, rows);
   const down = ui.devices.filter((dv) => !(live[dv.id]?.connected ?? dv.connected)).length;
   text($("#device-count"), `${ui.devices.length} devices${down ? ` · ${down} down` : " · all up"}`);
+}
+
+function toggleDevice(id) {
+  ui.openDevice = ui.openDevice === id ? null : id;
+  renderDevices();
+  renderPoints();
+  $(`#devices tr.dev[data-id="${id}"]`)?.focus();
 }
 
 /** Per-tick device link changes (from the stream) without waiting for the devices poll. */
@@ -561,7 +582,10 @@ function problemText(exc) {
 }
 
 async function pollEvents() {
+  const start = $("#ev-start");
+  if (!start.dataset.edited) start.value = localInputValue(new Date()); // "now" until edited
   const events = await api("GET", "/v1/events");
+  ui.events = events;
   const now = Date.now() / 1000;
   const status = (e) => (e.cancelled_at ? "cancelled" : e.ended_at || e.end_s <= now ? "ended"
     : e.started_at || e.start_s <= now ? "running" : "planned");
@@ -609,6 +633,7 @@ async function scheduleEvent() {
   try {
     const e = await api("POST", "/v1/events", body);
     toast(`Event #${e.id} scheduled: ${e.kind} ${mw(e.value_w)} MW from ${clock(e.start_s)}`, "ok");
+    delete $("#ev-start").dataset.edited;
   } catch (exc) {
     error.textContent = problemText(exc);
     error.hidden = false;
@@ -632,7 +657,11 @@ function wireControls() {
     e.preventDefault();
     scheduleEvent();
   });
-  $("#ev-start").value = localInputValue(new Date());
+  const start = $("#ev-start");
+  start.value = localInputValue(new Date());
+  start.addEventListener("input", () => {
+    start.dataset.edited = "1";
+  });
   $("#audit-older").addEventListener("click", () => {
     if (ui.auditNext === null) return;
     ui.auditBefore.push(ui.auditNext);
@@ -745,8 +774,8 @@ function renderCooling() {
     set("supply", withUnit(fixed(sup, 1), "°C"));
     set("return", withUnit(fixed(ret, 1), "°C"));
     set("dt", withUnit(fixed(sup !== null && ret !== null ? ret - sup : NaN, 1), "K"));
-    set("flow", withUnit(fixed(r("flow_m3_per_s") * 3600, 0), "m³/h"));
-    set("pressure", withUnit(fixed(r("pressure_pa") / 1000, 0), "kPa"));
+    set("flow", withUnit(fixed(scaled(r("flow_m3_per_s"), 3600), 0), "m³/h"));
+    set("pressure", withUnit(fixed(scaled(r("pressure_pa"), 1e-3), 0), "kPa"));
     set("pump", withUnit(pct(r("pump_speed_ratio"), 0), "%"));
     set("pump-w", withUnit(kw(r("pump_power_w"), 1), "kW"));
     set("heat", withUnit(mw(r("heat_load_w")), "MW"));
@@ -785,13 +814,18 @@ async function pollEfficiency() {
       h("dt", {}, "Cooling energy"), h("dd", { class: "mono" }, `${mwh(energy.cooling, 3)} MWh`),
       h("dt", {}, "Grid import"), h("dd", { class: "mono" }, `${mwh(energy.grid_import)} MWh`),
       h("dt", {}, "Heat recovered"), h("dd", { class: "mono" }, `${mwh(energy.recovered_heat, 3)} MWh`),
-      h("dt", {}, "Tokens"), h("dd", { class: "mono" }, `${fixed((e.tokens || 0) / 1e6, 1)} M`)),
+      h("dt", {}, "Tokens generated"), h("dd", { class: "mono" }, tokens(e.tokens))),
     h("div", { class: "muted small" }, "since the controller started"));
   const pue = e.pue?.["1m"];
   kpi("kpi-pue", pue === undefined ? "—" : fixed(pue, 3), "",
     e.tokens_per_joule?.["1m"] !== undefined
       ? `${fixed(e.tokens_per_joule["1m"], 2)} tok/J · ERF ${pct(e.erf?.["1m"] ?? 0, 1)} %`
       : "after 30 s of data");
+}
+
+function tokens(n) {
+  if (!Number.isFinite(n)) return "—";
+  return n >= 1e9 ? `${fixed(n / 1e9, 2)} billion` : `${fixed(n / 1e6, 1)} million`;
 }
 
 // ---- feedback ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-// The power chart: the last 10 minutes of IT load, grid draw, its plan and the batteries, in
-// MW, from the tick stream (uPlot, vendored: window.uPlot). The API keeps no history of
-// ticks to fetch: the chart fills from when the page opened.
+// The power chart: the last 10 minutes of IT load, grid draw, its plan, the batteries and
+// the import cap in force, in MW, from the tick stream (uPlot, vendored: window.uPlot). The
+// API keeps no history of ticks to fetch: the chart fills from when the page opened.
 
 const WINDOW_S = 600;
 const REDRAW_MS = 500;
@@ -10,6 +10,7 @@ export const SERIES = [
   { key: "grid", label: "Grid draw", color: "#4da3ff" },
   { key: "plan", label: "Grid plan", color: "#9cc9ff", dash: [6, 4] },
   { key: "battery", label: "Batteries", color: "#34c68a" },
+  { key: "cap", label: "Import cap", color: "#f0564f", dash: [2, 4] },
 ];
 
 const AXIS = {
@@ -18,6 +19,14 @@ const AXIS = {
   ticks: { stroke: "rgba(139,152,169,0.25)", width: 1 },
   font: "11px system-ui, sans-serif",
 };
+
+/** The MW axis: the data's span, padded; at least 2 MW tall (no reading, or a flat line,
+ * would otherwise get uPlot's 0–100). */
+function yRange(u, min, max) {
+  if (min === null || max === null) return [0, 10];
+  if (max - min < 2) return [(min + max) / 2 - 1, (min + max) / 2 + 1];
+  return window.uPlot.rangeNum(min, max, 0.1, true);
+}
 
 /** 24-hour clock labels: seconds shown while the span is short. */
 function hhmm(t, u) {
@@ -48,7 +57,10 @@ export class PowerChart {
         height,
         cursor: { drag: { x: false, y: false }, points: { size: 6 } },
         legend: { live: true },
-        scales: { x: { time: true }, y: { auto: true } },
+        scales: {
+          x: { time: true },
+          y: { range: yRange },
+        },
         axes: [
           { ...AXIS, space: 70, values: (u, ticks) => ticks.map((t) => hhmm(t, u)) },
           { ...AXIS, size: 52, values: (u, ticks) => ticks.map((v) => v.toFixed(1)) },
@@ -58,7 +70,7 @@ export class PowerChart {
           ...SERIES.map((s) => ({
             label: s.label,
             stroke: s.color,
-            width: s.key === "plan" ? 1.25 : 1.5,
+            width: s.dash ? 1.25 : 1.5,
             dash: s.dash,
             value: mwValue,
             points: { show: false },
@@ -97,7 +109,7 @@ export class PowerChart {
     const m = tick.measurements || {};
     const d = tick.dispatch || {};
     if (!Number.isFinite(t) || m.it_w === undefined) return;
-    const [xs, it, grid, plan, battery] = this.data;
+    const [xs, it, grid, plan, battery, cap] = this.data;
     if (xs.length && t <= xs[xs.length - 1]) return; // each tick once, in order
     const w = (v) => (Number.isFinite(v) ? v / 1e6 : null);
     xs.push(t);
@@ -105,6 +117,7 @@ export class PowerChart {
     grid.push(w(m.grid_w));
     plan.push(w(d.grid_target_w));
     battery.push(w(m.battery_w));
+    cap.push(w(tick.in_force?.import_cap_w));
     let drop = 0;
     while (drop < xs.length && xs[drop] < t - WINDOW_S) drop += 1;
     if (drop) for (const series of this.data) series.splice(0, drop);

@@ -14,9 +14,12 @@ export function fixed(x, digits) {
   return (x < 0 && !zero ? MINUS : "") + s;
 }
 
-export const mw = (w, digits = 2) => fixed(w / 1e6, digits);
-export const kw = (w, digits = 0) => fixed(w / 1e3, digits);
-export const pct = (ratio, digits = 1) => fixed(ratio * 100, digits);
+/** x in another unit; a missing value (null: not measured) stays missing, never 0. */
+export const scaled = (x, factor) => (x === null || x === undefined ? NaN : x * factor);
+
+export const mw = (w, digits = 2) => fixed(scaled(w, 1e-6), digits);
+export const kw = (w, digits = 0) => fixed(scaled(w, 1e-3), digits);
+export const pct = (ratio, digits = 1) => fixed(scaled(ratio, 100), digits);
 
 /** A power in the unit that reads best: MW from 1 MW, else kW. Returns [number, unit]. */
 export function power(w, mwDigits = 2) {
@@ -29,7 +32,7 @@ export function withUnit(text, unit) {
 }
 
 /** An energy in MWh (from J). */
-export const mwh = (j, digits = 2) => fixed(j / 3.6e9, digits);
+export const mwh = (j, digits = 2) => fixed(scaled(j, 1 / 3.6e9), digits);
 
 export function clock(unixS, withSeconds = true) {
   if (!Number.isFinite(unixS)) return "—";
