@@ -86,6 +86,7 @@ function signOut(message) {
   ui.pollers = [];
   ui.setpoints?.reset(); // what one key typed is not left for the next
   ui.tick = null;
+  ui.auditBefore = [];
   showSignIn(message);
 }
 
@@ -289,8 +290,10 @@ function renderAssets(t) {
   const root = $("#assets");
   const ids = Object.keys({ ...socs, ...setpoints });
   if (!ids.length) {
-    root.dataset.ids = "";
-    fill(root, h("div", { class: "empty" }, "No battery reading: see the devices and alarms"));
+    if (root.dataset.ids !== "-") {
+      root.dataset.ids = "-";
+      fill(root, h("div", { class: "empty" }, "No battery reading: see the devices and alarms"));
+    }
     return;
   }
   if (root.dataset.ids !== ids.join(",")) {
@@ -748,6 +751,7 @@ function renderCoolingLive(t) {
 }
 
 function renderCooling() {
+  if (!ui.devices.length) return; // not known yet: which devices are CDUs
   const root = $("#cooling");
   const cdus = ui.devices.filter((d) => d.kind === "cdu").map((d) => d.id);
   if (root.dataset.ids !== cdus.join(",")) {
