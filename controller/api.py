@@ -7,22 +7,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Scope
 
 from controller.api_operate import operate_router
 from controller.auth import requires
 from controller.config import ApiLimits
+from controller.console import ConsoleFiles, console_page
 from controller.docs import docs_page, mount_docs_assets
 from controller.edge import EdgeRules, TokenBuckets
 from controller.link import ControllerLink, ControllerUnavailable, Refusal
@@ -31,24 +29,6 @@ from controller.problems import Problem, field_errors, problem, problem_response
 from controller.stream import TickEvents, TickStream
 
 log = logging.getLogger("gridpilot.api")
-UI = Path(__file__).parent / "ui"  # the operator console: plain HTML, CSS and ES modules
-# The console's page loads only its own files and talks only to this server.
-CONSOLE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
-)
-REVALIDATE = "no-cache"  # cached, but checked (ETag) each load: an upgrade is seen at once
-
-
-class ConsoleFiles(StaticFiles):
-    """The console's assets, each revalidated on load and under the console's CSP."""
-
-    async def get_response(self, path: str, scope: Scope) -> Response:
-        response = await super().get_response(path, scope)
-        response.headers["Cache-Control"] = REVALIDATE
-        response.headers["Content-Security-Policy"] = CONSOLE_CSP
-        return response
 
 
 def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None) -> FastAPI:
@@ -67,12 +47,11 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
     app.add_middleware(EdgeRules, limits=limits, per_address=per_address)
     app.state.per_key = TokenBuckets(limits.writes_per_s, limits.write_burst)
     mount_docs_assets(app)
-    app.mount("/ui", ConsoleFiles(directory=UI), name="ui")
+    app.mount("/ui", ConsoleFiles(), name="ui")
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def console() -> FileResponse:
-        headers = {"Cache-Control": REVALIDATE, "Content-Security-Policy": CONSOLE_CSP}
-        return FileResponse(UI / "index.html", media_type="text/html", headers=headers)
+        return console_page()
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:

@@ -30,6 +30,12 @@ export class ApiError extends Error {
   }
 }
 
+/** The rows of a list: the API answers a page ({events: [...], next_before_id}) or, before
+ * lists were paged, the array itself. */
+export function listOf(body, name) {
+  return Array.isArray(body) ? body : body?.[name] || [];
+}
+
 /** Called when a request is refused for its key (401): the console signs out. */
 let onUnauthorized = () => {};
 export function whenUnauthorized(fn) {

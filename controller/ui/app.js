@@ -1,7 +1,7 @@
 // The operator console: sign in with a key, watch the site live (the tick stream), act on it
 // (setpoints, mode, events, acknowledgements) as the key's role allows.
 
-import { ApiError, api, openStream, session, whenUnauthorized } from "./api.js";
+import { ApiError, api, listOf, openStream, session, whenUnauthorized } from "./api.js";
 import { PowerChart } from "./chart.js";
 import {
   $, $$, ago, clock, dateTime, duration, fill, fixed, h, kw, mw, mwh, pct, power, scaled, text,
@@ -468,10 +468,10 @@ function pointValue(p) {
 // ---- alarms --------------------------------------------------------------------------------
 
 async function pollAlarms() {
-  const [active, all] = await Promise.all([
-    api("GET", "/v1/alarms?active=true"),
-    api("GET", "/v1/alarms"),
-  ]);
+  const [active, all] = (await Promise.all([
+    api("GET", "/v1/alarms?active=true&limit=100"),
+    api("GET", "/v1/alarms?limit=50"),
+  ])).map((body) => listOf(body, "alarms"));
   ui.alarmsActive = active;
   renderAlarms(active, all.filter((a) => a.cleared_at !== null).slice(0, 12));
 }
@@ -587,7 +587,7 @@ function problemText(exc) {
 async function pollEvents() {
   const start = $("#ev-start");
   if (!start.dataset.edited) start.value = localInputValue(new Date()); // "now" until edited
-  const events = await api("GET", "/v1/events");
+  const events = listOf(await api("GET", "/v1/events?limit=50"), "events");
   ui.events = events;
   const now = Date.now() / 1000;
   const status = (e) => (e.cancelled_at ? "cancelled" : e.ended_at || e.end_s <= now ? "ended"
