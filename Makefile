@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tools the tests check against (Debian packages): mbpoll talks to our Modbus simulators,
-# promtool (package prometheus) lints our metrics, alert rules and dashboard queries.
-TOOL_COMMANDS := mbpoll promtool
-TOOL_PACKAGES := mbpoll prometheus
+# promtool (package prometheus) lints our metrics, alert rules and dashboard queries, and
+# chromium with its driver runs the operator console in a real browser.
+TOOL_COMMANDS := mbpoll promtool chromium chromedriver
+TOOL_PACKAGES := mbpoll prometheus chromium chromium-driver
 
 .PHONY: demo test tools lint bench clean
 
@@ -23,11 +24,13 @@ ARGS ?=
 demo: $(STAMP)
 	$(BIN)/gridpilot demo $(ARGS)
 
-# The tests check against mbpoll and promtool; when missing they are installed with apt-get
-# (say so first). NO_APT=1 opts out: then install them yourself, or those tests fail.
+# The tests check against mbpoll, promtool and chromium; when one is missing they are installed
+# with apt-get (say so first). NO_APT=1 opts out: then install them yourself, or those tests
+# fail. Each command is looked for (`command -v a b` answers for the last one only).
 tools:
-	@command -v $(TOOL_COMMANDS) >/dev/null || [ -n "$(NO_APT)" ] || { \
-	  echo "make: installing Debian packages the tests use: $(TOOL_PACKAGES) (NO_APT=1 to skip)"; \
+	@missing=; for c in $(TOOL_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	[ -z "$$missing" ] || [ -n "$(NO_APT)" ] || { \
+	  echo "make: installing Debian packages the tests use: $(TOOL_PACKAGES) (missing:$$missing; NO_APT=1 to skip)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(TOOL_PACKAGES); }
 
 test: $(STAMP) tools

@@ -1,5 +1,6 @@
 """HTTP API: state and operations for operators (API keys), metrics for Prometheus, probes
-for the orchestrator (no key). Every error is an RFC 9457 problem document."""
+for the orchestrator (no key), and the operator console (static files: the page needs no key,
+every /v1 call it makes does). Every error is an RFC 9457 problem document."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from controller.api_operate import operate_router
 from controller.auth import requires
 from controller.config import ApiLimits
+from controller.console import ConsoleFiles, console_page
 from controller.docs import docs_page, mount_docs_assets
 from controller.edge import EdgeRules, TokenBuckets
 from controller.link import ControllerLink, ControllerUnavailable, Refusal
@@ -46,6 +48,11 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
     app.add_middleware(EdgeRules, limits=limits, per_address=per_address)
     app.state.per_key = TokenBuckets(limits.writes_per_s, limits.write_burst)
     mount_docs_assets(app)
+    app.mount("/ui", ConsoleFiles(), name="ui")
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def console() -> FileResponse:
+        return console_page()
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
@@ -64,6 +71,13 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
                 if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), request.url.path)
                 for method in operations
             }
+            if not methods:  # a path outside the schema (the console's page)
+                methods = {
+                    method
+                    for route in app.routes
+                    if getattr(route, "path", None) == request.url.path
+                    for method in getattr(route, "methods", None) or ()
+                }
             response.headers["Allow"] = ", ".join(sorted(methods))
         return response
 

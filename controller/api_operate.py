@@ -170,11 +170,14 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
 
 
 def _for_viewers(entry: dict[str, Any]) -> dict[str, Any]:
-    """An audit entry without the keys in it: who (unless the system), and a key change's
-    content (names and roles)."""
+    """An audit entry without the keys in it: who (unless the system), a key change's content
+    (names and roles), and who made an event."""
     shown = dict(entry)
     if shown.get("key_id") is not None:
         shown["key_id"], shown["key_name"] = None, "(a key)"
     if str(shown.get("action", "")).startswith("key."):
         shown["old"] = shown["new"] = None
+    for side in ("old", "new"):  # an event's own record names the key that made it
+        if isinstance(shown.get(side), dict) and "created_by" in shown[side]:
+            shown[side] = {**shown[side], "created_by": "(a key)"}
     return shown

@@ -17,4 +17,38 @@ PYTHON=${PYTHON:-python3}
 bash -c "${command/#python /$PYTHON }"
 "$work/venv/bin/gridpilot" --help >/dev/null
 "$work/venv/bin/gridpilot" check-config "$OLDPWD/deploy/site.compose.yaml" >/dev/null
+# The operator console: every file of controller/ui is in the installed package, and the
+# installed API serves each (run from / so that the copy in $work is not the one imported).
+(cd "$OLDPWD/controller/ui" && find . -type f | sed 's|^\./||') >"$work/ui-files"
+(cd / && "$work/venv/bin/python" - "$work/ui-files" <<'EOF'
+import asyncio
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import httpx
+
+import controller.api as api
+from controller.opsdb import OpsDB
+
+assert "site-packages" in api.__file__, f"not the installed copy: {api.__file__}"
+files = Path(sys.argv[1]).read_text().split()
+
+
+async def check(app) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gridpilot") as client:
+        assert (await client.get("/")).status_code == 200, "/ (the console's page)"
+        for name in files:
+            served = await client.get(f"/ui/{name}")
+            assert served.status_code == 200 and served.content, f"/ui/{name}: {served.status_code}"
+
+
+with tempfile.TemporaryDirectory() as tmp:
+    db = OpsDB(Path(tmp) / "ops.sqlite")
+    asyncio.run(check(api.create_app(types.SimpleNamespace(fresh_s=0.1), db)))
+print(f"the installed API serves the operator console: / and {len(files)} files under /ui/")
+EOF
+)
 echo "the Dockerfile's install command works: gridpilot runs from a fresh virtualenv"

@@ -295,6 +295,9 @@ async def test_viewers_see_what_changed_in_the_audit_log_but_not_which_keys(api)
         "/v1/setpoints", json={"ramp_up_w_per_s": 3e5}, headers=auth(made.json()["key"])
     )
     assert r.status_code == 200
+    event = {"kind": "shed", "value_w": 1e6, "start_s": FUTURE, "end_s": FUTURE + 600}
+    r = await client.post("/v1/events", json=event, headers=auth(made.json()["key"]))
+    assert r.status_code == 201 and r.json()["created_by"].startswith("night shift")
     seen = {}
     for role in ("viewer", "operator"):
         page = await client.get("/v1/audit", headers=auth(keys[role]))
@@ -302,6 +305,8 @@ async def test_viewers_see_what_changed_in_the_audit_log_but_not_which_keys(api)
         seen[role] = {e["action"]: e for e in reversed(newest_first)}  # each action's newest
     assert seen["operator"]["key.create"]["new"]["name"] == "night shift"
     assert seen["operator"]["setpoints.change"]["key_name"] == "night shift"
+    assert seen["operator"]["event.create"]["new"]["created_by"].startswith("night shift")
+    assert seen["viewer"]["event.create"]["new"]["created_by"] == "(a key)"  # an event's too
     viewer_view = json.dumps(seen["viewer"])
     assert "night shift" not in viewer_view and "admin-key" not in viewer_view
     change = seen["viewer"]["setpoints.change"]
