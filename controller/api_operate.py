@@ -74,11 +74,16 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
             "change_mode", change=change, actor=ActorIn.of(who)
         )
 
-    @router.get("/events", summary="Demand-response events, past and planned, newest first")
+    @router.get(
+        "/events",
+        summary="Demand-response events, past and planned, newest first",
+        description="A viewer sees `created_by` as `(a key)`.",
+    )
     async def list_events(
-        _: Actor = viewer, limit: Limit = 50, before_id: BeforeId = None
+        who: Actor = viewer, limit: Limit = 50, before_id: BeforeId = None
     ) -> dict[str, Any]:
-        return page(await asyncio.to_thread(db.events_page, limit, before_id), "events", limit)
+        rows = await asyncio.to_thread(db.events_page, limit, before_id)
+        return page(_keys_hidden(rows, "created_by", who), "events", limit)
 
     @router.post(
         "/events",
@@ -100,7 +105,7 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
 
     @router.get("/alarms", summary="Active alarms, or the history, newest first")
     async def list_alarms(
-        _: Actor = viewer,
+        who: Actor = viewer,
         active: Annotated[bool, Query()] = False,
         limit: Limit = 50,
         before_id: BeforeId = None,
@@ -114,7 +119,7 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
             stored = await asyncio.to_thread(db.alarms, False, limit, before_id)
             found = {a["id"]: a for a in stored} | found
         rows = sorted(found.values(), key=lambda a: -a["id"])[:limit]
-        return page(rows, "alarms", limit)
+        return page(_keys_hidden(rows, "acked_by", who), "alarms", limit)
 
     @router.post("/alarms/{alarm_id}/ack", summary="Acknowledge an alarm")
     async def ack_alarm(alarm_id: RowId, who: Actor = operator) -> dict[str, Any]:
@@ -169,15 +174,25 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
     return router
 
 
+HIDDEN_KEY = "(a key)"
+
+
+def _keys_hidden(rows: list[dict[str, Any]], field: str, who: Actor) -> list[dict[str, Any]]:
+    """Rows as `who` may see them: a viewer sees that a key did it, not which."""
+    if who.role != "viewer":
+        return rows
+    return [{**row, field: HIDDEN_KEY} if row.get(field) else row for row in rows]
+
+
 def _for_viewers(entry: dict[str, Any]) -> dict[str, Any]:
     """An audit entry without the keys in it: who (unless the system), a key change's content
     (names and roles), and who made an event."""
     shown = dict(entry)
     if shown.get("key_id") is not None:
-        shown["key_id"], shown["key_name"] = None, "(a key)"
+        shown["key_id"], shown["key_name"] = None, HIDDEN_KEY
     if str(shown.get("action", "")).startswith("key."):
         shown["old"] = shown["new"] = None
     for side in ("old", "new"):  # an event's own record names the key that made it
         if isinstance(shown.get(side), dict) and "created_by" in shown[side]:
-            shown[side] = {**shown[side], "created_by": "(a key)"}
+            shown[side] = {**shown[side], "created_by": HIDDEN_KEY}
     return shown

@@ -286,7 +286,7 @@ async def test_mode_with_ttl_and_keys_lifecycle(api):
 
 
 async def test_viewers_see_what_changed_in_the_audit_log_but_not_which_keys(api):
-    client, keys, _, _ = api
+    client, keys, _, db = api
     made = await client.post(
         "/v1/keys", json={"name": "night shift", "role": "operator"}, headers=auth(keys["admin"])
     )
@@ -311,6 +311,15 @@ async def test_viewers_see_what_changed_in_the_audit_log_but_not_which_keys(api)
     assert "night shift" not in viewer_view and "admin-key" not in viewer_view
     change = seen["viewer"]["setpoints.change"]
     assert change["new"] == {"ramp_up_w_per_s": 3e5} and change["key_id"] is None
+    # Nor through the events' and alarms' lists: a key made the event, or acknowledged.
+    db.store_alarm({"id": 9, "key": "k", "severity": "warning", "message": "m",
+                    "raised_at": time.time()})  # fmt: skip
+    assert (await client.post("/v1/alarms/9/ack", headers=auth(made.json()["key"]))).is_success
+    for role, shown in (("operator", "night shift"), ("viewer", "(a key)")):
+        events = (await client.get("/v1/events", headers=auth(keys[role]))).json()["events"]
+        alarms = (await client.get("/v1/alarms", headers=auth(keys[role]))).json()["alarms"]
+        assert events[0]["created_by"].startswith(shown)
+        assert alarms[0]["acked_by"].startswith(shown)
 
 
 def test_the_matrix_covers_every_operation(site: SiteConfig, tmp_path: Path):
