@@ -360,11 +360,10 @@ def test_an_alarm_is_raised_by_a_shed_event_and_acknowledged(browser, demo: Demo
     assert "shed 500000 W" in alarm.text
     click(browser, '.alarm[data-key="shed_request"] button.ack', "the acknowledge button")
     until(browser, lambda: "acknowledged by" in shed_alarm().text, "the acknowledgement")
-    with demo.api("viewer") as api:
-        body = api.get("/v1/alarms?active=true").json()
-    listed = body if isinstance(body, list) else body["alarms"]  # a page, once lists are paged
-    stored = {a["id"]: a for a in listed}
-    assert stored[alarm_id]["acked_by"].startswith(demo.names["operator"])
+    for role, shown in (("operator", demo.names["operator"]), ("viewer", "(a key)")):
+        with demo.api(role) as api:  # a viewer sees that a key acknowledged it, not which
+            listed = api.get("/v1/alarms?active=true").json()["alarms"]
+        assert {a["id"]: a for a in listed}[alarm_id]["acked_by"].startswith(shown)
     until(browser, lambda: "alarm.ack" in by_id(browser, "audit").text, "the ack, audited")
 
     click(browser, "#events tr.ev-running button", "the event's cancel button")  # ends now
