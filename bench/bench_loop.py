@@ -13,7 +13,11 @@ seconds (alarms raised and cleared); and another process holding the SQLite file
 for 2 s out of every 3. It then prints what the writers went through, and checks that every
 alarm raised was stored once the lock was gone.
 
+With --stream-clients N, N consoles (another process) watch /v1/stream throughout each run;
+it prints how many tick summaries each got.
+
     python bench/bench_loop.py [--seconds 60] [--periods 0.1 0.02] [--disk-stress]
+                               [--stream-clients 50]
 """
 
 from __future__ import annotations
@@ -101,6 +105,27 @@ async def operators(base: str, key: str, seconds: float, n: int = 4) -> dict[str
     return counts
 
 
+async def streamer(base: str, key: str, until: float) -> int:
+    """One console's /v1/stream: the tick summaries it got before `until`."""
+    got = 0
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(base_url=base, headers=headers, timeout=30.0) as api,
+        api.stream("GET", "/v1/stream") as r,
+    ):
+        async for line in r.aiter_lines():
+            got += line.startswith("data: ")
+            if time.monotonic() > until:
+                break
+    return got
+
+
+async def streamers(base: str, key: str, seconds: float, n: int) -> dict[str, int]:
+    until = time.monotonic() + seconds
+    got = await asyncio.gather(*(streamer(base, key, until) for _ in range(n)))
+    return {"clients": n, "min": min(got), "max": max(got)}
+
+
 async def flapping_device(plant: SimulatorThread, until: float) -> None:
     """ups-b drops its link for 3 s in every 6: device_down raised and cleared."""
     loop = plant._loop
@@ -112,7 +137,7 @@ async def flapping_device(plant: SimulatorThread, until: float) -> None:
 
 
 async def run_once(
-    period_s: float, seconds: float, data_dir: Path, stress: bool = False
+    period_s: float, seconds: float, data_dir: Path, stress: bool = False, stream_clients: int = 0
 ) -> dict[str, float]:
     site = bench_site(period_s, data_dir)
     plant = SimulatorThread(plant_of(site))
@@ -136,14 +161,23 @@ async def run_once(
     await asyncio.sleep(3.0)  # connect and settle
     first = len(records)
     counts = {"ok": 0, "failed": 0}
+    streamed = {"clients": 0, "min": 0, "max": 0}
+    base = f"http://127.0.0.1:{site.api_port}"
     with contextlib.ExitStack() as stack:
+        if stream_clients:  # consoles watching the stream, from a process of their own
+            watchers = subprocess.Popen(
+                [sys.executable, __file__, "--streamers", base, key, str(seconds),
+                 str(stream_clients)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            stack.callback(watchers.kill)
         if stress:
             # The operators and the locking tool are processes of their own, as they are in
             # production: their work must not run on the controller's event loop.
             db_file = str(site.data_dir / "gridpilot.sqlite")
             locker = subprocess.Popen([sys.executable, "-c", LOCKER, db_file])
             stack.callback(locker.kill)
-            base = f"http://127.0.0.1:{site.api_port}"
             load = subprocess.Popen(
                 [sys.executable, __file__, "--operators", base, key, str(seconds)],
                 stdout=subprocess.PIPE,
@@ -155,7 +189,10 @@ async def run_once(
             counts = json.loads(out.strip().splitlines()[-1])
         else:
             await asyncio.sleep(seconds)
-    last = len(records)
+        last = len(records)
+        if stream_clients:
+            out, _ = await asyncio.to_thread(watchers.communicate, timeout=60)
+            streamed = json.loads(out.strip().splitlines()[-1])
     writers = (controller.ops_writer, controller.store.writer)
     failures = sum(w.failures_total for w in writers)
     raised = controller.alarms.raised_total
@@ -184,6 +221,7 @@ async def run_once(
         "write_failures": failures,
         "alarms_raised": raised,
         "alarms_stored": len(stored),
+        "streamed": streamed,
     }
 
 
@@ -207,9 +245,22 @@ def main() -> None:
         help="API writes, alarms, and another process locking the SQLite file",
     )
     parser.add_argument(
+        "--stream-clients",
+        type=int,
+        default=0,
+        help="this many /v1/stream clients (consoles) watch each run, from another process",
+    )
+    parser.add_argument(
         "--operators", nargs=3, metavar=("URL", "KEY", "SECONDS"), help=argparse.SUPPRESS
     )  # the load process --disk-stress starts
+    parser.add_argument(
+        "--streamers", nargs=4, metavar=("URL", "KEY", "SECONDS", "N"), help=argparse.SUPPRESS
+    )  # the watchers --stream-clients starts
     args = parser.parse_args()
+    if args.streamers:
+        base, key, seconds, n = args.streamers
+        print(json.dumps(asyncio.run(streamers(base, key, float(seconds), int(n)))))
+        return
     if args.operators:
         base, key, seconds = args.operators
         print(json.dumps(asyncio.run(operators(base, key, float(seconds)))))
@@ -228,7 +279,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for period in args.periods:
             r = asyncio.run(
-                run_once(period, args.seconds, Path(tmp) / f"p{period}", args.disk_stress)
+                run_once(
+                    period,
+                    args.seconds,
+                    Path(tmp) / f"p{period}",
+                    args.disk_stress,
+                    args.stream_clients,
+                )
             )
             gc.unfreeze()  # let the last run's plant and controller go before the next
             gc.collect()
@@ -239,6 +296,12 @@ def main() -> None:
                 f"{r['gap_max']:>8.2f} {r['late']:>5.0f} "
                 f"{r['overruns']:>9.0f}"
             )
+            if args.stream_clients:
+                s = r["streamed"]
+                print(
+                    f"        stream: {s['clients']} clients, each got {s['min']}–{s['max']} "
+                    f"tick summaries of {r['ticks']} ticks"
+                )
             if args.disk_stress:
                 print(
                     f"        API writes ok {r['api_ok']}, failed {r['api_failed']}; "
