@@ -29,7 +29,8 @@ is not over within --attack-timeout (300 s) is cancelled and reported as timed o
                 be in, by the median of 3 probe POSTs; or --event-lead) and ending together
                 --seconds later; late ticks while posting, from 1 s before the start to 1 s
                 before the end, and from then until the controller has recorded every end in
-                its file (at most --record-wait, 60 s); and when it had recorded them
+                its file (at most --record-wait, 60 s); and, from the file, how long after
+                its edge the last start and end was stored
   locked-db     another process holds an exclusive lock on the SQLite file for 8 s while an
                 operator PATCHes a ramp limit and GETs /v1/state; then is the value in force
                 (GET /v1/setpoints) what was stored (the file) and audited (GET /v1/audit)?
@@ -409,6 +410,19 @@ async def time_one_post(t: Target, probes: int = 3) -> float:
     return statistics.median(took)
 
 
+def record_lags(db: Path, start_s: float) -> tuple[int, float | None, int, float | None]:
+    """From the file: how many of the events starting at `start_s` have their start and end
+    recorded, and the longest time from each edge to its row being written (the controller
+    writes `started_at` and `ended_at` as it stores them)."""
+    with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+        row = conn.execute(
+            "SELECT count(started_at), max(started_at - start_s), count(ended_at),"
+            " max(ended_at - end_s) FROM dr_events WHERE start_s = ? AND cancelled_at IS NULL",
+            (start_s,),
+        ).fetchone()
+    return row[0], row[1], row[2], row[3]
+
+
 def recorded(db: Path, start_s: float) -> tuple[int, int]:
     """How many of the events starting at `start_s` the controller has recorded as started,
     and as ended, in its file."""
@@ -436,11 +450,6 @@ class Recorded:
             self.all_started_s = time.time()
         if ended >= self.n and self.all_ended_s is None:
             self.all_ended_s = time.time()
-
-    def says(self, edge: str, count: int, done_s: float | None, edge_s: float) -> str:
-        if done_s is not None:
-            return f"all {self.n} {edge} recorded {done_s - edge_s:.1f} s after"
-        return f"{count}/{self.n} {edge} recorded by then"
 
 
 async def watch_records(db: Path, start_s: float, rec: Recorded, give_up_s: float) -> None:
@@ -482,9 +491,14 @@ async def attack_events(ctx: Context) -> str:
     timing = f"{margin:.1f} s before their start" if margin >= 0 else f"{-margin:.1f} s LATE"
     table = f"{in_table:,} in the table" if in_table is not None else "table as found"
     starts = ends = ""
-    if watching is not None:
-        starts = "; " + rec.says("starts", rec.started, rec.all_started_s, start_s)
-        ends = "; " + rec.says("ends", rec.ended, rec.all_ended_s, end_s)
+    if watching is not None and t.db is not None:
+        started, start_lag, ended, end_lag = await asyncio.to_thread(record_lags, t.db, start_s)
+        starts = f"; {started}/{rec.n} starts stored" + (
+            f", the last {start_lag:.2f} s after the start" if start_lag is not None else ""
+        )
+        ends = f"; {ended}/{rec.n} ends stored" + (
+            f", the last {end_lag:.2f} s after the end" if end_lag is not None else ""
+        )
     return (
         f"{table}; a probe POST took {per_post * 1e3:.0f} ms; POST ×{a.events}: {tally(statuses)} "
         f"in {posted - posting:.1f} s ({at_post.late()}), done {timing}; "
