@@ -92,6 +92,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from controller.edge import raise_open_files_limit
 from tests.sites import site_dict
 
 GRIDPILOT = [sys.executable, "-m", "controller.cli"]
@@ -697,17 +698,9 @@ async def attack_slowloris(ctx: Context) -> str:
     )
 
 
-def raise_nofile() -> int:
-    """The bench's soft open-files limit raised to its hard one; returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 async def attack_conn_flood(ctx: Context) -> str:
     t, a = ctx.target, ctx.args
-    limit = raise_nofile()
+    limit = raise_open_files_limit()  # the bench's own, as the API process raises its
     n = min(FLOOD_CAP, limit - FD_RESERVE)
     started = time.monotonic()
     until = started + a.seconds
@@ -1138,7 +1131,7 @@ async def run_local(args: argparse.Namespace, site: LocalSite) -> list[Row]:
 
 def main() -> None:
     args = parse_args()
-    raise_nofile()
+    raise_open_files_limit()
     # SIGTERM ends the bench as Ctrl-C does: through the `finally` that stops its processes.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.url:
