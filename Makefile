@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_drivers.py
 	$(BIN)/python bench/bench_loop.py
 	$(BIN)/python bench/bench_api.py
+	$(BIN)/python bench/bench_attacks.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache
