@@ -174,7 +174,8 @@ class Bridge:
 
     def handle(self, message: dict[str, Any]) -> dict[str, Any]:
         reply = self._answer(message)
-        op = message.get("op") if message.get("op") in self._table else "unknown"
+        op = message.get("op")
+        op = op if isinstance(op, str) and op in self._table else "unknown"  # a bounded label
         status = 200 if reply["ok"] else reply["status"]
         self.requests.labels(self.state.site, op, str(status)).inc()
         return reply

@@ -35,6 +35,14 @@ def encode(message: dict[str, Any]) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
+def decode(data: bytes) -> dict[str, Any]:
+    """A frame's body as the message it holds: a JSON object, or ValueError."""
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError("a frame must hold a JSON object")
+    return message
+
+
 def _size(header: bytes, limit: int) -> int:
     (size,) = HEADER.unpack(header)
     if size > limit:
@@ -56,18 +64,13 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
 def recv_frame(sock: socket.socket, limit: int) -> dict[str, Any]:
     """The next message (blocking); ChannelClosed at the end, FrameTooLarge over `limit`."""
     size = _size(_recv_exactly(sock, HEADER.size), limit)
-    message = json.loads(_recv_exactly(sock, size))
-    if not isinstance(message, dict):
-        raise ValueError("a frame must hold a JSON object")
-    return message
+    return decode(_recv_exactly(sock, size))
 
 
 async def read_frame(reader: asyncio.StreamReader, limit: int) -> dict[str, Any]:
     try:
         size = _size(await reader.readexactly(HEADER.size), limit)
-        message = json.loads(await reader.readexactly(size))
+        body = await reader.readexactly(size)
     except asyncio.IncompleteReadError:
         raise ChannelClosed("the controller closed the channel") from None
-    if not isinstance(message, dict):
-        raise ValueError("a frame must hold a JSON object")
-    return message
+    return decode(body)

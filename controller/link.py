@@ -8,12 +8,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
-from controller.channel import MAX_REPLY_BYTES, VIEWS, ChannelClosed, encode, read_frame
+from controller.channel import (
+    HEADER,
+    MAX_REPLY_BYTES,
+    VIEWS,
+    ChannelClosed,
+    decode,
+    encode,
+    read_frame,
+)
 
 
 class ControllerUnavailable(Exception):
@@ -140,6 +147,6 @@ class InProcessLink(ControllerLink):
         self._handle = handle
 
     async def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
-        wire = json.loads(encode(message)[4:])  # as the channel would carry it
+        wire = decode(encode(message)[HEADER.size :])  # as the channel would carry it
         reply = await asyncio.to_thread(self._handle, wire)
-        return json.loads(encode(reply)[4:])
+        return decode(encode(reply)[HEADER.size :])

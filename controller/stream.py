@@ -50,7 +50,6 @@ class TickStream:
         self.link, self.period_s, self.max_clients = link, period_s, max_clients
         self._clients: set[_Client] = set()
         self._task: asyncio.Task[None] | None = None
-        self.dropped_total = 0
 
     @property
     def full(self) -> bool:
@@ -99,7 +98,6 @@ class TickStream:
                     except asyncio.QueueFull:  # it stopped reading: dropped, not buffered
                         client.dropped.set()
                         self._clients.discard(client)
-                        self.dropped_total += 1
                         log.info("stream client dropped: it stopped reading")
             await asyncio.sleep(self.period_s / 2)
 

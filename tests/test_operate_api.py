@@ -728,3 +728,16 @@ async def test_a_change_the_file_refuses_changes_nothing(site: SiteConfig, monke
             r = await client.request(method, url, json=body, headers=head)
             assert r.is_success, (url, r.text)
         assert ops.in_force(now + 150).dispatch.import_cap_w == 7e6
+
+
+def test_the_bridge_answers_a_malformed_request_and_goes_on(site: SiteConfig):
+    """What comes over the channel is checked like any input: an operation that is no name, or
+    one it does not know, answers 400 (counted under a bounded label), and nothing breaks."""
+    controller = Controller(site)
+    try:
+        for message in ({"id": 1, "op": ["state"]}, {"id": 2, "op": "drop_tables"}, {"id": 3}):
+            reply = controller.bridge.handle(message)
+            assert reply["ok"] is False and reply["status"] == 400, reply
+        assert controller.bridge.handle({"id": 4, "op": "mode"})["ok"] is True
+    finally:
+        controller.close()
