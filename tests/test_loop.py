@@ -51,9 +51,22 @@ async def test_lost_ups_degrades_control_and_batteries_stand_down(running):
     assert records[-1].result is None
     await asyncio.sleep(0.5)
     assert stack.bess["bess-1"].w_set == 0.0
-    ups_a = stack.ups["ups-a"]
-    # the reachable UPS's limit now tracks its own output: the grid carries the load
-    assert abs(ups_a.input_limit_w - ups_a.output_w) < 0.2 * ups_a.output_w
+    # the reachable UPS's limit is its own measured load (the grid carries it all), and it lands;
+    # compared per tick, since the load swings megawatts between one tick's reading and the next
+    last_auto = max(i for i, r in enumerate(records) if r.mode == "auto")
+    degraded = records[last_auto + 1 :]
+    assert degraded and all(r.mode == "degraded" for r in degraded)
+    limits = []
+    for rec in degraded:
+        load = next(b.load_w for b in rec.snapshot.assets.batteries if b.id == "ups-a")
+        (limit,) = [
+            c.value
+            for c in rec.decision.commands
+            if c.device == "ups-a" and c.role == "input_limit_w"
+        ]
+        assert limit == pytest.approx(load)
+        limits.append(limit)
+    assert stack.ups["ups-a"].input_limit_w in limits[-5:]
 
     await stack.start_device("ups-b")
     await until(lambda: records[-1].mode == "auto", 15, "auto mode again")
