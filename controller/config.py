@@ -247,6 +247,36 @@ class RetentionConfig(Strict):
     )
 
 
+class CaptureConfig(Strict):
+    """Disturbance captures: a window of the recorder's rows kept and exported as COMTRADE
+    when the frequency strays, an alarm is raised, the mode changes, a demand-response event
+    starts or ends, or an operator asks."""
+
+    frequency_threshold_hz: float = Field(
+        0.1, gt=0, le=5, description="an excursion: |frequency − nominal| beyond this, Hz"
+    )
+    pre_s: float = Field(30.0, ge=0, le=600, description="kept before the trigger, s")
+    post_s: float = Field(60.0, ge=0, le=600, description="kept after the trigger, s")
+    max_count: int = Field(500, ge=1, le=100_000, description="captures kept; oldest go first")
+
+
+class RecorderConfig(Strict):
+    """The high-rate recorder: every tick's key signals into time-partitioned files under
+    `data_dir/recorder` (Arrow IPC while written, Parquet when closed; see the README for the
+    MB a day)."""
+
+    enabled: bool = True
+    partition_s: float = Field(600.0, ge=10, le=86400, description="one file per, s")
+    retention_h: float = Field(24.0, gt=0, le=24 * 366, description="rows kept, h")
+    max_mb: float = Field(
+        4096.0, ge=1, le=1e7, description="the folder at most, MB; the oldest files go first"
+    )
+    batch_s: float = Field(
+        1.0, ge=0.1, le=10, description="rows handed to the disk every, s: what a kill can lose"
+    )
+    captures: CaptureConfig = CaptureConfig()
+
+
 class LimitsConfig(Strict):
     """Bounds on what the API lets pile up: past one, a request is refused (409) and nothing
     is stored, so neither the file nor what each tick looks at grows without end."""
@@ -357,6 +387,7 @@ class SiteConfig(BaseSettings):
     retention: RetentionConfig = RetentionConfig()
     limits: LimitsConfig = LimitsConfig()
     backup: BackupConfig = BackupConfig()
+    recorder: RecorderConfig = RecorderConfig()
     simulation: dict[str, Any] = Field(
         default_factory=dict,
         description="the demo plant's settings: only the simulators read them (and check them)",

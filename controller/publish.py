@@ -8,6 +8,7 @@ from collections.abc import Callable
 from controller.alarms import AlarmBook
 from controller.metrics import Metrics
 from controller.record import TickRecord
+from controller.recorder.recorder import Recorder
 from controller.state import SiteState
 from controller.store import Store
 
@@ -25,9 +26,11 @@ class Publisher:
         store: Store,
         alarms: AlarmBook | None = None,
         housekeeping: Callable[[float], None] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.state, self.metrics, self.store, self.alarms = state, metrics, store, alarms
         self.housekeeping = housekeeping  # given the wall time; hands its work to the writers
+        self.recorder = recorder
         self._next_housekeeping_at = 0.0
         self._next_sample_at = 0.0
         self._mode: str | None = None
@@ -39,6 +42,8 @@ class Publisher:
     def __call__(self, rec: TickRecord) -> None:
         self.state.update(rec)
         self.metrics.observe(rec)
+        if self.recorder is not None:
+            self.recorder.record(rec)
         if self.alarms is not None:
             self.alarms.update(rec)
         self._events(rec)

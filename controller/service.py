@@ -20,13 +20,14 @@ from controller import dbfile
 from controller.alarms import AlarmBook
 from controller.apiproc import ApiProcess, ApiSpec
 from controller.bridge import Bridge
-from controller.config import DeviceConfig, SiteConfig
+from controller.config import BATTERY_KINDS, DeviceConfig, SiteConfig
 from controller.dispatch import warm_up
 from controller.loop import ControlLoop
 from controller.metrics import Metrics
 from controller.operations import Operations
 from controller.opsdb import OpsDB
 from controller.publish import Publisher
+from controller.recorder.recorder import Recorder
 from controller.sitefile import device_maps
 from controller.state import SiteState
 from controller.store import Store
@@ -42,6 +43,7 @@ from drivers.security import LinkSecurity
 
 log = logging.getLogger("gridpilot")
 DB_FILE = "gridpilot.sqlite"
+RECORDER_DIR = "recorder"
 
 
 def make_driver(device: DeviceConfig, devmap: DeviceMap | None = None) -> DeviceDriver:
@@ -79,6 +81,26 @@ def make_driver(device: DeviceConfig, devmap: DeviceMap | None = None) -> Device
     )
 
 
+def make_recorder(site: SiteConfig) -> Recorder | None:
+    """The site's recorder under `data_dir/recorder`, with what its readers need to know of
+    the site (none when the site file turns it off)."""
+    if not site.recorder.enabled:
+        return None
+    d = site.dispatch
+    meta = {
+        "site": site.name,
+        "period_s": site.loop_period_s,
+        "frequency": {
+            "nominal_hz": d.nominal_frequency_hz,
+            "droop": d.droop,
+            "deadband_hz": d.deadband_hz,
+            "full_response_w": d.frequency_response_w,
+        },
+    }
+    assets = [dev.id for dev in site.devices_of(*BATTERY_KINDS)]
+    return Recorder(site.data_dir / RECORDER_DIR, site.recorder, assets, meta)
+
+
 @contextlib.contextmanager
 def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     loop = asyncio.get_running_loop()
@@ -107,7 +129,10 @@ class Controller:
         self.operations = Operations(site, self.db, self.ops_writer)
         self.drivers = {d.id: make_driver(d, maps[d.id]) for d in site.devices}
         self.store = Store(site.data_dir / DB_FILE)
+        self.recorder = make_recorder(site)
         writers = (self.ops_writer, self.store.writer)
+        if self.recorder is not None:
+            writers += (self.recorder.writer,)
         self.alarms = AlarmBook(self.db, self.ops_writer, watched=writers)
         self.state = SiteState(site.name, site.loop_period_s, writers)
         self.tokens = TokenMeter(
@@ -120,7 +145,7 @@ class Controller:
         self.loop = ControlLoop(
             site,
             self.drivers,
-            Publisher(self.state, self.metrics, self.store, self.alarms, self.prune),
+            Publisher(self.state, self.metrics, self.store, self.alarms, self.prune, self.recorder),
             self.operations,
         )
         configs = {d.id: d for d in site.devices}
@@ -231,6 +256,8 @@ class Controller:
     def close(self) -> None:
         """Drain and close the store and the operators' writer, then the file (a write the
         disk still refuses after the writers' time is up is logged as lost)."""
+        if self.recorder is not None:
+            self.recorder.close()
         self.store.close()
         self.ops_writer.close()
         self.db.close()

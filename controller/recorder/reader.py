@@ -1,0 +1,79 @@
+"""Reading the recorder: rows of a time range, one partition at a time (a day at 10 Hz is
+864,000 rows: consumers stream, nothing loads a whole range), and the folder's meta data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from controller.recorder.files import iter_tables
+
+META_FILE = "meta.json"
+FORMAT = 1
+
+
+class RecorderDataError(ValueError):
+    """A folder that holds no recorder data, or data of a format this version cannot read."""
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecorderDataError(f"{folder}: no recorder data here ({META_FILE} missing)") from None
+    except (OSError, ValueError) as exc:
+        raise RecorderDataError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise RecorderDataError(f"{path}: format {meta.get('format')!r}, this reads {FORMAT}")
+    return meta
+
+
+def _columns(table: pa.Table, columns: Sequence[str]) -> pa.Table:
+    """The named columns, in order; one a partition lacks (the site had other assets then)
+    comes back as nulls of float64."""
+    arrays = [
+        table.column(c) if c in table.column_names else pa.nulls(table.num_rows, pa.float64())
+        for c in columns
+    ]
+    return pa.table(arrays, names=list(columns))
+
+
+def read_tables(
+    folder: Path,
+    from_s: float | None = None,
+    to_s: float | None = None,
+    columns: Sequence[str] | None = None,
+) -> Iterator[pa.Table]:
+    """Rows with from_s <= time_s < to_s, one table per partition, in time order; `columns`
+    (time_s always first) or all of each partition's."""
+    for table in iter_tables(folder, from_s, to_s):
+        times = table.column("time_s")
+        mask = None
+        if from_s is not None:
+            mask = pc.greater_equal(times, from_s)
+        if to_s is not None:
+            upper = pc.less(times, to_s)
+            mask = upper if mask is None else pc.and_(mask, upper)
+        if mask is not None:
+            table = table.filter(mask)
+        if columns is not None:
+            table = _columns(table, ["time_s", *(c for c in columns if c != "time_s")])
+        if table.num_rows:
+            yield table
+
+
+def read_table(
+    folder: Path,
+    from_s: float | None = None,
+    to_s: float | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table | None:
+    """A short range as one table (a capture's window), None if it holds no rows."""
+    tables = list(read_tables(folder, from_s, to_s, columns))
+    return pa.concat_tables(tables, promote_options="default") if tables else None
