@@ -21,6 +21,7 @@ from controller.dbfile import StorageError
 from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
 from controller.opsdb import ROLES, Actor, Conflict, OpsDB
+from controller.replay.record import RecordExistsError, record_run
 from controller.replay.report import print_figures, print_sizing, replay_progress
 from controller.replay.run import ReplaySettings, plot, report, simulate
 from controller.replay.run import size as size_battery
@@ -183,6 +184,14 @@ def replay(
     from_s: FromOpt = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as JSON")] = False,
     plot_to: Annotated[Path | None, typer.Option("--plot", help="draw the run to a PNG")] = None,
+    record_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--record",
+            help="also write the run as the recorder does, under DIR/recorder, for "
+            "`gridpilot report --data-dir DIR`",
+        ),
+    ] = None,
     bound: Annotated[bool, typer.Option(help="solve the perfect-foresight LP bound")] = True,
 ) -> None:
     """Run the dispatch core over a trace: smoothing figures and the perfect-foresight bound."""
@@ -204,6 +213,12 @@ def replay(
         result = report(run, tr.dt_s, settings, bound)
     if plot_to is not None:
         plot(run, tr.dt_s, str(plot_to), settings, trace.name)
+    if record_to is not None:
+        try:
+            record_run(run, tr.dt_s, settings, record_to)
+        except (RecordExistsError, OSError) as exc:
+            typer.echo(f"gridpilot: {exc}", err=True)
+            raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

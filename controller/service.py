@@ -27,6 +27,7 @@ from controller.metrics import Metrics
 from controller.operations import Operations
 from controller.opsdb import OpsDB
 from controller.publish import Publisher
+from controller.recorder.reader import RECORDER_DIR, site_meta
 from controller.recorder.recorder import Recorder
 from controller.sitefile import device_maps
 from controller.state import SiteState
@@ -43,7 +44,6 @@ from drivers.security import LinkSecurity
 
 log = logging.getLogger("gridpilot")
 DB_FILE = "gridpilot.sqlite"
-RECORDER_DIR = "recorder"
 
 
 def make_driver(device: DeviceConfig, devmap: DeviceMap | None = None) -> DeviceDriver:
@@ -82,23 +82,12 @@ def make_driver(device: DeviceConfig, devmap: DeviceMap | None = None) -> Device
 
 
 def make_recorder(site: SiteConfig) -> Recorder | None:
-    """The site's recorder under `data_dir/recorder`, with what its readers need to know of
-    the site (none when the site file turns it off)."""
+    """The site's recorder under `data_dir/recorder` (none when the site file turns it off)."""
     if not site.recorder.enabled:
         return None
-    d = site.dispatch
-    meta = {
-        "site": site.name,
-        "period_s": site.loop_period_s,
-        "frequency": {
-            "nominal_hz": d.nominal_frequency_hz,
-            "droop": d.droop,
-            "deadband_hz": d.deadband_hz,
-            "full_response_w": d.frequency_response_w,
-        },
-    }
     assets = [dev.id for dev in site.devices_of(*BATTERY_KINDS)]
-    return Recorder(site.data_dir / RECORDER_DIR, site.recorder, assets, meta)
+    meta = site_meta(site.name, site.loop_period_s, site.dispatch, assets)
+    return Recorder(site.data_dir / RECORDER_DIR, site.recorder, meta)
 
 
 @contextlib.contextmanager

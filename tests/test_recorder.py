@@ -16,9 +16,8 @@ import yaml
 from controller.config import RecorderConfig
 from controller.recorder import rows
 from controller.recorder.files import CLOSED, OPEN, PartitionWriter, partitions, remove_old
-from controller.recorder.reader import read_meta, read_table, read_tables
+from controller.recorder.reader import RECORDER_DIR, read_meta, read_table, read_tables
 from controller.recorder.recorder import Recorder
-from controller.service import RECORDER_DIR
 from controller.sitefile import load_site
 from tests.plant import controller_running, modbus_only, until
 from tests.processes import gridpilot, wait_http
@@ -83,7 +82,7 @@ def test_old_partitions_go_by_age_then_by_size(tmp_path: Path):
 def test_a_failing_disk_holds_the_rows_and_writes_each_once_when_it_works_again(tmp_path: Path):
     folder = tmp_path / "recorder"
     cfg = RecorderConfig(partition_s=600.0)
-    rec = Recorder(folder, cfg, ASSETS, {"site": "t"})
+    rec = Recorder(folder, cfg, {"format": 1, "site": "t", "assets": list(ASSETS)})
     try:
         rec._rows = synthetic(1, 10)
         assert rec.flush()

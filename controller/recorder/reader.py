@@ -11,14 +11,39 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from controller.config import DispatchConfig
 from controller.recorder.files import iter_tables
+from drivers.private import private_dir, write_private
 
+RECORDER_DIR = "recorder"  # under the data folder
 META_FILE = "meta.json"
 FORMAT = 1
 
 
 class RecorderDataError(ValueError):
     """A folder that holds no recorder data, or data of a format this version cannot read."""
+
+
+def site_meta(
+    site: str, period_s: float, dispatch: DispatchConfig, assets: Sequence[str]
+) -> dict[str, Any]:
+    """What a reader of the rows needs to know of the site that wrote them."""
+    return {
+        "format": FORMAT,
+        "site": site,
+        "period_s": period_s,
+        "frequency": {
+            "nominal_hz": dispatch.nominal_frequency_hz,
+            "droop": dispatch.droop,
+            "deadband_hz": dispatch.deadband_hz,
+            "full_response_w": dispatch.frequency_response_w,
+        },
+        "assets": list(assets),
+    }
+
+
+def write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    write_private(private_dir(folder) / META_FILE, json.dumps(meta, indent=1).encode())
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

@@ -7,10 +7,8 @@ counted) and they are written, in order, when it works again.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,8 @@ from controller.config import RecorderConfig
 from controller.record import TickRecord
 from controller.recorder import rows
 from controller.recorder.files import PartitionWriter, folder_bytes, remove_old
-from controller.recorder.reader import FORMAT, META_FILE
+from controller.recorder.reader import write_meta
 from controller.writer import Writer
-from drivers.private import write_private
 
 log = logging.getLogger("gridpilot.recorder")
 MAX_HELD_S = 600.0  # a failing disk: ten minutes of rows wait in memory (~5 MB at 10 Hz)
@@ -28,15 +25,10 @@ HOUSEKEEPING_S = 60.0  # old partitions removed, the folder's size measured
 
 
 class Recorder:
-    def __init__(
-        self, folder: Path, cfg: RecorderConfig, assets: Sequence[str], meta: dict[str, Any]
-    ) -> None:
-        self.folder, self.cfg, self.assets = folder, cfg, tuple(assets)
+    def __init__(self, folder: Path, cfg: RecorderConfig, meta: dict[str, Any]) -> None:
+        self.folder, self.cfg, self.assets = folder, cfg, tuple(meta["assets"])
         self.files = PartitionWriter(folder, rows.schema(self.assets), cfg.partition_s)
-        write_private(
-            folder / META_FILE,
-            json.dumps({"format": FORMAT, **meta, "assets": list(self.assets)}).encode(),
-        )
+        write_meta(folder, meta)
         self.writer = Writer("recorder", max_sheddable=max(1, int(MAX_HELD_S / cfg.batch_s)))
         self.rows_total = 0  # rows written to disk
         self.bytes = folder_bytes(folder)  # the folder's size, measured once a minute

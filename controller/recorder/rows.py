@@ -5,8 +5,9 @@ of tuples into columns."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 from controller.record import TickRecord
@@ -88,6 +89,20 @@ def row(rec: TickRecord, assets: Sequence[str]) -> tuple:
             _f(rd.soc.get(a)),
         )
     return (rec.wall_time, rec.seq, rec.mode, *site, *per_asset)
+
+
+def columns_batch(
+    columns: Mapping[str, np.ndarray], n: int, assets: Sequence[str]
+) -> pa.RecordBatch:
+    """Whole columns (a replay's arrays) as one batch; a signal not given is unknown (NaN),
+    and a mode not given is auto."""
+    arrays = []
+    for f in schema(assets):
+        given = columns.get(f.name)
+        if given is None:
+            given = np.full(n, "auto") if f.name == "mode" else np.full(n, NAN)
+        arrays.append(pa.array(given, type=f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema(assets))
 
 
 def batch(rows: Sequence[tuple], assets: Sequence[str]) -> pa.RecordBatch:
