@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -18,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controller.api_evidence import evidence_router
 from controller.api_operate import operate_router
 from controller.auth import requires
 from controller.config import ApiLimits
@@ -32,9 +34,12 @@ from controller.stream import TickEvents, TickStream
 log = logging.getLogger("gridpilot.api")
 
 
-def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None) -> FastAPI:
+def create_app(
+    link: ControllerLink, db: OpsDB, data_dir: Path, limits: ApiLimits | None = None
+) -> FastAPI:
     """The API: views and changes go to the controller through `link`; keys, the audit log
-    and history are read from the SQLite file (`db`, read-only in the API's process)."""
+    and history are read from the SQLite file (`db`, read-only in the API's process), the
+    recorder's rows and captures from `data_dir`."""
     limits = limits or ApiLimits()
     app = FastAPI(
         title="gridpilot",
@@ -191,6 +196,7 @@ def create_app(link: ControllerLink, db: OpsDB, limits: ApiLimits | None = None)
         return problem(503, "Not ready", reason)
 
     app.include_router(operate_router(link, db))
+    app.include_router(evidence_router(link, db, data_dir))
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, with the Problem model, and 422 as the problem document this

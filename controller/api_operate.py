@@ -83,7 +83,7 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
         who: Actor = viewer, limit: Limit = 50, before_id: BeforeId = None
     ) -> dict[str, Any]:
         rows = await asyncio.to_thread(db.events_page, limit, before_id)
-        return page(_keys_hidden(rows, "created_by", who), "events", limit)
+        return page(keys_hidden(rows, "created_by", who), "events", limit)
 
     @router.post(
         "/events",
@@ -119,7 +119,7 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
             stored = await asyncio.to_thread(db.alarms, False, limit, before_id)
             found = {a["id"]: a for a in stored} | found
         rows = sorted(found.values(), key=lambda a: -a["id"])[:limit]
-        return page(_keys_hidden(rows, "acked_by", who), "alarms", limit)
+        return page(keys_hidden(rows, "acked_by", who), "alarms", limit)
 
     @router.post("/alarms/{alarm_id}/ack", summary="Acknowledge an alarm")
     async def ack_alarm(alarm_id: RowId, who: Actor = operator) -> dict[str, Any]:
@@ -177,7 +177,7 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
 HIDDEN_KEY = "(a key)"
 
 
-def _keys_hidden(rows: list[dict[str, Any]], field: str, who: Actor) -> list[dict[str, Any]]:
+def keys_hidden(rows: list[dict[str, Any]], field: str, who: Actor) -> list[dict[str, Any]]:
     """Rows as `who` may see them: a viewer sees that a key did it, not which."""
     if who.role != "viewer":
         return rows

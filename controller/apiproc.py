@@ -46,6 +46,7 @@ class ApiSpec:
     host: str
     port: int
     db_path: Path
+    data_dir: Path  # the recorder's rows and the captures, read here
     period_s: float  # views are fetched at most once a loop period
     limits: ApiLimits
     tls: tuple[Path, Path] | None  # HTTPS: (certificate chain, private key), PEM
@@ -117,7 +118,7 @@ async def _serve(spec: ApiSpec, channel: socket.socket) -> None:
 
     link = SocketLink(reader, writer, limits.controller_timeout_s, spec.period_s, controller_gone)
     db = OpsDB(spec.db_path, read_only=True)
-    app = create_app(link, db, limits)
+    app = create_app(link, db, spec.data_dir, limits)
     config = uvicorn.Config(
         app,
         http=guarded_protocol(limits, tally),

@@ -33,12 +33,13 @@ from controller.channel import (
     encode,
     recv_frame,
 )
-from controller.commands import ActorIn, KeyIn, ModeIn, SetpointsPatch, SetpointsPut
+from controller.commands import ActorIn, CaptureIn, KeyIn, ModeIn, SetpointsPatch, SetpointsPut
 from controller.config import DeviceConfig
 from controller.metrics import Metrics
 from controller.operations import EventIn, Operations
 from controller.opsdb import Conflict, OpsDB
 from controller.problems import field_errors
+from controller.recorder.captures import CaptureKeeper
 from controller.snapshot import LinkCounters
 from controller.state import SiteState
 from drivers.devicemap import DeviceMap
@@ -78,6 +79,10 @@ class _RevokeKey(_Command):
     key_id: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9]+$")
 
 
+class _RequestCapture(_Command):
+    reason: str
+
+
 class Refused(Exception):
     """A command refused with an HTTP status the API answers as a problem document."""
 
@@ -96,7 +101,9 @@ class Bridge:
         metrics: Metrics,
         configs: Mapping[str, DeviceConfig],
         maps: Mapping[str, DeviceMap],
+        captures: CaptureKeeper | None = None,
     ) -> None:
+        self.captures = captures
         self.ops, self.db, self.state, self.alarms, self.metrics = ops, db, state, alarms, metrics
         self.configs, self.maps = configs, maps
         self.requests = Counter(
@@ -128,6 +135,7 @@ class Bridge:
             "ack_alarm": self._ack_alarm,
             "create_key": self._create_key,
             "revoke_key": self._revoke_key,
+            "request_capture": self._request_capture,
         }
 
     # --- the channel ----------------------------------------------------------------------
@@ -310,6 +318,17 @@ class Bridge:
         if row is None:
             raise Refused(404, "Not found", f"No alarm {cmd.id}")
         return row
+
+    def _request_capture(self, args: dict[str, Any]) -> dict[str, Any]:
+        cmd = _RequestCapture.model_validate(args)
+        body = CaptureIn.model_validate({"reason": cmd.reason})
+        if self.captures is None:
+            raise Refused(503, "Recorder off", "the site file turns the recorder off")
+        if self.captures.waiting_full:
+            raise Refused(429, "Too many requests", "capture requests wait for the next tick")
+        who = cmd.actor.actor()
+        self.db.audit(who, "capture_requested", None, {"reason": body.reason})
+        return self.captures.request(body.reason, who.label)
 
     def _create_key(self, args: dict[str, Any]) -> dict[str, Any]:
         cmd = _CreateKey.model_validate(args)

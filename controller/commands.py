@@ -89,3 +89,16 @@ class ActorIn(BaseModel):
     @classmethod
     def of(cls, actor: Actor) -> dict[str, Any]:
         return {"key_id": actor.key_id, "name": actor.name, "role": actor.role}
+
+
+class CaptureIn(BaseModel):
+    """An operator's capture: the recorder keeps the window around now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="why (kept with the capture and in the audit log)",
+    )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from controller.alarms import AlarmBook
 from controller.metrics import Metrics
 from controller.record import TickRecord
+from controller.recorder.captures import CaptureKeeper
 from controller.recorder.recorder import Recorder
 from controller.state import SiteState
 from controller.store import Store
@@ -27,10 +28,11 @@ class Publisher:
         alarms: AlarmBook | None = None,
         housekeeping: Callable[[float], None] | None = None,
         recorder: Recorder | None = None,
+        captures: CaptureKeeper | None = None,
     ) -> None:
         self.state, self.metrics, self.store, self.alarms = state, metrics, store, alarms
         self.housekeeping = housekeeping  # given the wall time; hands its work to the writers
-        self.recorder = recorder
+        self.recorder, self.captures = recorder, captures
         self._next_housekeeping_at = 0.0
         self._next_sample_at = 0.0
         self._mode: str | None = None
@@ -44,6 +46,9 @@ class Publisher:
         self.metrics.observe(rec)
         if self.recorder is not None:
             self.recorder.record(rec)
+        if self.captures is not None:
+            active = self.alarms.active if self.alarms is not None else ()
+            self.captures.observe(rec, frozenset(a.key for a in active))
         if self.alarms is not None:
             self.alarms.update(rec)
         self._events(rec)

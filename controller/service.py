@@ -27,6 +27,7 @@ from controller.metrics import Metrics
 from controller.operations import Operations
 from controller.opsdb import OpsDB
 from controller.publish import Publisher
+from controller.recorder.captures import CAPTURES_DIR, CaptureKeeper
 from controller.recorder.reader import RECORDER_DIR, site_meta
 from controller.recorder.recorder import Recorder
 from controller.sitefile import device_maps
@@ -119,6 +120,15 @@ class Controller:
         self.drivers = {d.id: make_driver(d, maps[d.id]) for d in site.devices}
         self.store = Store(site.data_dir / DB_FILE)
         self.recorder = make_recorder(site)
+        self.captures = None
+        if self.recorder is not None:
+            self.captures = CaptureKeeper(
+                site.data_dir / CAPTURES_DIR,
+                self.recorder,
+                site.recorder.captures,
+                site.name,
+                site.dispatch.nominal_frequency_hz,
+            )
         writers = (self.ops_writer, self.store.writer)
         if self.recorder is not None:
             writers += (self.recorder.writer,)
@@ -134,12 +144,27 @@ class Controller:
         self.loop = ControlLoop(
             site,
             self.drivers,
-            Publisher(self.state, self.metrics, self.store, self.alarms, self.prune, self.recorder),
+            Publisher(
+                self.state,
+                self.metrics,
+                self.store,
+                self.alarms,
+                self.prune,
+                self.recorder,
+                self.captures,
+            ),
             self.operations,
         )
         configs = {d.id: d for d in site.devices}
         self.bridge = Bridge(
-            self.operations, self.db, self.state, self.alarms, self.metrics, configs, maps
+            self.operations,
+            self.db,
+            self.state,
+            self.alarms,
+            self.metrics,
+            configs,
+            maps,
+            self.captures,
         )
         self.log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.api_process: ApiProcess | None = None  # while running
@@ -152,7 +177,7 @@ class Controller:
         from controller.link import InProcessLink
 
         link = InProcessLink(self.bridge.handle, self.site.loop_period_s)
-        return create_app(link, self.db, self.site.api_limits)
+        return create_app(link, self.db, self.site.data_dir, self.site.api_limits)
 
     def api_spec(self) -> ApiSpec:
         site = self.site
@@ -160,6 +185,7 @@ class Controller:
             site.api_host,
             site.api_port,
             self.db_path,
+            site.data_dir,
             site.loop_period_s,
             site.api_limits,
             self.api_tls(),
@@ -245,6 +271,8 @@ class Controller:
     def close(self) -> None:
         """Drain and close the store and the operators' writer, then the file (a write the
         disk still refuses after the writers' time is up is logged as lost)."""
+        if self.captures is not None:
+            self.captures.close()
         if self.recorder is not None:
             self.recorder.close()
         self.store.close()
