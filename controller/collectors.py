@@ -19,6 +19,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from controller.energy import WINDOWS_S, EnergyTotals, RollingRatios
+from controller.recorder.captures import CaptureKeeper
+from controller.recorder.recorder import Recorder
+from controller.recorder.triggers import CAUSES
 from controller.snapshot import Snapshot
 from controller.tokens import TokenMeter
 from controller.writer import Writer
@@ -217,3 +220,33 @@ class WriterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from families(self.site, "writer", self.FAMILIES, {w.name: w for w in self.writers})
+
+
+class RecorderCollector(Collector):
+    """The recorder: rows on disk, the folder's size, captures kept by cause (counters the
+    recorder's thread increments; an int read whole)."""
+
+    def __init__(self, site: str, recorder: Recorder, captures: CaptureKeeper | None) -> None:
+        self.site, self.recorder, self.captures = site, recorder, captures
+
+    def collect(self) -> Iterator[Metric]:
+        rows = CounterMetricFamily(
+            "gridpilot_recorder_rows", "Tick rows the recorder wrote to disk", labels=["site"]
+        )
+        rows.add_metric([self.site], self.recorder.rows_total)
+        size = GaugeMetricFamily(
+            "gridpilot_recorder_disk_bytes",
+            "Bytes of the recorder's files (measured once a minute)",
+            labels=["site"],
+        )
+        size.add_metric([self.site], self.recorder.bytes)
+        yield from (rows, size)
+        if self.captures is not None:
+            made = CounterMetricFamily(
+                "gridpilot_captures",
+                "Disturbance captures kept, by cause",
+                labels=["site", "cause"],
+            )
+            for cause in CAUSES:
+                made.add_metric([self.site, cause], self.captures.made_total[cause])
+            yield made

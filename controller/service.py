@@ -20,6 +20,7 @@ from controller import dbfile
 from controller.alarms import AlarmBook
 from controller.apiproc import ApiProcess, ApiSpec
 from controller.bridge import Bridge
+from controller.collectors import RecorderCollector
 from controller.config import BATTERY_KINDS, DeviceConfig, SiteConfig
 from controller.dispatch import warm_up
 from controller.loop import ControlLoop
@@ -141,6 +142,9 @@ class Controller:
             ]
         )
         self.metrics = Metrics(site.name, self.tokens, writers)
+        if self.recorder is not None:
+            collector = RecorderCollector(site.name, self.recorder, self.captures)
+            self.metrics.registry.register(collector)
         self.loop = ControlLoop(
             site,
             self.drivers,

@@ -61,6 +61,9 @@ async def test_a_frequency_dip_makes_one_capture_an_independent_reader_reads(
         assert (await run.api.get(f"/v1/captures/{cap['id']}/zip")).status_code == 422
         assert (await run.api.get("/v1/captures/20990101T000000.000Z-alarm/cfg")).status_code == 404
         assert (await run.api.get("/v1/captures/..%2Fgridpilot/cfg")).status_code in (404, 422)
+        await run.scrape()
+        assert run.metric("gridpilot_captures_total", cause="frequency_excursion") == 1
+        assert run.metric("gridpilot_recorder_rows_total") >= cap["rows"]
     on_disk = site.data_dir / CAPTURES_DIR
     assert (on_disk / f"{cap['id']}.cfg").read_bytes() == files["cfg"].read_bytes()
     assert cap["trigger_s"] - cap["from_s"] == pytest.approx(WINDOW_S)
