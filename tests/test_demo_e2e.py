@@ -238,3 +238,24 @@ def test_store_kept_samples_and_events(demo_run):
     assert "device_connected" in kinds
     assert samples[0] >= OBSERVE_S - 2
     assert samples[2] > samples[1]
+
+
+def test_recorder_kept_every_tick_at_the_loops_rate(demo_run):
+    from controller.recorder.files import CLOSED, partitions
+    from controller.recorder.reader import RECORDER_DIR, read_table
+
+    site = demo_run["site"]
+    folder = site.data_dir / RECORDER_DIR
+    assert [p.path.suffix for p in partitions(folder)] == [CLOSED]  # compacted at the stop
+    table = read_table(folder)
+    assert table is not None
+    seqs = table.column("seq").to_pylist()
+    assert seqs == list(range(1, len(seqs) + 1))  # from the first tick to the last, no gap
+    times = table.column("time_s").to_pylist()
+    assert len(times) >= OBSERVE_S / site.loop_period_s
+    assert max(b - a for a, b in pairwise(times)) < 3 * site.loop_period_s
+    seen = {s["tick"]["seq"]: s for s in demo_run["states"]}
+    for row in table.to_pylist():  # the rows are what the API showed of the same ticks
+        if (state := seen.get(row["seq"])) is not None:
+            shown = state["measurements"]["grid_w"]
+            assert row["grid_w"] != row["grid_w"] if shown is None else row["grid_w"] == shown
