@@ -124,7 +124,7 @@ def build_report(
         "range": {
             "from_s": first_s,
             "to_s": last_s + period,
-            "duration_s": last_s + period - first_s,
+            "duration_s": last_s - first_s + period,
             "period_s": period,
             "rows": count,
             "missing_rows": max(expected_rows - count, 0),
