@@ -104,7 +104,7 @@ def test_a_1hz_sine_shows_in_its_bands_with_its_energy():
 def site_run(n: int = 6000, step_w: float = 0.0) -> pa.Table:
     """Ten minutes of a site: a training load swinging at 0.5 Hz, a smoothed grid, a dip to
     49.8 Hz answered by the droop, an import cap, a missed tick and an unknown reading; the
-    grid steps by `step_w` at 150 s."""
+    grid steps by `step_w` at 160 s."""
     rng = np.random.default_rng(15)
     t = np.arange(n) * DT
     it = 8e6 + 1e6 * np.sign(np.sin(2 * np.pi * 0.5 * t)) + rng.normal(0, 2e4, n)
@@ -115,7 +115,7 @@ def site_run(n: int = 6000, step_w: float = 0.0) -> pa.Table:
     expected = np.clip((np.abs(f - 50) - droop["deadband_hz"]) / (droop["droop"] * 50), 0, 1)
     cap = np.where((t >= 400) & (t < 450), 8.05e6, np.nan)
     grid[1500] = np.nan
-    grid[t >= 150] += step_w
+    grid[t >= 160] += step_w
     columns = {
         "it_w": it,
         "grid_w": grid,
