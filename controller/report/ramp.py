@@ -96,6 +96,8 @@ class RampFigures:
     """Streams rows; `result` gives each window's largest change and share within its limit."""
 
     def __init__(self, period_s: float, limits_w: Mapping[float, float | None]) -> None:
+        if unknown := set(limits_w) - set(WINDOWS_S):
+            raise ValueError(f"ramp limits for windows {sorted(unknown)} s; there are {WINDOWS_S}")
         self.half_s = period_s / 2
         self.windows = [_Window(w, limits_w.get(w)) for w in WINDOWS_S]
         self.time_s = np.empty(0)

@@ -80,8 +80,8 @@ class Even:
         if fresh:  # the record's first row starts the first run
             out, starts = np.vstack([v[:1], out]), np.r_[0, starts + 1]
         self.samples += len(out)
-        edges = [0, *starts.tolist(), len(out)]
-        return [(lo in starts, out[lo:hi]) for lo, hi in pairwise(edges) if hi > lo]
+        edges, new = [0, *starts.tolist(), len(out)], set(starts.tolist())
+        return [(lo in new, out[lo:hi]) for lo, hi in pairwise(edges) if hi > lo]
 
 
 class WelchSum:
@@ -183,12 +183,12 @@ class SpectrumFigures:
         }
 
     def plot(self) -> dict[str, Any]:
-        spectra = self.spectra() or {}
-        out: dict[str, Any] = {"freqs_hz": [], **{n: [] for n in SIGNALS}}
-        for name, (freqs, psd) in spectra.items():
-            out["freqs_hz"], out[name] = freqs.tolist(), psd.tolist()
+        """Both spectra, for the page's log plot (empty with too few samples)."""
+        spectra = self.spectra()
+        if spectra is None:
+            return {"freqs_hz": [], "grid_psd_w2_per_hz": [], "it_psd_w2_per_hz": []}
         return {
-            "freqs_hz": out["freqs_hz"],
-            "grid_psd_w2_per_hz": out["grid_w"],
-            "it_psd_w2_per_hz": out["it_w"],
+            "freqs_hz": spectra["grid_w"][0].tolist(),
+            "grid_psd_w2_per_hz": spectra["grid_w"][1].tolist(),
+            "it_psd_w2_per_hz": spectra["it_w"][1].tolist(),
         }
