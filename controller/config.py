@@ -461,14 +461,17 @@ def _may_show(err: Any) -> bool:
     )
 
 
-def describe_errors(exc: ValidationError, prefix: str = "") -> str:
-    """Each bad field of a site, with what it got (never a secret), one a line."""
+def describe_errors(
+    exc: ValidationError, prefix: str = "", what: str = "site configuration"
+) -> str:
+    """Each bad field of a site (or of `what`), with what it got (never a secret), one a line."""
     lines = []
+    whole = f"({what.split()[0]})"  # where a rule on the whole site (or profile) failed
     for err in exc.errors():
-        field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "") or "(site)"
+        field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "") or whole
         got = f" (got {err['input']!r})" if _may_show(err) else ""
         lines.append(f"{field}: {err['msg']}{got}")
-    return "invalid site configuration:\n  " + "\n  ".join(lines)
+    return f"invalid {what}:\n  " + "\n  ".join(lines)
 
 
 def parse_site(data: object, overrides: dict | None = None) -> SiteConfig:

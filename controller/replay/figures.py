@@ -13,30 +13,51 @@ BAND_HZ = (0.1, 20.0)
 WELCH_SEGMENT_S = 40.0  # four periods of the band's lowest frequency: 0.1 Hz stays resolved
 
 
-def band_energy(x: np.ndarray, dt_s: float, band_hz: tuple[float, float] = BAND_HZ) -> float:
-    """Spectral energy of x (mean removed) between band_hz[0] and min(band_hz[1], Nyquist).
+def welch_segment(samples: int, dt_s: float) -> int:
+    """Samples in one Welch segment: WELCH_SEGMENT_S, or the whole record when shorter."""
+    return max(2, min(samples, round(WELCH_SEGMENT_S / dt_s)))
 
-    Welch's estimate: Hann-windowed segments of WELCH_SEGMENT_S (the whole record when
-    shorter), half overlapping. A bare periodogram treats the record as periodic, so a load
-    that starts idle and ends busy gets a jump at the wrap-around whose leakage floods the band:
-    it rated a grid that ramps once and then stays flat at only -18.7 dB on the H200 trace.
+
+def welch_psd(x: np.ndarray, dt_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies (Hz) and Welch's power spectral density of x (W²/Hz for x in W).
+
+    Hann-windowed segments of `welch_segment` samples, half overlapping, each segment's mean
+    removed. A bare periodogram treats the record as periodic, so a load that starts idle and
+    ends busy gets a jump at the wrap-around whose leakage floods the band: it rated a grid
+    that ramps once and then stays flat at only -18.7 dB on the H200 trace.
     """
     from scipy.signal import welch  # scipy is slow to import; only replays need it
 
-    segment = max(2, min(len(x), round(WELCH_SEGMENT_S / dt_s)))
-    freqs, psd = welch(x, fs=1.0 / dt_s, window="hann", nperseg=segment, detrend="constant")
+    segment = welch_segment(len(x), dt_s)
+    return welch(x, fs=1.0 / dt_s, window="hann", nperseg=segment, detrend="constant")
+
+
+def band_sum(
+    freqs: np.ndarray, psd: np.ndarray, dt_s: float, band_hz: tuple[float, float] = BAND_HZ
+) -> float:
+    """The spectrum's bins between band_hz[0] and min(band_hz[1], Nyquist), added up."""
     top = min(band_hz[1], 0.5 / dt_s)
     in_band = (freqs >= band_hz[0]) & (freqs <= top)
     return float(np.sum(psd[in_band]))
 
 
+def band_energy(x: np.ndarray, dt_s: float, band_hz: tuple[float, float] = BAND_HZ) -> float:
+    """Spectral energy of x (mean removed) between band_hz[0] and min(band_hz[1], Nyquist):
+    Welch's estimate (`welch_psd`), its bins in the band added up."""
+    freqs, psd = welch_psd(x, dt_s)
+    return band_sum(freqs, psd, dt_s, band_hz)
+
+
+def attenuation_db(load_energy: float, grid_energy: float) -> float:
+    """10·log10 of the grid's band energy over the load's: negative is smoothing."""
+    if load_energy <= 0.0:
+        return 0.0
+    return float(10.0 * np.log10(max(grid_energy, 1e-300) / load_energy))
+
+
 def band_attenuation_db(load_w: np.ndarray, grid_w: np.ndarray, dt_s: float) -> float:
     """10·log10 of the grid's band energy over the load's: negative is smoothing."""
-    load_e = band_energy(load_w, dt_s)
-    grid_e = band_energy(grid_w, dt_s)
-    if load_e <= 0.0:
-        return 0.0
-    return float(10.0 * np.log10(max(grid_e, 1e-300) / load_e))
+    return attenuation_db(band_energy(load_w, dt_s), band_energy(grid_w, dt_s))
 
 
 def stored_energy_j(
