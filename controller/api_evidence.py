@@ -6,6 +6,7 @@ controller, which notes it at the next tick and audits it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,7 +21,11 @@ from controller.link import ControllerLink
 from controller.opsdb import Actor, OpsDB
 from controller.problems import problem_responses
 from controller.recorder.captures import CAPTURE_ID, CAPTURES_DIR, capture_file, list_captures
+from controller.recorder.reader import RecorderDataError
+from controller.report.profile import BUILTIN, builtin_profile
+from controller.report.source import ReportInputError, check_range, parse_time, report_of
 
+DEFAULT_REPORT_S = 3600.0
 CaptureId = Annotated[str, PathParam(max_length=64, pattern=f"^{CAPTURE_ID}$")]
 MEDIA = {"cfg": "text/plain; charset=us-ascii", "dat": "text/plain; charset=us-ascii"}
 
@@ -71,5 +76,38 @@ def evidence_router(link: ControllerLink, db: OpsDB, data_dir: Path) -> APIRoute
         return await link.call(  # type: ignore[no-any-return]
             "request_capture", reason=body.reason, actor=ActorIn.of(who)
         )
+
+    reporting = asyncio.Lock()  # one report at a time: each may read a day of rows
+
+    @router.get(
+        "/report",
+        summary="The grid-compliance report over a time range of the recorder (JSON)",
+        description="Ramps per window, band energy, frequency events, import caps, captures "
+        "and battery use, each check against a shipped profile. `from` and `to`: unix s or "
+        "ISO 8601 (UTC without an offset); the default is the last hour. One report is "
+        "computed at a time; another asked meanwhile is answered 429.",
+        responses=problem_responses(429),
+    )
+    async def get_report(
+        _: Actor = viewer,
+        from_t: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+        to_t: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+        profile: Annotated[Literal[BUILTIN], Query()] = "generic",  # type: ignore[valid-type]
+    ) -> dict[str, Any]:
+        try:
+            to_s = parse_time(to_t) if to_t is not None else time.time()
+            from_s = parse_time(from_t) if from_t is not None else to_s - DEFAULT_REPORT_S
+            check_range(from_s, to_s)
+        except ReportInputError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if reporting.locked():
+            raise HTTPException(429, "A report is being computed", headers={"Retry-After": "5"})
+        async with reporting:
+            try:
+                return await asyncio.to_thread(
+                    report_of, data_dir, from_s, to_s, builtin_profile(profile)
+                )
+            except RecorderDataError as exc:
+                raise HTTPException(404, str(exc)) from None
 
     return router

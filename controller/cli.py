@@ -244,6 +244,51 @@ def size(
         print_sizing(result, trace, ramp_w_per_s)
 
 
+@app.command("report")
+def compliance_report(
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="a site's data folder (or a replay's --record)")
+    ],
+    from_t: Annotated[
+        str | None, typer.Option("--from", help="unix s or ISO 8601 (UTC if no offset)")
+    ] = None,
+    to_t: Annotated[str | None, typer.Option("--to", help="unix s or ISO 8601")] = None,
+    profile: Annotated[
+        str, typer.Option("--profile", help="generic, large_load, or a YAML file")
+    ] = "generic",
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    html_to: Annotated[
+        Path | None, typer.Option("--html", help="write a self-contained page with plots")
+    ] = None,
+) -> None:
+    """The grid-compliance report over a time range of the recorder: ramps per window, band
+    energy, frequency events, caps, captures, battery use, each check against the profile.
+    Exit status 0 when every check holds, 1 when one fails, 2 on a bad input."""
+    from controller.recorder.reader import RecorderDataError
+    from controller.report.html import render_html
+    from controller.report.profile import ProfileError
+    from controller.report.source import ReportInputError, parse_time, profile_named, report_of
+    from controller.report.terminal import print_report
+
+    try:
+        from_s = parse_time(from_t) if from_t is not None else None
+        to_s = parse_time(to_t) if to_t is not None else None
+        chosen = profile_named(profile)
+        result = report_of(data_dir, from_s, to_s, chosen, plots=html_to is not None)
+        if html_to is not None:
+            html_to.write_text(render_html(result))
+    except (ReportInputError, ProfileError, RecorderDataError, OSError) as exc:
+        typer.echo(f"gridpilot: {exc}", err=True)
+        raise typer.Exit(2) from None
+    result.pop("plots", None)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, allow_nan=False))
+    else:
+        print_report(result)
+    if result["result"] == "fail":
+        raise typer.Exit(1)
+
+
 @app.command("check-config")
 def check_config(config: Annotated[Path, typer.Argument(help="site file (YAML)")]) -> None:
     """Validate a site file whole (fields, every device's map and the roles its kind needs,

@@ -61,6 +61,17 @@ async def test_a_frequency_dip_makes_one_capture_an_independent_reader_reads(
         assert (await run.api.get(f"/v1/captures/{cap['id']}/zip")).status_code == 422
         assert (await run.api.get("/v1/captures/20990101T000000.000Z-alarm/cfg")).status_code == 404
         assert (await run.api.get("/v1/captures/..%2Fgridpilot/cfg")).status_code in (404, 422)
+        # the report over the capture's window finds the dip and lists the capture
+        window = {"from": str(cap["from_s"]), "to": str(cap["to_s"] + 0.05)}
+        got = await run.api.get("/v1/report", params=window)
+        assert got.status_code == 200, got.text
+        report = got.json()
+        assert report["range"]["rows"] >= cap["rows"]
+        (dip,) = report["events"]["frequency"]
+        assert dip["direction"] == "under" and dip["extreme_hz"] < 50.0 - 0.1
+        assert [c["id"] for c in report["events"]["captures"]] == [cap["id"]]
+        for bad in ({"from": "10", "to": "5"}, {"profile": "strict"}, {"to": "soon"}):
+            assert (await run.api.get("/v1/report", params=bad)).status_code == 422, bad
         await run.scrape()
         assert run.metric("gridpilot_captures_total", cause="frequency_excursion") == 1
         assert run.metric("gridpilot_recorder_rows_total") >= cap["rows"]

@@ -99,7 +99,16 @@ def test_soc_band_out_of_order_is_refused():
 def test_replay_json_has_every_figure_and_a_plot(tmp_path: Path):
     png = tmp_path / "run.png"
     out = subprocess.run(
-        [*GRIDPILOT, "replay", str(TRAINING), "--json", "--plot", str(png)],
+        [
+            *GRIDPILOT,
+            "replay",
+            str(TRAINING),
+            "--json",
+            "--plot",
+            str(png),
+            "--record",
+            str(tmp_path / "run"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -111,6 +120,30 @@ def test_replay_json_has_every_figure_and_a_plot(tmp_path: Path):
     assert result["unserved_kwh"] == 0.0
     assert result["band_attenuation_db"] < -10
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the run as the recorder writes one: the compliance report finds the replay's figures
+    checked = subprocess.run(
+        [*GRIDPILOT, "report", "--data-dir", str(tmp_path / "run"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["range"]["rows"] == result["steps"] and report["range"]["missing_rows"] == 0
+    ramp = {r["window_s"]: r for r in report["ramp"]}
+    assert ramp[0.1]["max_rate_w_per_s"] == pytest.approx(result["grid_max_ramp_w_per_s"])
+    band = next(b for b in report["spectrum"]["bands"] if b["name"] == "0.1-20 Hz")
+    assert band["attenuation_db"] == pytest.approx(result["band_attenuation_db"], abs=1e-9)
+    assert report["battery"]["throughput_kwh"] == pytest.approx(result["battery_throughput_kwh"])
+    assert report["battery"]["unserved_kwh"] == result["unserved_kwh"]
+    again = subprocess.run(  # a folder that holds a run already is refused, and kept
+        [*GRIDPILOT, "replay", str(TRAINING), "--no-bound", "--record", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 2 and "holds recorder data already" in again.stderr
 
 
 def test_attenuation_of_known_signals():
