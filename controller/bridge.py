@@ -327,7 +327,7 @@ class Bridge:
         if self.captures.waiting_full:
             raise Refused(429, "Too many requests", "capture requests wait for the next tick")
         who = cmd.actor.actor()
-        self.db.audit(who, "capture_requested", None, {"reason": body.reason})
+        self.db.audit(who, "capture.request", None, {"reason": body.reason})
         return self.captures.request(body.reason, who.label)
 
     def _create_key(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -117,5 +117,5 @@ async def test_an_operator_asks_for_a_capture_and_a_viewer_cannot(site_data: dic
         assert [c["id"] for c in seen if c["cause"] == "operator"] == [listed[0]["id"]]
         assert "test-operator" not in str(seen)  # a viewer sees that a key asked, not which
         audit = (await run.api.get("/v1/audit")).json()["entries"]
-        assert audit[0]["action"] == "capture_requested"
+        assert audit[0]["action"] == "capture.request"
         assert audit[0]["new"] == {"reason": "ramp test at 14:00"}

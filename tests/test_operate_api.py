@@ -86,9 +86,14 @@ ENDPOINTS = [
     ("GET", "/v1/whoami", None, "viewer", 200),
     ("GET", "/v1/efficiency", None, "viewer", 200),
     ("GET", "/v1/stream", None, "viewer", None),  # endless when allowed: test_stream.py
+    ("GET", "/v1/captures", None, "viewer", 200),
+    ("GET", "/v1/captures/{capture_id}/{part}", None, "viewer", 404),
+    ("POST", "/v1/captures", {"reason": "matrix"}, "operator", 202),
+    ("GET", "/v1/report", None, "viewer", 200),
 ]  # fmt: skip
 ORDER = ["viewer", "operator", "admin"]
-MISSING = {"device_id": "ups-z", "event_id": "999", "alarm_id": "999", "key_id": "abc123"}
+MISSING = {"device_id": "ups-z", "event_id": "999", "alarm_id": "999", "key_id": "abc123",
+           "capture_id": "20990101T000000.000Z-alarm", "part": "cfg"}  # fmt: skip
 
 
 @pytest.mark.parametrize(("method", "path", "body", "least", "allowed"), ENDPOINTS)
