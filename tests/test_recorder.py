@@ -88,7 +88,9 @@ def test_a_failing_disk_holds_the_rows_and_writes_each_once_when_it_works_again(
         assert rec.flush()
         stash = tmp_path / "away"
         folder.rename(stash)  # the folder is gone: writes fail with an OSError
-        rec._rows = synthetic(11, 10, t0=T0 + 600.0)  # a new partition: it cannot be made
+        # half into the open file (its descriptor still works), half into a new partition,
+        # which cannot be made: tried again, the batch writes each row once
+        rec._rows = synthetic(11, 10, t0=T0 + 598.5)
         rec.hand_over()
         assert not rec.writer.flush(timeout_s=0.5)
         assert rec.writer.failing and rec.writer.failures_total >= 1

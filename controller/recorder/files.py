@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
@@ -128,20 +129,28 @@ class PartitionWriter:
         self._sink: pa.NativeFile | None = None
         self._writer: ipc.RecordBatchStreamWriter | None = None
         self._ends_at = 0.0
-        self.bytes_written = 0
+        self.last_seq = 0  # the last row written (seq counts from 1 in each process)
+        self.rows_written = 0
         for p in partitions(self.folder):  # left open by a crash: compacted now
             if p.open:
                 compact(p.path)
 
     def append(self, batch: pa.RecordBatch) -> None:
-        """Write the batch (time-ordered rows), starting new partitions at their boundaries."""
+        """Write the batch (time-ordered rows), starting new partitions at their boundaries.
+        Rows up to the last `seq` written are skipped: a batch tried again after a fault that
+        came between two of its slices writes each row once."""
+        seqs = batch.column("seq").to_numpy()
+        batch = batch.slice(int(np.searchsorted(seqs, self.last_seq, side="right")))
         times = batch.column(0).to_numpy()
         start = 0
-        while start < len(times):
+        while start < len(times):  # partition by partition
             if self._writer is None or times[start] >= self._ends_at:
                 self._rotate(float(times[start]))
             end = int((times[start:] < self._ends_at).sum()) + start
-            self._write(batch.slice(start, end - start))
+            part = batch.slice(start, end - start)
+            self._write(part)
+            self.last_seq = int(part.column("seq")[-1].as_py())
+            self.rows_written += part.num_rows
             start = end
 
     def _rotate(self, first_s: float) -> None:
@@ -166,7 +175,6 @@ class PartitionWriter:
         except OSError:
             self._abandon()
             raise
-        self.bytes_written += batch.nbytes
 
     def _abandon(self) -> None:
         """Stop writing the partition where it broke; it is compacted with what it holds."""

@@ -30,12 +30,15 @@ class Recorder:
         self.files = PartitionWriter(folder, rows.schema(self.assets), cfg.partition_s)
         write_meta(folder, meta)
         self.writer = Writer("recorder", max_sheddable=max(1, int(MAX_HELD_S / cfg.batch_s)))
-        self.rows_total = 0  # rows written to disk
         self.bytes = folder_bytes(folder)  # the folder's size, measured once a minute
         self._rows: list[tuple] = []
         self._hand_at = 0.0
-        self._last_seq = 0  # the last row written: a retried batch never writes one twice
         self._housekeeping_at = 0.0
+
+    @property
+    def rows_total(self) -> int:
+        """Rows written to disk since start."""
+        return self.files.rows_written
 
     def record(self, rec: TickRecord) -> None:
         """In the tick: the row, and once a batch_s the batch handed over."""
@@ -50,11 +53,7 @@ class Recorder:
             self.writer.put(lambda: self._append(taken), "recorder rows", sheddable=True)
 
     def _append(self, taken: list[tuple]) -> None:
-        fresh = [r for r in taken if r[1] > self._last_seq]
-        if fresh:
-            self.files.append(rows.batch(fresh, self.assets))
-            self._last_seq = fresh[-1][1]
-            self.rows_total += len(fresh)
+        self.files.append(rows.batch(taken, self.assets))
         now = time.monotonic()
         if now >= self._housekeeping_at:
             self._housekeeping_at = now + HOUSEKEEPING_S
