@@ -277,7 +277,7 @@ def compliance_report(
         result = report_of(data_dir, from_s, to_s, chosen, plots=html_to is not None)
         if html_to is not None:
             html_to.write_text(render_html(result))
-    except (ReportInputError, ProfileError, RecorderDataError, OSError) as exc:
+    except (ReportInputError, ProfileError, RecorderDataError, ValueError, OSError) as exc:
         typer.echo(f"gridpilot: {exc}", err=True)
         raise typer.Exit(2) from None
     result.pop("plots", None)

@@ -256,7 +256,7 @@ class CaptureConfig(Strict):
         0.1, gt=0, le=5, description="an excursion: |frequency − nominal| beyond this, Hz"
     )
     pre_s: float = Field(30.0, ge=0, le=600, description="kept before the trigger, s")
-    post_s: float = Field(60.0, ge=0, le=600, description="kept after the trigger, s")
+    post_s: float = Field(60.0, gt=0, le=600, description="kept after the trigger, s")
     max_count: int = Field(500, ge=1, le=100_000, description="captures kept; oldest go first")
 
 

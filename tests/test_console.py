@@ -9,6 +9,7 @@ temporary folder (its path is printed), or to $GRIDPILOT_SCREENSHOTS."""
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import re
 import shutil
@@ -405,6 +406,21 @@ def test_a_viewer_sees_everything_and_changes_nothing(browser, demo: Demo):
     audit = by_id(browser, "audit")
     until(browser, lambda: "(a key)" in audit.text, "the audit log, keys hidden")
     assert demo.names["operator"] not in audit.text
+
+
+def test_the_chart_opens_with_the_recorders_last_minutes(browser, demo: Demo):
+    """A page opened now shows the ticks before it (from the recorder), not only new ones."""
+    with demo.api("viewer") as api:
+        past = api.get("/v1/history", params={"seconds": 600}).json()
+        assert api.get("/v1/history", params={"seconds": 0}).status_code == 422
+    assert len(past["time_s"]) > 20 and set(past) >= {"it_w", "grid_w", "battery_w"}
+    assert all(b > a for a, b in itertools.pairwise(past["time_s"]))
+    browser.get(demo.base + "/")  # a fresh page, a new chart
+    opened_s = time.time()
+    sign_in(browser, demo, "viewer")
+    chart = by_id(browser, "chart")
+    until(browser, lambda: chart.get_attribute("data-from"), "a chart")
+    assert float(chart.get_attribute("data-from")) <= min(past["time_s"][0], opened_s - 2.0)
 
 
 def test_screenshot_of_the_overview(browser, demo: Demo, capsys, tmp_path_factory):

@@ -90,6 +90,7 @@ ENDPOINTS = [
     ("GET", "/v1/captures/{capture_id}/{part}", None, "viewer", 404),
     ("POST", "/v1/captures", {"reason": "matrix"}, "operator", 202),
     ("GET", "/v1/report", None, "viewer", 200),
+    ("GET", "/v1/history", None, "viewer", 200),
 ]  # fmt: skip
 ORDER = ["viewer", "operator", "admin"]
 MISSING = {"device_id": "ups-z", "event_id": "999", "alarm_id": "999", "key_id": "abc123",

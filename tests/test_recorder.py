@@ -16,7 +16,13 @@ import yaml
 from controller.config import RecorderConfig
 from controller.recorder import rows
 from controller.recorder.files import CLOSED, OPEN, PartitionWriter, partitions, remove_old
-from controller.recorder.reader import RECORDER_DIR, read_meta, read_table, read_tables
+from controller.recorder.reader import (
+    RECORDER_DIR,
+    read_meta,
+    read_table,
+    read_tables,
+    recent_columns,
+)
 from controller.recorder.recorder import Recorder
 from controller.sitefile import load_site
 from tests.plant import controller_running, modbus_only, until
@@ -63,6 +69,17 @@ def test_partitions_roll_over_on_their_boundaries_and_compact_to_parquet(tmp_pat
     assert part.column("absent.soc").null_count == 10
 
 
+def test_recent_columns_come_at_a_coarser_step_and_nan_as_null(tmp_path: Path):
+    files = PartitionWriter(tmp_path, rows.schema(ASSETS), partition_s=10.0)
+    files.append(rows.batch(synthetic(1, 250), ASSETS))
+    past = recent_columns(tmp_path, T0 + 5.0, T0 + 25.0, ["grid_w", "import_cap_w"], 60)
+    assert past["time_s"] == pytest.approx([T0 + 5.0 + 0.4 * i for i in range(50)])  # every 4th
+    assert past["import_cap_w"] == [None] * 50  # NaN: unknown, as JSON has it
+    assert past["grid_w"][0] == pytest.approx(5e6 + 1e5 * math.sin(2 * math.pi * 51 * 0.1))
+    empty = recent_columns(tmp_path / "none", 0.0, 1.0, ["grid_w"], 60)
+    assert empty == {"time_s": [], "grid_w": []}
+
+
 def test_old_partitions_go_by_age_then_by_size(tmp_path: Path):
     files = PartitionWriter(tmp_path, rows.schema(ASSETS), partition_s=10.0)
     for start in range(1, 501, 10):
@@ -102,6 +119,9 @@ def test_a_failing_disk_holds_the_rows_and_writes_each_once_when_it_works_again(
     table = read_table(folder)
     assert table is not None and table.column("seq").to_pylist() == list(range(1, 21))
     assert read_meta(folder)["assets"] == list(ASSETS)
+    # what the fault cut short was compacted once the disk worked again; no stray files
+    assert [p.path.suffix for p in partitions(folder)] == [CLOSED, CLOSED]
+    assert sorted(f.suffix for f in folder.iterdir()) == [".json", CLOSED, CLOSED]
 
 
 async def test_every_tick_of_the_running_controller_is_recorded(site_data: dict):

@@ -255,6 +255,38 @@ def test_a_frequency_event_without_response_fails():
     assert check(report, "frequency response delivered")["result"] == "fail"
 
 
+def test_the_response_is_judged_on_the_batteries_measured_power():
+    """The setpoint answers at once; the batteries follow 0.5 s later: the report says 0.5 s."""
+    n = 600
+    f = np.full(n, 50.0)
+    f[100:300] = 49.7  # droop 5 % of 50 Hz, 15 mHz deadband: 0.285 / 2.5 of 1 MW expected
+    commanded = np.where(f < 50, 0.285 / 2.5 * 1e6, 0.0)
+    smoothing = np.full(n, 2e6)  # what the batteries give for the load's swing meanwhile
+    measured = smoothing + np.r_[np.zeros(5), commanded[:-5]]  # 5 ticks behind
+    rows = table(n, frequency_hz=f, frequency_response_w=commanded,
+                 battery_target_w=smoothing + commanded, battery_w=measured)  # fmt: skip
+    (event,) = build_report([rows], META, LOOSE)["events"]["frequency"]
+    assert event["response_time_s"] == pytest.approx(0.5)
+    assert event["delivered_ratio"] == pytest.approx(195 / 200)
+
+
+def test_a_lost_reading_does_not_split_an_event_and_rows_out_of_order_are_dropped():
+    n = 600
+    f = np.full(n, 50.0)
+    f[100:300] = 49.7
+    f[200] = np.nan  # one tick without a reading, mid-event
+    rows = table(n, frequency_hz=f, frequency_response_w=np.where(f < 50, 1e6, 0.0))
+    (event,) = build_report([rows], META, LOOSE)["events"]["frequency"]
+    assert event["extreme_hz"] == pytest.approx(49.7)
+    # a wall clock stepped back 2 s at row 400: the 20 rows that repeat earlier times go
+    times = rows.column("time_s").to_numpy().copy()
+    times[400:] -= 2.0
+    stepped = rows.set_column(0, "time_s", pa.array(times))
+    report = build_report(pieces(stepped, [410]), META, LOOSE)
+    assert report["range"]["out_of_order_rows"] == 20
+    assert report["range"]["rows"] == n - 20
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [

@@ -15,11 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from controller.config import CaptureConfig
 from controller.record import TickRecord
 from controller.recorder.comtrade import export_comtrade, write_comtrade
 from controller.recorder.files import partition_name
-from controller.recorder.reader import read_table
+from controller.recorder.reader import in_order, read_table
 from controller.recorder.recorder import Recorder
 from controller.recorder.triggers import TickFacts, Trigger, TriggerConfig, TriggerState, step
 from drivers.private import write_private
@@ -137,7 +139,9 @@ class CaptureKeeper:
     def _export(self, c: Capture) -> None:
         """On the recorder's writer: the window's rows as COMTRADE, then the listing."""
         table = read_table(self.recorder.folder, c.from_s, c.to_s)
-        if table is None:
+        if table is not None:  # COMTRADE's times only go forward (a clock may step back)
+            table = table.filter(pa.array(in_order(table.column("time_s").to_numpy())))
+        if table is None or not table.num_rows:
             log.warning("capture has no rows", extra={"capture": c.id})
             return
         export = export_comtrade(

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,14 +88,18 @@ def read_stream(path: Path) -> pa.Table | None:
         return None
 
 
-def read_partition(p: Partition) -> pa.Table | None:
+def read_partition(p: Partition, columns: Sequence[str] | None = None) -> pa.Table | None:
+    """The partition's rows (only `columns` of a Parquet one, where it has them)."""
     if p.open:
         table = read_stream(p.path)
         if table is not None or p.path.exists():
             return table
         p = Partition(p.path.with_suffix(CLOSED), p.start_s)  # compacted since the listing
     try:
-        return pq.read_table(p.path)
+        if columns is not None:
+            present = set(pq.read_schema(p.path).names)
+            columns = [c for c in columns if c in present]
+        return pq.read_table(p.path, columns=columns)
     except FileNotFoundError:  # removed (by retention) since the listing
         return None
 
@@ -119,7 +123,8 @@ class PartitionWriter:
     """Appends batches to the open partition; owned by one thread (the recorder's writer).
 
     A failed write leaves the stream as far as it got (readers stop there) and the next
-    append starts a new partition, so no batch is ever written after a broken one."""
+    append starts a new partition, so no batch is ever written after a broken one; the first
+    append that works again compacts what the fault left."""
 
     def __init__(self, folder: Path, schema: pa.Schema, partition_s: float) -> None:
         self.folder = private_dir(folder)
@@ -131,9 +136,12 @@ class PartitionWriter:
         self._ends_at = 0.0
         self.last_seq = 0  # the last row written (seq counts from 1 in each process)
         self.rows_written = 0
+        self._fault = False  # a write failed: streams it cut short wait for the disk to work
         for p in partitions(self.folder):  # left open by a crash: compacted now
             if p.open:
                 compact(p.path)
+        for tmp in self.folder.glob("*.tmp"):  # a compaction the crash interrupted
+            tmp.unlink(missing_ok=True)
 
     def append(self, batch: pa.RecordBatch) -> None:
         """Write the batch (time-ordered rows), starting new partitions at their boundaries.
@@ -143,15 +151,24 @@ class PartitionWriter:
         batch = batch.slice(int(np.searchsorted(seqs, self.last_seq, side="right")))
         times = batch.column(0).to_numpy()
         start = 0
-        while start < len(times):  # partition by partition
-            if self._writer is None or times[start] >= self._ends_at:
-                self._rotate(float(times[start]))
-            end = int((times[start:] < self._ends_at).sum()) + start
-            part = batch.slice(start, end - start)
-            self._write(part)
-            self.last_seq = int(part.column("seq")[-1].as_py())
-            self.rows_written += part.num_rows
-            start = end
+        try:
+            while start < len(times):  # partition by partition
+                if self._writer is None or times[start] >= self._ends_at:
+                    self._rotate(float(times[start]))
+                end = int((times[start:] < self._ends_at).sum()) + start
+                part = batch.slice(start, end - start)
+                self._write(part)
+                self.last_seq = int(part.column("seq")[-1].as_py())
+                self.rows_written += part.num_rows
+                start = end
+        except OSError:
+            self._fault = True
+            raise
+        if self._fault:  # the disk works again: what the fault left behind, as Parquet
+            self._fault = False
+            for p in partitions(self.folder):
+                if p.open and p.path != self._path:
+                    compact(p.path)
 
     def _rotate(self, first_s: float) -> None:
         self.close()
@@ -177,7 +194,8 @@ class PartitionWriter:
             raise
 
     def _abandon(self) -> None:
-        """Stop writing the partition where it broke; it is compacted with what it holds."""
+        """Stop writing the partition where it broke; it is compacted with what it holds once a
+        write works again (or at the next start)."""
         path, self._path = self._path, None
         for closing in (self._writer, self._sink):
             try:
@@ -230,8 +248,14 @@ def folder_bytes(folder: Path) -> int:
     return sum(_size(p.path) for p in partitions(folder))
 
 
-def iter_tables(folder: Path, from_s: float | None, to_s: float | None) -> Iterator[pa.Table]:
-    """Partitions that may hold rows in [from_s, to_s), read one at a time, in time order."""
+def iter_tables(
+    folder: Path,
+    from_s: float | None,
+    to_s: float | None,
+    columns: Sequence[str] | None = None,
+) -> Iterator[pa.Table]:
+    """Partitions that may hold rows in [from_s, to_s), read one at a time, in time order
+    (with at least `columns`, where a partition has them)."""
     parts = partitions(folder)
     for i, p in enumerate(parts):
         next_start = parts[i + 1].start_s if i + 1 < len(parts) else float("inf")
@@ -239,6 +263,6 @@ def iter_tables(folder: Path, from_s: float | None, to_s: float | None) -> Itera
             break
         if from_s is not None and next_start <= from_s:
             continue
-        table = read_partition(p)
+        table = read_partition(p, columns)
         if table is not None and table.num_rows:
             yield table

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -69,6 +70,14 @@ def _columns(table: pa.Table, columns: Sequence[str]) -> pa.Table:
     return pa.table(arrays, names=list(columns))
 
 
+def in_order(times: np.ndarray, after_s: float = -np.inf) -> np.ndarray:
+    """True for each row whose time is after every row's before it (from `after_s`): what a
+    wall clock stepped back, or a batch written twice, adds is False. NaN times are False."""
+    finite = np.isfinite(times)
+    before = np.maximum.accumulate(np.r_[after_s, np.where(finite, times, -np.inf)])[:-1]
+    return finite & (times > before)
+
+
 def read_tables(
     folder: Path,
     from_s: float | None = None,
@@ -77,7 +86,8 @@ def read_tables(
 ) -> Iterator[pa.Table]:
     """Rows with from_s <= time_s < to_s, one table per partition, in time order; `columns`
     (time_s always first) or all of each partition's."""
-    for table in iter_tables(folder, from_s, to_s):
+    wanted = None if columns is None else list(dict.fromkeys(["time_s", *columns]))
+    for table in iter_tables(folder, from_s, to_s, wanted):
         times = table.column("time_s")
         mask = None
         if from_s is not None:
@@ -102,3 +112,20 @@ def read_table(
     """A short range as one table (a capture's window), None if it holds no rows."""
     tables = list(read_tables(folder, from_s, to_s, columns))
     return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def recent_columns(
+    folder: Path, from_s: float, to_s: float, columns: Sequence[str], max_points: int
+) -> dict[str, list[float | None]]:
+    """The columns over [from_s, to_s) as JSON lists (NaN as null), every k-th row so that at
+    most `max_points` remain; empty lists where the recorder holds nothing yet."""
+    table = read_table(folder, from_s, to_s, columns)
+    if table is None:
+        return {c: [] for c in ["time_s", *columns]}
+    step = -(-table.num_rows // max_points)  # ceiling: at most max_points rows
+    table = table.take(list(range(0, table.num_rows, step))) if step > 1 else table
+    out: dict[str, list[float | None]] = {}
+    for name in table.column_names:
+        values = table.column(name).to_numpy(zero_copy_only=False).astype(float)
+        out[name] = [None if v != v else float(v) for v in values]
+    return out

@@ -69,7 +69,7 @@ def band_checks(bands: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 b["share_max_ratio"],
                 share,
                 None if share is None else share <= b["share_max_ratio"],
-                note=None if share is not None else "too few samples for a spectrum",
+                note=None if share is not None else b.get("note", "too few samples for a spectrum"),
             )
         )
     return out

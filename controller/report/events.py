@@ -4,10 +4,14 @@ the import caps in force (with how well the grid kept under them), streamed chun
 An excursion is a run of ticks with |f − nominal| beyond the deadband, on one side, that
 reaches the profile's threshold somewhere. The droop's expected power at a tick is
 clip((|Δf| − deadband) / (droop · nominal), 0, 1) · full_response_w, as the dispatch core
-computes it; the response counts toward it when it has the right sign (positive, the site
-draws less, under nominal). Response time: from the excursion's first tick to the first tick
-whose response reached 90 % of the expected power. Delivered share: the response's energy over
-the expected energy across the excursion (an unknown response counts as none).
+computes it. The response delivered is measured: the batteries' measured power beyond the
+smoothing part of their setpoint (battery_w − (battery_target_w − frequency_response_w)), so a
+battery slow to follow shows as a late or short response; where the setpoint is not recorded,
+the commanded response stands in. It counts toward the expected power when it has the right
+sign (positive, the site draws less, under nominal). Response time: from the excursion's first
+tick to the first tick whose response reached 90 % of the expected power. Delivered share: the
+response's energy over the expected energy across the excursion (an unknown response counts as
+none). A frequency reading missing for up to MAX_FILL_S does not split an excursion.
 """
 
 from __future__ import annotations
@@ -19,10 +23,31 @@ from typing import Any
 import numpy as np
 
 from controller.report.ramp import FLOAT_TOLERANCE
-from controller.report.rows import Rows
+from controller.report.rows import MAX_FILL_S, Rows
 from controller.report.runs import RunStream
 
 RESPONSE_REACHED_RATIO = 0.9
+
+
+def delivered_w(rows: Rows) -> np.ndarray:
+    """The frequency response as measured: the batteries' power beyond the smoothing part of
+    their setpoint; the commanded response where no setpoint was recorded (a replay)."""
+    commanded = rows.get("frequency_response_w")
+    smoothing = rows.get("battery_target_w") - commanded
+    measured = rows.get("battery_w") - smoothing
+    return np.where(np.isnan(rows.get("battery_target_w")), commanded, measured)
+
+
+def fill_forward(values: np.ndarray, holes: np.ndarray, limit: int) -> np.ndarray:
+    """`values` with the first `limit` holes (True in `holes`) of each run given the value
+    before them; the rest of a longer run stays as it is."""
+    out = values.copy()
+    run = 0
+    for i in np.flatnonzero(holes):
+        run = run + 1 if i > 0 and holes[i - 1] else 1
+        if i > 0 and run <= limit:
+            out[i] = out[i - 1]
+    return out
 
 
 @dataclass(frozen=True)
@@ -145,7 +170,9 @@ class EventFigures:
         assert self.droop is not None
         deviation = self._deviation_hz(rows)
         outside = np.abs(deviation) > self.droop.deadband_hz  # False for NaN
-        return np.where(outside, np.sign(deviation), np.nan)
+        side = np.where(outside, np.sign(deviation), np.nan)
+        # A reading missing for a moment keeps the side it had: one lost tick is no new event.
+        return fill_forward(side, np.isnan(deviation), int(MAX_FILL_S / self.period_s))
 
     def _reaches_threshold(self, rows: Rows, starts: np.ndarray, _ends: np.ndarray) -> np.ndarray:
         # Rows between runs lie within the deadband, so each slice's largest is its run's.
@@ -158,14 +185,14 @@ class EventFigures:
         f = rows.get("frequency_hz")[s:e]
         side = float(np.sign(f[0] - self.droop.nominal_hz))
         expected = self.droop.expected_w(f)
-        toward = -side * rows.get("frequency_response_w")[s:e]
+        toward = -side * delivered_w(rows)[s:e]
         reached = np.flatnonzero(toward >= RESPONSE_REACHED_RATIO * expected)
         return Excursion(
             start_s=float(t[0]),
             last_s=float(t[-1]),
             side=side,
-            max_deviation_hz=float(np.max(np.abs(f - self.droop.nominal_hz))),
-            extreme_hz=float(np.min(f) if side < 0 else np.max(f)),
+            max_deviation_hz=float(np.nanmax(np.abs(f - self.droop.nominal_hz))),
+            extreme_hz=float(np.nanmin(f) if side < 0 else np.nanmax(f)),
             reached_s=float(t[reached[0]]) if len(reached) else np.nan,
             delivered_ws=float(np.nansum(toward)) * self.period_s,
             expected_ws=float(np.sum(expected)) * self.period_s,

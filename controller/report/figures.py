@@ -33,6 +33,7 @@ COLUMNS = (
     "it_w",
     "grid_w",
     "battery_w",
+    "battery_target_w",
     "frequency_hz",
     "frequency_response_w",
     "unserved_w",
@@ -98,9 +99,10 @@ def build_report(
     battery = BatteryFigures(period)
     envelope = Envelope(PLOTTED, period) if plots else None
     first_s = last_s = math.nan
-    count = 0
+    count = out_of_order = 0
     for chunk in chunks:
         rows = as_rows(chunk, after_s=last_s if count else -math.inf)
+        out_of_order += rows.out_of_order
         if not rows.count:
             continue
         first_s = first_s if count else float(rows.time_s[0])
@@ -128,6 +130,7 @@ def build_report(
             "period_s": period,
             "rows": count,
             "missing_rows": max(expected_rows - count, 0),
+            "out_of_order_rows": out_of_order,  # dropped: not after the row before
         },
         "profile": profile.model_dump(mode="json"),
         "result": overall(checks),

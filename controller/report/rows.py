@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from controller.recorder.reader import in_order
+
 # A hole in the record longer than this is a gap: the spectrum restarts after it and no ramp
 # pair or event spans it. Shorter holes (a missed tick, a NaN reading) are filled or skipped.
 MAX_FILL_S = 1.0
@@ -23,6 +25,7 @@ class Rows:
 
     columns: Mapping[str, np.ndarray]
     count: int
+    out_of_order: int = 0  # rows dropped: not after the row before (a clock stepped back)
 
     @property
     def time_s(self) -> np.ndarray:
@@ -49,9 +52,10 @@ def _floats(values: Any) -> np.ndarray | None:
 
 
 def as_rows(chunk: Chunk, after_s: float = -np.inf) -> Rows:
-    """A chunk's numeric columns; rows without a time are dropped. ValueError when its times
-    are out of order or not after `after_s` (the previous chunk's last): every part assumes
-    time order."""
+    """A chunk's numeric columns, in time order: rows without a time are dropped, and so are
+    rows not after every row before them (from `after_s`, the previous chunk's last: a wall
+    clock stepped back, or a batch written twice), counted in `out_of_order`. Every part
+    assumes time order. ValueError for a chunk without a time column."""
     names = chunk.column_names if isinstance(chunk, pa.Table) else list(chunk)
     if "time_s" not in names:
         raise ValueError(f"a chunk has no time_s column (it has {names})")
@@ -60,16 +64,12 @@ def as_rows(chunk: Chunk, after_s: float = -np.inf) -> Rows:
         values = _floats(chunk.column(name) if isinstance(chunk, pa.Table) else chunk[name])
         if values is not None:
             columns[name] = values
-    keep = np.isfinite(columns["time_s"])
+    t = columns["time_s"]
+    keep = in_order(t, after_s)
+    dropped = int(np.sum(np.isfinite(t) & ~keep))
     if not keep.all():
         columns = {n: v[keep] for n, v in columns.items()}
-    t = columns["time_s"]
-    if len(t) and (t[0] <= after_s or np.any(np.diff(t) <= 0)):
-        raise ValueError(
-            f"rows out of time order between {float(t[0]):.3f} s and {float(t[-1]):.3f} s "
-            f"(the previous chunk ended at {after_s:.3f} s)"
-        )
-    return Rows(columns, len(t))
+    return Rows(columns, len(columns["time_s"]), dropped)
 
 
 def gaps_before(time_s: np.ndarray, last_s: float) -> np.ndarray:

@@ -66,7 +66,7 @@ def report_of(
     folder = data_dir / RECORDER_DIR
     meta = read_meta(folder)
     captures = [
-        c
+        {k: v for k, v in c.items() if k != "requested_by"}  # for the utility: no key names
         for c in list_captures(data_dir / CAPTURES_DIR, MAX_CAPTURES_LISTED)
         if (to_s is None or c["from_s"] < to_s) and (from_s is None or c["to_s"] > from_s)
     ]

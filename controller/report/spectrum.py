@@ -169,7 +169,11 @@ class SpectrumFigures:
                 "high_hz": min(spec.high_hz, nyquist),
                 "share_max_ratio": spec.share_max_ratio,
             }
-            bands.append(band | (_band(spec, spectra, self.period_s) if spectra else {}))
+            if spec.low_hz >= nyquist:  # the rows cannot show it: no figure, not a zero
+                band["note"] = f"above the rows' Nyquist frequency ({nyquist:g} Hz)"
+            elif spectra:
+                band |= _band(spec, spectra, self.period_s)
+            bands.append(band)
         grid = self.welch["grid_w"]
         return {
             "period_s": self.period_s,

@@ -1,6 +1,6 @@
 // The power chart: the last 10 minutes of IT load, grid draw, its plan, the batteries and
-// the import cap in force, in MW, from the tick stream (uPlot, vendored: window.uPlot). The
-// API keeps no history of ticks to fetch: the chart fills from when the page opened.
+// the import cap in force, in MW (uPlot, vendored: window.uPlot): the recorder's past ticks
+// (GET /v1/history) when the page opens, then each tick from the stream.
 
 const WINDOW_S = 600;
 const REDRAW_MS = 500;
@@ -124,6 +124,21 @@ export class PowerChart {
     this.dirty = true;
   }
 
+  /** Past ticks from the recorder (`GET /v1/history`: columns of W, time in unix s), put
+   * before those the stream has brought already. */
+  seed(history) {
+    const times = history.time_s || [];
+    const first = this.data[0].length ? this.data[0][0] : Infinity;
+    let n = 0;
+    while (n < times.length && times[n] < first) n += 1;
+    if (!n) return;
+    const w = (v) => (Number.isFinite(v) ? v / 1e6 : null);
+    const columns = ["it_w", "grid_w", "grid_target_w", "battery_w", "import_cap_w"];
+    const past = [times.slice(0, n), ...columns.map((c) => (history[c] || []).slice(0, n).map(w))];
+    this.data = this.data.map((series, i) => past[i].concat(series));
+    this.dirty = true;
+  }
+
   redraw() {
     if (!this.dirty || document.hidden) return;
     const plot = this.ensure();
@@ -140,6 +155,7 @@ export class PowerChart {
       if (!(plot.cursor.left >= 0)) plot.setLegend({ idx: xs.length - 1 }, false);
     });
     this.root.dataset.points = String(xs.length);
+    this.root.dataset.from = String(xs[0]); // the oldest tick shown (unix s)
   }
 
   get points() {
