@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controller.api_evidence import evidence_router
+from controller.api_notices import notices_router
 from controller.api_operate import operate_router
 from controller.auth import requires
 from controller.config import ApiLimits
@@ -197,6 +198,7 @@ def create_app(
 
     app.include_router(operate_router(link, db))
     app.include_router(evidence_router(link, db, data_dir))
+    app.include_router(notices_router(link, db))
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, with the Problem model, and 422 as the problem document this

@@ -1,7 +1,8 @@
 """The controller's end of the channel to the API process: a fixed table of what the API may
 ask. Reads are views of the latest published record (and the operators' value in force);
 changes are commands, each checked again here against the same shapes the API checked, then
-run through `Operations` (stored and audited in one transaction before they take effect).
+run through `Operations` and its notices (stored and audited in one transaction before they
+take effect).
 
 Views one at a time on one thread, changes one at a time on another: however many clients the
 API process serves, the controller's interpreter does at most two bounded pieces of work for
@@ -36,6 +37,7 @@ from controller.channel import (
 from controller.commands import ActorIn, CaptureIn, KeyIn, ModeIn, SetpointsPatch, SetpointsPut
 from controller.config import DeviceConfig
 from controller.metrics import Metrics
+from controller.notices import NotYours
 from controller.operations import EventIn, Operations
 from controller.opsdb import Conflict, OpsDB
 from controller.problems import field_errors
@@ -65,6 +67,10 @@ class _ChangeMode(_Command):
 
 class _AddEvent(_Command):
     event: dict[str, Any]
+
+
+class _AddNotice(_Command):
+    notice: dict[str, Any]
 
 
 class _ById(_Command):
@@ -132,6 +138,8 @@ class Bridge:
             "change_mode": self._change_mode,
             "add_event": self._add_event,
             "cancel_event": self._cancel_event,
+            "add_notice": self._add_notice,
+            "cancel_notice": self._cancel_notice,
             "ack_alarm": self._ack_alarm,
             "create_key": self._create_key,
             "revoke_key": self._revoke_key,
@@ -306,6 +314,20 @@ class Bridge:
         row = self.ops.cancel_event(cmd.id, cmd.actor.actor())
         if row is None:
             raise Refused(404, "Not found", f"No event {cmd.id} to cancel")
+        return row
+
+    def _add_notice(self, args: dict[str, Any]) -> dict[str, Any]:
+        cmd = _AddNotice.model_validate(args)
+        return self.ops.notices.add(cmd.notice, cmd.actor.actor())  # checked there, whole
+
+    def _cancel_notice(self, args: dict[str, Any]) -> dict[str, Any]:
+        cmd = _ById.model_validate(args)
+        try:
+            row = self.ops.notices.cancel(cmd.id, cmd.actor.actor())
+        except NotYours as exc:
+            raise Refused(403, "Forbidden", f"{exc}; nothing was changed") from None
+        if row is None:
+            raise Refused(404, "Not found", f"No notice {cmd.id} to cancel (or cancelled before)")
         return row
 
     def _ack_alarm(self, args: dict[str, Any]) -> dict[str, Any]:

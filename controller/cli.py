@@ -20,6 +20,7 @@ from controller.config import ConfigError, DispatchConfig, SiteConfig
 from controller.dbfile import StorageError
 from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
+from controller.notify import notify
 from controller.opsdb import ROLES, Actor, Conflict, OpsDB
 from controller.replay.record import RecordExistsError, record_run
 from controller.replay.report import print_figures, print_sizing, replay_progress
@@ -302,6 +303,9 @@ def check_config(config: Annotated[Path, typer.Argument(help="site file (YAML)")
             )
 
 
+app.command("notify")(notify)
+
+
 keys_app = typer.Typer(help="API keys: create, list, revoke (in the site's SQLite file).")
 app.add_typer(keys_app, name="keys")
 
@@ -323,7 +327,9 @@ def _refused(exc: Conflict) -> typer.Exit:
 
 @keys_app.command("create")
 def keys_create(
-    role: Annotated[str, typer.Option("--role", help="viewer, operator or admin")],
+    role: Annotated[
+        str, typer.Option("--role", help="viewer, operator, admin, or workload (notices only)")
+    ],
     name: Annotated[str, typer.Option("--name", help="who or what holds it")],
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,

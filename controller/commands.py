@@ -36,11 +36,15 @@ def _optional(info: FieldInfo) -> FieldInfo:
     return optional
 
 
+def absent_or(description: str, **bounds: Any) -> Any:
+    """A field that may be left out (then None), but never sent as null: given, it is a value
+    of its type within `bounds`. The schema shows no default."""
+    return Field(None, description=description, json_schema_extra=_no_default_in_schema, **bounds)
+
+
 def _ttl(description: str = TTL_DESCRIPTION) -> Any:
     """Absent: permanent (null is refused, like any value of the wrong type)."""
-    return Field(
-        None, gt=0, le=86400, description=description, json_schema_extra=_no_default_in_schema
-    )
+    return absent_or(description, gt=0, le=86400)
 
 
 SetpointsPatch: type[BaseModel] = create_model(  # type: ignore[call-overload]

@@ -245,6 +245,12 @@ class RetentionConfig(Strict):
     audit_days: float = Field(
         365.0, ge=1, le=36500, description="audit entries, cleared alarms, ended DR events"
     )
+    notices_days: float = Field(
+        30.0,
+        ge=1,
+        le=36500,
+        description="workload notices over or cancelled (their audit entries stay audit_days)",
+    )
 
 
 class CaptureConfig(Strict):
@@ -285,6 +291,33 @@ class LimitsConfig(Strict):
         1000, ge=1, le=100_000, description="demand-response events planned or running"
     )
     max_active_keys: int = Field(100, ge=1, le=10_000, description="API keys not revoked")
+    max_pending_notices: int = Field(
+        1000, ge=1, le=100_000, description="workload notices not yet over"
+    )
+
+
+class NoticeSettings(Strict):
+    """Workload notices (`POST /v1/notices`): when one may take effect, how long it stays
+    pending, and the power a GPU count stands for."""
+
+    late_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="a notice may take effect at most this long before it arrives (clocks and "
+        "networks lag), s; it stays pending this long after its time and duration have passed",
+    )
+    ahead_s: float = Field(
+        7 * 86400.0,
+        ge=60,
+        le=366 * 86400.0,
+        description="a notice takes effect at most this far ahead, s (7 days)",
+    )
+    # The H200 SXM's thermal design power (NVIDIA H200 datasheet: up to 700 W, configurable);
+    # a site that knows its GPUs' draw under its workloads sets its own.
+    power_w_per_gpu: float = Field(
+        700.0, ge=1, le=1e5, description="what a notice's `gpus` stands for, W per GPU"
+    )
 
 
 class BackupConfig(Strict):
@@ -386,6 +419,7 @@ class SiteConfig(BaseSettings):
     cooling: CoolingSettings = CoolingSettings()
     retention: RetentionConfig = RetentionConfig()
     limits: LimitsConfig = LimitsConfig()
+    notices: NoticeSettings = NoticeSettings()
     backup: BackupConfig = BackupConfig()
     recorder: RecorderConfig = RecorderConfig()
     simulation: dict[str, Any] = Field(

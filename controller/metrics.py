@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.collectors import DriverCollector, EnergyCollector, WriterCollector
 from controller.energy import EnergyTotals, RollingRatios, Sample
+from controller.notices import upcoming
 from controller.record import TickRecord
 from controller.tokens import TokenMeter
 from controller.writer import Writer
@@ -115,6 +116,12 @@ class Metrics:
             "gridpilot_control_mode", "1 for the mode control is in", ["site", "mode"]
         )
         self.import_cap = gauge("gridpilot_import_cap_watts", "Import cap in force", s)
+        self.notices_pending = gauge("gridpilot_notices_pending", "Workload notices pending", s)
+        self.notice_lead = gauge(
+            "gridpilot_notice_next_lead_seconds",
+            "Until the next workload notice takes effect (absent: none ahead)",
+            s,
+        )
         self.grid_ramp = gauge(
             "gridpilot_grid_ramp_watts_per_second", f"Grid draw's change over {RAMP_SPAN_S} s", s
         )
@@ -191,6 +198,7 @@ class Metrics:
             self.import_cap.labels(site).set(cap)
         else:
             self.import_cap.clear()
+        self._notices(rec)
         self._devices(rec)
         for device, command in rec.cooling.items():
             if command is None:
@@ -201,6 +209,15 @@ class Metrics:
         self._grid_ramp(rec)
         self._account(rec)
         self.latest = rec
+
+    def _notices(self, rec: TickRecord) -> None:
+        notices = rec.in_force.notices
+        self.notices_pending.labels(self.site).set(len(notices))
+        soon = upcoming(notices, rec.wall_time)
+        if soon is not None:
+            self.notice_lead.labels(self.site).set(soon.at_s - rec.wall_time)
+        else:
+            self.notice_lead.clear()
 
     def _devices(self, rec: TickRecord) -> None:
         for dev in rec.snapshot.devices.values():

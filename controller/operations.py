@@ -1,5 +1,6 @@
 """What operators set: setpoints (with an optional time-to-live), the control mode and
-demand-response events; from them, the settings in force at each tick.
+demand-response events; from them, and from the workload notices pending, the settings in
+force at each tick.
 
 Everything operators set is one immutable value (`OperatorState`), swapped whole when it
 changes. An API change is validated first (a rejected change changes nothing), persisted and
@@ -22,7 +23,8 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.config import MIN_POWER_W, DispatchConfig, SiteConfig
-from controller.opsdb import SYSTEM, Actor, Conflict, OpsDB
+from controller.notices import NoticeBoard
+from controller.opsdb import SYSTEM, Actor, OpsDB, check_bound
 from controller.record import InForce
 from controller.setpoints import Mode, Setpoints, dispatch_config, initial_setpoints
 from controller.temporary import (
@@ -118,6 +120,7 @@ class Operations:
         # here, so its id cannot be reused meanwhile), an event by id; dropped once folded.
         self._handed: dict[tuple[str, int], object] = {}
         self._capped: tuple[DispatchConfig, float, DispatchConfig] | None = None
+        self.notices = NoticeBoard(db, site.notices, site.limits.max_pending_notices)
         permanent, layers = self._saved_setpoints()
         setpoints = effective(permanent, layers)
         mode_base, mode_layers = self._saved_mode()
@@ -305,11 +308,9 @@ class Operations:
         with self._lock:
             now, value = time.time(), self._value
             planned = sum(1 for e in value.pending if e.planned_or_running(now))
-            if planned >= self.site.limits.max_pending_events:
-                raise Conflict(
-                    f"{planned} events are planned or running, as many as "
-                    f"limits.max_pending_events allows: cancel one, or wait for one to end"
-                )
+            what, remedy = "events are planned or running", "cancel one, or wait for one to end"
+            limit = self.site.limits.max_pending_events
+            check_bound(planned, limit, what, "limits.max_pending_events", remedy)
             with self.db.transaction():
                 row = self.db.add_event(event.kind, event.value_w, event.start_s, event.end_s, by)
                 self.db.audit(by, "event.create", None, row)
@@ -344,8 +345,8 @@ class Operations:
     # --- each tick (no lock, no disk) -----------------------------------------------------
     def in_force(self, now_s: float) -> InForce:
         """What the tick runs with now: expired overrides reverted, events started and ended
-        on time, overlapping events resolved to the strictest. Each edge is handed once to the
-        writer, which records it and folds it into the value."""
+        on time, overlapping events resolved to the strictest, the workload notices pending.
+        Each edge is handed once to the writer, which records it and folds it into the value."""
         value = self._value
         expired = self._expired(value, now_s)
         for action, item in expired:
@@ -369,7 +370,10 @@ class Operations:
                     shed = max(shed, e.value_w)
         if math.isfinite(cap) and cap < (dispatch.import_cap_w or math.inf):
             dispatch = self._with_cap(dispatch, cap)
-        return InForce(mode, dispatch, setpoints, shed, tuple(active))
+        # The notices ride along for state and metrics; dispatch does not use them yet (the
+        # planner that looks ahead will find them in InForce.notices).
+        notices = self.notices.pending(now_s)
+        return InForce(mode, dispatch, setpoints, shed, tuple(active), notices)
 
     def _with_cap(self, dispatch: DispatchConfig, cap_w: float) -> DispatchConfig:
         """The dispatch with an event's cap (EventIn bounds it as import_cap_w is bounded);

@@ -1,5 +1,5 @@
 """The operators' side of the SQLite file: API keys, setpoints and mode, demand-response
-events, alarms and the audit log. Everything here survives a restart.
+events, workload notices, alarms and the audit log. Everything here survives a restart.
 
 Its own connection (WAL lets it share the file with the sample writer); calls are short and
 rare, and the API runs them in a worker thread so the control loop never waits on them. A
@@ -25,9 +25,13 @@ from typing import Any, Literal
 from controller.config import LimitsConfig
 from controller.dbfile import check_at_start, create, mark
 
-Role = Literal["viewer", "operator", "admin"]
+Rung = Literal["viewer", "operator", "admin"]
+Role = Literal[Rung, "workload"]
 MIN_KEY_CHARS = 16
-ROLES: tuple[Role, ...] = ("viewer", "operator", "admin")  # each may do what those before may
+LADDER: tuple[Rung, ...] = ("viewer", "operator", "admin")  # each may do what those before may
+# Every role a key may have. `workload` (a job scheduler, a training script) is off the
+# ladder: it may do only what an endpoint names it for (post and cancel notices), nothing else.
+ROLES: tuple[Role, ...] = (*LADDER, "workload")
 BUSY_TIMEOUT_S = 5.0  # a write waits this long for another's lock on the file, then fails
 NO_CURSOR = 2**62  # above every id: a page without `before_id` starts at the newest
 
@@ -44,6 +48,13 @@ CREATE TABLE IF NOT EXISTS dr_events (
     created_by TEXT NOT NULL, created_at REAL NOT NULL, cancelled_at REAL,
     started_at REAL, ended_at REAL               -- when the controller saw it start and end
 );
+CREATE TABLE IF NOT EXISTS notices (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, at_s REAL NOT NULL,  -- unix time
+    duration_s REAL, power_w REAL, gpus INTEGER, job_id TEXT,       -- as given
+    ends_s REAL NOT NULL,                        -- pending until then (its time, duration, grace)
+    created_by TEXT NOT NULL, created_at REAL NOT NULL, cancelled_at REAL
+);
+CREATE INDEX IF NOT EXISTS notices_by_end ON notices (ends_s);
 CREATE TABLE IF NOT EXISTS alarms (
     id INTEGER PRIMARY KEY, key TEXT NOT NULL, severity TEXT NOT NULL, message TEXT NOT NULL,
     raised_at REAL NOT NULL, cleared_at REAL, acked_at REAL, acked_by TEXT
@@ -80,6 +91,15 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
 class Conflict(Exception):
     """A change refused for what is stored now (a bound reached, the last admin key); nothing
     was changed. The API answers 409 with this message, the CLI exits 2 with it."""
+
+
+def check_bound(count: int, limit: int, what: str, setting: str, remedy: str) -> None:
+    """Conflict when `count` of `what` already reach `limit` (the site's `setting`)."""
+    if count >= limit:
+        raise Conflict(f"{count} {what}, as many as {setting} allows: {remedy}")
+
+
+Table = Literal["dr_events", "notices"]  # tables of rows an operator makes, by id
 
 
 def _below(before_id: int | None) -> int:
@@ -163,11 +183,11 @@ class OpsDB:
     def _insert_key(self, key_id: str, secret: str, name: str, role: Role, by: Actor) -> None:
         """In a transaction: a new key (never one in place of another) and its audit entry."""
         active = self._written("SELECT count(*) AS n FROM api_keys WHERE revoked_at IS NULL")
-        if active is not None and active["n"] >= self.limits.max_active_keys:
-            raise Conflict(
-                f"{active['n']} API keys are active, as many as limits.max_active_keys allows: "
-                f"revoke one first"
-            )
+        count = active["n"] if active is not None else 0
+        limit = self.limits.max_active_keys
+        check_bound(
+            count, limit, "API keys are active", "limits.max_active_keys", "revoke one first"
+        )
         salt = secrets.token_bytes(16)
         self._write(
             "INSERT INTO api_keys (id, name, role, salt, hash, created_at) VALUES (?,?,?,?,?,?)",
@@ -268,14 +288,8 @@ class OpsDB:
         self, kind: str, value_w: float, start_s: float, end_s: float, by: Actor
     ) -> dict[str, Any]:
         """Store an event; its row as stored (in a transaction: before the commit)."""
-        event_id = self._write(
-            "INSERT INTO dr_events (kind, value_w, start_s, end_s, created_by, created_at)"
-            " VALUES (?,?,?,?,?,?)",
-            (kind, value_w, start_s, end_s, by.label, time.time()),
-        )
-        row = self._written("SELECT * FROM dr_events WHERE id = ?", (event_id,))
-        assert row is not None  # inserted just now, on this connection
-        return row
+        fields = {"kind": kind, "value_w": value_w, "start_s": start_s, "end_s": end_s}
+        return self._insert("dr_events", fields, by)
 
     def pending_events(self, now_s: float) -> list[dict[str, Any]]:
         """The events a tick must still look at: not yet ended, and not cancelled or over
@@ -287,21 +301,62 @@ class OpsDB:
         )
 
     def events_page(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
-        return self._rows(
-            "SELECT * FROM dr_events WHERE id < ? ORDER BY id DESC LIMIT ?",
-            (_below(before_id), limit),
-        )
+        return self.page("dr_events", limit, before_id)
 
     def event(self, event_id: int) -> dict[str, Any] | None:
-        rows = self._rows("SELECT * FROM dr_events WHERE id = ?", (event_id,))
-        return rows[0] if rows else None
+        return self.row("dr_events", event_id)
 
     def mark_event(
         self, event_id: int, column: Literal["started_at", "ended_at", "cancelled_at"]
     ) -> dict[str, Any] | None:
         """Note when an event started, ended or was cancelled; its row as it then stands."""
-        self._write(f"UPDATE dr_events SET {column} = ? WHERE id = ?", (time.time(), event_id))
-        return self._written("SELECT * FROM dr_events WHERE id = ?", (event_id,))
+        return self._stamp("dr_events", event_id, column)
+
+    # --- workload notices -------------------------------------------------------------
+    def add_notice(self, notice: dict[str, Any], ends_s: float, by: Actor) -> dict[str, Any]:
+        """Store a notice (its fields as given, none absent); its row as stored."""
+        return self._insert("notices", {**notice, "ends_s": ends_s}, by)
+
+    def pending_notices(self, now_s: float) -> list[dict[str, Any]]:
+        """The notices not yet over nor cancelled, in order of their time."""
+        return self._rows(
+            "SELECT * FROM notices WHERE ends_s > ? AND cancelled_at IS NULL ORDER BY at_s, id",
+            (now_s,),
+        )
+
+    def cancel_notice(self, notice_id: int) -> dict[str, Any] | None:
+        return self._stamp("notices", notice_id, "cancelled_at")
+
+    # --- rows an operator makes, by id (events, notices) ------------------------------
+    def _insert(self, table: Table, fields: dict[str, Any], by: Actor) -> dict[str, Any]:
+        """In a transaction: a new row, made by `by` now; the row as stored (before the
+        commit). Columns are this module's own names, never a caller's input."""
+        values = {**fields, "created_by": by.label, "created_at": time.time()}
+        marks = ",".join("?" * len(values))
+        row_id = self._write(
+            f"INSERT INTO {table} ({', '.join(values)}) VALUES ({marks})", tuple(values.values())
+        )
+        row = self._written(f"SELECT * FROM {table} WHERE id = ?", (row_id,))
+        assert row is not None  # inserted just now, on this connection
+        return row
+
+    def row(self, table: Table, row_id: int) -> dict[str, Any] | None:
+        rows = self._rows(f"SELECT * FROM {table} WHERE id = ?", (row_id,))
+        return rows[0] if rows else None
+
+    def page(
+        self, table: Table | Literal["audit"], limit: int, before_id: int | None
+    ) -> list[dict[str, Any]]:
+        """Rows newest first: the `limit` below id `before_id` (none: from the newest)."""
+        return self._rows(
+            f"SELECT * FROM {table} WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (_below(before_id), limit),
+        )
+
+    def _stamp(self, table: Table, row_id: int, column: str) -> dict[str, Any] | None:
+        """Note now in a row's `column`; the row as it then stands."""
+        self._write(f"UPDATE {table} SET {column} = ? WHERE id = ?", (time.time(), row_id))
+        return self._written(f"SELECT * FROM {table} WHERE id = ?", (row_id,))
 
     # --- alarms -----------------------------------------------------------------------
     def store_alarm(self, alarm: dict[str, Any]) -> None:
@@ -344,10 +399,16 @@ class OpsDB:
             self.audit(by, "alarm.ack", None, {"id": alarm_id})
             return self._written("SELECT * FROM alarms WHERE id = ?", (alarm_id,))
 
-    def prune(self, before_s: float) -> None:
+    def prune(self, before_s: float, notices_before_s: float | None = None) -> None:
         """Delete audit entries, cleared alarms and ended or cancelled events older than
-        `before_s` (unix time). Keys, settings and anything still active stay."""
+        `before_s` (unix time), notices over or cancelled before `notices_before_s` (default:
+        `before_s`). Keys, settings and anything still active or pending stay."""
+        notices_before = before_s if notices_before_s is None else notices_before_s
         with self._lock:
+            self._conn.execute(
+                "DELETE FROM notices WHERE min(ends_s, coalesce(cancelled_at, ends_s)) < ?",
+                (notices_before,),
+            )
             self._conn.execute("DELETE FROM audit WHERE time_s < ?", (before_s,))
             self._conn.execute("DELETE FROM alarms WHERE cleared_at < ?", (before_s,))
             self._conn.execute(
@@ -364,10 +425,7 @@ class OpsDB:
         )
 
     def audit_page(self, limit: int, before_id: int | None) -> list[dict[str, Any]]:
-        rows = self._rows(
-            "SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?",
-            (_below(before_id), limit),
-        )
+        rows = self.page("audit", limit, before_id)
         for r in rows:
             r["old"], r["new"] = json.loads(r["old"]), json.loads(r["new"])
         return rows

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from controller.config import DispatchConfig
 from controller.cooling import CoolingCommand
 from controller.dispatch import DispatchInputs, DispatchResult
+from controller.notices import Notice
 from controller.setpoints import Mode, Setpoints
 from controller.site import Command, SiteReadings
 from controller.snapshot import Snapshot
@@ -26,6 +27,9 @@ class InForce:
     setpoints: Setpoints
     shed_w: float  # from shed events: load the site should shed now
     events: tuple[int, ...]  # ids of the events in force
+    # Workload notices pending now, in order of their time. Dispatch does not use them yet:
+    # they are here for the planner that will look ahead (and for state and metrics).
+    notices: tuple[Notice, ...] = ()
 
 
 @dataclass(frozen=True)

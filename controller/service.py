@@ -253,7 +253,11 @@ class Controller:
         keep = self.site.retention
         self.store.prune(now_s - keep.samples_days * 86400.0)
         audit_before = now_s - keep.audit_days * 86400.0
-        self.ops_writer.put(lambda: self.db.prune(audit_before), "prune audit, alarms, events")
+        notices_before = now_s - keep.notices_days * 86400.0
+        self.ops_writer.put(
+            lambda: self.db.prune(audit_before, notices_before),
+            "prune audit, alarms, events, notices",
+        )
         if self.site.backup.dir is not None and self._backup_idle.acquire(blocking=False):
             # A thread of its own: a slow or failing backup holds up no other write.
             threading.Thread(target=self._backup, name="backup", daemon=True).start()

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from controller.notices import summary
 from controller.record import TickRecord
 from controller.writer import Writer
 
@@ -96,6 +97,7 @@ class SiteState:
                 "shed_w": force.shed_w,
                 "events": list(force.events),
             },
+            "notices": summary(force.notices, rec.wall_time),  # as of the tick
             "cooling": {
                 device: None
                 if command is None

@@ -140,8 +140,23 @@ def test_retention_deletes_rows_past_their_time_and_keeps_the_rest(site: SiteCon
             " cancelled_at, started_at, ended_at) VALUES ('shed', 1e6, ?, ?, ?, ?, ?, ?, ?)",
             (start, end, name, old, cancelled, started, ended),
         )
+    # Workload notices: (pending until, cancelled at), kept retention.notices_days (30).
+    notices = {
+        "over 40 days ago": (now - 40 * 86400, None),
+        "cancelled 40 days ago": (now + 60, now - 40 * 86400),
+        "over an hour ago": (recent, None),
+        "pending, made long ago": (now + 60, None),
+    }
+    for name, (ends, cancelled) in notices.items():
+        db._write(
+            "INSERT INTO notices (kind, at_s, ends_s, created_by, created_at, cancelled_at)"
+            " VALUES ('job_start', ?, ?, ?, ?, ?)",
+            (ends - 5, ends, name, old, cancelled),
+        )
     controller.prune(now)
     assert store.writer.flush() and controller.ops_writer.flush()
+    kept = {n["created_by"] for n in db.page("notices", 10, None)}
+    assert kept == {"over an hour ago", "pending, made long ago"}
     samples = [t for (t,) in store.query("SELECT time_s FROM samples")]
     assert samples == [recent]
     assert [r["time_s"] for r in db.audit_page(10, None)] == [recent]

@@ -223,6 +223,7 @@ def test_the_documented_environment_variables_work(monkeypatch: pytest.MonkeyPat
         "GRIDPILOT_COOLING__WATER_CLASS": "W40",
         "GRIDPILOT_BACKUP__DIR": str(tmp_path / "backups"),
         "GRIDPILOT_LIMITS__MAX_PENDING_EVENTS": "200",
+        "GRIDPILOT_NOTICES__POWER_W_PER_GPU": "1000",
         "GRIDPILOT_API_LIMITS__WRITES_PER_S": "20",
         "GRIDPILOT_API_TLS__AUTO_DIR": str(tmp_path / "tls"),
         "GRIDPILOT_API_TLS__ENABLED": "false",
@@ -233,6 +234,7 @@ def test_the_documented_environment_variables_work(monkeypatch: pytest.MonkeyPat
     assert (site.api_port, site.data_dir, site.cooling.water_class) == (9000, tmp_path, "W40")
     assert site.backup.dir == tmp_path / "backups"
     assert site.limits.max_pending_events == 200
+    assert site.notices.power_w_per_gpu == 1000
     assert site.api_limits.writes_per_s == 20
     assert site.api_tls is not None and not site.api_tls.enabled  # TLS ends in front
     assert [str(t.url) for t in site.token_sources] == ["http://vllm:8000/metrics"]

@@ -91,10 +91,15 @@ ENDPOINTS = [
     ("POST", "/v1/captures", {"reason": "matrix"}, "operator", 202),
     ("GET", "/v1/report", None, "viewer", 200),
     ("GET", "/v1/history", None, "viewer", 200),
+    # Workload keys may post and cancel notices too (off the ladder: test_notices.py).
+    ("GET", "/v1/notices", None, "viewer", 200),
+    ("POST", "/v1/notices", {"kind": "job_start", "at_s": FUTURE}, "operator", 201),
+    ("DELETE", "/v1/notices/{notice_id}", None, "operator", 404),
 ]  # fmt: skip
 ORDER = ["viewer", "operator", "admin"]
 MISSING = {"device_id": "ups-z", "event_id": "999", "alarm_id": "999", "key_id": "abc123",
-           "capture_id": "20990101T000000.000Z-alarm", "part": "cfg"}  # fmt: skip
+           "capture_id": "20990101T000000.000Z-alarm", "part": "cfg",
+           "notice_id": "999"}  # fmt: skip
 
 
 @pytest.mark.parametrize(("method", "path", "body", "least", "allowed"), ENDPOINTS)
