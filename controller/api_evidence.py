@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from controller.api_operate import Limit, keys_hidden
+from controller.api_operate import Limit, keys_hidden, page
 from controller.auth import requires
 from controller.commands import ActorIn, CaptureIn
 from controller.link import ControllerLink
@@ -52,8 +52,7 @@ def evidence_router(link: ControllerLink, db: OpsDB, data_dir: Path) -> APIRoute
         before_id: Annotated[str | None, Query(max_length=64, pattern=f"^{CAPTURE_ID}$")] = None,
     ) -> dict[str, Any]:
         rows = await asyncio.to_thread(list_captures, folder, limit, before_id)
-        shown = keys_hidden(rows, "requested_by", who)
-        return {"captures": shown, "next_before_id": rows[-1]["id"] if len(rows) == limit else None}
+        return page(keys_hidden(rows, "requested_by", who), "captures", limit)
 
     @router.get(
         "/captures/{capture_id}/{part}",
