@@ -99,12 +99,10 @@ async function start(who) {
   fill($("#who"), h("span", { class: "who-name" }, who.name),
     h("span", { class: `role role-${who.role}` }, who.role));
   $("#readonly").hidden = can("operator");
-  if (!ui.chart) {
-    ui.chart = new PowerChart($("#chart"));
-    // The last ten minutes from the recorder; without them (none yet, or refused) the chart
-    // fills from the stream alone.
-    api("GET", "/v1/history?seconds=600").then((past) => ui.chart.seed(past), () => {});
-  }
+  ui.chart ??= new PowerChart($("#chart"));
+  // The last ten minutes from the recorder, at each sign-in (the stream brings nothing while
+  // signed out); without them (none yet, or refused) the chart fills from the stream alone.
+  api("GET", "/v1/history?seconds=600").then((past) => ui.chart.seed(past), () => {});
   if (!ui.setpoints) {
     ui.setpoints = new SetpointsPanel($("#setpoints"), {
       toast,

@@ -1,6 +1,6 @@
 // The power chart: the last 10 minutes of IT load, grid draw, its plan, the batteries and
-// the import cap in force, in MW (uPlot, vendored: window.uPlot): the recorder's past ticks
-// (GET /v1/history) when the page opens, then each tick from the stream.
+// the import cap in force, in MW (uPlot, vendored: window.uPlot): each tick from the stream,
+// and the recorder's (GET /v1/history) at each sign-in, for the minutes the stream did not see.
 
 const WINDOW_S = 600;
 const REDRAW_MS = 500;
@@ -124,18 +124,25 @@ export class PowerChart {
     this.dirty = true;
   }
 
-  /** Past ticks from the recorder (`GET /v1/history`: columns of W, time in unix s), put
-   * before those the stream has brought already. */
+  /** Ticks from the recorder (`GET /v1/history`: columns of W, time in unix s) merged with
+   * those the stream brought: the minutes before the page opened, and any the stream missed
+   * while signed out or reconnecting. A tick is the same tick to the millisecond. */
   seed(history) {
     const times = history.time_s || [];
-    const first = this.data[0].length ? this.data[0][0] : Infinity;
-    let n = 0;
-    while (n < times.length && times[n] < first) n += 1;
-    if (!n) return;
+    const ms = (t) => Math.floor(t * 1000);
+    const have = new Set(this.data[0].map(ms));
     const w = (v) => (Number.isFinite(v) ? v / 1e6 : null);
     const columns = ["it_w", "grid_w", "grid_target_w", "battery_w", "import_cap_w"];
-    const past = [times.slice(0, n), ...columns.map((c) => (history[c] || []).slice(0, n).map(w))];
-    this.data = this.data.map((series, i) => past[i].concat(series));
+    const rows = this.data[0].map((t, i) => this.data.map((series) => series[i]));
+    let added = 0;
+    times.forEach((t, i) => {
+      if (!Number.isFinite(t) || have.has(ms(t))) return;
+      rows.push([ms(t) / 1000, ...columns.map((c) => w((history[c] || [])[i]))]);
+      added += 1;
+    });
+    if (!added) return;
+    rows.sort((a, b) => a[0] - b[0]);
+    this.data = this.data.map((_, k) => rows.map((row) => row[k]));
     this.dirty = true;
   }
 
