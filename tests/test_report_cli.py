@@ -42,6 +42,8 @@ def test_a_smoothed_run_passes_the_generic_profile_and_a_page_is_written(
     assert status == 0, out
     result = json.loads(out)
     assert result["result"] == "pass" and "plots" not in result
+    passed = {c["name"] for c in result["checks"] if c["result"] == "pass"}
+    assert "attenuation of the IT load in 0.1-20 Hz" in passed  # -22.8 dB against -15
     assert page.read_text().count("<svg") >= 4
     # a range given in ISO 8601 (UTC): 20 s of the 76 s
     status, out = report("--data-dir", str(replayed), "--json", "--from", "2026-11-30T00:00:10",
@@ -53,13 +55,20 @@ def test_a_smoothed_run_passes_the_generic_profile_and_a_page_is_written(
 
 def test_a_profile_the_run_breaks_fails_with_status_1(replayed: Path, tmp_path: Path):
     strict = tmp_path / "strict.yaml"
-    strict.write_text("name: strict\nramp_1s_max_w: 100000  # tighter than the run's 500 kW/s\n")
+    strict.write_text(
+        "name: strict\nramp_1s_max_w: 100000  # tighter than the run's 500 kW/s\n"
+        "band_attenuation_max_db: -30  # deeper than the run's -22.8 dB\n"
+    )
     status, out = report("--data-dir", str(replayed), "--json", "--profile", str(strict))
     assert status == 1
     checks = {c["name"]: c for c in json.loads(out)["checks"]}
     assert checks["ramp over 1 s"]["result"] == "fail"
     assert checks["ramp over 1 s"]["measured"] == pytest.approx(5e5)
     assert 0 < checks["ramp over 1 s"]["held_ratio"] < 1
+    attenuation = checks["attenuation of the IT load in 0.1-20 Hz"]
+    assert attenuation["result"] == "fail" and attenuation["measured"] == pytest.approx(
+        -22.84, abs=0.01
+    )
     status, out = report("--data-dir", str(replayed), "--profile", str(strict))
     assert status == 1 and "fail" in out  # the terminal's table says it too
 

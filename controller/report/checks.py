@@ -55,6 +55,23 @@ def ramp_checks(ramp: Sequence[dict[str, Any]], required: float) -> list[dict[st
     return out
 
 
+def attenuation_check(band: dict[str, Any], limit_db: float | None) -> list[dict[str, Any]]:
+    """The smoothing itself: the grid draw's energy in the band against the IT load's."""
+    if limit_db is None:
+        return []
+    measured = band.get("attenuation_db")
+    return [
+        _check(
+            f"attenuation of the IT load in {band['name']}",
+            "dB",
+            limit_db,
+            measured,
+            None if measured is None else measured <= limit_db,
+            note=None if measured is not None else band.get("note", "too few samples"),
+        )
+    ]
+
+
 def band_checks(bands: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per band with a limit: the grid draw's share of energy in it."""
     out = []

@@ -16,7 +16,13 @@ import numpy as np
 
 from controller.replay.figures import BAND_HZ
 from controller.report.battery import SOC_SUFFIX, BatteryFigures
-from controller.report.checks import band_checks, overall, ramp_checks, response_checks
+from controller.report.checks import (
+    attenuation_check,
+    band_checks,
+    overall,
+    ramp_checks,
+    response_checks,
+)
 from controller.report.envelope import Envelope
 from controller.report.events import Droop, EventFigures
 from controller.report.profile import Profile
@@ -116,6 +122,7 @@ def build_report(
     events_result = events.result() | {"captures": [dict(c) for c in captures]}
     checks = [
         *ramp_checks(ramp_result, profile.required_share_ratio),
+        *attenuation_check(spectrum_result["bands"][0], profile.band_attenuation_max_db),
         *band_checks(spectrum_result["bands"]),
         *response_checks(events_result["frequency"], profile),
     ]

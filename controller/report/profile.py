@@ -68,6 +68,13 @@ class Profile(Strict):
         None,
         description="largest share of the grid draw's energy (mean removed) in 0.1–20 Hz, 0–1",
     )
+    band_attenuation_max_db: float | None = Field(
+        None,
+        ge=-200,
+        le=0,
+        description="the grid draw's 0.1–20 Hz energy against the IT load's, at most, dB "
+        "(−20: a hundredth)",
+    )
     bands: tuple[Band, ...] = Field(
         (), max_length=20, description="further bands to report, each with an optional limit"
     )
