@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.dispatch import Bank, core, initial_state, params_vector
-from controller.dispatch.planner import PlanSettings, pause_depth_w, plan
+from controller.dispatch.planner import Event, PlanSettings, events_of, pause_depth_w, plan
 from controller.notices import Notice
 from controller.replay.events import Announced, read_events
 from controller.replay.run import ReplaySettings, simulate
@@ -186,3 +186,26 @@ def test_cli_replays_with_events_reproducibly():
     # Today's 6.94 kWh and -22.8 dB without notices (the README has every figure).
     assert first["required_capacity_kwh"] < 4.5 and first["band_attenuation_db"] < -19.5
     assert math.isfinite(first["battery_throughput_kwh"])
+
+
+def test_notices_become_changes_of_the_mean_draw():
+    def n(kind, at_s, duration_s=None, power_w=None):
+        return notice(kind, at_s, 0.0, duration_s, power_w).notice
+
+    got = events_of(
+        [
+            n("job_start", 10.0),
+            n("pause_start", 20.0, 3.0),
+            n("pause_end", 23.0),  # closes the pause above
+            n("pause_end", 40.0),  # on its own: the job's draw comes back
+            n("job_stop", 50.0, power_w=4e6),
+            n("level_change", 60.0, power_w=1e6),  # an absolute level: left to the filter
+        ],
+        5e6,
+    )
+    assert got == (
+        Event(10.0, 5e6),
+        Event(20.0, -5e6, 3.0),
+        Event(40.0, 5e6),
+        Event(50.0, -4e6),
+    )
