@@ -240,7 +240,7 @@ def replay(
         job_w_per_gpu=job_w_per_gpu,
     )
     tr = _read(trace, from_s)
-    notices = _notices(events, job_lead_s, pause_lead_s, settings.gpus * job_w_per_gpu)
+    notices = _notices(events, job_lead_s, pause_lead_s, settings.gpus * settings.job_w_per_gpu)
     load = tr.site_load_w(settings.gpus, settings.base_w)
     with replay_progress(len(load)) as progress:
         run = simulate(load, tr.dt_s, settings, progress, notices, float(tr.t_s[0]))
