@@ -1,6 +1,6 @@
 """Speed of the dispatch core: `simulate` steps per second on one core, the same for its
 plain-Python reference, and the per-call latency of `step` (and of the typed `dispatch`
-the live loop calls) from Python.
+the live loop calls) from Python; and the planner's time per re-plan.
 
     python bench/bench_dispatch.py [--steps 20000000]
 """
@@ -25,6 +25,7 @@ from controller.dispatch import (
     initial_state,
     params_vector,
 )
+from controller.dispatch.planner import Event, PlanSettings, plan
 from drivers.sim.load import load_gpu_trace
 
 
@@ -40,6 +41,18 @@ def best_of(repeats: int, fn) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def time_plan(calls: int = 200) -> float:
+    """Seconds per re-plan: a job's start and five checkpoints in view, 60 s ahead at 0.1 s."""
+    events = (Event(13.6, 4.7e6), *(Event(23.6 + 10.2 * k, -4.7e6, 3.0) for k in range(5)))
+    p = PlanSettings(5e5, 5e5, 10.0)
+    recent = np.full(10, 6e6)
+    _, state = plan(30.0, 0.1, events, (), recent, 6e6, p)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        plan(30.0, 0.1, events, state, recent, 6e6, p)
+    return (time.perf_counter() - t0) / calls
 
 
 def main() -> None:
@@ -107,6 +120,7 @@ def main() -> None:
     print(f"numba / reference: {fast / ref:,.0f}x")
     print(f"step() from Python, per call: {t_step * 1e6:.2f} µs")
     print(f"dispatch() (3 assets, allocation, typed result), per call: {t_dispatch * 1e6:.1f} µs")
+    print(f"planner, per re-plan (6 changes in view, 60 s ahead): {time_plan() * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from controller.demo import run_controller, run_demo, run_simulators
 from controller.logs import setup_logging
 from controller.notify import notify
 from controller.opsdb import ROLES, Actor, Conflict, OpsDB
+from controller.replay.events import Announced, read_events
 from controller.replay.record import RecordExistsError, record_run
 from controller.replay.report import print_figures, print_sizing, replay_progress
 from controller.replay.run import ReplaySettings, plot, report, simulate
@@ -170,6 +171,18 @@ def _read(trace: Path, from_s: float = 0.0) -> Trace:
         raise typer.Exit(2) from None
 
 
+def _notices(
+    path: Path | None, job_lead_s: float, pause_lead_s: float, job_w: float
+) -> tuple[Announced, ...]:
+    if path is None:
+        return ()
+    try:
+        return read_events(path, job_lead_s, pause_lead_s, job_w)
+    except TraceError as exc:
+        typer.echo(f"gridpilot: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def replay(
     trace: TraceArg,
@@ -194,6 +207,24 @@ def replay(
         ),
     ] = None,
     bound: Annotated[bool, typer.Option(help="solve the perfect-foresight LP bound")] = True,
+    events: Annotated[
+        Path | None,
+        typer.Option(
+            "--events",
+            help="workload notices from an events file (*.events.csv): train_ready → job start, "
+            "checkpoint_start/_end → pause start/end; the planner looks ahead",
+        ),
+    ] = None,
+    job_lead_s: Annotated[
+        float, typer.Option("--job-lead-s", min=0.0, help="a job's notice comes this early, s")
+    ] = 30.0,
+    pause_lead_s: Annotated[
+        float, typer.Option("--pause-lead-s", min=0.0, help="a pause's notice comes this early, s")
+    ] = 5.0,
+    job_w_per_gpu: Annotated[
+        float,
+        typer.Option("--job-w-per-gpu", help="what a GPU of an announced job adds to the draw, W"),
+    ] = 470.0,
 ) -> None:
     """Run the dispatch core over a trace: smoothing figures and the perfect-foresight bound."""
     settings = _replay_settings(
@@ -206,11 +237,13 @@ def replay(
         lowpass_tau_s=lowpass_tau_s,
         average_window_s=average_window_s,
         energy_return_s=energy_return_s,
+        job_w_per_gpu=job_w_per_gpu,
     )
     tr = _read(trace, from_s)
+    notices = _notices(events, job_lead_s, pause_lead_s, settings.gpus * settings.job_w_per_gpu)
     load = tr.site_load_w(settings.gpus, settings.base_w)
     with replay_progress(len(load)) as progress:
-        run = simulate(load, tr.dt_s, settings, progress)
+        run = simulate(load, tr.dt_s, settings, progress, notices, float(tr.t_s[0]))
         result = report(run, tr.dt_s, settings, bound)
     if plot_to is not None:
         plot(run, tr.dt_s, str(plot_to), settings, trace.name)

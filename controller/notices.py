@@ -8,7 +8,8 @@ keeps the pending notices in memory as one immutable tuple, swapped whole when a
 (stored and audited first, in one transaction) adds or cancels one; each tick reads it without
 a lock and without the disk, as `InForce.notices`.
 
-Dispatch does not use them yet: they are there for the planner that will look ahead.
+The live dispatch does not use them yet: the planner that looks ahead
+(`controller.dispatch.planner`) runs in replay so far.
 """
 
 from __future__ import annotations

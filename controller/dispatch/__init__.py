@@ -115,12 +115,17 @@ def _headroom(assets: tuple[AssetState, ...], discharging: bool, cfg: DispatchCo
 
 
 def dispatch(
-    inputs: DispatchInputs, cfg: DispatchConfig, state: np.ndarray, dt_s: float
+    inputs: DispatchInputs,
+    cfg: DispatchConfig,
+    state: np.ndarray,
+    dt_s: float,
+    plan_w: float = 0.0,
 ) -> tuple[np.ndarray, DispatchResult]:
-    """Pure: (inputs, configuration, state) → (next state, result)."""
+    """Pure: (inputs, configuration, state, the planner's feed-forward) → (next state,
+    result). plan_w 0 is no plan: the step is the same to the bit."""
     bank = bank_of(inputs.assets)
     cap = cfg.import_cap_w if cfg.import_cap_w is not None else math.inf
-    step_in = np.array([inputs.site_load_w, inputs.frequency_hz, cap, bank.energy_j])
+    step_in = np.array([inputs.site_load_w, inputs.frequency_hz, cap, bank.energy_j, plan_w])
     new_state, out = core.step(state, params_vector(cfg, bank), step_in, dt_s)
     battery_w = float(out[core.O_BATTERY])
     slow_w = float(out[core.O_SLOW])

@@ -13,7 +13,8 @@ Vectors (float64), indexed by the constants below:
   state   S_*: low-pass, ramp-limited grid plan, stored energy, initialised flag, cap in force,
           the moving average's ring buffer
   inputs  per step: site load W, grid frequency Hz, import cap W (inf: none),
-          measured stored energy J (nan: integrate our own)
+          measured stored energy J (nan: integrate our own), the planner's feed-forward W
+          (0: none; see `planner`)
   outputs O_*: grid, battery, unserved, shed request, frequency response, stored energy,
           grid target before the battery's limits, the battery power's slow part
 """
@@ -65,7 +66,8 @@ I_LOAD = 0
 I_FREQUENCY = 1
 I_CAP = 2
 I_ENERGY = 3
-INPUT_SIZE = 4
+I_PLAN = 4  # optional: a 4-long input vector means no plan
+INPUT_SIZE = 5
 
 O_GRID = 0
 O_BATTERY = 1
@@ -81,7 +83,7 @@ OUTPUT_SIZE = 8
 # Reciprocals and fused multiply-adds only (a fifth faster): no "no-NaN" or reordering
 # assumptions, since the step tests for NaN and must match its Python twin to 1e-9.
 @njit(cache=True, fastmath={"arcp", "contract"})
-def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s):
+def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, plan_w, dt_s):
     """One step in place on `state`; returns the outputs in O_* order (a tuple, so the
     compiled loop keeps them in registers)."""
     energy = state[S_ENERGY] if math.isnan(measured_j) else measured_j
@@ -134,6 +136,10 @@ def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s):
     state[S_ANCHOR] += dt_s / (params[P_ENERGY_ANCHOR_S] + dt_s) * (energy - state[S_ANCHOR])
     if params[P_ENERGY_RETURN_S] > 0.0:
         target -= (energy - state[S_ANCHOR]) / params[P_ENERGY_RETURN_S]
+
+    #    The planner's feed-forward (what it foresees that the filter cannot yet see): added
+    #    before the cap and the ramp limiter, so no plan can break either; 0 adds nothing.
+    target += plan_w
 
     # 5. Import cap: a higher cap (or none) holds at once; a lower one is approached from the
     #    grid's present plan at the ramp rate, and from then on it is a hard limit.
@@ -221,6 +227,7 @@ def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, dt_s):
 def step(state, params, inputs, dt_s):
     """One tick: (new_state, outputs); the given state is left untouched."""
     new_state = state.copy()
+    plan_w = inputs[I_PLAN] if inputs.shape[0] > I_PLAN else 0.0
     result = _advance(
         new_state,
         params,
@@ -228,6 +235,7 @@ def step(state, params, inputs, dt_s):
         inputs[I_FREQUENCY],
         inputs[I_CAP],
         inputs[I_ENERGY],
+        plan_w,
         dt_s,
     )
     out = np.empty(OUTPUT_SIZE)
@@ -237,24 +245,41 @@ def step(state, params, inputs, dt_s):
 
 
 @njit(cache=True)
-def simulate(state, params, load_w, frequency_hz, cap_w, dt_s, out):
-    """A whole trace at a uniform dt_s, energy integrated by the core. Writes one row of
-    outputs per step into `out` (shape (steps, OUTPUT_SIZE), the caller's buffer, so a long
-    replay can reuse it) and returns the final state; the given state is left untouched."""
+def _run(state, params, load_w, frequency_hz, cap_w, plan_w, planned, dt_s, out):
     s = state.copy()
     for i in range(load_w.shape[0]):
-        r = _advance(s, params, load_w[i], frequency_hz[i], cap_w[i], np.nan, dt_s)
+        plan = plan_w[i] if planned else 0.0
+        r = _advance(s, params, load_w[i], frequency_hz[i], cap_w[i], np.nan, plan, dt_s)
         for k in range(OUTPUT_SIZE):
             out[i, k] = r[k]
     return s
 
 
-def simulate_reference(state, params, load_w, frequency_hz, cap_w, dt_s, out):
-    """`simulate` in plain Python: the same step, run by CPython (tests and benchmark only)."""
+NO_PLAN = np.zeros(0)
+
+
+@njit(cache=True)
+def simulate(state, params, load_w, frequency_hz, cap_w, dt_s, out):
+    """A whole trace at a uniform dt_s, energy integrated by the core. Writes one row of
+    outputs per step into `out` (shape (steps, OUTPUT_SIZE), the caller's buffer, so a long
+    replay can reuse it) and returns the final state; the given state is left untouched."""
+    return _run(state, params, load_w, frequency_hz, cap_w, NO_PLAN, False, dt_s, out)
+
+
+@njit(cache=True)
+def simulate_planned(state, params, load_w, frequency_hz, cap_w, plan_w, dt_s, out):
+    """`simulate` with the planner's feed-forward, one value per step (W)."""
+    return _run(state, params, load_w, frequency_hz, cap_w, plan_w, True, dt_s, out)
+
+
+def simulate_reference(state, params, load_w, frequency_hz, cap_w, dt_s, out, plan_w=None):
+    """`simulate` (or, given plan_w, `simulate_planned`) in plain Python: the same step, run
+    by CPython (tests and benchmark only)."""
     s = state.copy()
     advance = _advance.py_func
     for i in range(load_w.shape[0]):
-        out[i] = advance(s, params, load_w[i], frequency_hz[i], cap_w[i], math.nan, dt_s)
+        plan = 0.0 if plan_w is None else plan_w[i]
+        out[i] = advance(s, params, load_w[i], frequency_hz[i], cap_w[i], math.nan, plan, dt_s)
     return s
 
 

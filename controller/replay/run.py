@@ -13,10 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.config import DispatchConfig, RampLimit
 from controller.dispatch import Bank, core, initial_state, params_vector
+from controller.dispatch.planner import PlanSettings, PlanState, events_of, plan
 from controller.replay.bound import BoundProblem, min_capacity_kwh, min_power_w, min_throughput_kwh
+from controller.replay.events import Announced
 from controller.replay.figures import Figures, figures
 
 CHUNK_STEPS = 200_000  # simulate in chunks this long, so long traces can report progress
+PLAN_EVERY_S = 1.0  # re-planned once a second, as the live loop would, off the tick's path
+PLAN_KEEP_TAUS = 10.0  # a change stays in the plan this many low-pass time constants after it
 BOUND_MAX_STEPS = 10_000  # the LPs took 31 s at this size here, and grow faster than it
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -35,6 +39,9 @@ class ReplaySettings(BaseModel):
     lowpass_tau_s: float | None = Field(None, gt=0, le=3600, description="override the site's")
     average_window_s: float | None = Field(None, ge=0, le=200, description="override the site's")
     energy_return_s: float | None = Field(None, ge=0, le=3600, description="override the site's")
+    job_w_per_gpu: float = Field(
+        470.0, ge=0, le=1e5, description="what a GPU of an announced job adds to the draw, W"
+    )
     dispatch: DispatchConfig = DispatchConfig()
 
     @model_validator(mode="after")
@@ -64,9 +71,20 @@ class ReplayRun:
     figures: Figures
 
 
+def plan_settings(d: DispatchConfig) -> PlanSettings:
+    return PlanSettings(d.ramp_up_w_per_s, d.ramp_down_w_per_s, d.lowpass_tau_s)
+
+
 def simulate(
-    load_w: np.ndarray, dt_s: float, settings: ReplaySettings, progress: Progress | None = None
+    load_w: np.ndarray,
+    dt_s: float,
+    settings: ReplaySettings,
+    progress: Progress | None = None,
+    notices: tuple[Announced, ...] = (),
+    start_s: float = 0.0,
 ) -> ReplayRun:
+    """The core over the trace; with notices (trace time, the first step at start_s), the
+    planner re-plans every PLAN_EVERY_S from what was announced by then."""
     cap = settings.capacity_j
     e0 = settings.initial_soc * cap
     params = params_vector(
@@ -77,18 +95,17 @@ def simulate(
     caps = np.full(n, settings.dispatch.import_cap_w or math.inf)
     state = initial_state(e0)
     out = core.outputs(n)
-    for start in range(0, n, CHUNK_STEPS):
-        end = min(start + CHUNK_STEPS, n)
-        state = core.simulate(
-            state,
-            params,
-            load_w[start:end],
-            nominal[start:end],
-            caps[start:end],
-            dt_s,
-            out[start:end],
-        )
-        if progress:
+    chunk = max(1, round(PLAN_EVERY_S / dt_s)) if notices else CHUNK_STEPS
+    planner = _Planner(notices, settings, dt_s, start_s) if notices else None
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        args = (state, params, load_w[start:end], nominal[start:end], caps[start:end])
+        if planner is None:
+            state = core.simulate(*args, dt_s, out[start:end])
+        else:
+            ff = planner.feed_forward(start, state, load_w)[: end - start]
+            state = core.simulate_planned(*args, ff, dt_s, out[start:end])
+        if progress and (end % CHUNK_STEPS < chunk or end == n):
             progress(end, n)
     energy = np.r_[e0, out[:, core.O_ENERGY]]
     figs = figures(
@@ -101,6 +118,36 @@ def simulate(
         dt_s,
     )
     return ReplayRun(load_w, out, energy, cap, figs)
+
+
+class _Planner:
+    """The replay's shell around the pure planner: which notices were out by each re-plan,
+    and the loads seen since the last one."""
+
+    def __init__(
+        self, notices: tuple[Announced, ...], s: ReplaySettings, dt_s: float, start_s: float
+    ) -> None:
+        self.notices, self.dt_s, self.start_s = notices, dt_s, start_s
+        self.job_w = s.gpus * s.job_w_per_gpu
+        self.settings = plan_settings(s.dispatch)
+        self.keep_s = PLAN_KEEP_TAUS * s.dispatch.lowpass_tau_s
+        self.state: PlanState = ()
+        self.last = 0
+
+    def feed_forward(self, step: int, core_state: np.ndarray, load_w: np.ndarray) -> np.ndarray:
+        now = self.start_s + step * self.dt_s
+        out = [
+            a.notice
+            for a in self.notices
+            if a.known_s <= now and a.notice.ends_s >= now - self.keep_s
+        ]
+        seen = load_w[self.last : step]
+        self.last = step
+        lowpass = core_state[core.S_LOWPASS] if core_state[core.S_INIT] else load_w[step]
+        ff, self.state = plan(
+            now, self.dt_s, events_of(out, self.job_w), self.state, seen, lowpass, self.settings
+        )
+        return ff
 
 
 def bound_problem(run: ReplayRun, dt_s: float, s: ReplaySettings) -> BoundProblem:

@@ -42,7 +42,7 @@ class Trace:
         return base_w + gpus * self.gpu_power_w
 
 
-def _number(text: str | None, where: str) -> float:
+def number(text: str | None, where: str) -> float:
     try:
         value = float(text) if text is not None else math.nan
     except ValueError:
@@ -64,8 +64,8 @@ def read_trace(path: Path) -> Trace:
         raise TraceError(f"{path}: missing column(s) {missing}; the header has {columns}")
     t, p = [], []
     for line, row in enumerate(reader, start=2):
-        t.append(_number(row["t_s"], f"{path}, line {line}, column t_s"))
-        p.append(_number(row["gpu_power_w"], f"{path}, line {line}, column gpu_power_w"))
+        t.append(number(row["t_s"], f"{path}, line {line}, column t_s"))
+        p.append(number(row["gpu_power_w"], f"{path}, line {line}, column gpu_power_w"))
         if p[-1] < 0:
             raise TraceError(f"{path}, line {line}, column gpu_power_w: {p[-1]} W is negative")
         if len(t) > 1 and t[-1] <= t[-2]:

@@ -1,0 +1,185 @@
+"""The planner: what the workload announced for the coming seconds, turned into a feed-forward
+the dispatch core adds to its grid target. Pure: numbers in, numbers out, no clock, no I/O.
+Replay calls it once a second; the live loop can call it off the tick's path and hand the
+core one value per tick (`core.I_PLAN`, `dispatch(..., plan_w=)`).
+
+One shape per announced change of the site's mean draw, added up:
+- a lasting step of A W at T (a job starts or stops): the grid crosses it on a ramp at the
+  ramp limit, `lead_ratio` of it before T, so the battery takes before a rise about what it
+  gives after it (at half, a quarter of the energy of carrying the whole step while the grid
+  ramps);
+- a pause of depth A for D s (a checkpoint): the grid ramps down to a plateau h by T, holds
+  it through the pause and ramps back; h²/R + h·D = A·D makes what the battery gives around
+  the pause equal to what it takes in it, the smallest swing.
+The core's low-pass sees each change once it happens: the feed-forward is the plan minus that
+foreseen response, so it fades as the filter catches up. The core keeps every guarantee (the
+feed-forward enters before its cap and ramp limiter). No events: zeros, today's dispatch.
+
+A change that does not come when announced: its plan holds where it stands at T (it slides
+with the clock) until the load has crossed half of it, and is dropped `give_up_s` after T; the
+feed-forward is then 0 again and the ramp limiter takes the grid back at its rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+from controller.notices import Notice
+
+
+@dataclass(frozen=True)
+class Event:
+    """An announced change of the site's mean draw."""
+
+    at_s: float
+    delta_w: float  # the mean draw's change, W (negative: it falls)
+    duration_s: float = math.inf  # a pause: the draw comes back after this
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    ramp_up_w_per_s: float
+    ramp_down_w_per_s: float
+    lowpass_tau_s: float  # the core's: its response to a change is what the plan adds to
+    # Of a lasting step, crossed before it: half is best for a notice exact to the step; a
+    # job's GPUs draw later more often than earlier (loading, set-up), and a plan held while
+    # a start is late charges the battery all the while, so a little less before it.
+    lead_ratio: float = 0.35
+    give_up_s: float = 5.0  # an announced change not seen this long after its time is dropped
+    horizon_s: float = 60.0
+
+
+Status = Literal["waiting", "seen", "dropped"]
+
+
+@dataclass(frozen=True)
+class Tracked:
+    event: Event
+    at_s: float  # when it is planned to happen: its time, or later while it slips
+    level_w: float  # the load's mean just before it: the half-way mark is measured from it
+    status: Status
+
+
+PlanState = tuple[Tracked, ...]
+
+
+def _crossed(t: Tracked, now_s: float, dt_s: float, recent_load_w: np.ndarray) -> bool:
+    """Whether the load's mean since the change's planned time has moved half of it (a mean:
+    a start-up's brief bursts are not yet the job, a step's short dips not yet a pause)."""
+    times = now_s - dt_s * np.arange(recent_load_w.size, 0, -1)
+    since = recent_load_w[times >= t.at_s - dt_s / 2]
+    if since.size == 0:
+        return False
+    moved = (float(np.mean(since)) - t.level_w) * math.copysign(1.0, t.event.delta_w)
+    return moved >= abs(t.event.delta_w) / 2.0
+
+
+def track(
+    now_s: float,
+    dt_s: float,
+    events: Iterable[Event],
+    state: PlanState,
+    recent_load_w: np.ndarray,
+    lowpass_w: float,
+    give_up_s: float,
+) -> PlanState:
+    """Each event's planned time and status at now_s, from the last plan's and the loads seen
+    since (recent_load_w: the ticks just before now_s, the last at now_s − dt_s)."""
+    before = {t.event: t for t in state}
+    out = []
+    for e in events:
+        t = before.get(e) or Tracked(e, e.at_s, lowpass_w, "waiting")
+        if t.status == "waiting":
+            if now_s < e.at_s:  # the level it moves from: the load's latest mean
+                level = float(np.mean(recent_load_w)) if recent_load_w.size else lowpass_w
+                t = replace(t, level_w=level)
+            elif _crossed(t, now_s, dt_s, recent_load_w):
+                t = replace(t, status="seen")
+            elif now_s - e.at_s > give_up_s:
+                t = replace(t, status="dropped")
+            else:
+                t = replace(t, at_s=now_s)
+        out.append(t)
+    return tuple(out)
+
+
+def _lowpass_response(s: np.ndarray, duration_s: float, tau_s: float) -> np.ndarray:
+    """The core's low-pass after a unit change at s = 0 that lasts duration_s."""
+    on = np.clip(s, 0.0, duration_s)
+    rise = np.where(s >= 0.0, -np.expm1(-on / tau_s), 0.0)
+    after = np.maximum(s - duration_s, 0.0) if math.isfinite(duration_s) else 0.0
+    return rise * np.exp(-after / tau_s)
+
+
+def pause_depth_w(depth_w: float, duration_s: float, ramp_w_per_s: float) -> float:
+    """The plateau h for a pause (h²/R + h·D = A·D), never deeper than the pause itself."""
+    d, r = duration_s, ramp_w_per_s
+    h = (-d + math.sqrt(d * d + 4.0 * depth_w * d / r)) * r / 2.0
+    return min(h, depth_w)
+
+
+def shape_w(s: np.ndarray, e: Event, p: PlanSettings) -> np.ndarray:
+    """One event's feed-forward at s seconds from its (planned) time."""
+    a = abs(e.delta_w)
+    if a == 0.0:
+        return np.zeros_like(s)
+    sign = math.copysign(1.0, e.delta_w)
+    if math.isfinite(e.duration_s):
+        r = min(p.ramp_up_w_per_s, p.ramp_down_w_per_s)
+        h = pause_depth_w(a, e.duration_s, r)
+        plan = np.clip(np.minimum(h + r * s, h - r * (s - e.duration_s)), 0.0, h)
+    else:
+        r = p.ramp_up_w_per_s if e.delta_w > 0 else p.ramp_down_w_per_s
+        plan = a * np.clip(p.lead_ratio + s * r / a, 0.0, 1.0)
+    return sign * (plan - a * _lowpass_response(s, e.duration_s, p.lowpass_tau_s))
+
+
+def feed_forward_w(now_s: float, dt_s: float, state: PlanState, p: PlanSettings) -> np.ndarray:
+    """The feed-forward for each tick from now_s over the horizon, W."""
+    t = now_s + dt_s * np.arange(max(1, round(p.horizon_s / dt_s)))
+    out = np.zeros_like(t)
+    for tr in state:
+        if tr.status != "dropped":
+            out += shape_w(t - tr.at_s, tr.event, p)
+    return out
+
+
+def plan(
+    now_s: float,
+    dt_s: float,
+    events: Iterable[Event],
+    state: PlanState,
+    recent_load_w: np.ndarray,
+    lowpass_w: float,
+    p: PlanSettings,
+) -> tuple[np.ndarray, PlanState]:
+    """One re-plan: (the feed-forward per tick from now_s, W; the state for the next)."""
+    state = track(now_s, dt_s, events, state, recent_load_w, lowpass_w, p.give_up_s)
+    return feed_forward_w(now_s, dt_s, state, p), state
+
+
+def events_of(notices: Iterable[Notice], job_w: float) -> tuple[Event, ...]:
+    """Notices as changes of the mean draw. job_w: what a job adds when it runs (W), for the
+    notices that do not say (`power_w`); a pause takes that away. A pause_end that closes a
+    pause_start with a duration is part of that pause; a level_change (an absolute level, not
+    a change) is left to the filter."""
+    notices = sorted(notices, key=lambda n: n.at_s)
+    ends = {n.at_s + n.duration_s for n in notices if n.kind == "pause_start" and n.duration_s}
+    out = []
+    for n in notices:
+        power = job_w if n.power_w is None else n.power_w
+        if n.kind == "job_start":
+            out.append(Event(n.at_s, power))
+        elif n.kind == "job_stop":
+            out.append(Event(n.at_s, -power))
+        elif n.kind == "pause_start":
+            depth = job_w - (n.power_w or 0.0)
+            out.append(Event(n.at_s, -depth, n.duration_s or math.inf))
+        elif n.kind == "pause_end" and not any(abs(n.at_s - end) < 1e-6 for end in ends):
+            out.append(Event(n.at_s, job_w))
+    return tuple(out)

@@ -1,0 +1,211 @@
+"""The planner: a notice moves the grid before the change and spares the battery; a wrong one
+breaks no limit and ends in plain smoothing; no notice changes nothing, to the bit."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.dispatch import Bank, core, initial_state, params_vector
+from controller.dispatch.planner import Event, PlanSettings, events_of, pause_depth_w, plan
+from controller.notices import Notice
+from controller.replay.events import Announced, read_events
+from controller.replay.run import ReplaySettings, simulate
+from controller.replay.trace import TraceError, read_trace
+from tests.processes import GRIDPILOT
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING = ROOT / "drivers" / "sim" / "traces" / "h200_train_1p7b.csv"
+EVENTS = TRAINING.with_suffix(".events.csv")
+DT = 0.1
+RAMP = 5e5
+S = ReplaySettings(battery_w=2e7, battery_wh=2e5)  # 720 MJ: never binds here
+PLAN = PlanSettings(RAMP, RAMP, 10.0)
+AHEAD_W = 0.8 * PLAN.lead_ratio * 5e6  # of a 5 MW step, the grid's way up by the step
+
+
+def notice(kind: str, at_s: float, known_s: float, duration_s: float | None = None, power_w=None):
+    ends = at_s + (duration_s or 0.0)
+    return Announced(known_s, Notice(0, kind, at_s, ends, duration_s, power_w, None))
+
+
+def core_bank() -> Bank:
+    return Bank(S.capacity_j, 0.6 * S.capacity_j, 0.0, S.battery_w, S.battery_w)
+
+
+def ramp_held(run) -> bool:
+    return bool(np.max(np.abs(np.diff(run.out[:, core.O_GRID]))) <= RAMP * DT * (1 + 1e-9) + 1e-6)
+
+
+def test_no_events_plan_nothing_and_the_core_is_the_same_to_the_bit():
+    ff, state = plan(10.0, DT, (), (), np.zeros(0), 3e6, PLAN)
+    assert not ff.any() and state == ()
+    tr = read_trace(TRAINING)
+    load = tr.site_load_w(S.gpus, S.base_w)
+    params = params_vector(S.dispatch, core_bank())
+    args = (initial_state(0.6 * S.capacity_j), params, load, np.full(len(load), 50.0))
+    plain, planned = core.outputs(len(load)), core.outputs(len(load))
+    core.simulate(*args, np.full(len(load), np.inf), DT, plain)
+    core.simulate_planned(*args, np.full(len(load), np.inf), np.zeros(len(load)), DT, planned)
+    assert np.array_equal(plain, planned)
+
+
+def test_replay_without_notices_gives_todays_figures():
+    tr = read_trace(TRAINING)
+    f = simulate(tr.site_load_w(10_000, 2e6), tr.dt_s, ReplaySettings()).figures
+    assert f.grid_max_ramp_w_per_s == pytest.approx(5e5)
+    assert (round(f.band_attenuation_db, 1), round(f.battery_throughput_kwh, 2)) == (-22.8, 50.04)
+    assert round(f.required_capacity_kwh, 2) == 6.94
+
+
+def step_load(before_w=3e6, after_w=8e6, at_s=60.0, seconds=180.0) -> np.ndarray:
+    t = np.arange(0.0, seconds, DT)
+    return np.where(t < at_s, before_w, after_w)
+
+
+def test_a_notice_moves_the_grid_before_the_step_and_spares_the_battery():
+    load = step_load()
+    told = (notice("job_start", 60.0, 30.0, power_w=5e6),)
+    plain = simulate(load, DT, S)
+    planned = simulate(load, DT, S, notices=told)
+    grid = planned.out[:, core.O_GRID]
+    assert grid[570] > 3e6 and grid[599] > 3e6 + AHEAD_W  # on its way before the step
+    assert np.all(plain.out[:599, core.O_GRID] == 3e6)
+    assert ramp_held(planned) and planned.figures.unserved_kwh == 0.0
+    swing = planned.figures.required_capacity_kwh
+    assert swing < 0.5 * plain.figures.required_capacity_kwh  # 3.3 kWh against 7.8 here
+    assert planned.figures.battery_throughput_kwh < plain.figures.battery_throughput_kwh
+
+
+def test_a_wrong_notice_breaks_no_limit_and_ends_in_plain_smoothing():
+    load = np.full(round(200.0 / DT), 3e6)  # the job never starts
+    told = (notice("job_start", 60.0, 30.0, power_w=5e6),)
+    run = simulate(load, DT, S, notices=told)
+    grid = run.out[:, core.O_GRID]
+    assert ramp_held(run) and run.figures.unserved_kwh == 0.0
+    assert grid[599] > 3e6 + AHEAD_W  # it believed the notice ...
+    dropped = round((60.0 + PLAN.give_up_s + 2.0) / DT)
+    assert np.all(np.diff(grid[dropped : dropped + 20]) < 0)  # ... then gave up on it
+    assert grid[-1] == pytest.approx(3e6, abs=2e4)  # plain smoothing again
+    assert S.dispatch.soc_min_ratio <= run.figures.soc_min <= run.figures.soc_max <= 0.95
+
+
+def test_a_pause_is_planned_as_a_plateau_the_battery_balances():
+    h = pause_depth_w(4.7e6, 3.0, RAMP)
+    assert h**2 / RAMP + h * 3.0 == pytest.approx(4.7e6 * 3.0)
+    assert pause_depth_w(1e6, 1e3, RAMP) == pytest.approx(1e6, rel=0.01)  # nearly all of a long one
+    t = np.arange(0.0, 120.0, DT)
+    load = np.where((t >= 60.0) & (t < 63.0), 3e6, 7.7e6)
+    told = (notice("pause_start", 60.0, 55.0, duration_s=3.0), notice("pause_end", 63.0, 58.0))
+    s = S.model_copy(update={"gpus": 10_000, "job_w_per_gpu": 470.0})
+    plain, planned = simulate(load, DT, s), simulate(load, DT, s, notices=told)
+    assert planned.out[599, core.O_GRID] < 7.7e6 - 1e6  # down before the pause
+    assert ramp_held(planned)
+    assert planned.figures.required_capacity_kwh < 0.75 * plain.figures.required_capacity_kwh
+
+
+kinds = st.sampled_from(["job_start", "job_stop", "pause_start", "pause_end"])
+
+
+@st.composite
+def scenarios(draw):
+    n = draw(st.integers(20, 400))
+    levels = draw(st.lists(st.floats(1e6, 1.5e7), min_size=1, max_size=5))
+    load = np.repeat(levels, -(-n // len(levels)))[:n]
+    load = load + draw(st.floats(0.0, 3e6)) * (np.arange(n) % 5 < 2)
+    told = tuple(
+        notice(
+            draw(kinds),
+            at := draw(st.floats(0.0, n * DT + 10.0)),
+            at - draw(st.floats(0.0, 40.0)),
+            draw(st.one_of(st.none(), st.floats(0.5, 20.0))),
+            draw(st.one_of(st.none(), st.floats(0.0, 2e7))),
+        )
+        for _ in range(draw(st.integers(1, 4)))
+    )
+    return load, told, draw(st.floats(0.1, 0.9)), draw(st.floats(1e5, 2e7))
+
+
+@settings(max_examples=15, deadline=None)
+@given(scenarios())
+def test_ramp_and_soc_limits_hold_whatever_the_notices(scenario):
+    load, told, soc, power_w = scenario
+    s = ReplaySettings(battery_w=power_w, battery_wh=2e3, initial_soc=soc)  # a small battery
+    run = simulate(load, DT, s, notices=told)
+    d = s.dispatch
+    e = run.energy_j
+    assert np.all(e >= min(d.soc_min_ratio * s.capacity_j, e[0]) * (1 - 1e-9) - 1e-6)
+    assert np.all(e <= max(d.soc_max_ratio * s.capacity_j, e[0]) * (1 + 1e-9) + 1e-6)
+    grid, served = run.out[:, core.O_GRID], run.out[:, core.O_UNSERVED] == 0.0
+    ok = served[1:] & served[:-1]
+    assert np.all(np.abs(np.diff(grid))[ok] <= RAMP * DT * (1 + 1e-9) + 1e-6)
+    np.testing.assert_allclose(grid + run.out[:, core.O_BATTERY], load, rtol=1e-9, atol=1e-3)
+
+
+def test_the_compiled_core_and_its_twin_agree_with_a_plan():
+    rng = np.random.default_rng(7)
+    load = 3e6 + 5e6 * rng.random(300)
+    ff = rng.normal(0.0, 3e6, 300)
+    b = core_bank()
+    args = (initial_state(b.energy_j), params_vector(S.dispatch, b), load, np.full(300, 50.0))
+    fast, slow = core.outputs(300), core.outputs(300)
+    end = core.simulate_planned(*args, np.full(300, np.inf), ff, DT, fast)
+    ref = core.simulate_reference(*args, np.full(300, np.inf), DT, slow, ff)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(end, ref, rtol=1e-9)
+
+
+def test_events_file_becomes_notices_announced_ahead(tmp_path: Path):
+    out = read_events(EVENTS, 30.0, 5.0, 4.7e6)
+    job = out[0]
+    assert job.notice.kind == "job_start" and job.notice.at_s == 13.571
+    assert job.known_s == pytest.approx(13.571 - 30.0) and job.notice.power_w == 4.7e6
+    pauses = [a for a in out if a.notice.kind == "pause_start"]
+    assert len(pauses) == 5 and all(a.notice.duration_s == pytest.approx(3.0) for a in pauses)
+    assert pauses[0].known_s == pytest.approx(23.602 - 5.0)
+    bad = tmp_path / "bad.events.csv"
+    bad.write_text("kind,t_start_s\ntrain_ready,soon\n")
+    with pytest.raises(TraceError, match="line 2, column t_start_s"):
+        read_events(bad, 30.0, 5.0, 1.0)
+
+
+def test_cli_replays_with_events_reproducibly():
+    args = [*GRIDPILOT, "replay", str(TRAINING), "--json", "--no-bound", "--events", str(EVENTS)]
+    runs = [subprocess.run(args, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first == second
+    assert first["grid_max_ramp_w_per_s"] <= 5e5 * (1 + 1e-9) and first["unserved_kwh"] == 0.0
+    # Today's 6.94 kWh and -22.8 dB without notices (the README has every figure).
+    assert first["required_capacity_kwh"] < 4.5 and first["band_attenuation_db"] < -19.5
+    assert math.isfinite(first["battery_throughput_kwh"])
+
+
+def test_notices_become_changes_of_the_mean_draw():
+    def n(kind, at_s, duration_s=None, power_w=None):
+        return notice(kind, at_s, 0.0, duration_s, power_w).notice
+
+    got = events_of(
+        [
+            n("job_start", 10.0),
+            n("pause_start", 20.0, 3.0),
+            n("pause_end", 23.0),  # closes the pause above
+            n("pause_end", 40.0),  # on its own: the job's draw comes back
+            n("job_stop", 50.0, power_w=4e6),
+            n("level_change", 60.0, power_w=1e6),  # an absolute level: left to the filter
+        ],
+        5e6,
+    )
+    assert got == (
+        Event(10.0, 5e6),
+        Event(20.0, -5e6, 3.0),
+        Event(40.0, 5e6),
+        Event(50.0, -4e6),
+    )
