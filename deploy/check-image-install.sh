@@ -17,6 +17,15 @@ PYTHON=${PYTHON:-python3}
 bash -c "${command/#python /$PYTHON }"
 "$work/venv/bin/gridpilot" --help >/dev/null
 "$work/venv/bin/gridpilot" check-config "$OLDPWD/deploy/site.compose.yaml" >/dev/null
+# The compliance report's shipped profiles are in the package: a replay, recorded, reported
+# (from / so that the installed package is the one imported).
+(cd / && "$work/venv/bin/gridpilot" replay "$OLDPWD/drivers/sim/traces/h200_train_1p7b.csv" \
+    --no-bound --record "$work/replayed" >/dev/null \
+  && "$work/venv/bin/gridpilot" report --data-dir "$work/replayed" --json \
+    | "$work/venv/bin/python" -c 'import json, sys; print("report:", json.load(sys.stdin)["result"])' \
+  && "$work/venv/bin/python" -c 'from controller.report.profile import BUILTIN, builtin_profile
+for name in BUILTIN: builtin_profile(name)
+print("profiles:", ", ".join(BUILTIN))')
 # The operator console: every file of controller/ui is in the installed package, and the
 # installed API serves each (run from / so that the copy in $work is not the one imported).
 (cd "$OLDPWD/controller/ui" && find . -type f | sed 's|^\./||') >"$work/ui-files"
@@ -47,7 +56,7 @@ async def check(app) -> None:
 
 with tempfile.TemporaryDirectory() as tmp:
     db = OpsDB(Path(tmp) / "ops.sqlite")
-    asyncio.run(check(api.create_app(types.SimpleNamespace(fresh_s=0.1), db)))
+    asyncio.run(check(api.create_app(types.SimpleNamespace(fresh_s=0.1), db, Path(tmp))))
 print(f"the installed API serves the operator console: / and {len(files)} files under /ui/")
 EOF
 )
