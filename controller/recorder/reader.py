@@ -97,8 +97,8 @@ def read_tables(
             mask = upper if mask is None else pc.and_(mask, upper)
         if mask is not None:
             table = table.filter(mask)
-        if columns is not None:
-            table = _columns(table, ["time_s", *(c for c in columns if c != "time_s")])
+        if wanted is not None:
+            table = _columns(table, wanted)
         if table.num_rows:
             yield table
 

@@ -96,19 +96,18 @@ def columns_batch(
 ) -> pa.RecordBatch:
     """Whole columns (a replay's arrays) as one batch; a signal not given is unknown (NaN),
     and a mode not given is auto."""
+    s = schema(assets)
     arrays = []
-    for f in schema(assets):
+    for f in s:
         given = columns.get(f.name)
         if given is None:
             given = np.full(n, "auto") if f.name == "mode" else np.full(n, NAN)
         arrays.append(pa.array(given, type=f.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema(assets))
+    return pa.RecordBatch.from_arrays(arrays, schema=s)
 
 
 def batch(rows: Sequence[tuple], assets: Sequence[str]) -> pa.RecordBatch:
     """Rows (as `row` makes them) as one batch of columns."""
-    s = schema(assets)
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in s]
-    return pa.RecordBatch.from_arrays(
-        [pa.array(col, type=f.type) for col, f in zip(columns, s, strict=True)], schema=s
-    )
+    names = schema(assets).names
+    columns = dict(zip(names, zip(*rows, strict=True), strict=True)) if rows else {}
+    return columns_batch(columns, len(rows), assets)
