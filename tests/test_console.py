@@ -294,15 +294,16 @@ def test_an_operator_applies_a_ramp_limit_and_sees_it_in_the_audit_log(browser, 
     until(browser, lambda: "until" in row.text and "250" in row.text, "the temporary value")
     audit = by_id(browser, "audit")
 
-    def change_row() -> WebElement | None:
+    def change_row() -> str | None:  # the row's text: the table is redrawn as entries arrive
         for tr in audit.find_elements(By.TAG_NAME, "tr"):
-            if "setpoints.change" in tr.text and "ramp_up_w_per_s" in tr.text:
-                return tr
+            text = tr.text
+            if "setpoints.change" in text and "ramp_up_w_per_s" in text:
+                return text
         return None
 
-    tr = until(browser, change_row, "the change in the audit log")
-    assert demo.names["operator"] in tr.text
-    assert "500000" in tr.text and "250000" in tr.text
+    text = until(browser, change_row, "the change in the audit log")
+    assert demo.names["operator"] in text
+    assert "500000" in text and "250000" in text
     assert "setpoints.ttl" in audit.text
     limits = by_id(browser, "limits")
     until(browser, lambda: "250 kW/s" in limits.text, "the ramp limit in force on the overview")
@@ -356,11 +357,18 @@ def test_an_alarm_is_raised_by_a_shed_event_and_acknowledged(browser, demo: Demo
         found = active.find_elements(By.CSS_SELECTOR, '.alarm[data-key="shed_request"]')
         return found[0] if found else None
 
-    alarm = until(browser, shed_alarm, "the shed request alarm")
-    alarm_id = int(alarm.get_attribute("data-id"))
-    assert "shed 500000 W" in alarm.text
+    alarm_id, text = until(
+        browser,
+        lambda: (a := shed_alarm()) and (int(a.get_attribute("data-id")), a.text),
+        "the shed request alarm",
+    )  # read at once: the list is redrawn each second
+    assert "shed 500000 W" in text
     click(browser, '.alarm[data-key="shed_request"] button.ack', "the acknowledge button")
-    until(browser, lambda: "acknowledged by" in shed_alarm().text, "the acknowledgement")
+    until(
+        browser,
+        lambda: (a := shed_alarm()) is not None and "acknowledged by" in a.text,
+        "the acknowledgement",
+    )
     for role, shown in (("operator", demo.names["operator"]), ("viewer", "(a key)")):
         with demo.api(role) as api:  # a viewer sees that a key acknowledged it, not which
             listed = api.get("/v1/alarms?active=true").json()["alarms"]
