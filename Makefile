@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tools the tests check against (Debian packages): mbpoll talks to our Modbus simulators,
 # promtool (package prometheus) lints our metrics, alert rules and dashboard queries, and
-# chromium with its driver runs the operator console in a real browser.
-TOOL_COMMANDS := mbpoll promtool chromium chromedriver
-TOOL_PACKAGES := mbpoll prometheus chromium chromium-driver
+# chromium with its driver runs the operator console in a real browser, and etcd (package
+# etcd-server) coordinates the high-availability pair.
+TOOL_COMMANDS := mbpoll promtool chromium chromedriver etcd
+TOOL_PACKAGES := mbpoll prometheus chromium chromium-driver etcd-server
 
 .PHONY: demo test tools lint bench clean
 
