@@ -14,33 +14,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
     Field,
     FilePath,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from controller.fields import Credentials, Identifier, Port, PositiveSeconds, Strict
+from controller.ha.config import HAConfig
+
 DeviceKind = Literal["ups", "bess", "meter", "cdu"]
 BATTERY_KINDS = ("ups", "bess")
-Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
-Port = Annotated[int, Field(ge=1, le=65535)]
-PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
 # Lower bounds are the least values that still mean something: "above zero" let 5e-324 through,
 # which the dispatch core turns into no ramp at all or an infinite frequency response.
 MIN_POWER_W = 1e3  # 1 kW: an import cap or a shed target below it is no site's
 RampLimit = Annotated[float, Field(ge=1e3, le=1e9)]  # W/s: at least 1 kW/s
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class SecurityConfig(Strict):
+class SecurityConfig(Credentials):
     """A secured link. Modbus: Modbus/TCP Security (TLS 1.2+, both sides show certificates).
     OPC UA: Basic256Sha256 with SignAndEncrypt, and a user name and password when given."""
 
@@ -53,25 +46,6 @@ class SecurityConfig(Strict):
         default_factory=list,
         description="CA certificates (PEM): a device certificate one of them signed is accepted",
     )
-    username: str | None = Field(None, min_length=1, max_length=256, description="OPC UA user")
-    password: SecretStr | None = Field(None, description="better: password_file")
-    password_file: FilePath | None = Field(
-        None, description="a file holding the password (e.g. a mounted secret)"
-    )
-
-    @model_validator(mode="after")
-    def _user_and_password(self) -> SecurityConfig:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("give password or password_file, not both")
-        has_password = self.password is not None or self.password_file is not None
-        if (self.username is None) == has_password:
-            raise ValueError("username and a password go together")
-        return self
-
-    def password_text(self) -> str | None:
-        if self.password_file is not None:
-            return self.password_file.read_text().rstrip("\n")
-        return self.password.get_secret_value() if self.password is not None else None
 
 
 class DeviceConfig(Strict):
@@ -422,6 +396,9 @@ class SiteConfig(BaseSettings):
     notices: NoticeSettings = NoticeSettings()
     backup: BackupConfig = BackupConfig()
     recorder: RecorderConfig = RecorderConfig()
+    ha: HAConfig = Field(
+        HAConfig(), description="an active/standby pair coordinated by etcd; off: one controller"
+    )
     simulation: dict[str, Any] = Field(
         default_factory=dict,
         description="the demo plant's settings: only the simulators read them (and check them)",

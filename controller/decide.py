@@ -99,7 +99,11 @@ def decide(
     cooling_cfg: CoolingConfig,
     period_s: float,
     beat: int,
+    leading: bool = True,
 ) -> tuple[ControlState, Decision]:
+    """`leading`: this controller may write to the plant (always, without HA). A standby
+    follows what the plant does (its mode is "standby") and decides no command, so that once
+    it leads it resumes from the grid and battery power it measured, like a mode switch."""
     cooling_hold = readings.cooling_w if readings.cooling_w is not None else state.cooling_hold_w
     site_load = None if readings.it_w is None else readings.it_w + cooling_hold
     cfg = force.dispatch
@@ -110,6 +114,9 @@ def decide(
     if inputs is None:
         core = initial_state()  # start again from the measured load: no jump on the grid
         mode = "degraded"
+    elif not leading:
+        mode = "standby"
+        result = hold(inputs, cfg, readings.battery_w, period_s)
     elif mode == "auto":
         if state.mode != "auto":  # carry on from where the grid is
             core = resume_state(site_load - state.battery_w, bank_of(inputs.assets).energy_j)  # type: ignore[operator]
@@ -121,14 +128,15 @@ def decide(
             else toward_zero(state.battery_w, _ramp(cfg, state.battery_w), period_s)
         )
         result = hold(inputs, cfg, target, period_s)
-    if result is not None and force.shed_w > result.shed_request_w:
+    if result is not None and leading and force.shed_w > result.shed_request_w:
         result = replace(result, shed_request_w=force.shed_w)
     cooling_states, cooling, cooling_cmds = _cooling(state, snapshot, cooling_cfg, force, period_s)
-    commands = commands_for(assets, result, beat) + cooling_cmds
+    commands = commands_for(assets, result, beat) + cooling_cmds if leading else []
+    battery_w = result.battery_w if result is not None else 0.0
     new_state = ControlState(
         core=core,
         mode=mode,
-        battery_w=result.battery_w if result is not None else 0.0,
+        battery_w=battery_w if leading else readings.battery_w,
         cooling_hold_w=cooling_hold,
         cooling=MappingProxyType(cooling_states),
     )

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from controller.config import SiteConfig
 from controller.decide import ControlState, cooling_config, decide
@@ -22,6 +22,9 @@ from controller.setpoints import dispatch_config, initial_setpoints
 from controller.site import Command, read_site
 from controller.snapshot import take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
+
+if TYPE_CHECKING:
+    from controller.ha.lease import Leadership
 
 log = logging.getLogger("gridpilot.loop")
 
@@ -50,11 +53,13 @@ class ControlLoop:
         drivers: Mapping[str, DeviceDriver],
         publish: Callable[[TickRecord], None],
         operations: SettingsSource | None = None,
+        leadership: Callable[[], Leadership] | None = None,
     ) -> None:
         self.site = site
         self.settings = operations or SiteDefaults(site)
         self.drivers = drivers
         self.publish = publish
+        self.leadership = leadership  # HA: this node's role now (None: HA off, always leads)
         self.configs = {d.id: d for d in site.devices}
         self.control = ControlState()
         self.cooling_cfg = cooling_config(site.cooling)
@@ -62,6 +67,7 @@ class ControlLoop:
         self.overruns = 0
         self._write_faults: set[str] = set()  # devices whose writes are failing
         self._last_tick = 0.0
+        self._token: int | None = None  # HA: the fencing token of this tick (logged with control)
 
     async def run(self, stop: asyncio.Event) -> None:
         period = self.site.loop_period_s
@@ -85,7 +91,7 @@ class ControlLoop:
             try:
                 await self.tick(started, lateness)
             except Exception:  # a bad tick must not stop the site's control
-                log.exception("tick failed", extra={"seq": self.seq})
+                log.exception("tick failed", extra=self._context())
 
     async def tick(self, started: float, lateness: float) -> TickRecord:
         self.seq += 1
@@ -93,8 +99,12 @@ class ControlLoop:
         snapshot = take_snapshot(self.drivers, self.configs, started, time.time())
         readings = read_site(snapshot.assets)
         force = self.settings.in_force(snapshot.wall_time)
+        lead = self.leadership() if self.leadership is not None else None
+        # The drivers ask the fence again before each write goes on the wire.
+        leading = lead is None or lead.may_write(time.monotonic())
+        self._token = lead.token if lead is not None else None
         self.control, decision = decide(
-            self.control, snapshot, readings, force, self.cooling_cfg, period, self.seq
+            self.control, snapshot, readings, force, self.cooling_cfg, period, self.seq, leading
         )
         write_errors = self._submit(decision.commands, self._last_tick)
         self._last_tick = started
@@ -111,6 +121,7 @@ class ControlLoop:
             lateness_s=lateness,
             overruns_total=self.overruns,
             write_errors=write_errors,
+            leadership=lead,
         )
         self.publish(record)
         return record
@@ -132,8 +143,12 @@ class ControlLoop:
         # One line when a device's writes start failing and one when they work again, not one
         # a tick (the values in the messages change every tick).
         for device in faults.keys() - self._write_faults:
-            log.warning("write failed", extra={"seq": self.seq, "error": faults[device]})
+            log.warning("write failed", extra={**self._context(), "error": faults[device]})
         for device in self._write_faults - faults.keys():
-            log.info("writes recovered", extra={"seq": self.seq, "device": device})
+            log.info("writes recovered", extra={**self._context(), "device": device})
         self._write_faults = set(faults)
         return tuple(faults.values())
+
+    def _context(self) -> dict[str, object]:
+        """What every log line about control carries: the tick, and the fencing token."""
+        return {"seq": self.seq} if self._token is None else {"seq": self.seq, "token": self._token}

@@ -20,7 +20,8 @@ from controller.record import TickRecord
 from controller.tokens import TokenMeter
 from controller.writer import Writer
 
-MODES = ("auto", "manual", "safe", "degraded")  # the control modes a tick reports
+MODES = ("auto", "manual", "safe", "degraded", "standby")  # the control modes a tick reports
+HA_ROLES = ("leader", "standby", "unknown")
 LATE_FRACTION = 0.1  # a tick that starts later than this share of its period is late
 RAMP_SPAN_S = 1.0  # the grid's ramp is measured over this span (the meter averages 200 ms)
 # CDU role → (metric, help): the cooling loop as the CDU reports it.
@@ -115,6 +116,15 @@ class Metrics:
         self.mode = gauge(
             "gridpilot_control_mode", "1 for the mode control is in", ["site", "mode"]
         )
+        self.ha_role = gauge(
+            "gridpilot_ha_role", "1 for this node's role in the HA pair", ["site", "node", "role"]
+        )
+        self.ha_token = gauge(
+            "gridpilot_ha_fencing_token", "The fencing token this node leads with (absent: none)", s
+        )
+        self.ha_writing = gauge(
+            "gridpilot_ha_writing", "1 while this node may write to the plant (it leads)", s
+        )
         self.import_cap = gauge("gridpilot_import_cap_watts", "Import cap in force", s)
         self.notices_pending = gauge("gridpilot_notices_pending", "Workload notices pending", s)
         self.notice_lead = gauge(
@@ -193,6 +203,14 @@ class Metrics:
             self.late_ticks.labels(site).inc()
         for mode in MODES:
             self.mode.labels(site, mode).set(1.0 if rec.mode == mode else 0.0)
+        if (lead := rec.leadership) is not None:
+            for role in HA_ROLES:
+                self.ha_role.labels(site, lead.node, role).set(1.0 if lead.role == role else 0.0)
+            self.ha_writing.labels(site).set(1.0 if lead.may_write(rec.monotonic) else 0.0)
+            if lead.token is not None:
+                self.ha_token.labels(site).set(lead.token)
+            else:
+                self.ha_token.clear()
         cap = rec.in_force.dispatch.import_cap_w  # the operators' or an event's, if any
         if cap is not None:
             self.import_cap.labels(site).set(cap)

@@ -173,10 +173,18 @@ class NoticeBoard:
     def __init__(self, db: OpsDB, settings: NoticeSettings, max_pending: int) -> None:
         self.db, self.settings, self.max_pending = db, settings, max_pending
         self._lock = threading.Lock()  # API changes, one at a time; never the tick
-        rows = db.pending_notices(time.time())
-        self._value = in_order(notice_of(row, settings.power_w_per_gpu) for row in rows)
+        self._value = self._saved()
         # The tick's last answer: (the value it was made from, valid from, valid until, it).
         self._seen: tuple[tuple[Notice, ...], float, float, tuple[Notice, ...]] | None = None
+
+    def _saved(self) -> tuple[Notice, ...]:
+        rows = self.db.pending_notices(time.time())
+        return in_order(notice_of(row, self.settings.power_w_per_gpu) for row in rows)
+
+    def reload(self) -> None:
+        """Take the file's pending notices as those in force (see Operations.reload)."""
+        with self._lock:
+            self._value = self._saved()
 
     def add(self, body: dict[str, Any], by: Actor) -> dict[str, Any]:
         """Checked whole, its time against the window around now (a ValidationError names

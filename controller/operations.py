@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -120,20 +120,34 @@ class Operations:
         # here, so its id cannot be reused meanwhile), an event by id; dropped once folded.
         self._handed: dict[tuple[str, int], object] = {}
         self._capped: tuple[DispatchConfig, float, DispatchConfig] | None = None
+        # Whether this node records the edges its ticks see (reverts, events starting and
+        # ending): always, but in an HA pair only the leader; a standby gets them from it.
+        self.records: Callable[[], bool] = lambda: True
         self.notices = NoticeBoard(db, site.notices, site.limits.max_pending_notices)
+        self._value = self._saved()
+
+    def _saved(self) -> OperatorState:
+        """The operators' state as the file holds it."""
         permanent, layers = self._saved_setpoints()
         setpoints = effective(permanent, layers)
         mode_base, mode_layers = self._saved_mode()
-        self._value = OperatorState(
+        return OperatorState(
             setpoints=setpoints,
-            dispatch=dispatch_config(site, setpoints),
+            dispatch=dispatch_config(self.site, setpoints),
             mode=mode_of(mode_base, mode_layers),
             permanent=permanent,
             layers=layers,
             mode_base=mode_base,
             mode_layers=mode_layers,
-            pending=_in_order(_event_of(row) for row in db.pending_events(time.time())),
+            pending=_in_order(_event_of(row) for row in self.db.pending_events(time.time())),
         )
+
+    def reload(self) -> None:
+        """Take the file's state as the one in force (an HA standby, once the leader's changes
+        are copied into its file; a new leader, before its first write)."""
+        with self._lock:
+            self._value = self._saved()
+            self.notices.reload()
 
     def _saved_mode(self) -> tuple[Mode, tuple[Layer, ...]]:
         """The permanent mode and the temporary ones saved before a restart (an unknown mode
@@ -450,7 +464,9 @@ class Operations:
             if not any(layer.expires_s <= item.expires_s for layer in pending):
                 return  # an operator changed it since: nothing to revert
             new = self._reverted(value, [(action, item)])
-            if action == "setpoints.revert":
+            if not self.records():
+                pass  # in force here all the same; the leader records it
+            elif action == "setpoints.revert":
                 with self.db.transaction():
                     self._save_setpoints(new.setpoints, new.permanent, new.layers)
                     self.db.audit(SYSTEM, action, *_diff(value.setpoints, new.setpoints))
@@ -461,11 +477,11 @@ class Operations:
             self._value = new
             return
         assert isinstance(item, Event)
-        with self.db.transaction():
-            self.db.mark_event(item.id, "started_at" if action == "event.start" else "ended_at")
-            self.db.audit(
-                SYSTEM, action, None, {"id": item.id, "kind": item.kind, "value_w": item.value_w}
-            )
+        if self.records():
+            what = {"id": item.id, "kind": item.kind, "value_w": item.value_w}
+            with self.db.transaction():
+                self.db.mark_event(item.id, "started_at" if action == "event.start" else "ended_at")
+                self.db.audit(SYSTEM, action, None, what)
         self._value = replace(value, pending=_with_edge(value.pending, action, item))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from controller.config import DispatchConfig
 from controller.cooling import CoolingCommand
@@ -16,6 +17,9 @@ from controller.notices import Notice
 from controller.setpoints import Mode, Setpoints
 from controller.site import Command, SiteReadings
 from controller.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from controller.ha.lease import Leadership
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,9 @@ class InForce:
 class Decision:
     """What the control function decided from one tick's readings and settings."""
 
-    mode: str  # "auto", "manual", "safe", or "degraded" (data missing: assets stand down)
+    # "auto", "manual", "safe", "degraded" (data missing: assets stand down), or "standby"
+    # (another controller of an HA pair leads: nothing is written)
+    mode: str
     site_load_w: float | None
     inputs: DispatchInputs | None  # what the core was given (None: data missing)
     result: DispatchResult | None  # None: data missing, every asset stood down
@@ -58,6 +64,7 @@ class TickRecord:
     lateness_s: float
     overruns_total: int
     write_errors: tuple[str, ...]
+    leadership: Leadership | None = None  # HA: this node's role and token (None: HA off)
 
     # The decision's parts, as readers name them.
     @property

@@ -7,11 +7,14 @@ import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.notices import summary
 from controller.record import TickRecord
 from controller.writer import Writer
+
+if TYPE_CHECKING:
+    from controller.ha.lease import Leadership
 
 
 def iso(ts: float) -> str:
@@ -43,6 +46,9 @@ class SiteState:
             return False, f"last tick {age:.3f} s ago (limit {3 * self.period_s:.3f} s)"
         if self.last is not None and self.last.mode == "degraded":
             return False, f"control degraded: missing {', '.join(self.last.readings.missing)}"
+        lead = self.last.leadership if self.last is not None else None
+        if lead is not None and lead.role != "leader":  # a balancer sends clients to the leader
+            return False, f"{lead.role}: the leader is {lead.leader or 'unknown'}"
         failing = [w for w in self.writers if w.failing]
         if failing:
             return False, "storage failing (control goes on): " + "; ".join(
@@ -98,6 +104,7 @@ class SiteState:
                 "events": list(force.events),
             },
             "notices": summary(force.notices, rec.wall_time),  # as of the tick
+            "ha": None if (lead := rec.leadership) is None else ha_json(lead, rec.monotonic),
             "cooling": {
                 device: None
                 if command is None
@@ -128,3 +135,15 @@ class SiteState:
                 for dev in rec.snapshot.devices.values()
             },
         }
+
+
+def ha_json(lead: Leadership, now_monotonic: float) -> dict[str, Any]:
+    """This node's part in an HA pair, as of a tick."""
+    return {
+        "role": lead.role,
+        "node": lead.node,
+        "leader": lead.leader,
+        "token": lead.token,
+        "writing": lead.may_write(now_monotonic),
+        "since": iso(lead.since_s) if lead.since_s else None,
+    }

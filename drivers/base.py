@@ -14,6 +14,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drivers.devicemap import DeviceMap
@@ -50,6 +51,7 @@ class DriverCounters:
     retries_total: int = 0
     writes_total: int = 0
     write_errors_total: int = 0
+    writes_fenced_total: int = 0  # queued, then not sent: this controller no longer leads
     last_latency_s: float = math.nan
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=1024))  # of polls
     # A histogram of every poll's duration since start: cumulative counts per bucket bound.
@@ -136,6 +138,9 @@ class DeviceDriver(ABC):
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._pending: dict[str, tuple[float, list[asyncio.Future[None]]]] = {}
+        # The fence of an HA pair: asked just before each write goes on the wire, so a write
+        # queued before this controller lost its lease (or before it was frozen) is never sent.
+        self.may_write: Callable[[], bool] = lambda: True
 
     @property
     def kind(self) -> str:
@@ -266,6 +271,12 @@ class DeviceDriver(ABC):
             point = next(iter(self._pending))
             value, waiters = self._pending.pop(point)
             where = f"{self.device_id}.{point} = {value!r} {self.map.point(point).unit}"
+            if not self.may_write():
+                self.counters.writes_fenced_total += 1
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(DeviceIOError(f"{where}: not sent, fenced (not leader)"))
+                continue
             try:
                 await asyncio.wait_for(self._write(point, value), self.settings.timeout_s)
             except DeviceRejectedError as exc:  # the device said no: the link is fine
