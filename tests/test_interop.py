@@ -25,7 +25,7 @@ MBPOLL = shutil.which("mbpoll")
 async def serve(kind: str, values: dict[str, float], tls: ssl.SSLContext | None = None):
     image = RegisterImage(load_map(kind))
     image.set_many(values)
-    writes: list[tuple[str, float]] = []
+    writes: list[tuple[str, float, str]] = []  # point, value, the writer's host:port
     port = free_port()
     server = ModbusDeviceServer(image, "127.0.0.1", port, 1, lambda *w: writes.append(w), tls)
     await server.start()
@@ -119,10 +119,13 @@ async def test_mbpoll_reads_and_writes_the_ups():
         limit = address["input_power_limit_w"]
         code, out = await mbpoll(port, "-t", "4:float", "-B", "-r", limit, "127.0.0.1", "1250000.5")
         assert code == 0, out
-        assert writes == [("input_power_limit_w", 1250000.5)]
+        [(point, value, peer)] = writes
+        assert (point, value) == ("input_power_limit_w", 1250000.5)
+        host, client_port = peer.rsplit(":", 1)  # who wrote: mbpoll's end of the connection
+        assert host == "127.0.0.1" and int(client_port) not in (0, port)
         # A measured point is read-only: the device answers exception 2 and changes nothing.
         code, out = await mbpoll(port, "-r", address["mode"], "127.0.0.1", "1")
         assert code != 0 and "Illegal data address" in out
-        assert writes == [("input_power_limit_w", 1250000.5)]
+        assert len(writes) == 1
     finally:
         await server.stop()

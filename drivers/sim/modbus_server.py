@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 from collections.abc import Callable
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer, ModbusTlsServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.devicemap import DeviceMap, Point
@@ -78,8 +80,31 @@ class RegisterImage:
         return changes
 
 
+# Who sent the request being served: "host:port" of the client's end of the connection. Each
+# request is handled in a task of its own, so the device's write hook can read it.
+_PEER: contextvars.ContextVar[str] = contextvars.ContextVar("modbus_peer", default="?")
+
+
+class _PeerHandler(ServerRequestHandler):
+    async def handle_request(self) -> None:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        _PEER.set(f"{peer[0]}:{peer[1]}" if peer else "?")
+        await super().handle_request()
+
+
+class _TcpServer(ModbusTcpServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _PeerHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
+class _TlsServer(ModbusTlsServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _PeerHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
 class ModbusDeviceServer:
-    """One simulated device on its own TCP port. Writes reach `on_write(point, value)`."""
+    """One simulated device on its own TCP port. Writes reach `on_write(point, value, peer)`,
+    with the writer's "host:port" (HA tests check which controller wrote what, and when)."""
 
     def __init__(
         self,
@@ -87,7 +112,7 @@ class ModbusDeviceServer:
         host: str,
         port: int,
         unit_id: int,
-        on_write: Callable[[str, float], None],
+        on_write: Callable[[str, float, str], None],
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.image, self.on_write = image, on_write
@@ -107,9 +132,9 @@ class ModbusDeviceServer:
             action=self._action,
         )
         self.server = (
-            ModbusTlsServer(device, address=(host, port), sslctx=tls)
+            _TlsServer(device, address=(host, port), sslctx=tls)
             if tls is not None
-            else ModbusTcpServer(device, address=(host, port))
+            else _TcpServer(device, address=(host, port))
         )
 
     async def _action(
@@ -140,7 +165,7 @@ class ModbusDeviceServer:
             return changes
         for name, value in changes.items():
             self.image.set(name, value)
-            self.on_write(name, value)
+            self.on_write(name, value, _PEER.get())
         return None
 
     def set_fault(self, fault: Fault) -> None:

@@ -13,6 +13,8 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 
 from drivers.devicemap import DeviceMap
 from drivers.maploader import load_map
@@ -35,6 +37,20 @@ from drivers.sim.tokens import MetricsEndpoint, TraceTokens
 
 log = logging.getLogger("gridpilot.sim")
 OPCUA_PUBLISH_PERIOD_S = 0.1
+KEEP_WRITES = 100_000  # the newest accepted writes, for tests that check who wrote when
+KEEP_GRID_S = 600.0  # of the meter's grid draw, each physics step
+
+
+@dataclass(frozen=True)
+class Write:
+    """A write a device took: when (time.monotonic()), what, and who sent it ("host:port" of
+    the writer's connection; "opcua" for OPC UA devices, whose writes are taken in batches)."""
+
+    at: float
+    device: str
+    point: str
+    value: float
+    peer: str
 
 
 class SimulatorStack:
@@ -85,6 +101,9 @@ class SimulatorStack:
         self._task: asyncio.Task[None] | None = None
         self.sim_time_s = 0.0
         self.it_w = 0.0
+        self.writes: deque[Write] = deque(maxlen=KEEP_WRITES)
+        steps = int(KEEP_GRID_S / plant.simulation.physics_period_s)
+        self.grid_w: deque[tuple[float, float]] = deque(maxlen=steps)  # (monotonic, W)
 
     def shown(self, device_id: str) -> dict[str, float]:
         """What a device shows now, by point name: each role its map has, from the physics,
@@ -99,8 +118,9 @@ class SimulatorStack:
             values[devmap.alive_point] = float(int(self.sim_time_s) % 65536)
         return values
 
-    def _written(self, device_id: str, point: str, value: float) -> None:
+    def _written(self, device_id: str, point: str, value: float, peer: str) -> None:
         """A write the device took, handed to its physics by the role the point plays."""
+        self.writes.append(Write(time.monotonic(), device_id, point, value, peer))
         role = self.maps[device_id].points[point].role
         if role is not None:
             self.models[device_id].write(role, value)
@@ -117,7 +137,7 @@ class SimulatorStack:
                 device.host,
                 device.port,
                 device.unit_id,
-                lambda point, value: self._written(device.id, point, value),
+                lambda point, value, peer: self._written(device.id, point, value, peer),
                 tls,
             )
             server.set_fault(self.faults.get(device.id, Fault.NONE))
@@ -208,6 +228,7 @@ class SimulatorStack:
         )
         for meter in self.meter.values():
             meter.step(grid_w, dt)
+        self.grid_w.append((time.monotonic(), grid_w))
 
     async def _run(self) -> None:
         period = self.plant.simulation.physics_period_s
@@ -235,7 +256,7 @@ class SimulatorStack:
                 values |= {p.name: faulty_value(fault) for p in measured(self.maps[device_id])}
             try:
                 for name, value in (await server.take_writes()).items():
-                    self._written(device_id, name, value)
+                    self._written(device_id, name, value, "opcua")
                 await server.publish(values)
             except Exception:  # a server being stopped mid-exchange; the physics goes on
                 log.exception("OPC UA exchange failed", extra={"device": device_id})
