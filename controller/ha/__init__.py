@@ -1,0 +1,1 @@
+"""High availability: leader election, fencing and shared state in etcd."""
