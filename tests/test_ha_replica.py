@@ -274,3 +274,42 @@ async def test_a_thousand_rows_publish_in_batches(
     load_s = time.perf_counter() - start
     assert state(b) == state(a)
     print(f"1000 rows: publish {publish_s:.3f} s, load {load_s:.3f} s")
+
+
+async def test_a_standby_catches_up_after_its_etcd_member_restarts(
+    tmp_path: Path, cluster: EtcdCluster, prefix: bytes
+) -> None:
+    a, b = opsdb(tmp_path, "a"), opsdb(tmp_path, "b")
+    lost = cluster.members[0]  # the standby's member: its watch breaks
+    host, port = cluster.members[1].endpoint.split(":")
+    async with aetcd.Client(host, int(port), timeout=5) as leaders:
+        leader = Replica(a, leaders, prefix, prefix + b"/leader")
+        token = await elect(leaders, prefix)
+        await leader.load(token)
+        host, port = lost.endpoint.split(":")
+        async with aetcd.Client(host, int(port), timeout=5) as standbys:
+            applied, stop = asyncio.Event(), asyncio.Event()
+            standby = Replica(b, standbys, prefix, prefix + b"/leader")
+            follower = asyncio.create_task(standby.follow(stop, applied.set))
+            try:
+                await asyncio.wait_for(applied.wait(), 5)
+                cluster.kill(lost)
+                a.put_setting("mode", "manual")
+                # Two members of three are a quorum; if the lost one led etcd, a publish in
+                # flight may time out before another is elected: the leader tries again.
+                for _ in range(3):
+                    try:
+                        assert await leader.publish(token) == 1
+                        break
+                    except ReplicaUnavailable:
+                        await asyncio.sleep(0.5)
+                assert a.journal_size() == 0
+                cluster.restart(lost)
+                await asyncio.to_thread(cluster.wait_healthy, [lost])
+                deadline = time.monotonic() + 15
+                while b.get_setting("mode") != "manual":
+                    assert time.monotonic() < deadline, "the standby never caught up"
+                    await asyncio.sleep(0.1)
+            finally:
+                stop.set()
+                await asyncio.wait_for(follower, 2.0)
