@@ -547,9 +547,11 @@ class OpsDB:
 
     def apply_replicated(self, changes: list[Change]) -> None:
         """One transaction: each row stored (over the one with its key) or deleted, in order;
-        not journalled (they come from the shared state, not from this node)."""
+        not journalled (they come from the shared state, not from this node). The journal is
+        emptied too: a node that takes the shared state's changes is a standby, and what it
+        changed itself is superseded (it loads the state whole before it leads), so a
+        standby's own writes (its hourly prune) never pile up in it."""
         with self.transaction():
-            before = self._written("SELECT coalesce(max(seq), 0) AS n FROM ha_journal")
             for table, pk, row in changes:
                 if row is None:
                     self._write(
@@ -558,7 +560,7 @@ class OpsDB:
                     )
                 else:
                     self._upsert(table, row)
-            self._write("DELETE FROM ha_journal WHERE seq > ?", (before["n"] if before else 0,))
+            self._write("DELETE FROM ha_journal")
 
     def _upsert(self, table: str, row: dict[str, Any]) -> None:
         """In a transaction: a replicated row over the one with its key. Its columns come from

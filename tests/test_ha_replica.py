@@ -102,8 +102,8 @@ def test_journal_holds_the_replicated_changes_only(tmp_path: Path) -> None:
     assert revoked is not None and revoked["revoked_at"] is not None  # the row as it is now
     assert all(row is None for _, t, _, row in entries if t == "audit")  # pruned: gone
     # Rows that came from the shared state are not journalled again.
-    last = entries[-1][0]
-    db.forget_journal(last)
+    db.forget_journal(entries[-1][0])
+    assert db.journal_size() == 0
     db.apply_replicated(
         [("settings", "limit", {"key": "limit", "value": "1"}), ("audit", "9", None)]
     )

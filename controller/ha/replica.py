@@ -136,8 +136,10 @@ class Replica:
     # --- the leader -------------------------------------------------------------------
     async def publish(self, token: int) -> int:
         """Every journal entry into etcd, in journal order, fenced by `token`; each batch is
-        forgotten once its transaction succeeded (a failure keeps it for the next try).
-        Returns how many entries were published. NotLeader, ReplicaUnavailable."""
+        forgotten once its transaction succeeded (a failure keeps it for the next try; one
+        that timed out may have been written: writing the rows again is harmless). Returns
+        how many entries were published. A change is acknowledged once this returned.
+        NotLeader, ReplicaUnavailable."""
         async with self._lock:
             published = 0
             while True:
