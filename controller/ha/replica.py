@@ -105,11 +105,13 @@ class Replica:
     def _parse(self, key: bytes) -> tuple[str, str] | None:
         """(table, key) of a row's etcd key; None for the seeded marker or a table this
         version does not replicate (a newer one's: skipped, logged)."""
-        table, _, pk = key[len(self._rows) :].decode().partition("/")
+        table, _, pk = key[len(self._rows) :].decode(errors="replace").partition("/")
         if table in REPLICATED and pk:
             return table, pk
         if key != self._marker:
-            log.warning("a key of no replicated table skipped", extra={"key": key.decode()})
+            log.warning(
+                "a key of no replicated table skipped", extra={"key": key.decode(errors="replace")}
+            )
         return None
 
     async def _etcd(self, what: str, call: Awaitable[T]) -> T:
@@ -203,7 +205,8 @@ class Replica:
             got = await self._etcd(
                 "read the shared state", self._client.get_prefix(self._rows, sort_target="key")
             )
-            seeded, rows = False, {table: [] for table in REPLICATED}
+            rows: dict[str, list[dict[str, Any]]] = {table: [] for table in REPLICATED}
+            seeded = False
             for kv in got:
                 parsed = self._parse(kv.key)
                 if parsed is not None:
