@@ -66,6 +66,49 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
+# High availability: the tables a standby takes from the leader (through etcd), each by its key
+# column. Not alarms: each controller raises its own from what it sees.
+REPLICATED: dict[str, str] = {
+    "api_keys": "id",
+    "settings": "key",
+    "dr_events": "id",
+    "notices": "id",
+    "audit": "id",
+}
+_TEXT_KEYS = ("api_keys", "settings")  # the others are keyed by an INTEGER id
+
+
+def _journal_schema() -> str:
+    """The change journal: which replicated row changed, in order, for the replica to publish.
+    Triggers write it only while `ha_config.enabled` (HA on): a single node pays one lookup of
+    a one-row table per write and its journal stays empty. AUTOINCREMENT: a seq is never
+    reused, so forgetting entries up to one published can never take a newer one."""
+    ddl = [
+        "CREATE TABLE IF NOT EXISTS ha_config ("
+        " one INTEGER PRIMARY KEY CHECK (one = 1), enabled INTEGER NOT NULL);",
+        "INSERT OR IGNORE INTO ha_config (one, enabled) VALUES (1, 0);",
+        "CREATE TABLE IF NOT EXISTS ha_journal ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, pk TEXT NOT NULL);",
+    ]
+    on = "WHEN (SELECT enabled FROM ha_config WHERE one = 1)"
+    for table, pk in REPLICATED.items():
+        note = f"INSERT INTO ha_journal (tbl, pk) VALUES ('{table}', {{}});"
+        ddl += [
+            f"CREATE TRIGGER IF NOT EXISTS ha_{table}_insert AFTER INSERT ON {table} {on}"
+            f" BEGIN {note.format(f'NEW.{pk}')} END;",
+            # A changed key (never made by this module, but possible) is the old row gone too.
+            f"CREATE TRIGGER IF NOT EXISTS ha_{table}_update AFTER UPDATE ON {table} {on} BEGIN"
+            f" INSERT INTO ha_journal (tbl, pk) SELECT '{table}', OLD.{pk}"
+            f" WHERE OLD.{pk} IS NOT NEW.{pk}; {note.format(f'NEW.{pk}')} END;",
+            f"CREATE TRIGGER IF NOT EXISTS ha_{table}_delete AFTER DELETE ON {table} {on}"
+            f" BEGIN {note.format(f'OLD.{pk}')} END;",
+        ]
+    return "\n".join(ddl)
+
+
+JournalEntry = tuple[int, str, str, dict[str, Any] | None]  # seq, table, key, row (None: gone)
+Change = tuple[str, str, dict[str, Any] | None]  # table, key, row to store (None: delete it)
+
 
 @dataclass(frozen=True)
 class Actor:
@@ -130,12 +173,14 @@ class OpsDB:
             self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
             self._conn.executescript(SCHEMA)
+            self._conn.executescript(_journal_schema())
             mark(path)
         # Reads on a connection of their own: under WAL they never wait for a write (one held
         # by a locked or slow disk), so keys are still checked and state still served.
         self._read_lock = threading.Lock()
         self._reader = _connect(path, read_only=read_only)
         self._reader.execute("PRAGMA busy_timeout=1000")
+        self._columns: dict[str, frozenset[str]] = {}  # of the replicated tables, when needed
 
     def close(self) -> None:
         with self._lock, self._read_lock:
@@ -429,6 +474,125 @@ class OpsDB:
         for r in rows:
             r["old"], r["new"] = json.loads(r["old"]), json.loads(r["new"])
         return rows
+
+    # --- high availability: the journal of the replicated tables ---------------------
+    def set_journalling(self, on: bool) -> None:
+        """Journal changes to the replicated tables (HA on) or not. The flag is in the file:
+        a controller sets it at every start from its site file. Off empties the journal."""
+        with self.transaction():
+            self._write("UPDATE ha_config SET enabled = ? WHERE one = 1", (int(on),))
+            if not on:
+                self._write("DELETE FROM ha_journal")
+
+    def journalling(self) -> bool:
+        return bool(self._rows("SELECT enabled FROM ha_config WHERE one = 1")[0]["enabled"])
+
+    def journal(self, limit: int) -> list[JournalEntry]:
+        """The oldest `limit` entries, each with its row as it stands now (None: gone since).
+        One read: the rows are those of the same moment as the entries."""
+        with self._read_lock:
+            self._reader.execute("BEGIN")
+            try:
+                entries = self._reader.execute(
+                    "SELECT seq, tbl, pk FROM ha_journal ORDER BY seq LIMIT ?", (limit,)
+                ).fetchall()
+                found = []
+                for seq, table, pk in entries:
+                    row = self._reader.execute(
+                        f"SELECT * FROM {_replicated(table)} WHERE {REPLICATED[table]} = ?",
+                        (_key_value(table, pk),),
+                    ).fetchone()
+                    found.append((seq, table, pk, dict(row) if row is not None else None))
+            finally:
+                self._reader.execute("COMMIT")
+        return found
+
+    def forget_journal(self, upto_seq: int) -> int:
+        """Drop the entries up to `upto_seq` (published); how many went."""
+        with self._lock:
+            return self._conn.execute("DELETE FROM ha_journal WHERE seq <= ?", (upto_seq,)).rowcount
+
+    def journal_size(self) -> int:
+        return self._rows("SELECT count(*) AS n FROM ha_journal")[0]["n"]
+
+    def replicated_rows(self) -> tuple[dict[str, list[dict[str, Any]]], int]:
+        """Every row of the replicated tables and the journal's last seq, of one moment: what a
+        first leader seeds the shared state with (entries up to that seq are in the rows)."""
+        with self._read_lock:
+            self._reader.execute("BEGIN")
+            try:
+                rows = {
+                    table: [dict(r) for r in self._reader.execute(f"SELECT * FROM {table}")]
+                    for table in REPLICATED
+                }
+                last = self._reader.execute("SELECT coalesce(max(seq), 0) FROM ha_journal")
+                upto = last.fetchone()[0]
+            finally:
+                self._reader.execute("COMMIT")
+        return rows, upto
+
+    def replace_replicated(self, rows_by_table: dict[str, list[dict[str, Any]]]) -> None:
+        """One transaction: the replicated tables hold the given rows and nothing else (a table
+        not given is emptied), and the journal is emptied: the file is the shared state now, and
+        changes never published are superseded by it."""
+        unknown = set(rows_by_table) - set(REPLICATED)
+        if unknown:
+            raise ValueError(f"not replicated tables: {', '.join(sorted(unknown))}")
+        with self.transaction():
+            for table in REPLICATED:
+                self._write(f"DELETE FROM {table}")
+                for row in rows_by_table.get(table, []):
+                    self._upsert(table, row)
+            self._write("DELETE FROM ha_journal")
+
+    def apply_replicated(self, changes: list[Change]) -> None:
+        """One transaction: each row stored (over the one with its key) or deleted, in order;
+        not journalled (they come from the shared state, not from this node). The journal is
+        emptied too: a node that takes the shared state's changes is a standby, and what it
+        changed itself is superseded (it loads the state whole before it leads), so a
+        standby's own writes (its hourly prune) never pile up in it."""
+        with self.transaction():
+            for table, pk, row in changes:
+                if row is None:
+                    self._write(
+                        f"DELETE FROM {_replicated(table)} WHERE {REPLICATED[table]} = ?",
+                        (_key_value(table, pk),),
+                    )
+                else:
+                    self._upsert(table, row)
+            self._write("DELETE FROM ha_journal")
+
+    def _upsert(self, table: str, row: dict[str, Any]) -> None:
+        """In a transaction: a replicated row over the one with its key. Its columns come from
+        etcd: each must be one of the table's (never an arbitrary name in the SQL)."""
+        columns = self._columns.get(table)
+        if columns is None:
+            with self._lock:
+                names = self._conn.execute(f"PRAGMA table_info({_replicated(table)})")
+                columns = self._columns[table] = frozenset(r["name"] for r in names)
+        strange = set(row) - columns
+        if strange or REPLICATED[table] not in row:
+            raise ValueError(
+                f"a replicated {table} row with columns {sorted(row)}: the table has "
+                f"{sorted(columns)}, keyed by {REPLICATED[table]}"
+            )
+        self._write(
+            f"INSERT OR REPLACE INTO {table} ({', '.join(row)})"
+            f" VALUES ({', '.join('?' * len(row))})",
+            tuple(row.values()),
+        )
+
+
+def _replicated(table: str) -> str:
+    """`table`, checked to be a replicated one (its name goes into SQL)."""
+    if table not in REPLICATED:
+        raise ValueError(f"{table!r} is not a replicated table ({', '.join(REPLICATED)})")
+    return table
+
+
+def _key_value(table: str, pk: str) -> str | int:
+    """A journal's or etcd's text key as the table's key column holds it."""
+    return pk if table in _TEXT_KEYS else int(pk)
 
 
 def parse_token(token: str) -> tuple[str, str]:
