@@ -28,6 +28,7 @@ import aetcd
 from aetcd.exceptions import ClientError
 from aetcd.rtypes import EventKind
 
+from controller.ha.etcd import EtcdClient
 from controller.ha.lease import Leadership, check_timing, lease_lost, write_from, write_until
 
 log = logging.getLogger("gridpilot.ha")
@@ -70,6 +71,7 @@ class Elector:
         self._token: int | None = None  # set only once prepare has run: then we lead
         self._won_at = 0.0
         self._resigned = asyncio.Event()
+        self._last_error: str | None = None
 
     @property
     def current(self) -> Leadership:
@@ -123,10 +125,10 @@ class Elector:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
-                    "ha election error",
-                    extra={"node": self.node, "error": f"{type(exc).__name__}: {exc}"},
-                )
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self._last_error:  # said once while etcd stays out of reach
+                    log.warning("ha election error", extra={"node": self.node, "error": error})
+                self._last_error = error
             if stop.is_set() or self._resigned.is_set():
                 return
             leader = None if self._token is not None else self._current.leader
@@ -140,6 +142,7 @@ class Elector:
         sent = self._clock()
         lease = await self._client.lease(math.ceil(self.ttl_s))
         self._lease_id, self._renew_sent = lease.id, sent
+        self._last_error = None
         tasks = [
             asyncio.create_task(self._keep_alive(lease.id), name=f"ha:keepalive:{self.node}"),
             asyncio.create_task(self._observe(lease.id), name=f"ha:observe:{self.node}"),
@@ -166,9 +169,12 @@ class Elector:
             await asyncio.sleep(max(0.0, next_at - self._clock()))
             sent = self._clock()
             deadline = self._renew_sent + self.ttl_s
+            channel = getattr(self._client, "channel", None)
             try:
+                # An attempt gets `period` (or what is left of the lease): a member that went
+                # silent, or waits for raft to elect a new leader, is left for the next.
                 reply = await asyncio.wait_for(
-                    self._client.refresh_lease(lease_id), max(0.01, deadline - sent)
+                    self._client.refresh_lease(lease_id), max(0.01, min(period, deadline - sent))
                 )
             except (ClientError, TimeoutError) as exc:
                 if lease_lost(self._renew_sent, self.ttl_s, self._clock()):
@@ -176,6 +182,8 @@ class Elector:
                         f"lease {lease_id:x}: no keepalive acknowledged for {self.ttl_s} s"
                     ) from exc
                 log.debug("ha keepalive failed", extra={"node": self.node, "error": repr(exc)})
+                if isinstance(exc, TimeoutError) and isinstance(self._client, EtcdClient):
+                    await self._client.next_endpoint(channel, exc)
                 next_at = self._clock() + RETRY_S
                 continue
             if reply is None or reply.TTL <= 0:
