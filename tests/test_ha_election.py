@@ -8,13 +8,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
+from aetcd import rpc
+from aetcd.exceptions import ClientError
 
 from controller.ha.election import Elector
 from controller.ha.etcd import EtcdClient, EtcdSettings
 from controller.ha.lease import Leadership, check_timing, lease_lost, write_from, write_until
-from tests.etcd import EtcdCluster, etcd_cluster
+from drivers.certs import make_site_certs
+from tests.etcd import EtcdCluster, Member, etcd_cluster
+from tests.sites import free_port
 
 TTL_S = 2.0
 MARGIN_S = 0.3
@@ -206,6 +211,34 @@ async def test_a_leader_cut_off_from_etcd_stops_writing_before_its_lease_can_exp
             assert writing(b)
 
 
+async def test_the_client_moves_to_the_next_member_when_its_own_dies(
+    cluster: EtcdCluster, request: pytest.FixtureRequest
+) -> None:
+    victim = (await raft_leader(cluster) + 1) % len(cluster.members)  # a follower of raft
+    order = [victim] + [i for i in range(len(cluster.members)) if i != victim]
+    etcd = client([cluster.members[i].endpoint for i in order])
+    try:
+        await etcd.put(key(request), b"before")
+        assert etcd.endpoint == cluster.members[victim].endpoint
+        cluster.kill(cluster.members[victim])
+        killed, failed = time.monotonic(), 0
+        while True:
+            try:
+                held = await etcd.get(key(request))
+                break
+            except ClientError:
+                failed += 1
+        took = time.monotonic() - killed
+        print(f"\nclient failover: {took * 1000:.0f} ms, {failed} call(s) failed")
+        assert held is not None and held.value == b"before"
+        assert failed == 1 and took < 0.5
+        assert etcd.endpoint != cluster.members[victim].endpoint
+    finally:
+        await etcd.close()
+        cluster.restart(cluster.members[victim])
+        cluster.wait_healthy()
+
+
 @pytest.mark.parametrize(
     ("fault", "raft"), [("kill", "follower"), ("freeze", "follower"), ("kill", "leader")]
 )
@@ -282,3 +315,56 @@ async def test_the_shared_state_is_loaded_before_the_first_write(
         tokens = [t for t, _ in calls]
         assert tokens == sorted(set(tokens))
         assert a.current.token == tokens[-1]
+
+
+async def test_the_client_speaks_tls_with_a_client_certificate_and_logs_in(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    pki = make_site_certs(tmp_path / "pki", ["127.0.0.1"])
+    https: dict[str, str] = {}
+
+    def tls(member: Member) -> dict[str, str]:
+        # https beside the http that the fixture's health check uses; client certificates
+        # from the site CA required on https.
+        https[member.name] = f"127.0.0.1:{free_port()}"
+        return {
+            "listen-client-urls": f"http://{member.endpoint},https://{https[member.name]}",
+            "cert-file": str(pki.device.certificate),
+            "key-file": str(pki.device.private_key),
+            "trusted-ca-file": str(pki.ca),
+            "client-cert-auth": "true",
+        }
+
+    with etcd_cluster(tmp_path / "etcd", size=1, extra_flags=tls) as cluster:
+        endpoint = https[cluster.members[0].name]
+        mutual = {
+            "ca": pki.ca,
+            "certificate": pki.controller.certificate,
+            "private_key": pki.controller.private_key,
+        }
+        # Turn auth on (as root, over plain http): then every call needs a login.
+        admin = client(cluster.endpoints)
+        await admin.connect()
+        auth = rpc.AuthStub(admin.channel)
+        await auth.UserAdd(rpc.AuthUserAddRequest(name="root", password="rootpw"), timeout=2)
+        await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"), timeout=2)
+        await auth.AuthEnable(rpc.AuthEnableRequest(), timeout=2)
+        await admin.close()
+
+        good = EtcdClient(EtcdSettings((endpoint,), username="root", password="rootpw", **mutual))
+        a = Elector(good, key(request), "a", TTL_S, MARGIN_S)
+        async with running(a):
+            await until(lambda: writing(a), 5.0, "a writing over TLS, logged in")
+            held = await good.get(key(request))
+            assert held is not None and held.value == b"a"
+
+        for settings, refused in (
+            (EtcdSettings((endpoint,), username="root", password="wrong", **mutual), "auth"),
+            (EtcdSettings((endpoint,), username="root", password="rootpw", ca=pki.ca), "cert"),
+            (EtcdSettings((endpoint,), **mutual), "anonymous"),
+        ):
+            bad = EtcdClient(settings)
+            with pytest.raises(ClientError):
+                await bad.get(key(request))
+            await bad.close()
+            print(f"\n{refused}: refused")

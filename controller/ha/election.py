@@ -122,9 +122,9 @@ class Elector:
         while not (stop.is_set() or self._resigned.is_set()):
             try:
                 await self._term(stop)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except (Exception, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                    raise  # our task was cancelled; any other is a call cancelled under us
                 error = f"{type(exc).__name__}: {exc}"
                 if error != self._last_error:  # said once while etcd stays out of reach
                     log.warning("ha election error", extra={"node": self.node, "error": error})
@@ -155,7 +155,7 @@ class Elector:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        error = next((t.exception() for t in done if t.exception() is not None), None)
+        error = next((_failure(t) for t in done if _failure(t) is not None), None)
         if error is None:
             return  # stopped or resigned
         if not isinstance(error, LeaseLost):
@@ -274,3 +274,15 @@ class Elector:
             await self._client.revoke_lease(lease_id)
         except ClientError as exc:  # it expires on its own within ttl_s
             log.warning("ha lease revoke failed", extra={"node": self.node, "error": f"{exc}"})
+
+
+def _cancelled() -> bool:
+    """Whether the running task is being cancelled (rather than a call it awaited)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+def _failure(task: asyncio.Task[None]) -> BaseException | None:
+    if task.cancelled():  # on its own: a call cancelled under it
+        return RuntimeError(f"{task.get_name()}: cancelled")
+    return task.exception()
