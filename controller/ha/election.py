@@ -84,7 +84,7 @@ class Elector:
         if record.role == was.role:
             record = replace(record, since_s=was.since_s)
         self._current = record
-        if (record.role, record.token, record.leader) != (was.role, was.token, was.leader):
+        if (record.role, record.token) != (was.role, was.token):  # a role change, said once
             log.info(
                 "ha role",
                 extra={
@@ -98,6 +98,8 @@ class Elector:
 
     def _publish_leader(self) -> None:
         assert self._token is not None
+        if self._resigned.is_set():
+            return  # a last keepalive or campaign answer must not undo the resignation
         self._set(
             Leadership.leading(
                 self.node,
