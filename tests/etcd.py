@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +60,8 @@ class Member:
 @dataclass
 class EtcdCluster:
     members: list[Member] = field(default_factory=list)
+    # More flags for a member, over the ones below (e.g. an https listener beside the http one).
+    extra_flags: Callable[[Member], dict[str, str]] | None = None
 
     @property
     def endpoints(self) -> list[str]:
@@ -83,6 +85,8 @@ class EtcdCluster:
             "heartbeat-interval": "50",
             "election-timeout": "500",
         }
+        if self.extra_flags is not None:
+            flags |= self.extra_flags(member)
         member.proc = subprocess.Popen(
             [etcd_binary(), *(f"--{k}={v}" for k, v in flags.items())],
             stdout=subprocess.DEVNULL,
@@ -131,9 +135,11 @@ class EtcdCluster:
 
 
 @contextmanager
-def etcd_cluster(folder: Path, size: int = 3) -> Iterator[EtcdCluster]:
+def etcd_cluster(
+    folder: Path, size: int = 3, extra_flags: Callable[[Member], dict[str, str]] | None = None
+) -> Iterator[EtcdCluster]:
     """`size` etcd members on free loopback ports under `folder`, healthy; stopped after."""
-    cluster = EtcdCluster()
+    cluster = EtcdCluster(extra_flags=extra_flags)
     for i in range(size):
         data = folder / f"etcd{i}"
         data.mkdir(parents=True)
