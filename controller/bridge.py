@@ -36,6 +36,7 @@ from controller.channel import (
 )
 from controller.commands import ActorIn, CaptureIn, KeyIn, ModeIn, SetpointsPatch, SetpointsPut
 from controller.config import DeviceConfig
+from controller.ha.node import HaNode, NotAcknowledged
 from controller.metrics import Metrics
 from controller.notices import NotYours
 from controller.operations import EventIn, Operations
@@ -48,6 +49,7 @@ from drivers.devicemap import DeviceMap
 
 log = logging.getLogger("gridpilot.bridge")
 MAX_QUEUED_COMMANDS = 64  # changes waiting on a slow disk; more are refused, not queued
+REPLICATE_TIMEOUT_S = 3.0  # HA: a change waits this long for etcd to hold it
 
 
 class _Command(BaseModel):
@@ -108,8 +110,10 @@ class Bridge:
         configs: Mapping[str, DeviceConfig],
         maps: Mapping[str, DeviceMap],
         captures: CaptureKeeper | None = None,
+        ha: HaNode | None = None,
     ) -> None:
         self.captures = captures
+        self.ha = ha  # in an HA pair: changes only on the leader, answered once etcd has them
         self.ops, self.db, self.state, self.alarms, self.metrics = ops, db, state, alarms, metrics
         self.configs, self.maps = configs, maps
         self.requests = Counter(
@@ -201,8 +205,16 @@ class Bridge:
         run = self._table.get(op) if isinstance(op, str) else None
         if run is None or not isinstance(args, dict):
             return _failure(message, 400, "Unknown request", f"no operation {op!r}")
+        change = self.ha is not None and op not in VIEWS
         try:
-            return {"id": message.get("id"), "ok": True, "value": run(args)}
+            if change:
+                self.ha.check_change()  # type: ignore[union-attr]
+            value = run(args)
+            if change:
+                self.ha.replicated(REPLICATE_TIMEOUT_S)  # type: ignore[union-attr]
+            return {"id": message.get("id"), "ok": True, "value": value}
+        except NotAcknowledged as exc:
+            return _failure(message, 503, exc.title, exc.detail)
         except ValidationError as exc:
             errors = field_errors(list(exc.errors()))
             return _failure(message, 422, "Invalid request", "nothing was changed", errors=errors)

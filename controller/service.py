@@ -23,6 +23,7 @@ from controller.bridge import Bridge
 from controller.collectors import RecorderCollector
 from controller.config import BATTERY_KINDS, DeviceConfig, SiteConfig
 from controller.dispatch import warm_up
+from controller.ha.node import HaNode
 from controller.loop import ControlLoop
 from controller.metrics import Metrics
 from controller.operations import Operations
@@ -119,6 +120,14 @@ class Controller:
         self.ops_writer = Writer("operations")
         self.operations = Operations(site, self.db, self.ops_writer)
         self.drivers = {d.id: make_driver(d, maps[d.id]) for d in site.devices}
+        # An HA pair: only the leader writes (the loop and, before each write, every driver
+        # ask); without `ha`, this controller always writes.
+        self.ha = HaNode(site.ha, site.name, self.db, self.operations) if site.ha.enabled else None
+        if self.ha is None:
+            self.db.set_journalling(False)  # a file that once ran in a pair: no journal now
+        if self.ha is not None:
+            for driver in self.drivers.values():
+                driver.may_write = self.ha.may_write
         self.store = Store(site.data_dir / DB_FILE)
         self.recorder = make_recorder(site)
         self.captures = None
@@ -158,6 +167,7 @@ class Controller:
                 self.captures,
             ),
             self.operations,
+            self.ha.leadership if self.ha is not None else None,
         )
         configs = {d.id: d for d in site.devices}
         self.bridge = Bridge(
@@ -169,6 +179,7 @@ class Controller:
             configs,
             maps,
             self.captures,
+            self.ha,
         )
         self.log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.api_process: ApiProcess | None = None  # while running
@@ -229,6 +240,8 @@ class Controller:
         # The API serves from its own process: no request, however large or slow, can take
         # this interpreter from the loop; it is started anew if it dies.
         watch_task = asyncio.create_task(api.watch(stop), name="api-watch")
+        ha_stop = asyncio.Event()  # the node steps down only after the loop has stopped
+        ha_task = asyncio.create_task(self.ha.run(ha_stop)) if self.ha is not None else None
         loop_task = asyncio.create_task(self.loop.run(stop), name="loop")
         log.info("controller running", extra={"api": api.spec.url, "site": self.site.name})
         try:
@@ -239,6 +252,10 @@ class Controller:
         finally:
             stop.set()
             await asyncio.gather(loop_task, watch_task, return_exceptions=True)
+            if self.ha is not None and ha_task is not None:
+                ha_stop.set()
+                await asyncio.gather(ha_task, return_exceptions=True)
+                await self.ha.close()  # the lease given back: the standby leads at once
             await asyncio.to_thread(api.stop)
             for driver in self.drivers.values():
                 await driver.stop()

@@ -102,3 +102,28 @@ def test_compose_runs_every_service_the_deployment_needs():
         (ROOT / "deploy/grafana/provisioning/dashboards/gridpilot.yml").read_text()
     )
     assert dashboards["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_the_ha_compose_runs_two_controllers_on_three_etcd_members():
+    compose = yaml.safe_load((ROOT / "deploy" / "ha.compose.yaml").read_text())
+    services = compose["services"]
+    site = load_site(ROOT / "deploy" / "site.ha.yaml")
+    assert site.ha.enabled
+    etcd = sorted(name for name in services if name.startswith("etcd-"))
+    assert etcd == ["etcd-0", "etcd-1", "etcd-2"]
+    assert sorted(site.ha.endpoints) == [f"{name}:2379" for name in etcd]
+    members = services["etcd-0"]["environment"]["ETCD_INITIAL_CLUSTER"].split(",")
+    assert sorted(m.split("=")[0] for m in members) == etcd
+    controllers = [s for name, s in services.items() if name.startswith("controller-")]
+    nodes = {s["environment"]["GRIDPILOT_HA__NODE"] for s in controllers}
+    assert len(controllers) == 2 and len(nodes) == 2  # one site file, a name each
+    for s in controllers:
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in s["volumes"]}
+        assert (ROOT / "deploy" / mounts["/etc/gridpilot/site.yaml"]).resolve() == (
+            ROOT / "deploy" / "site.ha.yaml"
+        )
+        assert set(s["depends_on"]) >= {"plant", *etcd}
+        for mapping in s["ports"]:
+            assert mapping.startswith("${GRIDPILOT_PUBLISH:-127.0.0.1}:")
+    devices = {d.host for d in site.devices}
+    assert devices == {"plant"} and "plant" in services
