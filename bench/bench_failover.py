@@ -28,21 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.etcd import etcd_cluster
-from tests.hapair import HaSite, Node
+from tests.hapair import HaSite, Node, worst_ramp
 
 AFTER_S = 5.0  # the ramp is watched this long after the new leader's first write
-
-
-def worst_ramp(grid: list[tuple[float, float]], window_s: float = 1.0) -> float:
-    """The largest |Δgrid| between two samples `window_s` apart, W (per that window)."""
-    worst, j = 0.0, 0
-    for t, w in grid:
-        while j < len(grid) and grid[j][0] < t + window_s:
-            j += 1
-        if j >= len(grid):
-            break
-        worst = max(worst, abs(grid[j][1] - w))
-    return worst
 
 
 def one_run(site: HaSite, leader: Node, standby: Node, run: int, freeze: bool) -> dict:

@@ -91,6 +91,15 @@ def _cooling(
     return states, out, commands
 
 
+def _grid_now(state: ControlState, readings: SiteReadings, site_load_w: float) -> float:
+    """Where the grid is as control resumes. From a mode this node drove, the load less the
+    battery power it commanded; from standby (another node drove), the meter now: under an AI
+    load the battery power measured a tick ago is megawatts away from this tick's."""
+    if state.mode == "standby" and readings.grid_w is not None:
+        return readings.grid_w
+    return site_load_w - state.battery_w
+
+
 def decide(
     state: ControlState,
     snapshot: Snapshot,
@@ -119,7 +128,8 @@ def decide(
         result = hold(inputs, cfg, readings.battery_w, period_s)
     elif mode == "auto":
         if state.mode != "auto":  # carry on from where the grid is
-            core = resume_state(site_load - state.battery_w, bank_of(inputs.assets).energy_j)  # type: ignore[operator]
+            grid_w = _grid_now(state, readings, site_load)  # type: ignore[arg-type]
+            core = resume_state(grid_w, bank_of(inputs.assets).energy_j)
         core, result = dispatch(inputs, cfg, core, period_s)
     else:
         target = (

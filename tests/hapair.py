@@ -181,3 +181,15 @@ class HaSite:
                     n.proc.kill()
                     n.proc.wait(timeout=10)
         self.sim.stop()
+
+
+def worst_ramp(grid: list[tuple[float, float]], window_s: float = 1.0) -> float:
+    """The largest |Δgrid| between two samples `window_s` apart, W (per that window)."""
+    worst, j = 0.0, 0
+    for t, w in grid:
+        while j < len(grid) and grid[j][0] < t + window_s:
+            j += 1
+        if j >= len(grid):
+            break
+        worst = max(worst, abs(grid[j][1] - w))
+    return worst
