@@ -47,6 +47,7 @@ from drivers.security import LinkSecurity
 
 log = logging.getLogger("gridpilot")
 DB_FILE = "gridpilot.sqlite"
+HA_STOP_S = 5.0  # at shutdown, for the HA node's tasks and then for giving its lease back
 
 
 def make_driver(device: DeviceConfig, devmap: DeviceMap | None = None) -> DeviceDriver:
@@ -254,8 +255,12 @@ class Controller:
             await asyncio.gather(loop_task, watch_task, return_exceptions=True)
             if self.ha is not None and ha_task is not None:
                 ha_stop.set()
-                await asyncio.gather(ha_task, return_exceptions=True)
-                await self.ha.close()  # the lease given back: the standby leads at once
+                # Bounded: an etcd that does not answer must not hold the shutdown up.
+                _, late = await asyncio.wait({ha_task}, timeout=HA_STOP_S)
+                for task in late:
+                    task.cancel()
+                with contextlib.suppress(TimeoutError):  # the standby leads at once
+                    await asyncio.wait_for(self.ha.close(), HA_STOP_S)
             await asyncio.to_thread(api.stop)
             for driver in self.drivers.values():
                 await driver.stop()

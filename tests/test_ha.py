@@ -192,7 +192,7 @@ def test_both_restarted_exactly_one_leads_and_none_writes_before_its_lease(pair)
     for n in (a, b):
         n.proc.send_signal(signal.SIGTERM)
     for n in (a, b):
-        assert n.proc.wait(timeout=30) == 0, site.logs()
+        assert n.proc.wait(timeout=60) == 0, site.logs()
     started = time.monotonic()
     for n in (a, b):
         site.start(n)
