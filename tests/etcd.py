@@ -121,17 +121,14 @@ class EtcdCluster:
         member.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
+        """Killed: their data goes with the test's folder (a graceful stop of a member whose
+        peers are stopping waits for them, seconds each)."""
         for m in self.members:
             if m.proc is not None and m.proc.poll() is None:
-                m.proc.send_signal(signal.SIGCONT)  # a frozen member cannot take SIGTERM
-                m.proc.terminate()
+                m.proc.kill()
         for m in self.members:
             if m.proc is not None:
-                try:
-                    m.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    m.proc.kill()
-                    m.proc.wait(timeout=10)
+                m.proc.wait(timeout=10)
 
 
 @contextmanager
