@@ -9,29 +9,29 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
 from controller import dbfile
-from controller.api_operate import KeyIn
+from controller.commands import KeyIn
 from controller.config import ConfigError, DispatchConfig, SiteConfig
-from controller.dbfile import StorageError
-from controller.demo import run_controller, run_demo, run_simulators
+from controller.dbfile import DB_FILE, StorageError
 from controller.logs import setup_logging
 from controller.notify import notify
 from controller.opsdb import ROLES, Actor, Conflict, OpsDB
-from controller.replay.events import Announced, read_events
-from controller.replay.record import RecordExistsError, record_run
-from controller.replay.report import print_figures, print_sizing, replay_progress
-from controller.replay.run import ReplaySettings, plot, report, simulate
-from controller.replay.run import size as size_battery
-from controller.replay.trace import Trace, TraceError, read_trace
-from controller.service import DB_FILE
+from controller.replay.trace import TraceError
 from controller.sitefile import device_maps, load_site
-from controller.state import iso
-from drivers.certs import make_site_certs
+
+if TYPE_CHECKING:
+    from controller.replay.events import Announced
+    from controller.replay.run import ReplaySettings
+    from controller.replay.trace import Trace
+
+# The controller, the replay (scipy, matplotlib) and the certificates are imported by the
+# commands that use them: `gridpilot keys`, `db`, `check-config` and `notify` start in a
+# fraction of the time (tests and scripts call them often).
 
 CLI = Actor(None, "cli", "admin")  # who the audit log names for changes made here
 
@@ -108,6 +108,8 @@ def demo(
     ] = 0,
 ) -> None:
     """Every simulator, the controller, the API and metrics, in one process on loopback."""
+    from controller.demo import run_demo
+
     _start(run_demo, config, log_level, api_port, data_dir, port_offset)
 
 
@@ -119,12 +121,16 @@ def run(
     log_level: LogLevelOpt = "INFO",
 ) -> None:
     """The controller alone, against the devices the site file names."""
+    from controller.demo import run_controller
+
     _start(run_controller, config, log_level, api_port, data_dir)
 
 
 @app.command()
 def sim(config: ConfigOpt = None, log_level: LogLevelOpt = "INFO") -> None:
     """The simulated plant alone: one server per device of the site file, on its address."""
+    from controller.demo import run_simulators
+
     _start(run_simulators, config, log_level)
 
 
@@ -151,6 +157,8 @@ SiteOpt = Annotated[
 
 def _replay_settings(config: Path | None, **values: object) -> ReplaySettings:
     """Validated replay settings; each bad value exits 2 naming its option."""
+    from controller.replay.run import ReplaySettings
+
     dispatch = _site(config).dispatch if config else DispatchConfig()
     try:
         return ReplaySettings(dispatch=dispatch, **values)
@@ -164,6 +172,8 @@ def _replay_settings(config: Path | None, **values: object) -> ReplaySettings:
 
 
 def _read(trace: Path, from_s: float = 0.0) -> Trace:
+    from controller.replay.trace import read_trace
+
     try:
         return read_trace(trace).starting_at(from_s)
     except TraceError as exc:
@@ -174,6 +184,8 @@ def _read(trace: Path, from_s: float = 0.0) -> Trace:
 def _notices(
     path: Path | None, job_lead_s: float, pause_lead_s: float, job_w: float
 ) -> tuple[Announced, ...]:
+    from controller.replay.events import read_events
+
     if path is None:
         return ()
     try:
@@ -239,6 +251,10 @@ def replay(
         energy_return_s=energy_return_s,
         job_w_per_gpu=job_w_per_gpu,
     )
+    from controller.replay.record import RecordExistsError, record_run
+    from controller.replay.report import print_figures, replay_progress
+    from controller.replay.run import plot, report, simulate
+
     tr = _read(trace, from_s)
     notices = _notices(events, job_lead_s, pause_lead_s, settings.gpus * settings.job_w_per_gpu)
     load = tr.site_load_w(settings.gpus, settings.base_w)
@@ -269,6 +285,9 @@ def size(
     as_json: Annotated[bool, typer.Option("--json", help="print the sizes as JSON")] = False,
 ) -> None:
     """The smallest battery with which the controller holds the ramp limit, beside the LP's."""
+    from controller.replay.report import print_sizing
+    from controller.replay.run import size as size_battery
+
     settings = _replay_settings(config, ramp_w_per_s=ramp_w_per_s, gpus=gpus, base_w=base_w)
     tr = _read(trace)
     result = size_battery(tr.site_load_w(settings.gpus, settings.base_w), tr.dt_s, settings)
@@ -390,6 +409,8 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Every key: id, role, name, when made and revoked (never the key)."""
+    from controller.state import iso
+
     db = _opsdb(config, data_dir)
     try:
         typer.echo(f"{'id':14} {'role':9} {'state':8} {'created':24} {'revoked':24} name")
@@ -493,6 +514,8 @@ def certs(
     if out.exists() and any(out.glob("*.pem")):
         typer.echo(f"gridpilot: {out} already holds certificates; choose an empty folder", err=True)
         raise typer.Exit(2)
+    from drivers.certs import make_site_certs
+
     made = make_site_certs(out, host, days)
     for name, path in (
         ("site CA", made.ca),

@@ -23,6 +23,7 @@ from typing import TextIO
 
 from drivers.private import private_dir, touch_private, write_private
 
+DB_FILE = "gridpilot.sqlite"  # in the site's data folder
 TABLES = ("api_keys", "settings", "audit")  # what makes it a gridpilot file (a restore's check)
 
 

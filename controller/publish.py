@@ -105,15 +105,15 @@ class Publisher:
             }
         )
         mean_soc = sum(rd.soc.values()) / len(rd.soc) if rd.soc else None
-        log.info(
-            "site",
-            extra={
-                "it_w": rd.it_w,
-                "grid_w": rd.grid_w,
-                "grid_target_w": grid_target,
-                "battery_w": rd.battery_w,
-                "soc": mean_soc,
-                "mode": rec.mode,
-                "tick_ms": rec.duration_s * 1e3,
-            },
-        )
+        line = {
+            "it_w": rd.it_w,
+            "grid_w": rd.grid_w,
+            "grid_target_w": grid_target,
+            "battery_w": rd.battery_w,
+            "soc": mean_soc,
+            "mode": rec.mode,
+            "tick_ms": rec.duration_s * 1e3,
+        }
+        if (lead := rec.leadership) is not None:  # an HA pair: who this is, and its token
+            line |= {"node": lead.node, "role": lead.role, "token": lead.token}
+        log.info("site", extra=line)

@@ -22,6 +22,7 @@ from controller.apiproc import ApiProcess, ApiSpec
 from controller.bridge import Bridge
 from controller.collectors import RecorderCollector
 from controller.config import BATTERY_KINDS, DeviceConfig, SiteConfig
+from controller.dbfile import DB_FILE
 from controller.dispatch import warm_up
 from controller.ha.node import HaNode
 from controller.loop import ControlLoop
@@ -46,7 +47,6 @@ from drivers.opcua_client import OpcUaDriver
 from drivers.security import LinkSecurity
 
 log = logging.getLogger("gridpilot")
-DB_FILE = "gridpilot.sqlite"
 HA_STOP_S = 5.0  # at shutdown, for the HA node's tasks and then for giving its lease back
 
 

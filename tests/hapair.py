@@ -117,7 +117,7 @@ class HaSite:
             line.split()[1] for line in out.stdout.splitlines() if line.startswith("key ")
         )
 
-    def start(self, node: Node) -> Node:
+    def start(self, node: Node, env: dict[str, str] | None = None) -> Node:
         node.data_dir.mkdir(parents=True, exist_ok=True)
         node.log = self.folder / f"{node.name}.log"
         env = {
@@ -126,6 +126,7 @@ class HaSite:
             "GRIDPILOT_HA__NODE": node.name,
             "GRIDPILOT_API_PORT": str(node.api_port),
             "GRIDPILOT_DATA_DIR": str(node.data_dir),
+            **(env or {}),
         }
         node.proc = subprocess.Popen(
             [*GRIDPILOT, "run", "--config", str(self.site_file)],

@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 
+import httpx
 import pytest
 
 from tests.etcd import EtcdCluster, etcd_cluster
 from tests.hapair import MARGIN_S, TTL_S, HaSite, Node, worst_ramp
+from tests.sites import free_port
 
 SLACK_S = 3.0  # scheduling on a loaded machine, on top of what the design allows
 
@@ -205,3 +207,33 @@ def test_both_restarted_exactly_one_leads_and_none_writes_before_its_lease(pair)
         since = datetime.fromisoformat(api.get("/v1/state").json()["ha"]["since"]).timestamp()
     first = min(by[leader.name]) + (time.time() - time.monotonic())  # as wall time
     assert first >= since + MARGIN_S - 0.05  # no write before it held the lease (and margin)
+
+
+def test_without_etcd_a_node_says_so_and_writes_nothing(ha_site: HaSite):
+    site = ha_site
+    lone = site.node("lone")
+    nowhere = f'["127.0.0.1:{free_port()}"]'  # no etcd there
+    site.start(lone, env={"GRIDPILOT_HA__ENDPOINTS": nowhere})
+    try:
+        # Its file has no key (the keys are in etcd, out of its reach): the probe speaks.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ready = httpx.get(f"{lone.base}/readyz", timeout=2.0)
+                if "unknown" in ready.text:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, site.logs()
+            time.sleep(0.2)
+        assert ready.status_code == 503, ready.text
+        since = time.monotonic()
+        time.sleep(1.0)
+        assert writers(site, since, [lone])["lone"] == []
+        said = lone.log.read_text()
+        assert "etcd out of reach: this controller does not write" in said
+        assert said.count("etcd endpoint failed") == 1  # said once, not at every retry
+    finally:
+        lone.proc.terminate()
+        lone.proc.wait(timeout=60)
+        del site.nodes["lone"]

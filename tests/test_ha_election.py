@@ -189,10 +189,10 @@ async def test_a_leader_cut_off_from_etcd_stops_writing_before_its_lease_can_exp
                 # It knows its lease is gone once it must be (a busy event loop's slack).
                 gone = time.monotonic()
                 assert a.current.role != "leader"
-                assert gone < renew_sent + TTL_S + 0.25
+                assert gone < renew_sent + TTL_S + 0.5
                 # The other leads, and writes only margin_s after a's window closed. (If the
                 # frozen member was raft's leader, the new one restarts every lease's TTL.)
-                await until(lambda: writing(b), 4.0, "b writing")
+                await until(lambda: writing(b), 6.0, "b writing")
                 assert b.current.write_from >= max(r.write_until for _, r in samples) + MARGIN_S
                 print(
                     f"\ncut off: a stopped writing {stopped - frozen:.3f} s after the freeze "

@@ -129,7 +129,10 @@ class Elector:
                     raise  # our task was cancelled; any other is a call cancelled under us
                 error = f"{type(exc).__name__}: {exc}"
                 if error != self._last_error:  # said once while etcd stays out of reach
-                    log.warning("ha election error", extra={"node": self.node, "error": error})
+                    log.error(
+                        "etcd out of reach: this controller does not write to the plant",
+                        extra={"node": self.node, "error": error},
+                    )
                 self._last_error = error
             if stop.is_set() or self._resigned.is_set():
                 return

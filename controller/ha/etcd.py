@@ -81,10 +81,12 @@ def _fails_over(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         await client.connect()
         channel = client.channel
         try:
-            return await method(*args, **kwargs)
+            answer = await method(*args, **kwargs)
         except ENDPOINT_ERRORS as exc:
             await client.next_endpoint(channel, exc)
             raise
+        client._last_failure = None  # a member answers: the next failure is news again
+        return answer
 
     return call
 
@@ -104,6 +106,7 @@ class EtcdClient(aetcd.Client):
         )
         self.settings = settings
         self._index = 0
+        self._last_failure: tuple[str, str] | None = None  # (endpoint, error kind) said last
         self._ca = _read("ca", settings.ca)
         self._certificate = _read("certificate", settings.certificate)
         self._private_key = _read("private_key", settings.private_key)
@@ -174,10 +177,13 @@ class EtcdClient(aetcd.Client):
             return
         was = self.endpoint
         self._index = (self._index + 1) % len(self.settings.endpoints)
-        log.warning(
-            "etcd endpoint failed, moving on",
-            extra={"endpoint": was, "next": self.endpoint, "error": repr(error)},
-        )
+        said = (was, type(error).__name__)
+        if said != self._last_failure:  # once per member and kind while it stays down
+            log.warning(
+                "etcd endpoint failed, moving on",
+                extra={"endpoint": was, "next": self.endpoint, "error": repr(error)},
+            )
+        self._last_failure = said
         old_watcher = self._watcher
         self._drop(self.channel)
         if old_watcher is not None:

@@ -65,6 +65,7 @@ class HaNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._following: asyncio.Task[None] | None = None
         self._follow_stop = asyncio.Event()
+        self._audit: asyncio.Future[None] | None = None  # the take-over's audit entry
 
     # --- what the rest of the controller asks --------------------------------------------
     def leadership(self) -> Leadership:
@@ -125,14 +126,25 @@ class HaNode:
 
     async def _prepare(self, token: int) -> None:
         """Won the election: the shared state into the file and in force before any write."""
+        started = time.monotonic()
         await self._stop_following()
         revision = await self.replica.load(token)  # the first leader seeds etcd from its file
         await asyncio.to_thread(self.ops.reload)
-        await asyncio.to_thread(
+        # Audited (and published with the next changes) as it leads, not before: the state
+        # it writes with is in force now, and each second here is a second of fail-over.
+        audit = asyncio.to_thread(
             self.db.audit, SYSTEM, "ha.lead", None, {"node": self.node, "token": token}
         )
-        await self.replica.publish(token)
-        log.info("leading", extra={"node": self.node, "token": token, "revision": revision})
+        self._audit = asyncio.ensure_future(audit)
+        log.info(
+            "leading",
+            extra={
+                "node": self.node,
+                "token": token,
+                "revision": revision,
+                "prepare_ms": round((time.monotonic() - started) * 1e3, 1),
+            },
+        )
 
     async def _stop_following(self) -> None:
         self._follow_stop.set()
