@@ -99,6 +99,10 @@ class DeviceSecurityError(ConnectionError):
     kind = "security"
 
 
+class WriteFenced(Exception):
+    """A write not sent: this controller no longer leads (an HA pair's fence said no)."""
+
+
 class DeviceRejectedError(Exception):
     """The device answered a write with an error (e.g. a Modbus exception): the link is up."""
 
@@ -271,14 +275,19 @@ class DeviceDriver(ABC):
             point = next(iter(self._pending))
             value, waiters = self._pending.pop(point)
             where = f"{self.device_id}.{point} = {value!r} {self.map.point(point).unit}"
-            if not self.may_write():
+            try:
+                if not self.may_write():
+                    raise WriteFenced(where)
+                # In this task (not wait_for's new one): nothing else runs between the fence's
+                # check and the request going out, so a freeze cannot fall in between.
+                async with asyncio.timeout(self.settings.timeout_s):
+                    await self._write(point, value)
+            except WriteFenced:
                 self.counters.writes_fenced_total += 1
                 for w in waiters:
                     if not w.done():
                         w.set_exception(DeviceIOError(f"{where}: not sent, fenced (not leader)"))
                 continue
-            try:
-                await asyncio.wait_for(self._write(point, value), self.settings.timeout_s)
             except DeviceRejectedError as exc:  # the device said no: the link is fine
                 self._write_failed(DeviceIOError(f"{where}: {exc}"), waiters)
                 continue

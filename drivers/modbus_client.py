@@ -22,6 +22,7 @@ from drivers.base import (
     DeviceRejectedError,
     DeviceSecurityError,
     DriverSettings,
+    WriteFenced,
 )
 from drivers.devicemap import Block, DeviceMap
 from drivers.security import LinkSecurity, client_tls
@@ -148,6 +149,8 @@ class ModbusDriver(DeviceDriver):
         sf = self.map.sf_value(p, self._factors)
         words = self.map.encode(p, value, sf)
         await self._keep_gap()
+        if not self.may_write():  # asked again after the gap's wait: the request goes out now
+            raise WriteFenced(f"{self.device_id}.{point}")
         rr = await self._client.write_registers(p.address, words, device_id=self.unit_id)  # type: ignore[arg-type]
         if rr.isError():
             raise DeviceRejectedError(f"write of register {p.address} answered {rr}")

@@ -91,6 +91,9 @@ def _fails_over(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return call
 
 
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+
+
 class EtcdClient(aetcd.Client):
     """aetcd's client over several endpoints, with TLS and auth from `EtcdSettings`."""
 
@@ -103,6 +106,9 @@ class EtcdClient(aetcd.Client):
             password=settings.password,
             timeout=settings.timeout_s,  # aetcd's hint says int; it means seconds
             connect_wait_timeout=settings.timeout_s,
+            # A new leader reads the shared state in one answer: gRPC's default cap (4 MB)
+            # is ~15k audit rows.
+            options={"grpc.max_receive_message_length": MAX_ANSWER_BYTES},
         )
         self.settings = settings
         self._index = 0
