@@ -15,7 +15,7 @@ from aetcd import rpc
 from aetcd.exceptions import ClientError
 
 from controller.ha.election import Elector
-from controller.ha.etcd import EtcdClient, EtcdSettings
+from controller.ha.etcd import ENDPOINT_ERRORS, EtcdClient, EtcdSettings
 from controller.ha.lease import Leadership, check_timing, lease_lost, write_from, write_until
 from drivers.certs import make_site_certs
 from tests.etcd import EtcdCluster, Member, etcd_cluster
@@ -100,10 +100,18 @@ def writing(e: Elector) -> bool:
 
 
 async def raft_leader(cluster: EtcdCluster) -> int:
-    """The index of the member raft elected leader."""
+    """The index of the member raft elected leader (asked of each member in turn: one that a
+    test stopped may still be on its way back)."""
     c = client(cluster.endpoints)
     try:
-        status = await c.status()
+        for attempt in range(2 * len(cluster.members)):
+            try:
+                status = await c.status()
+                break
+            except ENDPOINT_ERRORS:  # the client has moved on to the next member
+                if attempt == 2 * len(cluster.members) - 1:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await c.close()
     urls = list(status.leader.client_urls)

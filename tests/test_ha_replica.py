@@ -113,13 +113,22 @@ def test_journal_holds_the_replicated_changes_only(tmp_path: Path) -> None:
     assert db.journal_size() == 0
 
 
-async def test_published_state_loads_on_another_file(
+async def seeded_pair(
     tmp_path: Path, client: aetcd.Client, prefix: bytes
-) -> None:
+) -> tuple[OpsDB, OpsDB, Replica, int]:
+    """Two nodes' files; a leads (elected, and its empty file seeded etcd): a, b, a's replica,
+    its token."""
     a, b = opsdb(tmp_path, "a"), opsdb(tmp_path, "b")
     leader = Replica(a, client, prefix, prefix + b"/leader")
     token = await elect(client, prefix)
     await leader.load(token)  # seeds: an empty file
+    return a, b, leader, token
+
+
+async def test_published_state_loads_on_another_file(
+    tmp_path: Path, client: aetcd.Client, prefix: bytes
+) -> None:
+    a, b, leader, token = await seeded_pair(tmp_path, client, prefix)
     key = make_changes(a)
     assert await leader.publish(token) == 6  # the key and its audit entry, and four more
     assert a.journal_size() == 0
@@ -165,10 +174,7 @@ async def test_etcd_unreachable_is_reported(tmp_path: Path, prefix: bytes) -> No
 async def test_a_standby_follows_within_a_second(
     tmp_path: Path, client: aetcd.Client, prefix: bytes
 ) -> None:
-    a, b = opsdb(tmp_path, "a"), opsdb(tmp_path, "b")
-    leader = Replica(a, client, prefix, prefix + b"/leader")
-    token = await elect(client, prefix)
-    await leader.load(token)
+    a, b, leader, token = await seeded_pair(tmp_path, client, prefix)
     applied = asyncio.Event()
     stop = asyncio.Event()
     follower = asyncio.create_task(
@@ -209,10 +215,7 @@ async def test_a_standby_follows_within_a_second(
 async def test_an_acknowledged_change_survives_the_leaders_crash(
     tmp_path: Path, client: aetcd.Client, prefix: bytes
 ) -> None:
-    a, b = opsdb(tmp_path, "a"), opsdb(tmp_path, "b")
-    leader = Replica(a, client, prefix, prefix + b"/leader")
-    token = await elect(client, prefix)
-    await leader.load(token)
+    a, b, leader, token = await seeded_pair(tmp_path, client, prefix)
     key = a.create_key("night-shift", "operator", SYSTEM)[1]
     await leader.publish(token)  # acknowledged
     a.put_setting("mode", "manual")  # never published: the crash comes first
@@ -254,10 +257,7 @@ async def test_the_first_leader_seeds_and_then_etcd_is_the_truth(
 async def test_a_thousand_rows_publish_in_batches(
     tmp_path: Path, client: aetcd.Client, prefix: bytes
 ) -> None:
-    a, b = opsdb(tmp_path, "a"), opsdb(tmp_path, "b")
-    leader = Replica(a, client, prefix, prefix + b"/leader")
-    token = await elect(client, prefix)
-    await leader.load(token)
+    a, b, leader, token = await seeded_pair(tmp_path, client, prefix)
     with a.transaction():
         for i in range(1000):
             a.audit(OPERATOR, "setpoint.set", i, i + 1)
