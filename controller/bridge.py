@@ -205,13 +205,13 @@ class Bridge:
         run = self._table.get(op) if isinstance(op, str) else None
         if run is None or not isinstance(args, dict):
             return _failure(message, 400, "Unknown request", f"no operation {op!r}")
-        change = self.ha is not None and op not in VIEWS
+        ha = self.ha if op not in VIEWS else None  # a change, in an HA pair
         try:
-            if change:
-                self.ha.check_change()  # type: ignore[union-attr]
+            if ha is not None:
+                ha.check_change()
             value = run(args)
-            if change:
-                self.ha.replicated(REPLICATE_TIMEOUT_S)  # type: ignore[union-attr]
+            if ha is not None:
+                ha.replicated(REPLICATE_TIMEOUT_S)
             return {"id": message.get("id"), "ok": True, "value": value}
         except NotAcknowledged as exc:
             return _failure(message, 503, exc.title, exc.detail)

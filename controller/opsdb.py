@@ -487,24 +487,31 @@ class OpsDB:
     def journalling(self) -> bool:
         return bool(self._rows("SELECT enabled FROM ha_config WHERE one = 1")[0]["enabled"])
 
-    def journal(self, limit: int) -> list[JournalEntry]:
-        """The oldest `limit` entries, each with its row as it stands now (None: gone since).
-        One read: the rows are those of the same moment as the entries."""
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """The reading connection in one read transaction: every query inside sees the file
+        as of one moment."""
         with self._read_lock:
             self._reader.execute("BEGIN")
             try:
-                entries = self._reader.execute(
-                    "SELECT seq, tbl, pk FROM ha_journal ORDER BY seq LIMIT ?", (limit,)
-                ).fetchall()
-                found = []
-                for seq, table, pk in entries:
-                    row = self._reader.execute(
-                        f"SELECT * FROM {_replicated(table)} WHERE {REPLICATED[table]} = ?",
-                        (_key_value(table, pk),),
-                    ).fetchone()
-                    found.append((seq, table, pk, dict(row) if row is not None else None))
+                yield self._reader
             finally:
                 self._reader.execute("COMMIT")
+
+    def journal(self, limit: int) -> list[JournalEntry]:
+        """The oldest `limit` entries, each with its row as it stands now (None: gone since).
+        One read: the rows are those of the same moment as the entries."""
+        with self._snapshot() as read:
+            entries = read.execute(
+                "SELECT seq, tbl, pk FROM ha_journal ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+            found = []
+            for seq, table, pk in entries:
+                row = read.execute(
+                    f"SELECT * FROM {_replicated(table)} WHERE {REPLICATED[table]} = ?",
+                    (_key_value(table, pk),),
+                ).fetchone()
+                found.append((seq, table, pk, dict(row) if row is not None else None))
         return found
 
     def forget_journal(self, upto_seq: int) -> int:
@@ -518,17 +525,12 @@ class OpsDB:
     def replicated_rows(self) -> tuple[dict[str, list[dict[str, Any]]], int]:
         """Every row of the replicated tables and the journal's last seq, of one moment: what a
         first leader seeds the shared state with (entries up to that seq are in the rows)."""
-        with self._read_lock:
-            self._reader.execute("BEGIN")
-            try:
-                rows = {
-                    table: [dict(r) for r in self._reader.execute(f"SELECT * FROM {table}")]
-                    for table in REPLICATED
-                }
-                last = self._reader.execute("SELECT coalesce(max(seq), 0) FROM ha_journal")
-                upto = last.fetchone()[0]
-            finally:
-                self._reader.execute("COMMIT")
+        with self._snapshot() as read:
+            rows = {
+                table: [dict(r) for r in read.execute(f"SELECT * FROM {table}")]
+                for table in REPLICATED
+            }
+            upto = read.execute("SELECT coalesce(max(seq), 0) FROM ha_journal").fetchone()[0]
         return rows, upto
 
     def replace_replicated(self, rows_by_table: dict[str, list[dict[str, Any]]]) -> None:

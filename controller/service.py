@@ -126,7 +126,7 @@ class Controller:
         self.ha = HaNode(site.ha, site.name, self.db, self.operations) if site.ha.enabled else None
         if self.ha is None:
             self.db.set_journalling(False)  # a file that once ran in a pair: no journal now
-        if self.ha is not None:
+        else:
             for driver in self.drivers.values():
                 driver.may_write = self.ha.may_write
         self.store = Store(site.data_dir / DB_FILE)
@@ -253,7 +253,8 @@ class Controller:
         finally:
             stop.set()
             await asyncio.gather(loop_task, watch_task, return_exceptions=True)
-            if self.ha is not None and ha_task is not None:
+            if ha_task is not None:
+                assert self.ha is not None
                 ha_stop.set()
                 # Bounded: an etcd that does not answer must not hold the shutdown up.
                 _, late = await asyncio.wait({ha_task}, timeout=HA_STOP_S)

@@ -65,7 +65,6 @@ class HaNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._following: asyncio.Task[None] | None = None
         self._follow_stop = asyncio.Event()
-        self._audit: asyncio.Future[None] | None = None  # the take-over's audit entry
 
     # --- what the rest of the controller asks --------------------------------------------
     def leadership(self) -> Leadership:
@@ -131,11 +130,10 @@ class HaNode:
         revision = await self.replica.load(token)  # the first leader seeds etcd from its file
         await asyncio.to_thread(self.ops.reload)
         # Audited (and published with the next changes) as it leads, not before: the state
-        # it writes with is in force now, and each second here is a second of fail-over.
-        audit = asyncio.to_thread(
-            self.db.audit, SYSTEM, "ha.lead", None, {"node": self.node, "token": token}
-        )
-        self._audit = asyncio.ensure_future(audit)
+        # it writes with is in force now, and each second here is a second of fail-over. The
+        # operators' writer stores it (a locked disk: retried in order, never lost).
+        took = {"node": self.node, "token": token}
+        self.ops.writer.put(lambda: self.db.audit(SYSTEM, "ha.lead", None, took), "audit ha.lead")
         log.info(
             "leading",
             extra={
