@@ -1,5 +1,5 @@
 # gridpilot controller image: multi-stage, slim, non-root. Config and data are volumes.
-FROM python:3.11-slim AS build
+FROM python:3.12-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY controller ./controller
@@ -7,7 +7,7 @@ COPY drivers ./drivers
 RUN python -m venv /opt/gridpilot \
  && /opt/gridpilot/bin/pip install --no-cache-dir .
 
-FROM python:3.11-slim
+FROM python:3.12-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/gridpilot gridpilot \
  && mkdir -p /var/lib/gridpilot /etc/gridpilot \
  && chown gridpilot /var/lib/gridpilot

@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each creates .venv when missing.
-PYTHON ?= python3
+# A Python >= 3.12 (deploy/find-python.sh looks for one, pyenv's included).
+PYTHON ?= $(shell deploy/find-python.sh)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -14,8 +15,10 @@ TOOL_PACKAGES := mbpoll prometheus chromium chromium-driver etcd-server
 
 .PHONY: demo test tools lint bench clean
 
+# A .venv made by an older Python is made again.
 $(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo 'make: no Python >= 3.12 found (set PYTHON=...)' >&2; exit 1; }
+	$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 # The build stage's command, e.g. "python -m venv /opt/gridpilot && /opt/gridpilot/bin/pip install --no-cache-dir ."
 install=$(sed -n '/^RUN python -m venv/,/[^\\]$/p' Dockerfile | sed 's/^RUN //; s/\\$//' | tr -d '\n' | tr -s ' ')
 [ -n "$install" ] || { echo "no install command found in the Dockerfile" >&2; exit 1; }
+PYTHON=${PYTHON:-$(deploy/find-python.sh)}  # the image's is 3.12
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The image copies these into /src and installs from there; so do we, into a scratch prefix.
@@ -13,7 +14,6 @@ cp -r pyproject.toml README.md controller drivers "$work/"
 cd "$work"
 command=${install//\/opt\/gridpilot/$work/venv}
 echo "+ $command"
-PYTHON=${PYTHON:-python3}
 bash -c "${command/#python /$PYTHON }"
 "$work/venv/bin/gridpilot" --help >/dev/null
 "$work/venv/bin/gridpilot" check-config "$OLDPWD/deploy/site.compose.yaml" >/dev/null
