@@ -100,6 +100,12 @@ def conditions(rec: TickRecord) -> list[Condition]:
                           f"{device}: telemetry stale or invalid; pumps at safe speed, "
                           "lowest supply setpoint")
             )  # fmt: skip
+    if (link := rec.grid_link) is not None and link.alarming(rec.wall_time):
+        found.append(
+            Condition("openadr_unreachable", "warning",
+                      f"VTN {link.vtn_url} out of reach for {link.out_for_s(rec.wall_time):.0f} s "
+                      f"({link.last_error}); the events received stay in force until they end")
+        )  # fmt: skip
     if rec.result is not None and rec.result.shed_request_w > 0:
         w = rec.result.shed_request_w
         found.append(Condition("shed_request", "warning", f"shed {w:.0f} W to hold the limits"))

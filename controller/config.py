@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from controller.fields import Credentials, Identifier, Port, PositiveSeconds, Strict
+from controller.grid.config import OpenADRConfig
 from controller.ha.config import HAConfig
 
 DeviceKind = Literal["ups", "bess", "meter", "cdu"]
@@ -398,6 +399,9 @@ class SiteConfig(BaseSettings):
     recorder: RecorderConfig = RecorderConfig()
     ha: HAConfig = Field(
         HAConfig(), description="an active/standby pair coordinated by etcd; off: one controller"
+    )
+    openadr: OpenADRConfig = Field(
+        OpenADRConfig(), description="an OpenADR 3 VEN: a utility's events become caps and sheds"
     )
     simulation: dict[str, Any] = Field(
         default_factory=dict,

@@ -24,6 +24,7 @@ from controller.snapshot import take_snapshot
 from drivers.base import DeviceDriver, DeviceIOError
 
 if TYPE_CHECKING:
+    from controller.grid.status import VenStatus
     from controller.ha.lease import Leadership
 
 log = logging.getLogger("gridpilot.loop")
@@ -54,12 +55,14 @@ class ControlLoop:
         publish: Callable[[TickRecord], None],
         operations: SettingsSource | None = None,
         leadership: Callable[[], Leadership] | None = None,
+        grid_link: Callable[[], VenStatus] | None = None,
     ) -> None:
         self.site = site
         self.settings = operations or SiteDefaults(site)
         self.drivers = drivers
         self.publish = publish
         self.leadership = leadership  # HA: this node's role now (None: HA off, always leads)
+        self.grid_link = grid_link  # the VEN's newest status, copied into each record
         self.configs = {d.id: d for d in site.devices}
         self.control = ControlState()
         self.cooling_cfg = cooling_config(site.cooling)
@@ -122,6 +125,7 @@ class ControlLoop:
             overruns_total=self.overruns,
             write_errors=write_errors,
             leadership=lead,
+            grid_link=self.grid_link() if self.grid_link is not None else None,
         )
         self.publish(record)
         return record

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.collectors import DriverCollector, EnergyCollector, WriterCollector
 from controller.energy import EnergyTotals, RollingRatios, Sample
+from controller.grid.metrics import OpenADRCollector
+from controller.grid.status import VenStatus
 from controller.notices import upcoming
 from controller.record import TickRecord
 from controller.tokens import TokenMeter
@@ -164,6 +166,11 @@ class Metrics:
             EnergyCollector(site, lambda: self.energy_view, self.ratios, self.tokens)
         )
         self.registry.register(WriterCollector(site, writers))
+        self.registry.register(OpenADRCollector(site, self._grid_link))
+
+    def _grid_link(self) -> tuple[VenStatus, float] | None:
+        rec = self.latest
+        return None if rec is None or rec.grid_link is None else (rec.grid_link, rec.wall_time)
 
     def observe(self, rec: TickRecord) -> None:
         site = self.site

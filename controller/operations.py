@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from controller.config import MIN_POWER_W, DispatchConfig, SiteConfig
 from controller.notices import NoticeBoard
-from controller.opsdb import SYSTEM, Actor, OpsDB, check_bound
+from controller.opsdb import SYSTEM, Actor, OpsDB, Origin, check_bound
 from controller.record import InForce
 from controller.setpoints import Mode, Setpoints, dispatch_config, initial_setpoints
 from controller.temporary import (
@@ -315,7 +315,7 @@ class Operations:
         self.db.put_setting("mode_layers", as_saved(layers))
         self.db.put_setting("mode_override", None)  # the single revert of before layers
 
-    def add_event(self, event: EventIn, by: Actor) -> dict[str, Any]:
+    def add_event(self, event: EventIn, by: Actor, origin: Origin | None = None) -> dict[str, Any]:
         """Stored with its audit entry in one transaction, then added to what the ticks look
         at (the table is not read again). Conflict once `limits.max_pending_events` events
         are planned or running: each tick goes through them all."""
@@ -326,7 +326,9 @@ class Operations:
             limit = self.site.limits.max_pending_events
             check_bound(planned, limit, what, "limits.max_pending_events", remedy)
             with self.db.transaction():
-                row = self.db.add_event(event.kind, event.value_w, event.start_s, event.end_s, by)
+                row = self.db.add_event(
+                    event.kind, event.value_w, event.start_s, event.end_s, by, origin
+                )
                 self.db.audit(by, "event.create", None, row)
             pending = (e for e in value.pending if not self._missed(e, now))
             self._value = replace(value, pending=_in_order((*pending, _event_of(row))))

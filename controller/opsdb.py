@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS dr_events (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, value_w REAL NOT NULL,
     start_s REAL NOT NULL, end_s REAL NOT NULL,  -- unix time
     created_by TEXT NOT NULL, created_at REAL NOT NULL, cancelled_at REAL,
-    started_at REAL, ended_at REAL               -- when the controller saw it start and end
+    started_at REAL, ended_at REAL,              -- when the controller saw it start and end
+    source TEXT NOT NULL DEFAULT 'operator',     -- operator, or openadr (a utility's VTN)
+    ref TEXT, revision TEXT                      -- openadr: VTN event id/interval id, its version
 );
 CREATE TABLE IF NOT EXISTS notices (
     id INTEGER PRIMARY KEY, kind TEXT NOT NULL, at_s REAL NOT NULL,  -- unix time
@@ -104,6 +106,35 @@ def _journal_schema() -> str:
             f" BEGIN {note.format(f'OLD.{pk}')} END;",
         ]
     return "\n".join(ddl)
+
+
+# Columns added since a table was first made: a file from an older version gets them (SQLite's
+# ADD COLUMN keeps every row, with the default).
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "dr_events": (
+        ("source", "TEXT NOT NULL DEFAULT 'operator'"),
+        ("ref", "TEXT"),
+        ("revision", "TEXT"),
+    ),
+}
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in ADDED_COLUMNS.items():
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        for name, ddl in columns:
+            if name not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an event came from when not from an operator: its source and, there, its key and
+    version (OpenADR: the VTN's event id with the interval's, and its modification time)."""
+
+    source: str
+    ref: str
+    revision: str
 
 
 JournalEntry = tuple[int, str, str, dict[str, Any] | None]  # seq, table, key, row (None: gone)
@@ -173,6 +204,7 @@ class OpsDB:
             self._conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
             self._conn.executescript(SCHEMA)
+            _add_columns(self._conn)
             self._conn.executescript(_journal_schema())
             mark(path)
         # Reads on a connection of their own: under WAL they never wait for a write (one held
@@ -330,11 +362,31 @@ class OpsDB:
 
     # --- demand-response events -------------------------------------------------------
     def add_event(
-        self, kind: str, value_w: float, start_s: float, end_s: float, by: Actor
+        self,
+        kind: str,
+        value_w: float,
+        start_s: float,
+        end_s: float,
+        by: Actor,
+        origin: Origin | None = None,
     ) -> dict[str, Any]:
         """Store an event; its row as stored (in a transaction: before the commit)."""
-        fields = {"kind": kind, "value_w": value_w, "start_s": start_s, "end_s": end_s}
+        fields: dict[str, Any] = {
+            "kind": kind,
+            "value_w": value_w,
+            "start_s": start_s,
+            "end_s": end_s,
+        }
+        if origin is not None:
+            fields |= {"source": origin.source, "ref": origin.ref, "revision": origin.revision}
         return self._insert("dr_events", fields, by)
+
+    def events_from(self, source: str, since_s: float) -> list[dict[str, Any]]:
+        """The events of one source that end after `since_s` (cancelled ones too: a VTN's
+        event an operator cancelled stays cancelled until the VTN changes it)."""
+        return self._rows(
+            "SELECT * FROM dr_events WHERE source = ? AND end_s > ? ORDER BY id", (source, since_s)
+        )
 
     def pending_events(self, now_s: float) -> list[dict[str, Any]]:
         """The events a tick must still look at: not yet ended, and not cancelled or over

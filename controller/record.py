@@ -19,6 +19,7 @@ from controller.site import Command, SiteReadings
 from controller.snapshot import Snapshot
 
 if TYPE_CHECKING:
+    from controller.grid.status import VenStatus
     from controller.ha.lease import Leadership
 
 
@@ -65,6 +66,7 @@ class TickRecord:
     overruns_total: int
     write_errors: tuple[str, ...]
     leadership: Leadership | None = None  # HA: this node's role and token (None: HA off)
+    grid_link: VenStatus | None = None  # the OpenADR VEN's status (None: no VEN)
 
     # The decision's parts, as readers name them.
     @property

@@ -24,6 +24,7 @@ from controller.collectors import RecorderCollector
 from controller.config import BATTERY_KINDS, DeviceConfig, SiteConfig
 from controller.dbfile import DB_FILE
 from controller.dispatch import warm_up
+from controller.grid.ven import Ven
 from controller.ha.node import HaNode
 from controller.loop import ControlLoop
 from controller.metrics import Metrics
@@ -155,6 +156,11 @@ class Controller:
         if self.recorder is not None:
             collector = RecorderCollector(site.name, self.recorder, self.captures)
             self.metrics.registry.register(collector)
+        # A utility's events (OpenADR 3): stored like an operator's; only a leader changes them.
+        self.ven = None
+        if site.openadr.enabled:
+            leading = self.ha.may_write if self.ha is not None else (lambda: True)
+            self.ven = Ven(site.openadr, self.operations, lambda: self.state.last, leading=leading)
         self.loop = ControlLoop(
             site,
             self.drivers,
@@ -169,6 +175,7 @@ class Controller:
             ),
             self.operations,
             self.ha.leadership if self.ha is not None else None,
+            (lambda: self.ven.status) if self.ven is not None else None,
         )
         configs = {d.id: d for d in site.devices}
         self.bridge = Bridge(
@@ -244,6 +251,9 @@ class Controller:
         ha_stop = asyncio.Event()  # the node steps down only after the loop has stopped
         ha_task = asyncio.create_task(self.ha.run(ha_stop)) if self.ha is not None else None
         loop_task = asyncio.create_task(self.loop.run(stop), name="loop")
+        side_tasks = [watch_task]
+        if self.ven is not None:
+            side_tasks.append(asyncio.create_task(self.ven.run(stop), name="openadr-ven"))
         log.info("controller running", extra={"api": api.spec.url, "site": self.site.name})
         try:
             await asyncio.wait(
@@ -252,7 +262,7 @@ class Controller:
             )
         finally:
             stop.set()
-            await asyncio.gather(loop_task, watch_task, return_exceptions=True)
+            await asyncio.gather(loop_task, *side_tasks, return_exceptions=True)
             if ha_task is not None:
                 assert self.ha is not None
                 ha_stop.set()

@@ -105,6 +105,7 @@ class SiteState:
             },
             "notices": summary(force.notices, rec.wall_time),  # as of the tick
             "ha": None if (lead := rec.leadership) is None else ha_json(lead, rec.monotonic),
+            "openadr": None if rec.grid_link is None else rec.grid_link.to_json(rec.wall_time),
             "cooling": {
                 device: None
                 if command is None

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import aetcd
 import grpc
@@ -67,11 +66,7 @@ def _read(what: str, path: Path | None) -> bytes | None:
         raise ValueError(f"etcd TLS {what} {path}: {exc}") from exc
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _fails_over(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _fails_over[**P, R](method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """An aetcd call that, when its member is gone, moves the client to the next endpoint."""
 
     @functools.wraps(method)

@@ -5,7 +5,7 @@ next chunk, so an event across a partition boundary is reported once."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Protocol, Self
 
 import numpy as np
 
@@ -14,9 +14,6 @@ from controller.report.rows import Rows, gaps_before
 
 class Mergeable(Protocol):
     def merge(self, later: Self) -> Self: ...
-
-
-S = TypeVar("S", bound=Mergeable)
 
 
 def run_bounds(key: np.ndarray, breaks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +29,7 @@ def run_bounds(key: np.ndarray, breaks: np.ndarray) -> tuple[np.ndarray, np.ndar
     return starts, ends
 
 
-class RunStream(Generic[S]):
+class RunStream[S: Mergeable]:
     """Runs of a key (NaN: no run) across chunks, each summarised by `summarise(rows, start,
     end)`; `wanted` picks the runs to summarise (the ones at a chunk's edge always are) and
     `keep` the finished ones to report."""

@@ -1,0 +1,230 @@
+"""The VEN: reads the VTN every `poll_s`, turns its events into gridpilot's import caps and
+sheds (stored and audited like an operator's, with their source), and reports back.
+
+The imperative shell around `mapping` and `reconcile`: the library's blocking calls run on one
+thread of their own (a hung VTN holds that thread, never the control loop, and no second call
+queues behind it); the store's changes on another. A failure is logged when its kind changes,
+counted by kind, and raises an alarm once it has lasted `alarm_after_s` (the tick reads the
+status). Events already received stay in force through an outage: nothing is reconciled
+without a complete read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.grid.config import OpenADRConfig
+from controller.grid.link import Reading, VtnError, VtnLink
+from controller.grid.mapping import Refused, map_event
+from controller.grid.reconcile import Changes, Held, reconcile
+from controller.grid.reports import ReportFigures
+from controller.grid.status import VenStatus
+from controller.operations import EventIn, Operations
+from controller.opsdb import Actor, Conflict, Origin
+from controller.record import TickRecord
+
+log = logging.getLogger("gridpilot.openadr")
+SOURCE = "openadr"
+REMEMBERED = 1000  # refusals already logged, newest kept: each is logged once
+
+
+def held_of(row: dict[str, Any]) -> Held:
+    return Held(
+        row["id"],
+        row["ref"] or "",
+        row["revision"] or "",
+        row["kind"],
+        row["value_w"],
+        row["start_s"],
+        row["end_s"],
+        cancelled=row["cancelled_at"] is not None,
+    )
+
+
+class Ven:
+    def __init__(
+        self,
+        cfg: OpenADRConfig,
+        ops: Operations,
+        latest: Callable[[], TickRecord | None],
+        baseline_w: Callable[[int], float | None] = lambda _: None,
+        leading: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.cfg, self.ops, self.leading = cfg, ops, leading
+        self.latest, self.baseline_w = latest, baseline_w
+        # Per VTN event reported on: (unix s, the meter's register, J) the next report starts at.
+        self._marks: dict[str, tuple[float, float]] = {}
+        self._programs: dict[str, str] = {}  # VTN event id → its program's id
+        self.link = VtnLink(cfg)
+        self.actor = Actor(None, f"openadr:{cfg.ven_name}", "operator")
+        self.status = VenStatus(cfg.vtn_url, cfg.ven_name, cfg.alarm_after_s)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openadr")
+        self._busy: Future[Any] | None = None
+        self._logged: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+
+    # --- the task ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("VEN started", extra={"vtn": self.cfg.vtn_url, "ven": self.cfg.ven_name})
+        try:
+            while not stop.is_set():
+                await self.cycle()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.cfg.poll_s)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def cycle(self) -> None:
+        """One read of the VTN and, when complete, the events made to match it."""
+        now = time.time()
+        try:
+            reading = await self._io(self.link.read)
+        except VtnError as exc:
+            self._failed(exc, now)
+            return
+        await asyncio.to_thread(self._apply, reading, now)
+        if self.leading():
+            await self._report()
+
+    async def _io[T](self, job: Callable[[], T]) -> T:
+        if self._busy is not None and not self._busy.done():
+            raise VtnError("timeout", "the previous request to the VTN has not returned")
+        self._busy = self._pool.submit(job)
+        deadline = self.cfg.timeout_s * 4  # a read is several bounded requests
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self._busy), deadline)
+        except TimeoutError:
+            raise VtnError("timeout", f"no complete answer in {deadline:.0f} s") from None
+
+    # --- failures ---------------------------------------------------------------------------
+    def _failed(self, exc: VtnError, now_s: float) -> None:
+        if self.status.last_error != exc.kind:
+            log.warning(
+                "VTN exchange failed: events already received stay in force",
+                extra={"vtn": self.cfg.vtn_url, "kind": exc.kind, "detail": exc.detail},
+            )
+        self.status = self.status.failed(exc.kind, now_s)
+
+    def _refused(self, refusals: Iterable[Refused]) -> list[str]:
+        """Log each refusal once (by event interval, version and reason); their reasons, to
+        count, for the new ones."""
+        new = []
+        for r in refusals:
+            key = (r.ref, r.revision, r.reason)
+            if key in self._logged:
+                continue
+            self._logged[key] = None
+            if len(self._logged) > REMEMBERED:
+                self._logged.popitem(last=False)
+            log.warning(
+                "VTN payload refused: control unchanged",
+                extra={"ref": r.ref, "revision": r.revision, "reason": r.reason}
+                | {"detail": r.detail},
+            )
+            new.append(r.reason)
+        return new
+
+    # --- a complete read: the events made to match ------------------------------------------
+    def _apply(self, reading: Reading, now_s: float) -> None:
+        mapped = [map_event(e, self.cfg, now_s) for e in reading.events]
+        wanted = [w for m in mapped for w in m.wanted]
+        refusals = [r for m in mapped for r in m.refused]
+        refusals += [Refused(f"{i}/*", "", "malformed", d) for i, d in reading.malformed]
+        held = [held_of(row) for row in self.ops.db.events_from(SOURCE, now_s)]
+        # An event stored here and since over is not refused as past: it ran.
+        stored = {h.ref.split("/")[0] for h in held}
+        refusals = [
+            r for r in refusals if not (r.reason == "past" and r.ref.removesuffix("/*") in stored)
+        ]
+        changes = reconcile(held, wanted, now_s)
+        if changes and self.leading():
+            refusals += self._change(changes)
+        if self.status.last_error is not None:
+            log.info("VTN answers again", extra={"vtn": self.cfg.vtn_url})
+        in_force = self.ops.db.events_from(SOURCE, time.time())
+        self._programs = {e.id: e.program_id for e in reading.events}
+        self.status = replace(
+            self.status.counted_refusals(self._refused(refusals)),
+            ven_id=reading.ven_id,
+            reachable=True,
+            last_ok_s=now_s,
+            out_since_s=None,
+            last_error=None,
+            programs=tuple(sorted(reading.programs.values())),
+            prices=tuple(p for m in mapped for p in m.prices),
+            events_in_force=sum(1 for r in in_force if r["cancelled_at"] is None),
+        )
+
+    # --- reports ---------------------------------------------------------------------------
+    async def _report(self) -> None:
+        """Each VTN event running here: a report of every `report_s` since the last one (the
+        meter's register at the newest tick), and a last one once it has ended."""
+        rec = self.latest()
+        meter = rec.snapshot.assets.meter if rec is not None else None
+        if rec is None or meter is None or meter.energy_import_j is None:
+            return  # no register to report from: said by the meter's own alarms
+        now_s, energy_j = rec.wall_time, meter.energy_import_j
+        ready = rec.mode == "auto" and not rec.readings.missing
+        rows = await asyncio.to_thread(self.ops.db.events_from, SOURCE, now_s - self.cfg.poll_s)
+        running: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            vtn_id = (row["ref"] or "").split("/")[0]
+            if row["cancelled_at"] is None and row["start_s"] <= now_s and vtn_id in self._programs:
+                running.setdefault(vtn_id, row)
+        for vtn_id in sorted(set(running) | set(self._marks)):
+            mark = self._marks.get(vtn_id)
+            if mark is None:
+                self._marks[vtn_id] = (now_s, energy_j)  # reports start from here
+                continue
+            if vtn_id in running and now_s - mark[0] < self.cfg.report_s:
+                continue
+            row = running.get(vtn_id)
+            figures = ReportFigures(
+                program_id=self._programs.get(vtn_id, ""),
+                event_id=vtn_id,
+                start_s=mark[0],
+                end_s=now_s,
+                usage_j=max(0.0, energy_j - mark[1]),
+                baseline_w=self.baseline_w(row["id"]) if row is not None else None,
+                ready=ready,
+            )
+            if row is None:
+                del self._marks[vtn_id]  # over (or cancelled): its last report
+            else:
+                self._marks[vtn_id] = (now_s, energy_j)
+            try:
+                await self._io(lambda f=figures: self.link.report(f))
+            except VtnError as exc:
+                self._failed(exc, time.time())
+                return
+            self.status = replace(self.status, reports_sent=self.status.reports_sent + 1)
+
+    def _change(self, changes: Changes) -> list[Refused]:
+        """Cancel, then add: a changed event's old version is gone before its new one counts
+        against the bound of planned events."""
+        for event_id in changes.cancel:
+            self.ops.cancel_event(event_id, self.actor)
+            log.info("VTN event cancelled or changed", extra={"event_id": event_id})
+        refused = []
+        for w in changes.add:
+            fields = {"kind": w.kind, "value_w": w.value_w, "start_s": w.start_s, "end_s": w.end_s}
+            try:
+                event = EventIn.model_validate(fields)  # an operator's event's checks
+                row = self.ops.add_event(event, self.actor, Origin(SOURCE, w.ref, w.revision))
+            except (ValidationError, Conflict) as exc:
+                refused.append(Refused(w.ref, w.revision, "not_stored", str(exc)[:300]))
+                continue
+            log.info(
+                "VTN event in force",
+                extra={"event_id": row["id"], "ref": w.ref, "kind": w.kind, "value_w": w.value_w},
+            )
+        return refused
