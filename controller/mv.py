@@ -352,8 +352,8 @@ def integrate(
     covered = float(np.sum(dt[near]))
     for edge, value in ((t[0] - start_s, y[0]), (stop_s - t[-1], y[-1])):
         if 0 < edge <= max_gap_s:
-            area += float(value) * edge
-            covered += edge
+            area += float(value * edge)
+            covered += float(edge)
     return area, covered
 
 
