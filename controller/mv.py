@@ -15,7 +15,8 @@ Against the baseline b(t), for grid samples g(t):
   interpolated between the two samples around the crossing.
 - held: from the response on, the share of samples with g <= target + tolerance, where the
   tolerance is max(hold_tolerance_ratio * asked, hold_tolerance_min_w); held when the share is
-  at least `held_share`. Never reached: not held.
+  at least `held_share`. Never reached: not held. The worst excess is the most the grid was
+  above target from the response on (over the whole event when never reached), 0 at best.
 - energy not drawn: the trapezoid integral of delivered over the event, never across a gap of
   more than `max_gap_s` (the edges to the start and the end held at the nearest sample); what was
   integrated over the event's elapsed time is the coverage.
@@ -273,14 +274,14 @@ class Performance:
     delivered_share: float | None  # delivered / asked
     response_time_s: float | None  # None: the target was never reached
     held: bool | None  # None: no figures
-    held_share: float | None
-    worst_excess_w: float | None  # the most the grid was over target (+tolerance: no)
+    held_share: float | None  # None: never reached
+    worst_excess_w: float | None  # the most the grid was above target (tolerance not added)
     energy_not_drawn_j: float | None
     coverage: float  # share of the elapsed event integrated
     samples: int  # with a reading
     nan_samples: int
     reason: str | None = None  # why figures are None
-    tolerance_w: float | None = None
+    tolerance_w: float | None = None  # the hold's
     # The event's samples, for series(): time, grid, baseline.
     trace: tuple[np.ndarray, np.ndarray, np.ndarray] = field(
         default=(np.empty(0), np.empty(0), np.empty(0)), repr=False
