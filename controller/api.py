@@ -28,6 +28,7 @@ from controller.console import ConsoleFiles, console_page
 from controller.docs import docs_page, mount_docs_assets
 from controller.edge import EdgeRules, TokenBuckets
 from controller.link import ControllerLink, ControllerUnavailable, Refusal
+from controller.mv import MvSettings
 from controller.opsdb import Actor, OpsDB
 from controller.problems import Problem, field_errors, problem, problem_responses
 from controller.stream import TickEvents, TickStream
@@ -36,7 +37,11 @@ log = logging.getLogger("gridpilot.api")
 
 
 def create_app(
-    link: ControllerLink, db: OpsDB, data_dir: Path, limits: ApiLimits | None = None
+    link: ControllerLink,
+    db: OpsDB,
+    data_dir: Path,
+    limits: ApiLimits | None = None,
+    mv: MvSettings | None = None,
 ) -> FastAPI:
     """The API: views and changes go to the controller through `link`; keys, the audit log
     and history are read from the SQLite file (`db`, read-only in the API's process), the
@@ -196,7 +201,7 @@ def create_app(
             return JSONResponse({"status": "ready"})
         return problem(503, "Not ready", reason)
 
-    app.include_router(operate_router(link, db))
+    app.include_router(operate_router(link, db, mv or MvSettings()))
     app.include_router(evidence_router(link, db, data_dir))
     app.include_router(notices_router(link, db))
 

@@ -6,6 +6,7 @@ Histories (events, alarms, the audit log, keys) are read from the SQLite file.""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
@@ -13,6 +14,8 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from controller.auth import requires
 from controller.commands import ActorIn, KeyIn, ModeIn, SetpointsPatch, SetpointsPut
 from controller.link import ControllerLink
+from controller.mv import MvSettings
+from controller.mv_keeper import kept, measure, rows_of, span_of
 from controller.operations import EventIn
 from controller.opsdb import NO_CURSOR, Actor, OpsDB
 from controller.problems import problem_responses
@@ -30,7 +33,22 @@ def page(rows: list[dict[str, Any]], name: str, limit: int) -> dict[str, Any]:
     return {name: rows, "next_before_id": rows[-1]["id"] if len(rows) == limit else None}
 
 
-def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
+def measured(
+    db: OpsDB, event_id: int, mv: MvSettings, series_step_s: float | None
+) -> dict[str, Any] | None:
+    """An event's M&V: kept once over (unless a series is asked for), else measured now."""
+    if series_step_s is None and (figures := kept(db.query, event_id)) is not None:
+        return {"kept": True, **figures}
+    row = db.event(event_id)
+    if row is None or row["started_at"] is None:
+        return None
+    now = time.time()
+    spans = [span_of(r) for r in rows_of(db.query, span_of(row)[0] - 86400.0)]
+    perf = measure(db.query, row, spans, now, mv)
+    return {"kept": False, **perf.to_json(series_step_s)}
+
+
+def operate_router(link: ControllerLink, db: OpsDB, mv: MvSettings) -> APIRouter:
     viewer, operator, admin = (Depends(requires(db, r)) for r in ("viewer", "operator", "admin"))
     router = APIRouter(prefix="/v1", responses=problem_responses(401, 403, 404, 422))
 
@@ -96,6 +114,23 @@ def operate_router(link: ControllerLink, db: OpsDB) -> APIRouter:
         return await link.call(  # type: ignore[no-any-return]
             "add_event", event=event, actor=ActorIn.of(who)
         )
+
+    @router.get(
+        "/events/{event_id}/performance",
+        summary="What the site delivered in an event (M&V): baselines, response, held, energy",
+        description="An event over: its figures as kept when it ended. A running one: measured "
+        "now from the 1 s samples (`series_step_s` adds the grid, baseline and delivered "
+        "reduction over time, W, averaged per step). Powers in W, energy in J, times in s.",
+    )
+    async def event_performance(
+        event_id: RowId,
+        _: Actor = viewer,
+        series_step_s: Annotated[float | None, Query(ge=1, le=3600)] = None,
+    ) -> dict[str, Any]:
+        figures = await asyncio.to_thread(measured, db, event_id, mv, series_step_s)
+        if figures is None:
+            raise HTTPException(404, f"No event {event_id} that has started")
+        return figures
 
     @router.delete("/events/{event_id}", summary="Cancel an event (it ends now if running)")
     async def delete_event(event_id: RowId, who: Actor = operator) -> dict[str, Any]:

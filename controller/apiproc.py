@@ -31,6 +31,7 @@ from controller.config import ApiLimits
 from controller.edge import Tally, guarded_protocol, raise_open_files_limit
 from controller.link import SocketLink
 from controller.logs import setup_logging
+from controller.mv import MvSettings
 
 log = logging.getLogger("gridpilot.api")
 NICE = 10  # below the controller: on a busy host the loop gets the CPU first
@@ -51,6 +52,7 @@ class ApiSpec:
     limits: ApiLimits
     tls: tuple[Path, Path] | None  # HTTPS: (certificate chain, private key), PEM
     log_level: str
+    mv: MvSettings  # how demand-response events are measured
 
     @property
     def url(self) -> str:
@@ -118,7 +120,7 @@ async def _serve(spec: ApiSpec, channel: socket.socket) -> None:
 
     link = SocketLink(reader, writer, limits.controller_timeout_s, spec.period_s, controller_gone)
     db = OpsDB(spec.db_path, read_only=True)
-    app = create_app(link, db, spec.data_dir, limits)
+    app = create_app(link, db, spec.data_dir, limits, spec.mv)
     config = uvicorn.Config(
         app,
         http=guarded_protocol(limits, tally),

@@ -250,3 +250,28 @@ class RecorderCollector(Collector):
             for cause in CAUSES:
                 made.add_metric([self.site, cause], self.captures.made_total[cause])
             yield made
+
+
+class MvCollector(Collector):
+    """The running demand-response events' M&V, as last measured (every few seconds)."""
+
+    def __init__(self, site: str, latest: Callable[[], Mapping[int, Any]]) -> None:
+        self.site, self.latest = site, latest
+
+    def collect(self) -> Iterator[Metric]:
+        from controller.mv_keeper import totals
+
+        t = totals(self.latest())
+        for name, help_text, value in (
+            ("gridpilot_dr_events_measured", "Running events being measured (M&V)",
+             t["running"]),
+            ("gridpilot_dr_asked_reduction_watts",
+             "Running events' asked reduction against their baselines, mean so far, added up",
+             t["asked_w"]),
+            ("gridpilot_dr_delivered_reduction_watts",
+             "Running events' delivered reduction against their baselines, mean so far, added up",
+             t["delivered_w"]),
+        ):  # fmt: skip
+            family = GaugeMetricFamily(name, help_text, labels=["site"])
+            family.add_metric([self.site], value)
+            yield family

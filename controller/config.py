@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from controller.fields import Credentials, Identifier, Port, PositiveSeconds, Strict
 from controller.grid.config import OpenADRConfig
 from controller.ha.config import HAConfig
+from controller.mv import MvSettings
 
 DeviceKind = Literal["ups", "bess", "meter", "cdu"]
 BATTERY_KINDS = ("ups", "bess")
@@ -402,6 +403,9 @@ class SiteConfig(BaseSettings):
     )
     openadr: OpenADRConfig = Field(
         OpenADRConfig(), description="an OpenADR 3 VEN: a utility's events become caps and sheds"
+    )
+    mv: MvSettings = Field(
+        MvSettings(), description="measurement and verification of demand-response events"
     )
     simulation: dict[str, Any] = Field(
         default_factory=dict,

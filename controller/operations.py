@@ -40,6 +40,7 @@ from controller.writer import Writer
 
 log = logging.getLogger("gridpilot.operations")
 MAX_EVENT_S = 7 * 86400.0
+CAP_LEAD_S = 2.0  # an import cap is reached this long before its start (the meter's lag)
 
 
 class EventIn(BaseModel):
@@ -82,7 +83,7 @@ class Event:
         return not self.cancelled and now_s < self.end_s
 
 
-def _event_of(row: dict[str, Any]) -> Event:
+def event_of(row: dict[str, Any]) -> Event:
     return Event(
         row["id"],
         row["kind"],
@@ -92,6 +93,13 @@ def _event_of(row: dict[str, Any]) -> Event:
         started=row["started_at"] is not None,
         cancelled=row["cancelled_at"] is not None,
     )
+
+
+def approach_w(event: Event, now_s: float, ramp_down_w_per_s: float) -> float:
+    """An import cap not yet started, as a cap that falls at the grid's ramp limit to reach
+    the event's value `CAP_LEAD_S` before its start: the draw is under the cap from its start
+    (an event announced too late for that is reached at the ramp limit after it)."""
+    return event.value_w + ramp_down_w_per_s * max(0.0, event.start_s - now_s - CAP_LEAD_S)
 
 
 def _in_order(events: Iterable[Event]) -> tuple[Event, ...]:
@@ -139,7 +147,7 @@ class Operations:
             layers=layers,
             mode_base=mode_base,
             mode_layers=mode_layers,
-            pending=_in_order(_event_of(row) for row in self.db.pending_events(time.time())),
+            pending=_in_order(event_of(row) for row in self.db.pending_events(time.time())),
         )
 
     def reload(self) -> None:
@@ -331,7 +339,7 @@ class Operations:
                 )
                 self.db.audit(by, "event.create", None, row)
             pending = (e for e in value.pending if not self._missed(e, now))
-            self._value = replace(value, pending=_in_order((*pending, _event_of(row))))
+            self._value = replace(value, pending=_in_order((*pending, event_of(row))))
             return row
 
     def _missed(self, event: Event, now_s: float) -> bool:
@@ -384,6 +392,8 @@ class Operations:
                     cap = min(cap, e.value_w)
                 else:
                     shed = max(shed, e.value_w)
+            elif e.kind == "import_cap" and not e.cancelled and e.start_s > now_s:
+                cap = min(cap, approach_w(e, now_s, dispatch.ramp_down_w_per_s))
         if math.isfinite(cap) and cap < (dispatch.import_cap_w or math.inf):
             dispatch = self._with_cap(dispatch, cap)
         # The notices ride along for state and metrics; dispatch does not use them yet (the

@@ -219,6 +219,11 @@ class OpsDB:
             self._conn.close()
             self._reader.close()
 
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows as tuples, on the reading connection (M&V reads the samples with it)."""
+        with self._read_lock:
+            return [tuple(r) for r in self._reader.execute(sql, args).fetchall()]
+
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._read_lock:
             return [dict(r) for r in self._reader.execute(sql, args).fetchall()]

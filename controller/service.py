@@ -20,7 +20,7 @@ from controller import dbfile
 from controller.alarms import AlarmBook
 from controller.apiproc import ApiProcess, ApiSpec
 from controller.bridge import Bridge
-from controller.collectors import RecorderCollector
+from controller.collectors import MvCollector, RecorderCollector
 from controller.config import BATTERY_KINDS, DeviceConfig, SiteConfig
 from controller.dbfile import DB_FILE
 from controller.dispatch import warm_up
@@ -28,6 +28,7 @@ from controller.grid.ven import Ven
 from controller.ha.node import HaNode
 from controller.loop import ControlLoop
 from controller.metrics import Metrics
+from controller.mv_keeper import MvKeeper
 from controller.operations import Operations
 from controller.opsdb import OpsDB
 from controller.publish import Publisher
@@ -156,11 +157,19 @@ class Controller:
         if self.recorder is not None:
             collector = RecorderCollector(site.name, self.recorder, self.captures)
             self.metrics.registry.register(collector)
+        self.mv = MvKeeper(self.store, site.mv)  # every event's M&V, kept once it is over
+        self.metrics.registry.register(MvCollector(site.name, lambda: self.mv.latest))
         # A utility's events (OpenADR 3): stored like an operator's; only a leader changes them.
         self.ven = None
         if site.openadr.enabled:
             leading = self.ha.may_write if self.ha is not None else (lambda: True)
-            self.ven = Ven(site.openadr, self.operations, lambda: self.state.last, leading=leading)
+            self.ven = Ven(
+                site.openadr,
+                self.operations,
+                lambda: self.state.last,
+                self.mv.baseline_w,
+                leading,
+            )
         self.loop = ControlLoop(
             site,
             self.drivers,
@@ -200,7 +209,7 @@ class Controller:
         from controller.link import InProcessLink
 
         link = InProcessLink(self.bridge.handle, self.site.loop_period_s)
-        return create_app(link, self.db, self.site.data_dir, self.site.api_limits)
+        return create_app(link, self.db, self.site.data_dir, self.site.api_limits, self.site.mv)
 
     def api_spec(self) -> ApiSpec:
         site = self.site
@@ -213,6 +222,7 @@ class Controller:
             site.api_limits,
             self.api_tls(),
             self.log_level,
+            site.mv,
         )
 
     def api_tls(self) -> tuple[Path, Path] | None:
@@ -251,7 +261,7 @@ class Controller:
         ha_stop = asyncio.Event()  # the node steps down only after the loop has stopped
         ha_task = asyncio.create_task(self.ha.run(ha_stop)) if self.ha is not None else None
         loop_task = asyncio.create_task(self.loop.run(stop), name="loop")
-        side_tasks = [watch_task]
+        side_tasks = [watch_task, asyncio.create_task(self.mv.run(stop), name="mv")]
         if self.ven is not None:
             side_tasks.append(asyncio.create_task(self.ven.run(stop), name="openadr-ven"))
         log.info("controller running", extra={"api": api.spec.url, "site": self.site.name})

@@ -31,6 +31,11 @@ CREATE TABLE IF NOT EXISTS samples (
     battery_w REAL, grid_frequency_hz REAL,
     soc_ratio TEXT NOT NULL      -- JSON {device: ratio}
 );
+CREATE TABLE IF NOT EXISTS event_performance (
+    event_id INTEGER PRIMARY KEY,  -- dr_events.id
+    computed_at REAL NOT NULL,     -- unix time
+    figures TEXT NOT NULL          -- JSON: controller/mv.py's Performance, once the event is over
+);
 """
 
 
@@ -75,6 +80,14 @@ class Store:
             tuple(args),
             "sample",
             sheddable=True,
+        )
+
+    def keep_performance(self, event_id: int, figures: dict[str, Any], now_s: float) -> None:
+        self._put(
+            "INSERT OR REPLACE INTO event_performance (event_id, computed_at, figures)"
+            " VALUES (?, ?, ?)",
+            (event_id, now_s, json.dumps(figures, allow_nan=False)),
+            f"performance of event {event_id}",
         )
 
     def prune(self, before_s: float) -> None:

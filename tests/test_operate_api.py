@@ -77,6 +77,7 @@ ENDPOINTS = [
      {"kind": "import_cap", "value_w": 8e6, "start_s": FUTURE, "end_s": FUTURE + 600},
      "operator", 201),
     ("DELETE", "/v1/events/{event_id}", None, "operator", 404),
+    ("GET", "/v1/events/{event_id}/performance", None, "viewer", 404),
     ("GET", "/v1/alarms", None, "viewer", 200),
     ("POST", "/v1/alarms/{alarm_id}/ack", None, "operator", 404),
     ("GET", "/v1/audit", None, "viewer", 200),

@@ -102,8 +102,10 @@ def _number(values: Iterable[Any]) -> float | None:
 
 
 def _for_us(event: Any, ven_name: str) -> bool:
-    """Targets naming VENs that are not this one: the event is for others."""
-    names = [t for t in (event.targets or ()) if _name(t.type) == "VEN_NAME"]
+    """3.0.1: targets of type VEN_NAME that do not name this VEN: the event is for others.
+    (3.1.0's targets are plain names the VTN itself matches against its VENs' own.)"""
+    typed = [t for t in (event.targets or ()) if not isinstance(t, str)]
+    names = [t for t in typed if _name(t.type) == "VEN_NAME"]
     return not names or any(ven_name in t.values for t in names)
 
 
