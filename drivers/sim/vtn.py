@@ -446,7 +446,9 @@ class VtnServer:
     def _bind(self) -> socket.socket:
         """A listening socket on the port (chosen the first time); SO_REUSEADDR so come_back
         binds the same port again while old connections are in TIME_WAIT."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
+        # without it every response waits out the client's delayed ACK (40 ms) behind Nagle.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.host, self.port))
