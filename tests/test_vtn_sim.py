@@ -266,6 +266,17 @@ def test_expired_token_is_a_401_the_library_does_not_renew(vtn: VtnServer, lib: 
     assert ven_client(vtn, lib).events.get_events(None, None, None) == ()  # a new client does
 
 
+def test_short_lived_tokens_are_fetched_again(lib: Lib) -> None:
+    # The library keeps a token for half its expires_in (rounded down to whole seconds): at 1 s
+    # it fetches one for every request, so it never uses one the VTN has let expire.
+    with VtnServer(CLIENTS, token_ttl_s=1.0) as vtn:
+        ven = ven_client(vtn, lib)
+        for _ in range(3):
+            assert ven.events.get_events(None, None, None) == ()
+        served = [r for r in vtn.requests if r[1] in ("/auth/token", "/events")]
+        assert served == [("POST", "/auth/token", 200), ("GET", "/events", 200)] * 3
+
+
 def test_outage_keeps_port_and_state(vtn: VtnServer, lib: Lib) -> None:
     _, cap, _ = program_and_events(vtn, lib)
     ven = ven_client(vtn, lib)
@@ -407,6 +418,16 @@ def test_subscription_gets_event_notifications(
         assert "notification to" in caplog.text and "failed" in caplog.text
     finally:
         callbacks.close()
+
+
+def test_notifiers_say_webhooks_only(vtn: VtnServer) -> None:
+    lib = LIBS[1]
+    ven = ven_client(vtn, lib)
+    assert ven.subscriptions.get_subscriptions(None, None, None, None) == ()
+    # The library's NotifierDetails requires an MQTT member the spec leaves optional.
+    with pytest.raises(ValidationError):
+        ven.notifiers.get_notifiers()
+    assert ("GET", "/notifiers", 200) in vtn.requests
 
 
 def test_api_needs_a_bearer_token_and_pages_by_50(vtn: VtnServer) -> None:

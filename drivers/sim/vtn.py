@@ -6,7 +6,7 @@ real HTTP on loopback, with state in memory:
 - ``POST /auth/token``: OAuth2 client credentials (HTTP Basic or form ``client_id`` /
   ``client_secret``), answers ``{"access_token", "token_type": "Bearer", "expires_in"}``;
   ``GET /auth/server``: 3.1.0's discovery, ``{"tokenURL": ...}`` (a 3.1.0 client given no
-  token URL asks it, unauthenticated).
+  token URL asks it, unauthenticated); ``GET /notifiers`` (3.1.0): ``{"WEBHOOK": true}``.
 - ``/programs``, ``/events``, ``/reports``, ``/vens``, ``/subscriptions``, ``/resources``
   (3.1.0) and ``/vens/{venID}/resources`` (3.0.1): list (``skip``, ``limit`` (50 by default),
   ``programID``, ``eventID``, ``clientName``, ``venName``, ``resourceName``, ``venID``, and
@@ -320,6 +320,12 @@ def build_app(state: VtnState) -> FastAPI:
     @app.get("/auth/server")
     async def auth_server(request: Request) -> dict[str, str]:
         return {"tokenURL": f"{str(request.base_url).rstrip('/')}/auth/token"}
+
+    @app.get("/notifiers")
+    async def notifiers(request: Request) -> Obj:
+        # 3.1.0: webhooks only; the spec's MQTT member is optional and there is no broker here.
+        bearer_client(state, request)
+        return {"WEBHOOK": True}
 
     @app.get("/vens/{ven_id}/resources")
     async def list_ven_resources(ven_id: str, request: Request) -> list[Obj]:
