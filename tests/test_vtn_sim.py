@@ -454,7 +454,18 @@ def test_api_needs_a_bearer_token_and_pages_by_50(vtn: VtnServer) -> None:
         assert [p["programName"] for p in rest] == [f"p{n}" for n in range(50, 55)]
         assert api.get("/programs/nope").status_code == 404
         assert api.get("/nothing").status_code == 404
+        assert api.get("/programs", params={"limit": "-1"}).status_code == 400
+        assert api.post("/events", content=b"[]").status_code == 400
+        unrouted = api.patch("/programs")
+        assert unrouted.status_code == 405
+        assert unrouted.headers["content-type"] == "application/problem+json"
     assert ("GET", "/programs", 200) in vtn.requests
+
+
+async def test_serves_from_async_code() -> None:
+    async with VtnServer(CLIENTS) as vtn, httpx.AsyncClient() as client:
+        reply = await client.get(f"{vtn.url}/auth/server")
+    assert reply.json() == {"tokenURL": vtn.token_url}
 
 
 def test_stops_cleanly() -> None:

@@ -64,6 +64,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from typing import Any, Self
 from urllib.parse import parse_qsl
 
@@ -71,6 +72,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("gridpilot.sim.vtn")
 
@@ -189,6 +191,15 @@ def targets_match(obj: Obj, names: list[str], target_type: str | None, values: l
     )
 
 
+def count(text: str | None, default: int) -> int:
+    """A skip or limit: a non-negative integer, 400 otherwise."""
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise HTTPException(400, f"not a non-negative integer: {text!r}")
+    return int(text)
+
+
 def select(objs: Iterable[Obj], request: Request) -> list[Obj]:
     """The objects a list request asks for: its filters, then skip and limit."""
     q = request.query_params
@@ -198,7 +209,7 @@ def select(objs: Iterable[Obj], request: Request) -> list[Obj]:
         if all(o.get(f) == q[f] for f in FIELD_FILTERS if f in q)
         and targets_match(o, q.getlist("targets"), q.get("targetType"), q.getlist("targetValues"))
     ]
-    skip, limit = int(q.get("skip", 0)), int(q.get("limit", DEFAULT_LIMIT))
+    skip, limit = count(q.get("skip"), 0), count(q.get("limit"), DEFAULT_LIMIT)
     return chosen[skip : skip + limit]
 
 
@@ -293,10 +304,10 @@ def build_app(state: VtnState) -> FastAPI:
             state.requests.append((request.method, request.url.path, response.status_code))
         return response
 
-    @app.exception_handler(HTTPException)
-    async def http_problem(_: Request, exc: HTTPException) -> JSONResponse:
-        titles = {401: "Unauthorized", 404: "Not Found", 400: "Bad Request"}
-        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+    # Starlette's class, so the router's own 404 and 405 are problems too.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
 
     @app.post("/auth/token")
     async def token(request: Request) -> JSONResponse:
