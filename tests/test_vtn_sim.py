@@ -182,13 +182,25 @@ def test_ven_registers_and_reports(vtn: VtnServer, lib: Lib) -> None:
         )
         created = ven.vens.create_ven_resource(registered.id, resource)
         assert ven.vens.get_ven_resources(registered.id, None, None, None) == (created,)
-    else:  # 3.1.0: /resources, clientID provisioned by the VTN
-        resource = lib.models("resource.resource").NewResourceVenRequest(
-            resource_name="bess-1", ven_id=registered.id
+        rename = lib.models("ven.resource").ResourceUpdate(resource_name="bess-2")
+        renamed = ven.vens.update_ven_resource_by_id(
+            registered.id, created.id, created.update(rename)
         )
+        with pytest.raises(requests.HTTPError):  # not under another VEN
+            ven.vens.get_ven_resource_by_id("other-ven", created.id)
+        ven.vens.delete_ven_resource_by_id(registered.id, created.id)
+        assert ven.vens.get_ven_resources(registered.id, None, None, None) == ()
+    else:  # 3.1.0: /resources, clientID provisioned by the VTN
+        resources = lib.models("resource.resource")
+        resource = resources.NewResourceVenRequest(resource_name="bess-1", ven_id=registered.id)
         created = ven.resources.create_resource(resource)
         assert created.client_id == "ven-client" and registered.client_id == "ven-client"
         assert ven.resources.get_resources(ven_id=registered.id) == (created,)
+        rename = resources.ResourceUpdateVenRequest(resource_name="bess-2", ven_id=registered.id)
+        renamed = ven.resources.update_resource_by_id(created.id, rename)
+        ven.resources.delete_resource_by_id(created.id)
+        assert ven.resources.get_resources(ven_id=registered.id) == ()
+    assert renamed.resource_name == "bess-2" and renamed.id == created.id
 
     reports = lib.models("report.report")
     payloads = lib.models("report.report_payload")
@@ -436,6 +448,7 @@ def test_api_needs_a_bearer_token_and_pages_by_50(vtn: VtnServer) -> None:
     assert refused.status_code == 401
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["status"] == 401
+    assert refused.headers["www-authenticate"].startswith("Bearer")
     assert (
         httpx.get(f"{vtn.url}/events", headers={"Authorization": "Bearer nope"}).status_code == 401
     )

@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import math
 import secrets
@@ -93,22 +94,30 @@ CLIENT_OWNED = {"reports", "vens", "resources"}
 FIELD_FILTERS = ("programID", "eventID", "clientName", "venName", "resourceName", "venID")
 DEFAULT_LIMIT = 50  # the spec's default page size
 START_TIMEOUT_S = 10.0
-OPERATION_OF_METHOD = {"POST": "POST", "PUT": "PUT", "DELETE": "DELETE"}
+# Fields a client cannot set by a PUT.
+PROVISIONED = {"id", "createdDateTime", "modificationDateTime", "objectType", "clientID"}
+MAX_RECORDED = 10_000  # requests kept for tests; a demo VTN runs for hours
 
 
 def now_iso(after: str | None = None) -> str:
     """The time now as the spec writes it (UTC, milliseconds); later than `after` when given, so
     an update always changes modificationDateTime even within one millisecond."""
     now = datetime.now(UTC)
-    if after is not None:
-        now = max(now, datetime.fromisoformat(after) + timedelta(milliseconds=1))
+    with contextlib.suppress(TypeError, ValueError):  # a raw event's time may be anything
+        now = max(now, datetime.fromisoformat(str(after)) + timedelta(milliseconds=1))
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def problem(status: int, title: str, detail: str = "") -> JSONResponse:
-    """The spec's Problem object (RFC 7807)."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+def problem(exc: StarletteHTTPException) -> JSONResponse:
+    """The spec's Problem object (RFC 7807) for an HTTP error."""
+    status = exc.status_code
+    body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
+    return JSONResponse(
+        body | {"detail": str(exc.detail)},
+        status_code=status,
+        headers=exc.headers,
+        media_type="application/problem+json",
+    )
 
 
 @dataclass
@@ -169,10 +178,6 @@ class VtnState:
     def all(self, kind: str) -> list[Obj]:
         with self.lock:
             return list(self.store[kind].values())
-
-
-# Fields a client cannot set by a PUT.
-PROVISIONED = {"id", "createdDateTime", "modificationDateTime", "objectType", "clientID"}
 
 
 def targets_match(obj: Obj, names: list[str], target_type: str | None, values: list[str]) -> bool:
@@ -276,7 +281,8 @@ def bearer_client(state: VtnState, request: Request) -> str:
     scheme, _, token = header.partition(" ")
     client = state.client_of(token) if scheme.lower() == "bearer" else None
     if client is None:
-        raise HTTPException(401, "missing, unknown or expired bearer token")
+        challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}  # RFC 6750
+        raise HTTPException(401, "missing, unknown or expired bearer token", challenge)
     return client
 
 
@@ -302,31 +308,31 @@ def build_app(state: VtnState) -> FastAPI:
         response: Response = await call_next(request)
         with state.lock:
             state.requests.append((request.method, request.url.path, response.status_code))
+            del state.requests[:-MAX_RECORDED]
         return response
 
     # Starlette's class, so the router's own 404 and 405 are problems too.
     @app.exception_handler(StarletteHTTPException)
     async def http_problem(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+        return problem(exc)
 
     @app.post("/auth/token")
     async def token(request: Request) -> JSONResponse:
         # The form by hand: FastAPI's form parsing needs python-multipart, not a dependency.
         form = dict(parse_qsl((await request.body()).decode(errors="replace")))
         creds = basic_credentials(request.headers.get("authorization"))
-        client_id, secret = creds or (
-            str(form.get("client_id", "")),
-            str(form.get("client_secret", "")),
-        )
+        client_id, secret = creds or (form.get("client_id", ""), form.get("client_secret", ""))
         if form.get("grant_type") != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
         known = state.clients.get(client_id)
         if state.refuse_tokens or known is None or not secrets.compare_digest(known, secret):
             log.warning("token refused to %r", client_id)
-            return JSONResponse({"error": "invalid_client"}, status_code=401)
+            challenge = {"WWW-Authenticate": 'Basic realm="vtn"'}  # RFC 6749 5.2
+            return JSONResponse({"error": "invalid_client"}, status_code=401, headers=challenge)
         expires_in = math.ceil(state.token_ttl_s)
         body = {"access_token": state.issue_token(client_id), "token_type": "Bearer"}
-        return JSONResponse(body | {"expires_in": expires_in})
+        no_store = {"Cache-Control": "no-store"}
+        return JSONResponse(body | {"expires_in": expires_in}, headers=no_store)
 
     @app.get("/auth/server")
     async def auth_server(request: Request) -> dict[str, str]:
@@ -349,6 +355,10 @@ def build_app(state: VtnState) -> FastAPI:
 
     @app.api_route("/vens/{ven_id}/resources/{obj_id}", methods=["GET", "PUT", "DELETE"])
     async def ven_resource(ven_id: str, obj_id: str, request: Request) -> Obj:
+        bearer_client(state, request)
+        resource = found(state.get("resources", obj_id), "resources", obj_id)
+        if resource.get("venID") != ven_id:  # another VEN's resource is not under this one
+            raise HTTPException(404, f"vens/{ven_id}/resources/{obj_id} not found")
         return await one("resources", obj_id, request)
 
     @app.get("/{kind}")
@@ -381,7 +391,7 @@ def build_app(state: VtnState) -> FastAPI:
         else:
             obj = found(state.delete(kind, obj_id), kind, obj_id)
         log.info("%s %s %s %s", client, request.method, OBJECT_TYPES[kind], obj_id)
-        notifier.notify(obj, OPERATION_OF_METHOD[request.method])
+        notifier.notify(obj, request.method)
         return obj
 
     return app
