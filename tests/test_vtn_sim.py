@@ -329,7 +329,9 @@ def test_malformed_events_as_the_library_reads_them(vtn: VtnServer, lib: Lib) ->
     )
     past_start = ven.events.get_event_by_id(past).intervals[0].interval_period.start
     assert past_start < datetime.now(UTC) - timedelta(hours=47)
-    assert len(ven.events.get_events(None, None, program.id)) == 5
+    text = raw(intervals=payload("IMPORT_CAPACITY_LIMIT", ["5 MW"]))  # str is a payload value
+    assert cap_of(ven.events.get_event_by_id(text)) == "5 MW"
+    assert len(ven.events.get_events(None, None, program.id)) == 6
 
     # Refused: one bad event fails the whole list, and only itself when read by id.
     empty = raw(intervals=payload("IMPORT_CAPACITY_LIMIT", []))
@@ -338,10 +340,25 @@ def test_malformed_events_as_the_library_reads_them(vtn: VtnServer, lib: Lib) ->
     with pytest.raises(ValidationError):
         ven.events.get_event_by_id(empty)
     assert ven.events.get_event_by_id(cap.id) == cap
-    no_program = {k: v for k, v in good.items() if k != "programID"}
-    for bad in (no_program, good | {"createdDateTime": "yesterday"}):
+    no_payloads = payload("IMPORT_CAPACITY_LIMIT", [CAP_KW])
+    no_payloads[0]["payloads"] = []
+    naive = payload("IMPORT_CAPACITY_LIMIT", [CAP_KW])
+    naive[0]["intervalPeriod"]["start"] = "2030-01-01T00:00:00"  # no time zone
+    bad_events = [
+        {k: v for k, v in good.items() if k != "programID"},
+        good | {"createdDateTime": "yesterday"},
+        good | {"intervals": no_payloads},
+        good | {"intervals": naive},
+    ]
+    for bad in bad_events:
         with pytest.raises(ValidationError):
             ven.events.get_event_by_id(vtn.put_raw_event(bad))
+    no_intervals = vtn.put_raw_event({k: v for k, v in good.items() if k != "intervals"})
+    if lib.is_301:  # required in 3.0.1, optional in 3.1.0
+        with pytest.raises(ValidationError):
+            ven.events.get_event_by_id(no_intervals)
+    else:
+        assert ven.events.get_event_by_id(no_intervals).intervals is None
 
 
 class Callbacks:

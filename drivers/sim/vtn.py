@@ -27,30 +27,45 @@ real HTTP on loopback, with state in memory:
 
 What the library (openadr3-client 2.4.2) does against it, as `tests/test_vtn_sim.py` checks:
 
+- Plain HTTP: besides ``allow_insecure_http=True`` the VEN's process needs
+  ``OAUTHLIB_INSECURE_TRANSPORT=1`` in its environment, else every token fetch raises
+  ``oauthlib.oauth2.rfc6749.errors.InsecureTransportError``. 3.0.1 clients must be given
+  ``token_url``; a 3.1.0 client given none asks ``/auth/server`` in its factory, so there a
+  VTN that is down makes the factory itself raise ``requests.exceptions.ConnectionError``.
 - Token refused (wrong secret, or ``refuse_tokens``): the token endpoint answers 401
   ``{"error": "invalid_client"}``; the first API call of each of the client's interfaces
-  (each has its own token manager) raises ``oauthlib.oauth2.rfc6749.errors.InvalidClientError``
-  (from requests-oauthlib's ``fetch_token``); nothing is sent to the API path.
+  (``events``, ``reports``, ...: each has its own token manager) raises
+  ``oauthlib.oauth2.rfc6749.errors.InvalidClientError`` (an ``OAuth2Error``, not a requests
+  exception; from requests-oauthlib's ``fetch_token``); nothing is sent to the API path.
 - Token expired on the server (``expire_tokens``): the API answers 401 and the library raises
   ``requests.exceptions.HTTPError`` (``raise_for_status``; ``.response.status_code == 401``).
   It does not fetch a new token on a 401: its token manager keeps a token for half its
-  ``expires_in`` and only then fetches another, so every call fails until then. A VEN must
-  rebuild its client (a new token manager) on a 401.
+  ``expires_in`` (whole seconds, rounded down) and only then fetches another, so every call
+  fails until then. A VEN must rebuild its client (new token managers) on a 401. Tokens
+  that expire on their own are renewed in time (the half-life margin).
 - VTN unreachable (``go_down``): ``requests.exceptions.ConnectionError`` (connection
-  refused), from the token fetch or the API call alike.
+  refused), from the token fetch or the API call alike; after ``come_back`` the same client
+  works again (its token too: the VTN's state is kept).
 - Malformed events (``put_raw_event``): the library validates every event it reads with
   pydantic; ``get_events`` validates the whole list at once (``TypeAdapter(list[ExistingEvent])``),
-  so one bad event raises ``pydantic.ValidationError`` for the whole call and no event is
-  returned; ``get_event_by_id`` raises it for that event. What counts as bad is narrow: a
-  payload with no values, an interval without payloads, a missing ``programID`` or ``id``,
-  a naive or unparsable datetime, a 3.0.1 event with no ``intervals``. A cap of −5 MW (values
-  are not checked for sign), an unknown payload type (the library's ``EventPayloadType``
-  accepts any 1-128 character string as a custom type) and intervals in the past all read
-  back without error: the VEN must check these itself.
+  so one bad event raises ``pydantic.ValidationError`` (``pydantic_core``'s, a ``ValueError``)
+  for the whole call and no event is returned; ``get_event_by_id`` raises it for that event
+  only. What counts as bad is narrow: a payload with no values, an interval with no payloads,
+  a missing ``programID``, an unparsable or time-zone-less datetime, and in 3.0.1 an event
+  with no ``intervals`` (optional in 3.1.0: it reads back as None). These read back without
+  error, so the VEN must check them itself: a cap of −5 MW (no sign check), an unknown payload
+  type (``EventPayloadType`` takes any 1-128 character string as a custom type), a string
+  value such as ``"5 MW"`` (payload values may be int, float, str, bool or a point), and
+  intervals in the past.
+- ``get_notifiers`` (3.1.0) raises ``pydantic.ValidationError`` against this VTN: the
+  library's ``NotifierDetails`` requires the ``MQTT`` member the spec leaves optional.
+
+Run alone (the demo): ``python -m drivers.sim.vtn --port 8081 --client ven:secret``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import binascii
@@ -58,6 +73,7 @@ import contextlib
 import logging
 import math
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -538,3 +554,27 @@ class VtnServer:
 
     async def __aexit__(self, *_: object) -> None:
         await asyncio.to_thread(self.stop)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a VTN until interrupted (the demo's grid operator)."""
+    parser = argparse.ArgumentParser(description="OpenADR 3 VTN simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--token-ttl-s", type=float, default=3600.0)
+    parser.add_argument(
+        "--client", action="append", default=[], metavar="ID:SECRET", help="repeatable"
+    )
+    args = parser.parse_args(argv)
+    clients = dict(c.split(":", 1) for c in args.client)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    with VtnServer(clients, args.host, args.port, args.token_ttl_s) as vtn:
+        log.info("VTN at %s, tokens at %s, clients %s", vtn.url, vtn.token_url, sorted(clients))
+        stopping = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a container stopping
+            signal.signal(sig, lambda *_: stopping.set())
+        stopping.wait()
+
+
+if __name__ == "__main__":
+    main()
