@@ -40,7 +40,8 @@ tools:
 test: $(STAMP) tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 -m "not serial"
+	$(BIN)/pytest -q -m serial
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_dispatch.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -106,11 +107,23 @@ def demo(
             "the first, e.g. --port-offset 100 --data-dir /tmp/gp2",
         ),
     ] = 0,
+    vtn: Annotated[
+        bool,
+        typer.Option(
+            "--vtn",
+            help="also a utility's OpenADR 3 VTN (simulated) with one scripted import-cap "
+            "event a minute in; the controller's VEN follows it",
+        ),
+    ] = False,
+    vtn_port: Annotated[
+        int, typer.Option("--vtn-port", min=1, max=65535, help="the VTN's port (with --vtn)")
+    ] = 8081,
 ) -> None:
     """Every simulator, the controller, the API and metrics, in one process on loopback."""
     from controller.demo import run_demo
 
-    _start(run_demo, config, log_level, api_port, data_dir, port_offset)
+    entry = functools.partial(run_demo, vtn_port=vtn_port + port_offset) if vtn else run_demo
+    _start(entry, config, log_level, api_port, data_dir, port_offset)
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 
 from controller.config import SiteConfig
 from controller.opsdb import Actor, Conflict, OpsDB
@@ -22,7 +23,13 @@ async def run_controller(site: SiteConfig, stop: asyncio.Event | None = None) ->
         await Controller(site).run(stop)
 
 
-async def run_demo(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
+async def run_demo(
+    site: SiteConfig, stop: asyncio.Event | None = None, vtn_port: int | None = None
+) -> None:
+    """The plant, the controller, and with `vtn_port` a utility's VTN and its one event."""
+    if vtn_port is not None:
+        await run_with_vtn(site, stop, vtn_port)
+        return
     db = OpsDB(site.data_dir / DB_FILE, site.limits)
     new_key = None
     try:
@@ -43,6 +50,23 @@ async def run_demo(site: SiteConfig, stop: asyncio.Event | None = None) -> None:
     finally:
         await asyncio.to_thread(plant.stop)
         log.info("simulators stopped")
+
+
+async def run_with_vtn(site: SiteConfig, stop: asyncio.Event | None, port: int) -> None:
+    from controller.demo_vtn import script_event, start_vtn
+
+    site.data_dir.mkdir(parents=True, exist_ok=True)
+    vtn, site, secret = await asyncio.to_thread(start_vtn, site, port)
+    done = threading.Event()
+    utility = threading.Thread(
+        target=script_event, args=(vtn, secret, done), name="demo-utility", daemon=True
+    )
+    utility.start()
+    try:
+        await run_demo(site, stop)
+    finally:
+        done.set()
+        await asyncio.to_thread(vtn.stop)
 
 
 async def run_simulators(site: SiteConfig, stop: asyncio.Event | None = None) -> None:

@@ -98,7 +98,8 @@ def event_of(row: dict[str, Any]) -> Event:
 def approach_w(event: Event, now_s: float, ramp_down_w_per_s: float) -> float:
     """An import cap not yet started, as a cap that falls at the grid's ramp limit to reach
     the event's value `CAP_LEAD_S` before its start: the draw is under the cap from its start
-    (an event announced too late for that is reached at the ramp limit after it)."""
+    (an event announced too late for that is reached at the ramp limit after it). Applied
+    from twice the cap on: a draw above that reaches the cap after its start."""
     return event.value_w + ramp_down_w_per_s * max(0.0, event.start_s - now_s - CAP_LEAD_S)
 
 
@@ -393,7 +394,9 @@ class Operations:
                 else:
                     shed = max(shed, e.value_w)
             elif e.kind == "import_cap" and not e.cancelled and e.start_s > now_s:
-                cap = min(cap, approach_w(e, now_s, dispatch.ramp_down_w_per_s))
+                ahead = approach_w(e, now_s, dispatch.ramp_down_w_per_s)
+                if ahead <= 2.0 * e.value_w:  # nearer: a cap far ahead binds nothing yet
+                    cap = min(cap, ahead)
         if math.isfinite(cap) and cap < (dispatch.import_cap_w or math.inf):
             dispatch = self._with_cap(dispatch, cap)
         # The notices ride along for state and metrics; dispatch does not use them yet (the

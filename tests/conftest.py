@@ -14,6 +14,27 @@ from drivers.sim.stack import SimulatorStack
 from tests.plant import modbus_only
 from tests.sites import site_dict
 
+# Modules whose claims are timings under a real clock (loop lateness, fail-over times, stream
+# and browser deadlines) or that run many processes at once: `make test` runs them alone after
+# the rest has run on two workers (pytest-xdist), so no other test takes their CPU.
+SERIAL = {
+    "test_captures.py",
+    "test_console.py",
+    "test_demo_e2e.py",
+    "test_faults.py",
+    "test_ha.py",
+    "test_ha_election.py",
+    "test_ha_replica.py",
+    "test_loop.py",
+    "test_stream.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL:
+            item.add_marker(pytest.mark.serial)
+
 
 @pytest.fixture
 def site_data(tmp_path: Path) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,19 +12,30 @@ import yaml
 
 from controller.sitefile import default_site_text
 
-_handed_out: set[int] = set()
+
+def _ports() -> Iterator[int]:
+    """This test process's own ports, below the kernel's ephemeral range: pytest-xdist's
+    workers (gw0, gw1, ...) and a run without them each count through a block of their own,
+    so no two processes of a run, and no port the kernel hands out, ever share one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    block = int(worker[2:]) + 1 if worker.startswith("gw") else 0
+    return iter(range(20000 + 3000 * block, 23000 + 3000 * block))
+
+
+_next_ports = _ports()
 
 
 def free_port() -> int:
-    """A free loopback port, never the same one twice in a test session (the kernel may hand
-    a just-closed port out again at once)."""
-    while True:
+    """A free loopback port, never the same one twice in a test session (a port just
+    closed may still be taken: each is tried first)."""
+    for port in _next_ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("this test process used up its 3,000 ports")
 
 
 def site_dict(data_dir: Path) -> dict[str, Any]:

@@ -18,6 +18,9 @@ from openadr3_client._models.common.interval_period import IntervalPeriod
 from openadr3_client.bl.http_factory import BusinessLogicHttpClientFactory
 from openadr3_client.version import OADRVersion
 
+from controller.grid.config import OpenADRConfig
+from controller.grid.ven import Ven
+from controller.service import Controller
 from drivers.sim.vtn import VtnServer
 from tests.plant import Running, modbus_only, site_running, until
 
@@ -77,11 +80,12 @@ class Utility:
         payloads = import_module(f"{M}.event.event_payload")
         new_event = import_module(f"{M}.event.event").NewEvent
         kind = payloads.EventPayloadType.IMPORT_CAPACITY_LIMIT
+        descriptor = payloads.EventPayloadDescriptor(payload_type=kind, units="KW")
         return self.bl.events.create_event(
             new_event(
                 program_id=self.program.id,
                 event_name="capacity limit",
-                payload_descriptors=(payloads.EventPayloadDescriptor(payload_type=kind, units="KW"),),
+                payload_descriptors=(descriptor,),
                 intervals=(
                     Interval(
                         id=0,
@@ -155,10 +159,12 @@ async def test_a_utility_cap_is_held_at_the_meter_changed_cancelled_reported_and
     utility = await asyncio.to_thread(Utility, vtn)
     async with site_running(site) as running:
         await until(lambda: running.controller.ven.status.reachable, 10, "the VTN read")
-        await asyncio.sleep(2.0)
-        grid_w = sum(r.readings.grid_w for r in running.records[-20:]) / 20
-        cap_w = round(grid_w - 1.0 * MW, -3)
-        start = time.time() + 6.0  # announced 6 s ahead: the grid is under the cap from start
+        await asyncio.sleep(3.0)
+        # Half a megawatt under the load's mean (the trace swings 3–10 MW each step): the
+        # batteries carry the rest for the event's 40 s.
+        loads = [r.site_load_w for r in running.records[-30:]]
+        cap_w = round(sum(loads) / len(loads) - 0.5 * MW, -3)
+        start = time.time() + 10.0  # announced ahead: the grid is under the cap from start
         event = await asyncio.to_thread(utility.cap, cap_w, start, 40.0)
         await until(lambda: running.controller.ven.status.events_in_force == 1, 5, "the event")
         (stored,) = await vtn_events(running)
@@ -282,5 +288,60 @@ async def test_through_a_vtn_outage_and_a_refused_token_the_event_stays_and_an_a
         errors = dict(running.controller.ven.status.errors)
         assert errors["unreachable"] >= 1 and errors["token_refused"] >= 1
         assert errors.get("unauthorized", 0) <= 1  # the expired token: one 401, then a new one
-        state = (await running.api.get("/v1/state")).json()["openadr"]
+        for _ in range(50):  # the API's view: as of its newest tick
+            state = (await running.api.get("/v1/state")).json()["openadr"]
+            if state["reachable"]:
+                break
+            await asyncio.sleep(0.1)
         assert state["reachable"] is True and state["events_in_force"] == 1
+        assert state["errors"]["unreachable"] >= 1 and state["errors"]["token_refused"] >= 1
+
+
+async def test_the_ven_speaks_3_1_0_and_finds_the_token_endpoint_itself(site, vtn, tmp_path):
+    """The VEN of a 3.1.0 site (no token URL: discovered from the VTN) registers, reads the
+    program's event and stores it as the operators' would be, through `Operations`."""
+    from openadr3_client._models.common.interval import Interval as Interval310
+
+    m310 = "openadr3_client.oadr310.models"
+    bl = BusinessLogicHttpClientFactory.create_http_bl_client(
+        vtn.url, "utility", BL_SECRET, None, allow_insecure_http=True,
+        version=OADRVersion.OADR_310,
+    )  # fmt: skip
+    program = bl.programs.create_program(
+        import_module(f"{m310}.program.program").NewProgram(program_name="capacity")
+    )
+    payloads = import_module(f"{m310}.event.event_payload")
+    simple = payloads.EventPayloadType.SIMPLE
+    start = datetime.now(UTC) + timedelta(minutes=5)
+    bl.events.create_event(
+        import_module(f"{m310}.event.event").NewEvent(
+            program_id=program.id,
+            intervals=(
+                Interval310(
+                    id=7,
+                    interval_period=IntervalPeriod(start=start, duration=timedelta(minutes=30)),
+                    payloads=(payloads.EventPayload(type=simple, values=(3,)),),
+                ),
+            ),
+        )
+    )
+    secret = tmp_path / "secret"
+    secret.write_text(VEN_SECRET)
+    cfg = OpenADRConfig(
+        enabled=True, version="3.1.0", vtn_url=vtn.url, client_id="gridpilot",
+        client_secret_file=secret, allow_http=True, ven_name="site-a", programs=["capacity"],
+        simple_levels={3: {"import_cap_w": 5e6}},
+    )  # fmt: skip
+    controller = Controller(site)
+    try:
+        ven = Ven(cfg, controller.operations, lambda: None)
+        await ven.cycle()
+        assert ven.status.reachable and ven.status.ven_id is not None
+        (row,) = controller.db.events_from("openadr", time.time())
+        assert (row["kind"], row["value_w"], row["source"]) == ("import_cap", 5e6, "openadr")
+        assert row["ref"].endswith("/7") and row["start_s"] == pytest.approx(start.timestamp())
+        assert [v["venName"] for v in vtn.state.all("vens")] == ["site-a"]
+        await ven.cycle()  # read again: nothing changes
+        assert len(controller.db.events_from("openadr", time.time())) == 1
+    finally:
+        controller.close()

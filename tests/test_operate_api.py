@@ -242,7 +242,10 @@ async def test_events_overlap_to_the_strictest_and_start_and_end_on_time(api):
     def cap_at(offset: float) -> float | None:
         return ops.in_force(now + offset).dispatch.import_cap_w
 
-    assert cap_at(5) is None
+    assert cap_at(-20) is None  # far ahead
+    # Near its start, a cap falls at the ramp limit (0.5 MW/s) to be reached 2 s before it.
+    assert cap_at(5) == pytest.approx(9e6 + 5e5 * (10 - 5 - 2))
+    assert cap_at(8) == 9e6
     assert cap_at(15) == 9e6
     assert ops.in_force(now + 25).shed_w == 5e5
     assert cap_at(55) == 7e6  # the strictest of those in force
