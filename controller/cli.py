@@ -237,6 +237,14 @@ def replay(
         float,
         typer.Option("--job-w-per-gpu", help="what a GPU of an announced job adds to the draw, W"),
     ] = 470.0,
+    learn_rhythm: Annotated[
+        bool,
+        typer.Option(
+            "--learn-rhythm",
+            help="learn the workload's rhythm (step period, pauses, levels) from the load as it "
+            "comes; the planner looks ahead to the pauses it predicts",
+        ),
+    ] = False,
 ) -> None:
     """Run the dispatch core over a trace: smoothing figures and the perfect-foresight bound."""
     settings = _replay_settings(
@@ -251,6 +259,7 @@ def replay(
         energy_return_s=energy_return_s,
         job_w_per_gpu=job_w_per_gpu,
     )
+    from controller.dispatch.rhythm import RhythmSettings
     from controller.replay.record import RecordExistsError, record_run
     from controller.replay.report import print_figures, replay_progress
     from controller.replay.run import plot, report, simulate
@@ -259,7 +268,8 @@ def replay(
     notices = _notices(events, job_lead_s, pause_lead_s, settings.gpus * settings.job_w_per_gpu)
     load = tr.site_load_w(settings.gpus, settings.base_w)
     with replay_progress(len(load)) as progress:
-        run = simulate(load, tr.dt_s, settings, progress, notices, float(tr.t_s[0]))
+        learn = RhythmSettings() if learn_rhythm else None
+        run = simulate(load, tr.dt_s, settings, progress, notices, float(tr.t_s[0]), learn)
         result = report(run, tr.dt_s, settings, bound)
     if plot_to is not None:
         plot(run, tr.dt_s, str(plot_to), settings, trace.name)

@@ -170,14 +170,16 @@ def _compute_level(
     return float(np.median(means)) if means else None
 
 
-def _peak(acf: np.ndarray, lag: int) -> float:
-    """The peak near lag, to a fraction of a sample (a parabola through its neighbours)."""
-    lag = int(np.clip(lag, 1, len(acf) - 2))
-    lag += int(np.argmax(acf[lag - 1 : lag + 2])) - 1
-    lag = int(np.clip(lag, 1, len(acf) - 2))
-    y0, y1, y2 = acf[lag - 1], acf[lag], acf[lag + 1]
+def _peaks(acf: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """The peak next to each lag, to a fraction of a sample (a parabola through its
+    neighbours)."""
+    at = np.clip(lags, 1, len(acf) - 2)
+    at = np.clip(at + np.argmax(np.stack([acf[at - 1], acf[at], acf[at + 1]]), axis=0) - 1,
+                 1, len(acf) - 2)  # fmt: skip
+    y0, y1, y2 = acf[at - 1], acf[at], acf[at + 1]
     bend = y0 - 2.0 * y1 + y2
-    return lag + (0.5 * (y0 - y2) / bend if bend < 0.0 else 0.0)
+    safe = np.where(bend < 0.0, bend, -1.0)
+    return at + np.where(bend < 0.0, 0.5 * (y0 - y2) / safe, 0.0)
 
 
 def _period(load_w: np.ndarray, dt_s: float, s: RhythmSettings) -> float | None:
@@ -194,14 +196,17 @@ def _period(load_w: np.ndarray, dt_s: float, s: RhythmSettings) -> float | None:
     n = len(x)
     full = np.correlate(x, x, mode="full")[n - 1 : n + top + 1]
     acf = full / (n - np.arange(top + 2)) * n / energy
-    window = acf[lo : hi + 1]
-    if window.max() < s.min_correlation:
+    k = np.arange(lo, hi + 1)
+    best = acf[k].max()
+    if best < s.min_correlation:
         return None
-    first = lo + int(np.flatnonzero(window >= 0.8 * window.max())[0])  # not a multiple of it
-    p = _peak(acf, first)
-    multiples = range(1, int((top - 1) // p) + 1)
-    lags = np.array([_peak(acf, round(m * p)) for m in multiples])
-    m = np.arange(1, len(lags) + 1)
+    # The first peak half as strong as the best, not a multiple of the period: sampled at a
+    # tick that does not divide it, a step repeats exactly only every few periods.
+    peaks = k[(acf[k] >= acf[k - 1]) & (acf[k] >= acf[k + 1]) & (acf[k] >= 0.5 * best)]
+    first = int(peaks[0]) if peaks.size else int(k[np.argmax(acf[k])])
+    p = float(_peaks(acf, np.array([first]))[0])
+    m = np.arange(1, int((top - 1) // p) + 1)
+    lags = _peaks(acf, np.round(m * p).astype(int))
     return float(np.dot(m, lags) / np.dot(m, m)) * dt_s  # least squares through the origin
 
 
