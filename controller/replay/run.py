@@ -71,6 +71,7 @@ class ReplayRun:
     energy_j: np.ndarray  # stored energy, with the initial value first
     capacity_j: float
     figures: Figures
+    first_battery_w: float = 0.0  # the bound's first step: idle at a trace's start
 
 
 def plan_settings(d: DispatchConfig) -> PlanSettings:
@@ -112,17 +113,32 @@ def simulate(
             state = core.simulate_planned(*args, ff, dt_s, out[start:end])
         if progress and (end % CHUNK_STEPS < chunk or end == n):
             progress(end, n)
-    energy = np.r_[e0, out[:, core.O_ENERGY]]
+    return _run(load_w, out, np.r_[e0, out[:, core.O_ENERGY]], cap, dt_s)
+
+
+def _run(
+    load_w: np.ndarray,
+    out: np.ndarray,
+    energy_j: np.ndarray,
+    capacity_j: float,
+    dt_s: float,
+    first_battery_w: float = 0.0,
+) -> ReplayRun:
+    o = out
     figs = figures(
-        load_w,
-        out[:, core.O_GRID],
-        out[:, core.O_BATTERY],
-        out[:, core.O_UNSERVED],
-        energy,
-        cap,
-        dt_s,
-    )
-    return ReplayRun(load_w, out, energy, cap, figs)
+        load_w, o[:, core.O_GRID], o[:, core.O_BATTERY], o[:, core.O_UNSERVED], energy_j,
+        capacity_j, dt_s,
+    )  # fmt: skip
+    return ReplayRun(load_w, out, energy_j, capacity_j, figs, first_battery_w)
+
+
+def window(run: ReplayRun, first: int, dt_s: float) -> ReplayRun:
+    """The run from step `first` on, with its own figures: the controller (and what it learned)
+    warm, as the live one is once the workload has run a while. Its bound starts where the run
+    stood: the same stored energy and the same battery power."""
+    out = run.out[first:]
+    first_w = float(out[0, core.O_BATTERY]) if len(out) else 0.0
+    return _run(run.load_w[first:], out, run.energy_j[first:], run.capacity_j, dt_s, first_w)
 
 
 class _Planner:
@@ -192,6 +208,7 @@ def bound_problem(run: ReplayRun, dt_s: float, s: ReplaySettings) -> BoundProble
         final_energy_min_j=float(run.energy_j[-1]) - max(1.0, 1e-6 * s.capacity_j),
         eta_charge=d.charge_efficiency,
         eta_discharge=d.discharge_efficiency,
+        initial_battery_w=run.first_battery_w,
     )
 
 
