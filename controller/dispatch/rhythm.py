@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from itertools import pairwise
+from statistics import median
 
 import numpy as np
 
@@ -94,16 +95,20 @@ def learn(state: Rhythm, samples_w: np.ndarray, s: RhythmSettings = RhythmSettin
         period_s=_period(ring[-max(1, round(s.period_window_s / state.dt_s)) :], state.dt_s, s),
         pauses=pauses,
         interval_s=interval,
-        duration_s=float(np.median(done)) if done else None,
+        duration_s=median(done) if done else None,
         compute_w=_compute_level(ring, state.dt_s, t0_s, pauses),
-        pause_w=float(np.median([p.level_w for p in pauses])) if pauses else None,
+        pause_w=median([p.level_w for p in pauses]) if pauses else None,
         confidence=agree,
     )
 
 
+def _mean(x: np.ndarray) -> float:
+    return float(x.sum()) / len(x)
+
+
 def _slow(load_w: np.ndarray, n: int) -> np.ndarray:
     """A centred moving mean over n samples (fewer at the ends)."""
-    c = np.r_[0.0, np.cumsum(load_w)]
+    c = np.concatenate(((0.0,), np.cumsum(load_w)))
     i = np.arange(len(load_w))
     lo, hi = np.maximum(i - n // 2, 0), np.minimum(i + n - n // 2, len(load_w))
     return (c[hi] - c[lo]) / (hi - lo)
@@ -111,7 +116,7 @@ def _slow(load_w: np.ndarray, n: int) -> np.ndarray:
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) of each run of True."""
-    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(np.int8), 0]))
+    edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0))
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
@@ -119,7 +124,8 @@ def _pauses(load_w: np.ndarray, dt_s: float, t0_s: float, s: RhythmSettings) -> 
     if len(load_w) < 2:
         return ()
     slow = _slow(load_w, max(1, round(s.smooth_s / dt_s)))
-    high, low = float(np.percentile(slow, 90)), float(np.min(slow))
+    k = int(0.9 * (len(slow) - 1))  # the 90th percentile, near enough
+    high, low = float(np.partition(slow, k)[k]), float(slow.min())
     if high <= 0.0 or high - low < s.min_depth_ratio * high:
         return ()  # no dip deep enough to be a pause
     mark = (high + low) / 2.0
@@ -138,7 +144,7 @@ def _pauses(load_w: np.ndarray, dt_s: float, t0_s: float, s: RhythmSettings) -> 
         if a == 0 or lasts < s.min_pause_s or lasts > s.max_pause_s:
             continue  # begun before the ring (its start unknown), a step's dip, or a stop
         ongoing = b == len(load_w)
-        out.append(Pause(t0_s + a * dt_s, None if ongoing else lasts, float(np.mean(load_w[a:b]))))
+        out.append(Pause(t0_s + a * dt_s, None if ongoing else lasts, _mean(load_w[a:b])))
     return tuple(out)
 
 
@@ -148,13 +154,13 @@ def _interval(pauses: tuple[Pause, ...], s: RhythmSettings) -> tuple[float | Non
     gaps = np.diff([p.start_s for p in pauses])
     if gaps.size == 0:
         return None, 0
-    median = float(np.median(gaps[-s.intervals_kept :]))
+    middle = median(gaps[-s.intervals_kept :].tolist())
     agree = 0
     for g in gaps[::-1]:
-        if abs(g - median) > s.tolerance * median:
+        if abs(g - middle) > s.tolerance * middle:
             break
         agree += 1
-    return median, agree
+    return middle, agree
 
 
 def _compute_level(
@@ -166,8 +172,8 @@ def _compute_level(
         if p.duration_s is not None:
             a, b = round((p.start_s + p.duration_s - t0_s) / dt_s), round((q.start_s - t0_s) / dt_s)
             if b > a:
-                means.append(float(np.mean(load_w[a:b])))
-    return float(np.median(means)) if means else None
+                means.append(_mean(load_w[a:b]))
+    return median(means) if means else None
 
 
 def _peaks(acf: np.ndarray, lags: np.ndarray) -> np.ndarray:
