@@ -250,6 +250,23 @@ def replay(
         float,
         typer.Option("--job-w-per-gpu", help="what a GPU of an announced job adds to the draw, W"),
     ] = 470.0,
+    figures_from_s: Annotated[
+        float | None,
+        typer.Option(
+            "--figures-from-s",
+            min=0.0,
+            help="count the figures and the bound from this time on, the controller (and what "
+            "it learned) warm from the run before; --from-s starts it cold there",
+        ),
+    ] = None,
+    learn_rhythm: Annotated[
+        bool,
+        typer.Option(
+            "--learn-rhythm",
+            help="learn the workload's rhythm (step period, pauses, levels) from the load as it "
+            "comes; the planner looks ahead to the pauses it predicts",
+        ),
+    ] = False,
 ) -> None:
     """Run the dispatch core over a trace: smoothing figures and the perfect-foresight bound."""
     settings = _replay_settings(
@@ -264,16 +281,22 @@ def replay(
         energy_return_s=energy_return_s,
         job_w_per_gpu=job_w_per_gpu,
     )
+    from controller.dispatch.rhythm import RhythmSettings
     from controller.replay.record import RecordExistsError, record_run
     from controller.replay.report import print_figures, replay_progress
-    from controller.replay.run import plot, report, simulate
+    from controller.replay.run import plot, report, simulate, window
 
     tr = _read(trace, from_s)
     notices = _notices(events, job_lead_s, pause_lead_s, settings.gpus * settings.job_w_per_gpu)
     load = tr.site_load_w(settings.gpus, settings.base_w)
     with replay_progress(len(load)) as progress:
-        run = simulate(load, tr.dt_s, settings, progress, notices, float(tr.t_s[0]))
-        result = report(run, tr.dt_s, settings, bound)
+        learn = RhythmSettings() if learn_rhythm else None
+        run = simulate(load, tr.dt_s, settings, progress, notices, float(tr.t_s[0]), learn)
+        counted = run
+        if figures_from_s is not None:
+            first = min(int((tr.t_s < figures_from_s).sum()), len(load) - 2)
+            counted = window(run, first, tr.dt_s)
+        result = report(counted, tr.dt_s, settings, bound)
     if plot_to is not None:
         plot(run, tr.dt_s, str(plot_to), settings, trace.name)
     if record_to is not None:

@@ -138,7 +138,11 @@ def scenarios(draw):
 def test_ramp_and_soc_limits_hold_whatever_the_notices(scenario):
     load, told, soc, power_w = scenario
     s = ReplaySettings(battery_w=power_w, battery_wh=2e3, initial_soc=soc)  # a small battery
-    run = simulate(load, DT, s, notices=told)
+    assert_limits_hold(simulate(load, DT, s, notices=told), s, load)
+
+
+def assert_limits_hold(run, s: ReplaySettings, load: np.ndarray) -> None:
+    """The SoC band (or where it started), the ramp while the battery serves, the balance."""
     d = s.dispatch
     e = run.energy_j
     assert np.all(e >= min(d.soc_min_ratio * s.capacity_j, e[0]) * (1 - 1e-9) - 1e-6)

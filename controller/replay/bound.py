@@ -5,7 +5,8 @@ Grid g_t = load_t − d_t + c_t. Constraints, the same the online controller liv
   ramp:    −R_down·dt ≤ g_t − g_{t−1} ≤ R_up·dt
   power:   d_t ≤ P_discharge, c_t ≤ P_charge
   energy:  E_{t+1} = E_t − d_t·dt/η_d + c_t·dt·η_c,  E_floor ≤ E_t ≤ E_ceiling
-  start:   E_0 as the online run's; the first step's battery idle (the grid carries the load)
+  start:   E_0 as the online run's; the first step's battery as the online run's there (idle
+           at a trace's start: the grid carries the load; a window's, where it stood)
   end:     E_T ≥ the online run's final energy (no bound may win by draining the battery)
 Objectives: minimise throughput Σ(d + c)·dt; or capacity max E − min E; or peak power.
 
@@ -40,6 +41,7 @@ class BoundProblem:
     final_energy_min_j: float
     eta_charge: float
     eta_discharge: float
+    initial_battery_w: float = 0.0  # the first step's (positive: discharge)
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,9 @@ def _constraints(p: BoundProblem, extra_cols: int):
         + [(floor, ceiling)] * (n + 1)
         + [(None, None)] * extra_cols
     )
-    bounds[d0] = (0.0, 0.0)
-    bounds[c0] = (0.0, 0.0)
+    first = p.initial_battery_w
+    bounds[d0] = (max(first, 0.0),) * 2
+    bounds[c0] = (max(-first, 0.0),) * 2
     bounds[e0] = (0.0, 0.0)
     bounds[e0 + n] = (max(floor, p.final_energy_min_j - p.initial_energy_j), ceiling)
     return a_ub.tocsr(), b_ub, a_eq.tocsr(), b_eq, bounds, cols

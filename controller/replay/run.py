@@ -12,8 +12,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.config import DispatchConfig, RampLimit
-from controller.dispatch import Bank, core, initial_state, params_vector
-from controller.dispatch.planner import PlanSettings, PlanState, events_of, plan
+from controller.dispatch import Bank, core, initial_state, params_vector, rhythm
+from controller.dispatch.planner import Event, PlanSettings, PlanState, events_of, plan
+from controller.notices import Notice
 from controller.replay.bound import BoundProblem, min_capacity_kwh, min_power_w, min_throughput_kwh
 from controller.replay.events import Announced
 from controller.replay.figures import Figures, figures
@@ -21,6 +22,7 @@ from controller.replay.figures import Figures, figures
 CHUNK_STEPS = 200_000  # simulate in chunks this long, so long traces can report progress
 PLAN_EVERY_S = 1.0  # re-planned once a second, as the live loop would, off the tick's path
 PLAN_KEEP_TAUS = 10.0  # a change stays in the plan this many low-pass time constants after it
+LEARNED_LEAD_S = 10.0  # a learned pause is planned from this long before it (its ramp: ~4 s)
 BOUND_MAX_STEPS = 10_000  # the LPs took 31 s at this size here, and grow faster than it
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -69,6 +71,7 @@ class ReplayRun:
     energy_j: np.ndarray  # stored energy, with the initial value first
     capacity_j: float
     figures: Figures
+    first_battery_w: float = 0.0  # the bound's first step: idle at a trace's start
 
 
 def plan_settings(d: DispatchConfig) -> PlanSettings:
@@ -82,9 +85,11 @@ def simulate(
     progress: Progress | None = None,
     notices: tuple[Announced, ...] = (),
     start_s: float = 0.0,
+    learn: rhythm.RhythmSettings | None = None,
 ) -> ReplayRun:
     """The core over the trace; with notices (trace time, the first step at start_s), the
-    planner re-plans every PLAN_EVERY_S from what was announced by then."""
+    planner re-plans every PLAN_EVERY_S from what was announced by then; with `learn`, also
+    from the pauses the rhythm learned from the load so far predicts."""
     cap = settings.capacity_j
     e0 = settings.initial_soc * cap
     params = params_vector(
@@ -95,8 +100,9 @@ def simulate(
     caps = np.full(n, settings.dispatch.import_cap_w or math.inf)
     state = initial_state(e0)
     out = core.outputs(n)
-    chunk = max(1, round(PLAN_EVERY_S / dt_s)) if notices else CHUNK_STEPS
-    planner = _Planner(notices, settings, dt_s, start_s) if notices else None
+    planned = bool(notices) or learn is not None
+    chunk = max(1, round(PLAN_EVERY_S / dt_s)) if planned else CHUNK_STEPS
+    planner = _Planner(notices, settings, dt_s, start_s, learn) if planned else None
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
         args = (state, params, load_w[start:end], nominal[start:end], caps[start:end])
@@ -107,25 +113,45 @@ def simulate(
             state = core.simulate_planned(*args, ff, dt_s, out[start:end])
         if progress and (end % CHUNK_STEPS < chunk or end == n):
             progress(end, n)
-    energy = np.r_[e0, out[:, core.O_ENERGY]]
+    return _run(load_w, out, np.r_[e0, out[:, core.O_ENERGY]], cap, dt_s)
+
+
+def _run(
+    load_w: np.ndarray,
+    out: np.ndarray,
+    energy_j: np.ndarray,
+    capacity_j: float,
+    dt_s: float,
+    first_battery_w: float = 0.0,
+) -> ReplayRun:
+    o = out
     figs = figures(
-        load_w,
-        out[:, core.O_GRID],
-        out[:, core.O_BATTERY],
-        out[:, core.O_UNSERVED],
-        energy,
-        cap,
-        dt_s,
-    )
-    return ReplayRun(load_w, out, energy, cap, figs)
+        load_w, o[:, core.O_GRID], o[:, core.O_BATTERY], o[:, core.O_UNSERVED], energy_j,
+        capacity_j, dt_s,
+    )  # fmt: skip
+    return ReplayRun(load_w, out, energy_j, capacity_j, figs, first_battery_w)
+
+
+def window(run: ReplayRun, first: int, dt_s: float) -> ReplayRun:
+    """The run from step `first` on, with its own figures: the controller (and what it learned)
+    warm, as the live one is once the workload has run a while. Its bound starts where the run
+    stood: the same stored energy and the same battery power."""
+    out = run.out[first:]
+    first_w = float(out[0, core.O_BATTERY]) if len(out) else 0.0
+    return _run(run.load_w[first:], out, run.energy_j[first:], run.capacity_j, dt_s, first_w)
 
 
 class _Planner:
     """The replay's shell around the pure planner: which notices were out by each re-plan,
-    and the loads seen since the last one."""
+    the loads seen since the last one and, learning, the pauses the rhythm predicts."""
 
     def __init__(
-        self, notices: tuple[Announced, ...], s: ReplaySettings, dt_s: float, start_s: float
+        self,
+        notices: tuple[Announced, ...],
+        s: ReplaySettings,
+        dt_s: float,
+        start_s: float,
+        learn: rhythm.RhythmSettings | None = None,
     ) -> None:
         self.notices, self.dt_s, self.start_s = notices, dt_s, start_s
         self.job_w = s.gpus * s.job_w_per_gpu
@@ -133,6 +159,9 @@ class _Planner:
         self.keep_s = PLAN_KEEP_TAUS * s.dispatch.lowpass_tau_s
         self.state: PlanState = ()
         self.last = 0
+        self.learn = learn
+        self.rhythm = rhythm.start(dt_s, start_s)
+        self.learned: tuple[Event, ...] = ()
 
     def feed_forward(self, step: int, core_state: np.ndarray, load_w: np.ndarray) -> np.ndarray:
         now = self.start_s + step * self.dt_s
@@ -144,10 +173,22 @@ class _Planner:
         seen = load_w[self.last : step]
         self.last = step
         lowpass = core_state[core.S_LOWPASS] if core_state[core.S_INIT] else load_w[step]
-        ff, self.state = plan(
-            now, self.dt_s, events_of(out, self.job_w), self.state, seen, lowpass, self.settings
-        )
+        events = events_of(out, self.job_w) + self._learned(now, seen, out)
+        ff, self.state = plan(now, self.dt_s, events, self.state, seen, lowpass, self.settings)
         return ff
+
+    def _learned(self, now_s: float, seen: np.ndarray, out: list[Notice]) -> tuple[Event, ...]:
+        """The predicted pauses held so far, less those a notice announces (it knows better)."""
+        if self.learn is None:
+            return ()
+        self.rhythm = rhythm.learn(self.rhythm, seen, self.learn)
+        near_s = (self.rhythm.interval_s or 0.0) / 2.0
+        predicted = rhythm.forecast(self.rhythm, now_s, self.learn)
+        self.learned = rhythm.hold(
+            self.learned, predicted, now_s, LEARNED_LEAD_S, self.keep_s, near_s
+        )
+        told = [n.at_s for n in out if n.kind == "pause_start"]
+        return tuple(e for e in self.learned if all(abs(e.at_s - t) >= near_s for t in told))
 
 
 def bound_problem(run: ReplayRun, dt_s: float, s: ReplaySettings) -> BoundProblem:
@@ -167,6 +208,7 @@ def bound_problem(run: ReplayRun, dt_s: float, s: ReplaySettings) -> BoundProble
         final_energy_min_j=float(run.energy_j[-1]) - max(1.0, 1e-6 * s.capacity_j),
         eta_charge=d.charge_efficiency,
         eta_discharge=d.discharge_efficiency,
+        initial_battery_w=run.first_battery_w,
     )
 
 
