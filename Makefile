@@ -49,6 +49,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_loop.py
 	$(BIN)/python bench/bench_api.py
 	$(BIN)/python bench/bench_attacks.py
+	$(BIN)/python bench/bench_mv.py
+	$(BIN)/python bench/bench_rhythm.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -22,7 +22,15 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from controller.fields import Credentials, Identifier, Port, PositiveSeconds, Strict
+from controller.fields import (
+    MAX_POWER_W,
+    MIN_POWER_W,
+    Credentials,
+    Identifier,
+    Port,
+    PositiveSeconds,
+    Strict,
+)
 from controller.grid.config import OpenADRConfig
 from controller.ha.config import HAConfig
 from controller.mv import MvSettings
@@ -31,7 +39,6 @@ DeviceKind = Literal["ups", "bess", "meter", "cdu"]
 BATTERY_KINDS = ("ups", "bess")
 # Lower bounds are the least values that still mean something: "above zero" let 5e-324 through,
 # which the dispatch core turns into no ramp at all or an infinite frequency response.
-MIN_POWER_W = 1e3  # 1 kW: an import cap or a shed target below it is no site's
 RampLimit = Annotated[float, Field(ge=1e3, le=1e9)]  # W/s: at least 1 kW/s
 
 
@@ -137,7 +144,10 @@ class DispatchConfig(Strict):
     deadband_hz: float = Field(0.015, ge=0, le=1, description="frequency deadband, Hz")
     frequency_response_w: float = Field(1e6, ge=0, le=1e9, description="power at full response")
     import_cap_w: float | None = Field(
-        None, ge=MIN_POWER_W, le=1e10, description="peak limit on grid import, W (at least 1 kW)"
+        None,
+        ge=MIN_POWER_W,
+        le=MAX_POWER_W,
+        description="peak limit on grid import, W (at least 1 kW)",
     )
     fast_split_tau_s: float = Field(
         5.0,

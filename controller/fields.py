@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, model_va
 Identifier = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+MIN_POWER_W = 1e3  # 1 kW: an import cap or a shed target below it is no site's
+MAX_POWER_W = 1e10  # 10 GW: above it, no site's either
 
 
 class Strict(BaseModel):

@@ -82,9 +82,10 @@ def performance_of(
     now_s: float,
     s: MvSettings,
     other_events: Sequence[Span] = (),
+    history: Samples | None = None,
 ) -> Performance:
     """An event's M&V from the store: its samples up to now, the `before` window's, and its
-    previous days'."""
+    previous days' (`history`: those read before, for an event measured again)."""
     query = _query_of(conn_or_query)
     stop = max(event.start_s, min(event.end_s, now_s))
     return performance(
@@ -95,7 +96,7 @@ def performance_of(
         event.id,
         during=load_samples(query, event.start_s, stop),
         before=load_samples(query, event.start_s - s.before_window_s, event.start_s),
-        history=history_for(query, event.start_s, event.end_s, s),
+        history=history_for(query, event.start_s, event.end_s, s) if history is None else history,
         now_s=now_s,
         s=s,
         other_events=other_events,

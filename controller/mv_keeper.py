@@ -21,8 +21,8 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
-from controller.mv import MvSettings, Performance, Span
-from controller.mv_history import Query, performance_of
+from controller.mv import MvSettings, Performance, Samples, Span
+from controller.mv_history import Query, history_for, performance_of
 from controller.operations import event_of
 from controller.store import Store
 
@@ -42,12 +42,17 @@ def span_of(row: Mapping[str, Any]) -> Span:
 
 
 def measure(
-    query: Query, row: Mapping[str, Any], others: list[Span], now_s: float, s: MvSettings
+    query: Query,
+    row: Mapping[str, Any],
+    others: list[Span],
+    now_s: float,
+    s: MvSettings,
+    history: Samples | None = None,
 ) -> Performance:
     start, end = span_of(row)
     event = replace(event_of(dict(row)), end_s=end)
     other = [span for span in others if span != (start, end)]
-    return performance_of(query, event, now_s, s, other)
+    return performance_of(query, event, now_s, s, other, history)
 
 
 def rows_of(query: Query, since_s: float) -> list[dict[str, Any]]:
@@ -60,6 +65,8 @@ class MvKeeper:
         self.store, self.settings, self.every_s = store, settings, every_s
         self.latest: Mapping[int, Performance] = MappingProxyType({})  # running events'
         self._kept: set[int] = set()
+        # Each running event's previous days, read once: they do not change while it runs.
+        self._history: dict[int, Samples] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -80,10 +87,15 @@ class MvKeeper:
         for row in rows:
             if row["id"] in self._kept:
                 continue
-            perf = measure(query, row, spans, now_s, self.settings)
+            history = self._history.get(row["id"])
+            if history is None:
+                start, end = span_of(row)
+                history = self._history[row["id"]] = history_for(query, start, end, self.settings)
+            perf = measure(query, row, spans, now_s, self.settings, history)
             if span_of(row)[1] + SETTLE_S <= now_s:
                 self.store.keep_performance(row["id"], perf.to_json(), now_s)
                 self._kept.add(row["id"])
+                self._history.pop(row["id"], None)
                 log.info("event measured", extra=_summary(perf))
             else:
                 running[row["id"]] = perf

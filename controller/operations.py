@@ -22,7 +22,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.config import MIN_POWER_W, DispatchConfig, SiteConfig
+from controller.config import MAX_POWER_W, MIN_POWER_W, DispatchConfig, SiteConfig
 from controller.notices import NoticeBoard
 from controller.opsdb import SYSTEM, Actor, OpsDB, Origin, check_bound
 from controller.record import InForce
@@ -50,7 +50,9 @@ class EventIn(BaseModel):
 
     kind: Literal["import_cap", "shed"]
     value_w: float = Field(
-        ge=MIN_POWER_W, le=1e10, description="the cap, or the load to shed, W (at least 1 kW)"
+        ge=MIN_POWER_W,
+        le=MAX_POWER_W,
+        description="the cap, or the load to shed, W (at least 1 kW)",
     )
     start_s: float = Field(ge=0, le=1e11, description="unix time it starts")
     end_s: float = Field(ge=0, le=1e11, description="unix time it ends")

@@ -16,7 +16,8 @@ from tests.sites import site_dict
 
 # Modules whose claims are timings under a real clock (loop lateness, fail-over times, stream
 # and browser deadlines) or that run many processes at once: `make test` runs them alone after
-# the rest has run on two workers (pytest-xdist), so no other test takes their CPU.
+# the rest has run on two workers (pytest-xdist), so no other test takes their CPU. A single
+# test elsewhere may say so itself (`@pytest.mark.serial`).
 SERIAL = {
     "test_captures.py",
     "test_console.py",
@@ -26,6 +27,7 @@ SERIAL = {
     "test_ha_election.py",
     "test_ha_replica.py",
     "test_loop.py",
+    "test_plant.py",
     "test_stream.py",
 }
 

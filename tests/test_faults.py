@@ -118,7 +118,8 @@ async def test_opcua_cdu_value_faults(site: SiteConfig, mode: str):
         await stack.stop_device(config.id)
         await until(lambda: not driver.connected, 10, "the loss noticed")
         await stack.start_device(config.id)
-        await until(lambda: reading().usable, 20, "a new session")
+        # A new session has no value until its first read (or notification) comes.
+        await until(lambda: (r := reading()) is not None and r.usable, 20, "a new session")
     finally:
         await driver.stop()
         await stack.stop()

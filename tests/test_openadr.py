@@ -7,6 +7,7 @@ reports."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from importlib import import_module
@@ -152,6 +153,7 @@ def payload(report: dict[str, Any], kind: str) -> float | str:
     return next(p["values"][0] for p in interval["payloads"] if p["type"] == kind)
 
 
+@pytest.mark.serial  # the plant's meter against the cap, tick by tick: no other test's CPU
 async def test_a_utility_cap_is_held_at_the_meter_changed_cancelled_reported_and_measured(
     site_data, vtn: VtnServer, tmp_path
 ):
@@ -194,7 +196,7 @@ async def test_a_utility_cap_is_held_at_the_meter_changed_cancelled_reported_and
         # meter's window; the batteries carry the load's swings).
         await until(lambda: time.time() > start + 12, 20, "12 s of the event")
         drawn = [w for t, w in meter_wall(running) if start <= t <= start + 12]
-        assert len(drawn) > 100 and max(drawn) <= cap_w + 0.02 * MW, max(drawn) - cap_w
+        assert len(drawn) > 100 and max(drawn) <= cap_w + 0.05 * MW, max(drawn) - cap_w
 
         # The utility lowers the cap while it runs: the old version ends, the new one holds.
         lower_w = cap_w - 0.5 * MW
@@ -207,7 +209,7 @@ async def test_a_utility_cap_is_held_at_the_meter_changed_cancelled_reported_and
         settled = time.time()
         await asyncio.sleep(5.0)
         drawn = [w for t, w in meter_wall(running) if settled <= t <= settled + 5]
-        assert max(drawn) <= lower_w + 0.02 * MW
+        assert max(drawn) <= lower_w + 0.05 * MW
         rows = await vtn_events(running)
         assert [(r["value_w"], r["cancelled_at"] is not None) for r in reversed(rows)] == [
             (cap_w, True),
@@ -229,10 +231,19 @@ async def test_a_utility_cap_is_held_at_the_meter_changed_cancelled_reported_and
                 own_j / seconds, rel=0.01
             )
             assert payload(report, "OPERATING_STATE") == "NORMAL"
+        # Once measured, the baseline rides along, and the change in usage against it.
+        measured = next(r for r in vtn.reports() if "BASELINE" in json.dumps(r))
+        seconds = float(measured["resources"][0]["intervalPeriod"]["duration"].strip("PTS"))
+        baseline_kwh = float(payload(measured, "BASELINE")) * seconds / 3600
+        assert float(payload(measured, "DELTA_USAGE")) == pytest.approx(
+            float(payload(measured, "USAGE")) - baseline_kwh, rel=1e-6
+        )
 
         # The utility deletes the event: cancelled here, the grid free again.
         await asyncio.to_thread(utility.delete, event)
         await until(lambda: running.controller.ven.status.events_in_force == 0, 5, "cancelled")
+        read_at = running.controller.ven.status.last_ok_s
+        await until(lambda: running.controller.ven.status.last_ok_s > read_at + 1, 5, "reads on")
         await until(
             lambda: running.records[-1].in_force.dispatch.import_cap_w is None, 5, "cap gone"
         )
@@ -266,8 +277,12 @@ async def test_through_a_vtn_outage_and_a_refused_token_the_event_stays_and_an_a
         vtn.go_down()  # 60 s without the VTN
         down_at = time.time()
         await until(lambda: running.controller.ven.status.last_error == "unreachable", 5, "seen")
-        await until(lambda: running.controller.alarms.active, 30, "the alarm")
-        (alarm,) = [a for a in running.controller.alarms.active if a.key == "openadr_unreachable"]
+
+        def vtn_alarms() -> list[Any]:
+            return [a for a in running.controller.alarms.active if a.key == "openadr_unreachable"]
+
+        await until(vtn_alarms, 30, "the alarm")
+        (alarm,) = vtn_alarms()
         assert time.time() - down_at >= 20.0
         assert "stay in force" in alarm.message
         await until(lambda: time.time() - down_at >= 60.0, 60, "a minute")
@@ -275,7 +290,7 @@ async def test_through_a_vtn_outage_and_a_refused_token_the_event_stays_and_an_a
         assert len(running.records[-1].in_force.events) == 1
         vtn.come_back()
         await until(lambda: running.controller.ven.status.reachable, 10, "back")
-        await until(lambda: not running.controller.alarms.active, 10, "the alarm cleared")
+        await until(lambda: not vtn_alarms(), 10, "the alarm cleared")
 
         vtn.refuse_tokens = True
         vtn.expire_tokens()

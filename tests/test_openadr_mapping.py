@@ -174,6 +174,32 @@ def test_reconcile_adds_new_keeps_same_replaces_changed_and_cancels_removed():
     assert not reconcile([_held(w, end_s=NOW - 1)], [], NOW)
 
 
+def test_an_interval_stored_after_it_began_is_in_force_from_then_and_not_stored_again():
+    (w,) = map_event(event([("IMPORT_CAPACITY_LIMIT", 8000)]), CFG, NOW).wanted
+    assert not reconcile([_held(w, start_s=w.start_s + 30)], [w], NOW)
+    assert reconcile([_held(w, start_s=w.start_s - 30)], [w], NOW).cancel == (1,)
+
+
+def test_two_asks_in_one_interval_are_two_events():
+    body = event([("SIMPLE", 1)], units=None)
+    both = body.model_copy(
+        update={
+            "intervals": (
+                body.intervals[0].model_copy(
+                    update={
+                        "payloads": (
+                            *body.intervals[0].payloads,
+                            *event([("IMPORT_CAPACITY_LIMIT", 8000)]).intervals[0].payloads,
+                        )
+                    }
+                ),
+            )
+        }
+    )
+    refs = [w.ref for w in map_event(both, CFG, NOW).wanted]
+    assert refs == ["ev-1/0", "ev-1/0#1"]
+
+
 def test_an_event_an_operator_cancelled_stays_cancelled_until_the_vtn_changes_it():
     (w,) = map_event(event([("IMPORT_CAPACITY_LIMIT", 8000)]), CFG, NOW).wanted
     assert not reconcile([_held(w, cancelled=True)], [w], NOW)

@@ -11,12 +11,12 @@ from typing import Annotated, Literal
 
 from pydantic import Field, FilePath, SecretStr, model_validator
 
-from controller.fields import PositiveSeconds, Strict
+from controller.fields import MAX_POWER_W, MIN_POWER_W, PositiveSeconds, Strict
 
 Url = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", max_length=2048)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")]
 Level = Annotated[int, Field(ge=1, le=3)]
-Power = Annotated[float, Field(ge=1e3, le=1e10)]  # W: at least 1 kW, like an operator's event
+Power = Annotated[float, Field(ge=MIN_POWER_W, le=MAX_POWER_W)]  # W, like an operator's event
 
 
 class Action(Strict):

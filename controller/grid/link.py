@@ -183,5 +183,8 @@ class VtnLink:
             descriptor=_models(self.cfg, "event.event_payload"),
         )
         name = self.cfg.ven_name
-        new_report = report_model(models, figures, client_name=name, resource=name)
-        self._call(lambda client: client.reports.create_report(new_report=new_report))
+        self._call(
+            lambda client: client.reports.create_report(
+                new_report=report_model(models, figures, client_name=name, resource=name)
+            )
+        )

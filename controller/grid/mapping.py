@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from controller.fields import MAX_POWER_W, MIN_POWER_W
 from controller.grid.config import Action, OpenADRConfig
 from controller.operations import MAX_EVENT_S
 
@@ -31,7 +32,6 @@ ALERTS = frozenset(
     {"ALERT_GRID_EMERGENCY", "ALERT_BLACK_START", "ALERT_POSSIBLE_OUTAGE", "ALERT_FLEX_ALERT"}
 )
 UNITS_W = {"W": 1.0, "KW": 1e3, "MW": 1e6}
-MIN_W, MAX_W = 1e3, 1e10  # an import cap or shed: the bounds of an operator's event
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,13 @@ class _Interval:
         self.out.append(Refused(self.ref, self.revision, reason, detail))
 
     def want(self, kind: Kind, value_w: float, signal: str) -> None:
-        if not MIN_W <= value_w <= MAX_W:
+        if not MIN_POWER_W <= value_w <= MAX_POWER_W:
             self.refuse("out_of_range", f"{signal} of {value_w:.0f} W is outside 1 kW–10 GW")
             return
-        self.out.append(Wanted(self.ref, self.revision, kind, value_w, *self.span, signal))
+        # A second ask in one interval (two signals) is an event of its own: a ref of its own.
+        n = sum(isinstance(o, Wanted) for o in self.out)
+        ref = self.ref if n == 0 else f"{self.ref}#{n}"
+        self.out.append(Wanted(ref, self.revision, kind, value_w, *self.span, signal))
 
     def act(self, action: Action | None, signal: str, what: str) -> None:
         if action is None:

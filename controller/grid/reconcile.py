@@ -43,8 +43,10 @@ class Changes:
 
 
 def _same(h: Held, w: Wanted) -> bool:
-    figures = (h.kind, h.value_w, h.start_s, h.end_s) == (w.kind, w.value_w, w.start_s, w.end_s)
-    return h.revision == w.revision and figures
+    """The same version and figures; a stored start later than asked is the same (an
+    interval stored while it ran is in force from when it was stored)."""
+    figures = (h.kind, h.value_w, h.end_s) == (w.kind, w.value_w, w.end_s)
+    return h.revision == w.revision and figures and h.start_s >= w.start_s
 
 
 def reconcile(held: Iterable[Held], wanted: Iterable[Wanted], now_s: float) -> Changes:

@@ -30,10 +30,11 @@ class ReportFigures:
         return self.usage_j / (self.end_s - self.start_s)
 
     @property
-    def not_drawn_j(self) -> float | None:
+    def delta_j(self) -> float | None:
+        """Usage against the baseline over the interval (negative: drawn less), J."""
         if self.baseline_w is None:
             return None
-        return self.baseline_w * (self.end_s - self.start_s) - self.usage_j
+        return self.usage_j - self.baseline_w * (self.end_s - self.start_s)
 
     def payloads(self) -> list[tuple[str, str | None, float | str]]:
         """(payload type, units, value) as reported."""
@@ -41,9 +42,9 @@ class ReportFigures:
             ("USAGE", "KWH", self.usage_j / J_PER_KWH),
             ("DEMAND", "KW", self.demand_w / 1e3),
         ]
-        if self.baseline_w is not None and (not_drawn := self.not_drawn_j) is not None:
+        if self.baseline_w is not None and (delta := self.delta_j) is not None:
             rows += [("BASELINE", "KW", self.baseline_w / 1e3)]
-            rows += [("DELTA_USAGE", "KWH", not_drawn / J_PER_KWH)]
+            rows += [("DELTA_USAGE", "KWH", delta / J_PER_KWH)]
         rows.append(("OPERATING_STATE", None, "NORMAL" if self.ready else "ERROR"))
         return rows
 

@@ -46,6 +46,10 @@ class VenStatus:
             errors=_plus(self.errors, kind),
         )
 
+    def counted_error(self, kind: str) -> VenStatus:
+        """A failure of our own (not the VTN's): counted, the VTN's state left as it is."""
+        return replace(self, errors=_plus(self.errors, kind))
+
     def counted_refusals(self, reasons: list[str]) -> VenStatus:
         counts = self.refused
         for reason in reasons:

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,13 +29,23 @@ from controller.grid.mapping import Refused, map_event
 from controller.grid.reconcile import Changes, Held, reconcile
 from controller.grid.reports import ReportFigures
 from controller.grid.status import VenStatus
-from controller.operations import EventIn, Operations
+from controller.operations import MAX_EVENT_S, EventIn, Operations
 from controller.opsdb import Actor, Conflict, Origin
 from controller.record import TickRecord
 
 log = logging.getLogger("gridpilot.openadr")
 SOURCE = "openadr"
 REMEMBERED = 1000  # refusals already logged, newest kept: each is logged once
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """Where a VTN event's next report starts."""
+
+    program_id: str
+    time_s: float  # unix s
+    energy_j: float  # the meter's register then
+    baseline_w: float | None  # the newest known (kept for the last report, after the end)
 
 
 def held_of(row: dict[str, Any]) -> Held:
@@ -63,7 +73,8 @@ class Ven:
         self.cfg, self.ops, self.leading = cfg, ops, leading
         self.latest, self.baseline_w = latest, baseline_w
         # Per VTN event reported on: (unix s, the meter's register, J) the next report starts at.
-        self._marks: dict[str, tuple[float, float]] = {}
+        self._marks: dict[str, _Mark] = {}
+        self._report_error: str | None = None
         self._programs: dict[str, str] = {}  # VTN event id → its program's id
         self.link = VtnLink(cfg)
         self.actor = Actor(None, f"openadr:{cfg.ven_name}", "operator")
@@ -77,7 +88,11 @@ class Ven:
         log.info("VEN started", extra={"vtn": self.cfg.vtn_url, "ven": self.cfg.ven_name})
         try:
             while not stop.is_set():
-                await self.cycle()
+                try:
+                    await self.cycle()
+                except Exception:  # e.g. the store locked: this read is lost, the next one counts
+                    log.exception("VEN cycle failed; tried again next poll")
+                    self.status = self.status.counted_error("internal")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.cfg.poll_s)
         finally:
@@ -139,8 +154,9 @@ class Ven:
         wanted = [w for m in mapped for w in m.wanted]
         refusals = [r for m in mapped for r in m.refused]
         refusals += [Refused(f"{i}/*", "", "malformed", d) for i, d in reading.malformed]
-        held = [held_of(row) for row in self.ops.db.events_from(SOURCE, now_s)]
-        # An event stored here and since over is not refused as past: it ran.
+        # Every VTN event kept here (its retention bounds them): one stored and since over is
+        # not refused as past, it ran.
+        held = [held_of(row) for row in self.ops.db.events_from(SOURCE, now_s - MAX_EVENT_S)]
         stored = {h.ref.split("/")[0] for h in held}
         refusals = [
             r for r in refusals if not (r.reason == "past" and r.ref.removesuffix("/*") in stored)
@@ -151,7 +167,7 @@ class Ven:
         if self.status.last_error is not None:
             log.info("VTN answers again", extra={"vtn": self.cfg.vtn_url})
         in_force = self.ops.db.events_from(SOURCE, time.time())
-        self._programs = {e.id: e.program_id for e in reading.events}
+        self._programs |= {e.id: e.program_id for e in reading.events}
         self.status = replace(
             self.status.counted_refusals(self._refused(refusals)),
             ven_id=reading.ven_id,
@@ -167,46 +183,60 @@ class Ven:
     # --- reports ---------------------------------------------------------------------------
     async def _report(self) -> None:
         """Each VTN event running here: a report of every `report_s` since the last one (the
-        meter's register at the newest tick), and a last one once it has ended."""
+        meter's register at the newest tick), and a last one once it has ended. Reports start
+        when the VEN first sees an event running (within `poll_s` of its start)."""
         rec = self.latest()
         meter = rec.snapshot.assets.meter if rec is not None else None
         if rec is None or meter is None or meter.energy_import_j is None:
             return  # no register to report from: said by the meter's own alarms
         now_s, energy_j = rec.wall_time, meter.energy_import_j
         ready = rec.mode == "auto" and not rec.readings.missing
-        rows = await asyncio.to_thread(self.ops.db.events_from, SOURCE, now_s - self.cfg.poll_s)
+        rows = await asyncio.to_thread(self.ops.db.events_from, SOURCE, now_s)
         running: dict[str, dict[str, Any]] = {}
         for row in rows:
             vtn_id = (row["ref"] or "").split("/")[0]
-            if row["cancelled_at"] is None and row["start_s"] <= now_s and vtn_id in self._programs:
+            if row["cancelled_at"] is None and row["start_s"] <= now_s < row["end_s"]:
                 running.setdefault(vtn_id, row)
         for vtn_id in sorted(set(running) | set(self._marks)):
-            mark = self._marks.get(vtn_id)
-            if mark is None:
-                self._marks[vtn_id] = (now_s, energy_j)  # reports start from here
+            row, mark = running.get(vtn_id), self._marks.get(vtn_id)
+            baseline = self.baseline_w(row["id"]) if row is not None else None
+            if mark is None:  # reports start from here
+                program = self._programs.get(vtn_id)
+                if program is not None:
+                    self._marks[vtn_id] = _Mark(program, now_s, energy_j, baseline)
                 continue
-            if vtn_id in running and now_s - mark[0] < self.cfg.report_s:
+            if row is not None and now_s - mark.time_s < self.cfg.report_s:
                 continue
-            row = running.get(vtn_id)
             figures = ReportFigures(
-                program_id=self._programs.get(vtn_id, ""),
+                program_id=mark.program_id,
                 event_id=vtn_id,
-                start_s=mark[0],
+                start_s=mark.time_s,
                 end_s=now_s,
-                usage_j=max(0.0, energy_j - mark[1]),
-                baseline_w=self.baseline_w(row["id"]) if row is not None else None,
+                usage_j=max(0.0, energy_j - mark.energy_j),
+                baseline_w=baseline if baseline is not None else mark.baseline_w,
                 ready=ready,
             )
             if row is None:
                 del self._marks[vtn_id]  # over (or cancelled): its last report
             else:
-                self._marks[vtn_id] = (now_s, energy_j)
+                self._marks[vtn_id] = _Mark(mark.program_id, now_s, energy_j, figures.baseline_w)
             try:
                 await self._io(lambda f=figures: self.link.report(f))
             except VtnError as exc:
-                self._failed(exc, time.time())
+                self._report_failed(exc)
                 return
+            self._report_error = None
             self.status = replace(self.status, reports_sent=self.status.reports_sent + 1)
+
+    def _report_failed(self, exc: VtnError) -> None:
+        """Counted; logged when its kind changes. Reads say whether the VTN is reachable."""
+        if self._report_error != exc.kind:
+            log.warning(
+                "report not accepted by the VTN",
+                extra={"vtn": self.cfg.vtn_url, "kind": exc.kind, "detail": exc.detail},
+            )
+        self._report_error = exc.kind
+        self.status = self.status.counted_error(f"report_{exc.kind}")
 
     def _change(self, changes: Changes) -> list[Refused]:
         """Cancel, then add: a changed event's old version is gone before its new one counts
@@ -215,8 +245,12 @@ class Ven:
             self.ops.cancel_event(event_id, self.actor)
             log.info("VTN event cancelled or changed", extra={"event_id": event_id})
         refused = []
+        now_s = time.time()
         for w in changes.add:
-            fields = {"kind": w.kind, "value_w": w.value_w, "start_s": w.start_s, "end_s": w.end_s}
+            # One that began before it was stored here (changed while running, or received
+            # late) is in force from now: its M&V and reports start when it did here.
+            start_s = max(w.start_s, now_s)
+            fields = {"kind": w.kind, "value_w": w.value_w, "start_s": start_s, "end_s": w.end_s}
             try:
                 event = EventIn.model_validate(fields)  # an operator's event's checks
                 row = self.ops.add_event(event, self.actor, Origin(SOURCE, w.ref, w.revision))
