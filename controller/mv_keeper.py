@@ -126,10 +126,10 @@ def kept(query: Query, event_id: int) -> dict[str, Any] | None:
 
 def totals(latest: Mapping[int, Performance]) -> dict[str, float]:
     """The running events' asked and delivered reduction, W, added up (for the metrics)."""
-    asked = sum(p.asked_w for p in latest.values() if _finite(p.asked_w))
-    delivered = sum(p.delivered_mean_w for p in latest.values() if _finite(p.delivered_mean_w))
+    asked = sum(p.asked_w for p in latest.values() if _known(p.asked_w))
+    delivered = sum(p.delivered_mean_w for p in latest.values() if _known(p.delivered_mean_w))
     return {"asked_w": asked, "delivered_w": delivered, "running": float(len(latest))}
 
 
-def _finite(x: float | None) -> bool:
+def _known(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
