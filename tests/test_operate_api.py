@@ -276,6 +276,7 @@ async def test_mode_with_ttl_and_keys_lifecycle(api):
     )
     assert r.status_code == 200 and ops.in_force(time.time()).mode == "safe"
     assert ops.in_force(time.time() + 1).mode == "auto"
+    assert ops.writer.flush()  # the revert's audit entry is stored before the keys' below
     assert (
         await client.post("/v1/mode", json={"mode": "off"}, headers=auth(keys["operator"]))
     ).status_code == 422
