@@ -9,9 +9,9 @@ import logging
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -200,6 +200,23 @@ def create_app(
         if ok:
             return JSONResponse({"status": "ready"})
         return problem(503, "Not ready", reason)
+
+    @app.post(
+        "/openadr/notify",
+        status_code=202,
+        summary="An OpenADR 3 VTN's notification: the VEN reads the VTN at once",
+        description="A subscription's call back, authenticated by the bearer token the VEN gave "
+        "the VTN when it subscribed (not by an API key). The body is not trusted: the VEN reads "
+        "the VTN itself, as it does every `openadr.poll_s`.",
+        responses=problem_responses(401, 404, 422),
+    )
+    async def openadr_notify(
+        authorization: Annotated[str | None, Header(max_length=600)] = None,
+    ) -> dict[str, Any]:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not token:
+            raise HTTPException(401, "the subscription's bearer token is needed")
+        return await link.call("openadr_notify", token=token)  # type: ignore[no-any-return]
 
     app.include_router(operate_router(link, db, mv or MvSettings()))
     app.include_router(evidence_router(link, db, data_dir))

@@ -36,6 +36,7 @@ from controller.channel import (
 )
 from controller.commands import ActorIn, CaptureIn, KeyIn, ModeIn, SetpointsPatch, SetpointsPut
 from controller.config import DeviceConfig
+from controller.grid.ven import Ven
 from controller.ha.node import HaNode, NotAcknowledged
 from controller.metrics import Metrics
 from controller.notices import NotYours
@@ -91,6 +92,12 @@ class _RequestCapture(_Command):
     reason: str
 
 
+class _Notified(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    token: str = Field(min_length=1, max_length=512)
+
+
 class Refused(Exception):
     """A command refused with an HTTP status the API answers as a problem document."""
 
@@ -111,8 +118,9 @@ class Bridge:
         maps: Mapping[str, DeviceMap],
         captures: CaptureKeeper | None = None,
         ha: HaNode | None = None,
+        ven: Ven | None = None,
     ) -> None:
-        self.captures = captures
+        self.captures, self.ven = captures, ven
         self.ha = ha  # in an HA pair: changes only on the leader, answered once etcd has them
         self.ops, self.db, self.state, self.alarms, self.metrics = ops, db, state, alarms, metrics
         self.configs, self.maps = configs, maps
@@ -148,6 +156,7 @@ class Bridge:
             "create_key": self._create_key,
             "revoke_key": self._revoke_key,
             "request_capture": self._request_capture,
+            "openadr_notify": self._openadr_notify,
         }
 
     # --- the channel ----------------------------------------------------------------------
@@ -341,6 +350,15 @@ class Bridge:
         if row is None:
             raise Refused(404, "Not found", f"No notice {cmd.id} to cancel (or cancelled before)")
         return row
+
+    def _openadr_notify(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The VTN's call back: with the VEN's token, it reads the VTN at once."""
+        token = _Notified.model_validate(args).token
+        if self.ven is None:
+            raise Refused(404, "Not found", "this controller runs no OpenADR VEN")
+        if not self.ven.notified(token):
+            raise Refused(401, "Unauthorized", "not the token this VEN subscribed with")
+        return {"read": "now"}
 
     def _ack_alarm(self, args: dict[str, Any]) -> dict[str, Any]:
         cmd = _ById.model_validate(args)

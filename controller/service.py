@@ -197,6 +197,7 @@ class Controller:
             maps,
             self.captures,
             self.ha,
+            self.ven,
         )
         self.log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.api_process: ApiProcess | None = None  # while running

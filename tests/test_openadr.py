@@ -360,3 +360,31 @@ async def test_the_ven_speaks_3_1_0_and_finds_the_token_endpoint_itself(site, vt
         assert len(controller.db.events_from("openadr", time.time())) == 1
     finally:
         controller.close()
+
+
+async def test_a_vtn_notification_makes_the_ven_read_at_once_and_a_stranger_cannot(
+    site_data, vtn: VtnServer, tmp_path
+):
+    """Subscribed (the VTN calls back), the VEN reads a new event within a second or two,
+    long before its next poll; a call back without its token is refused and reads nothing."""
+    api_port = site_data["api_port"]
+    site = openadr_site(
+        site_data, vtn, tmp_path, poll_s=600.0,
+        callback_url=f"http://127.0.0.1:{api_port}/openadr/notify",
+    )  # fmt: skip
+    utility = await asyncio.to_thread(Utility, vtn)
+    async with site_running(site) as running:
+        await until(lambda: running.controller.ven.status.reachable, 10, "the first read")
+        (sub,) = vtn.state.all("subscriptions")
+        assert sub["clientName"] == "site-a" and sub["programID"] == utility.program.id
+        reads = running.controller.ven.status.last_ok_s
+        made = time.time()
+        await asyncio.to_thread(utility.cap, 20 * MW, made + 3600, 600.0)
+        await until(lambda: running.controller.ven.status.events_in_force == 1, 5, "notified")
+        assert running.controller.ven.status.last_ok_s > reads
+        assert time.time() - made < 5.0  # the poll is 600 s away
+        stranger = await running.api.post(
+            "/openadr/notify", headers={"Authorization": "Bearer not-the-token"}, json={}
+        )
+        assert stranger.status_code == 401
+        assert (await running.api.post("/openadr/notify", json={})).status_code == 401

@@ -68,6 +68,11 @@ class OpenADRConfig(Strict):
         description="program names to follow; empty: every program the VTN shows this VEN",
     )
     poll_s: float = Field(10.0, ge=1.0, le=3600.0, description="between two reads of events, s")
+    callback_url: Url | None = Field(
+        None,
+        description="where the VTN reaches this controller's POST /openadr/notify: subscribed "
+        "to each program's events, a change is read at once; none: polling alone",
+    )
     timeout_s: PositiveSeconds = Field(5.0, description="one request to the VTN, s")
     report_s: float = Field(
         60.0, ge=5.0, le=3600.0, description="between two reports on a running event, s"

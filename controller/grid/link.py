@@ -90,10 +90,11 @@ def _failure(exc: Exception) -> VtnError:
 class VtnLink:
     """The library's VEN client, made on first use and made anew after a refused token."""
 
-    def __init__(self, cfg: OpenADRConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: OpenADRConfig, callback_token: str | None = None) -> None:
+        self.cfg, self.callback_token = cfg, callback_token
         self._client: Any = None
         self.ven_id: str | None = None
+        self._subscribed: frozenset[str] = frozenset()  # program ids
 
     def _made(self) -> Any:
         if self._client is None:
@@ -112,7 +113,8 @@ class VtnLink:
                 allow_insecure_http=cfg.allow_http,
                 version=_version(cfg),
             )
-            for part in (client.events, client.programs, client.reports, client.vens):
+            parts = (client.events, client.programs, client.reports, client.vens)
+            for part in (*parts, client.subscriptions):
                 _bounded(part.session, cfg.timeout_s)
             self._client = client
         return self._client
@@ -154,6 +156,8 @@ class VtnLink:
             p = program_model.model_validate(raw)
             if not self.cfg.programs or p.program_name in self.cfg.programs:
                 programs[p.id] = p.program_name
+        if self.cfg.callback_url is not None and frozenset(programs) != self._subscribed:
+            self._subscribe(client, programs)
         events: list[Any] = []
         malformed: list[tuple[str, str]] = []
         for program_id in programs:
@@ -166,6 +170,28 @@ class VtnLink:
                     loc = ".".join(str(x) for x in first["loc"])
                     malformed.append((where, f"{loc}: {first['msg']}"))
         return Reading(self.ven_id, programs, tuple(events), tuple(malformed))
+
+    def _subscribe(self, client: Any, programs: dict[str, str]) -> None:
+        """A subscription to each followed program's events, calling back with this run's
+        token; this VEN's older ones (an earlier run's token) deleted first."""
+        models = _models(self.cfg, "subscriptions.subscription")
+        name = self.cfg.ven_name
+        for raw in self._pages(client.subscriptions, "subscriptions", {"clientName": name}):
+            if isinstance(raw, dict) and raw.get("clientName") == name and "id" in raw:
+                client.subscriptions.delete_subscription_by_id(str(raw["id"]))
+        for program_id in programs:
+            operation = models.ObjectOperation(
+                objects=(models.Object.EVENT,),
+                operations=(models.Operation.POST, models.Operation.PUT, models.Operation.DELETE),
+                callback_url=self.cfg.callback_url,
+                bearer_token=self.callback_token,
+            )
+            client.subscriptions.create_subscription(
+                new_subscription=models.NewSubscription(
+                    client_name=name, program_id=program_id, object_operations=(operation,)
+                )
+            )
+        self._subscribed = frozenset(programs)
 
     def _register(self, client: Any) -> str:
         """This VEN's id at the VTN: found by name, or registered."""

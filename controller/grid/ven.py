@@ -12,8 +12,9 @@ without a complete read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hmac
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -72,11 +73,14 @@ class Ven:
     ) -> None:
         self.cfg, self.ops, self.leading = cfg, ops, leading
         self.latest, self.baseline_w = latest, baseline_w
-        # Per VTN event reported on: (unix s, the meter's register, J) the next report starts at.
-        self._marks: dict[str, _Mark] = {}
+        self._marks: dict[str, _Mark] = {}  # per VTN event reported on
         self._report_error: str | None = None
         self._programs: dict[str, str] = {}  # VTN event id → its program's id
-        self.link = VtnLink(cfg)
+        # The VTN calls back with this run's token (a subscription's bearer token): a read then.
+        self._token = secrets.token_urlsafe(32) if cfg.callback_url is not None else None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.link = VtnLink(cfg, self._token)
         self.actor = Actor(None, f"openadr:{cfg.ven_name}", "operator")
         self.status = VenStatus(cfg.vtn_url, cfg.ven_name, cfg.alarm_after_s)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="openadr")
@@ -86,17 +90,33 @@ class Ven:
     # --- the task ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         log.info("VEN started", extra={"vtn": self.cfg.vtn_url, "ven": self.cfg.ven_name})
+        self._loop, wake = asyncio.get_running_loop(), asyncio.Event()
+        self._wake = wake
         try:
             while not stop.is_set():
+                wake.clear()  # a call back during the read below: read again at once
                 try:
                     await self.cycle()
                 except Exception:  # e.g. the store locked: this read is lost, the next one counts
                     log.exception("VEN cycle failed; tried again next poll")
                     self.status = self.status.counted_error("internal")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.cfg.poll_s)
+                waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())}
+                _, pending = await asyncio.wait(
+                    waits, timeout=self.cfg.poll_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def notified(self, token: str) -> bool:
+        """The VTN's call back (any thread): with this run's token, a read at once."""
+        expected = self._token
+        if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+            return False
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        return True
 
     async def cycle(self) -> None:
         """One read of the VTN and, when complete, the events made to match it."""
