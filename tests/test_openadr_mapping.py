@@ -4,6 +4,7 @@ sheds (`controller/grid/mapping.py`), and reconciled with what is stored
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from openadr3_client.oadr310.models.event.event import ExistingEvent as Event310
 from controller.grid.config import OpenADRConfig
 from controller.grid.mapping import map_event
 from controller.grid.reconcile import Held, reconcile
+from controller.grid.reports import report_period_s
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC).timestamp()
 NOW = T0 - 600.0  # ten minutes before the events start
@@ -206,3 +208,19 @@ def test_an_event_an_operator_cancelled_stays_cancelled_until_the_vtn_changes_it
     newer = map_event(event([("IMPORT_CAPACITY_LIMIT", 7000)], modified_s=NOW - 1), CFG, NOW).wanted
     again = reconcile([_held(w, cancelled=True)], newer, NOW)
     assert again.add == newer and not again.cancel
+
+
+@pytest.mark.parametrize(
+    ("descriptors", "duration", "period_s"),
+    [
+        (None, "PT1H", 60.0),  # none asked: the site's report_s
+        ([{"payloadType": "USAGE", "frequency": 2}], "PT15M", 1800.0),  # every 2 intervals
+        ([{"payloadType": "USAGE", "numIntervals": 1}], "PT5M", 300.0),  # as numIntervals
+        ([{"payloadType": "USAGE"}], "PT5M", math.inf),  # all intervals: once, at the end
+        ([{"payloadType": "USAGE", "frequency": 1}], "PT1S", 5.0),  # never more often than 5 s
+        ([{"payloadType": "USAGE", "frequency": 1}], "PT0S", 60.0),  # no length: report_s
+    ],
+)
+def test_reports_come_as_often_as_the_event_asks(descriptors, duration, period_s):
+    e = event([("IMPORT_CAPACITY_LIMIT", 8000)], duration=duration, reportDescriptors=descriptors)
+    assert report_period_s(e, 60.0) == period_s

@@ -75,7 +75,7 @@ class OpenADRConfig(Strict):
     )
     timeout_s: PositiveSeconds = Field(5.0, description="one request to the VTN, s")
     report_s: float = Field(
-        60.0, ge=5.0, le=3600.0, description="between two reports on a running event, s"
+        60.0, ge=5.0, le=3600.0, description="between two reports when an event asks none, s"
     )
     alarm_after_s: float = Field(
         300.0, ge=0.0, le=86400.0, description="an alarm when the VTN is out of reach this long"

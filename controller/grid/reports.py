@@ -8,11 +8,29 @@ everywhere else in gridpilot in W and J.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 J_PER_KWH = 3.6e6
+MIN_REPORT_S = 5.0  # a program asking more often is answered this often
+
+
+def report_period_s(event: Any, default_s: float) -> float:
+    """How often an event asks to be reported on (its first report descriptor): every
+    `frequency` intervals (-1: as `numIntervals`; -1 again: once, at its end: infinity). No
+    descriptor, or intervals with no duration: the site's `report_s`."""
+    descriptors = event.report_descriptors or ()
+    period = event.interval_period or next(
+        (i.interval_period for i in event.intervals if i.interval_period is not None), None
+    )
+    duration_s = period.duration.total_seconds() if period is not None else 0.0
+    if not descriptors or duration_s <= 0.0:
+        return default_s
+    d = descriptors[0]
+    every = d.frequency if d.frequency > 0 else d.num_intervals
+    return math.inf if every <= 0 else max(MIN_REPORT_S, every * duration_s)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -28,7 +29,7 @@ from controller.grid.config import OpenADRConfig
 from controller.grid.link import Reading, VtnError, VtnLink
 from controller.grid.mapping import Refused, map_event
 from controller.grid.reconcile import Changes, Held, reconcile
-from controller.grid.reports import ReportFigures
+from controller.grid.reports import ReportFigures, report_period_s
 from controller.grid.status import VenStatus
 from controller.operations import MAX_EVENT_S, EventIn, Operations
 from controller.opsdb import Actor, Conflict, Origin
@@ -76,6 +77,7 @@ class Ven:
         self._marks: dict[str, _Mark] = {}  # per VTN event reported on
         self._report_error: str | None = None
         self._programs: dict[str, str] = {}  # VTN event id → its program's id
+        self._periods: dict[str, float] = {}  # VTN event id → its report period, s
         # The VTN calls back with this run's token (a subscription's bearer token): a read then.
         self._token = secrets.token_urlsafe(32) if cfg.callback_url is not None else None
         self._wake: asyncio.Event | None = None
@@ -188,6 +190,7 @@ class Ven:
             log.info("VTN answers again", extra={"vtn": self.cfg.vtn_url})
         in_force = self.ops.db.events_from(SOURCE, time.time())
         self._programs |= {e.id: e.program_id for e in reading.events}
+        self._periods |= {e.id: report_period_s(e, self.cfg.report_s) for e in reading.events}
         self.status = replace(
             self.status.counted_refusals(self._refused(refusals)),
             ven_id=reading.ven_id,
@@ -225,7 +228,7 @@ class Ven:
                 if program is not None:
                     self._marks[vtn_id] = _Mark(program, now_s, energy_j, baseline)
                 continue
-            if row is not None and now_s - mark.time_s < self.cfg.report_s:
+            if row is not None and now_s - mark.time_s < self._periods.get(vtn_id, math.inf):
                 continue
             figures = ReportFigures(
                 program_id=mark.program_id,
