@@ -1,4 +1,5 @@
-"""The VEN's Prometheus series, read at scrape time from the last tick's copy of its status."""
+"""The VEN's Prometheus series, read at scrape time from the last tick's copy of its status.
+Without a VEN the families are there, empty (alerts and dashboards name them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from prometheus_client.registry import Collector
 
 from controller.grid.status import VenStatus
 
+GAUGES = (
+    ("gridpilot_openadr_reachable", "1 while the VTN answered the last read",
+     lambda s, now: 1.0 if s.reachable else 0.0),
+    ("gridpilot_openadr_unreachable_seconds", "How long the VTN has failed (0: it answers)",
+     lambda s, now: s.out_for_s(now)),
+    ("gridpilot_openadr_events_in_force", "VTN events planned or running here",
+     lambda s, now: float(s.events_in_force)),
+)  # fmt: skip
+
 
 class OpenADRCollector(Collector):
     def __init__(self, site: str, latest: Callable[[], tuple[VenStatus, float] | None]) -> None:
@@ -16,22 +26,13 @@ class OpenADRCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         found = self.latest()
-        if found is None:
-            return
-        status, now_s = found
         site = [self.site]
-        for name, help_text, value in (
-            ("gridpilot_openadr_reachable", "1 while the VTN answered the last read",
-             1.0 if status.reachable else 0.0),
-            ("gridpilot_openadr_unreachable_seconds", "How long the VTN has failed (0: it answers)",
-             status.out_for_s(now_s)),
-            ("gridpilot_openadr_events_in_force", "VTN events planned or running here",
-             float(status.events_in_force)),
-        ):  # fmt: skip
+        for name, help_text, value_of in GAUGES:
             gauge = GaugeMetricFamily(name, help_text, labels=["site"])
-            gauge.add_metric(site, value)
+            if found is not None:
+                gauge.add_metric(site, value_of(*found))
             yield gauge
-        price = status.price_now(now_s)
+        price = found[0].price_now(found[1]) if found is not None else None
         gauge = GaugeMetricFamily(
             "gridpilot_openadr_price",
             "The price the VTN tells for now, in its currency per its units (recorded only)",
@@ -43,13 +44,15 @@ class OpenADRCollector(Collector):
         reports = CounterMetricFamily(
             "gridpilot_openadr_reports", "Reports the VTN accepted", labels=["site"]
         )
-        reports.add_metric(site, float(status.reports_sent))
+        if found is not None:
+            reports.add_metric(site, float(found[0].reports_sent))
         yield reports
+        status = found[0] if found is not None else None
         for name, help_text, label, counts in (
             ("gridpilot_openadr_errors", "Failed exchanges with the VTN, by kind", "kind",
-             status.errors),
+             status.errors if status else {}),
             ("gridpilot_openadr_refused", "VTN payloads refused (control unchanged), by reason",
-             "reason", status.refused),
+             "reason", status.refused if status else {}),
         ):  # fmt: skip
             family = CounterMetricFamily(name, help_text, labels=["site", label])
             for key, count in sorted(counts.items()):
