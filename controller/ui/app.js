@@ -600,11 +600,16 @@ async function pollEvents() {
     .sort((a, b) => order[a.status] - order[b.status] || b.start_s - a.start_s)
     .slice(0, 10);
   fill($("#events"), sorted.length ? h("table", { class: "table compact" },
-    h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "Kind"), h("th", { class: "r" }, "Power"),
+    h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "Kind"), h("th", {}, "Source"),
+      h("th", { class: "r" }, "Power"),
       h("th", {}, "From"), h("th", {}, "To"), h("th", {}, "Status"), h("th", {}, ""))),
     h("tbody", {}, sorted.map((e) => h("tr", { class: `ev-${e.status}`, dataset: { id: e.id } },
       h("td", { class: "mono muted" }, e.id),
       h("td", {}, e.kind === "shed" ? "shed" : "import cap"),
+      // A utility's event (OpenADR): its VTN event and interval on hover.
+      e.source === "openadr"
+        ? h("td", { title: `VTN ${e.ref}, version ${e.revision}` }, "utility")
+        : h("td", { class: "muted" }, "operator"),
       h("td", { class: "r mono" }, `${mw(e.value_w)} MW`),
       h("td", { class: "mono" }, dateTime(e.start_s)),
       h("td", { class: "mono" }, dateTime(e.end_s)),
