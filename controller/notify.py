@@ -36,17 +36,23 @@ def notice_body(
     return {"kind": kind, "at_s": at_s, **{k: v for k, v in given.items() if v is not None}}
 
 
-def post_notice(
-    url: str, key: str, body: dict[str, Any], ca: Path | None = None, timeout_s: float = 10.0
+def call_api(
+    url: str,
+    key: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    ca: Path | None = None,
+    timeout_s: float = 10.0,
 ) -> httpx.Response:
-    """POST /v1/notices on the site at `url` (trusting `ca`, a PEM file, besides the system's
-    authorities when given)."""
+    """One request to the site's API at `url` (trusting `ca`, a PEM file, besides the
+    system's authorities when given)."""
     verify: ssl.SSLContext | bool = True
     if ca is not None:
         verify = ssl.create_default_context(cafile=str(ca))
     headers = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=url, verify=verify, timeout=timeout_s) as client:
-        return client.post("/v1/notices", json=body, headers=headers)
+        return client.request(method, path, json=body, headers=headers)
 
 
 def _fail(message: str, status: int) -> typer.Exit:
@@ -55,7 +61,7 @@ def _fail(message: str, status: int) -> typer.Exit:
 
 
 def notify(
-    kind: Annotated[str, typer.Argument(help=", ".join(KINDS))],
+    kind: Annotated[str, typer.Argument(help=", ".join(KINDS) + "; or cancel (with --id)")],
     url: Annotated[
         str,
         typer.Option("--url", envvar="GRIDPILOT_URL", help="the site's API, e.g. https://gp:8080"),
@@ -83,29 +89,39 @@ def notify(
         int | None, typer.Option("--gpus", help="or its GPU count (the site turns it into W)")
     ] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="the job it is about")] = None,
+    notice_id: Annotated[
+        int | None, typer.Option("--id", min=1, help="cancel: the notice's id, as printed")
+    ] = None,
     ca: Annotated[
         Path | None, typer.Option("--ca", exists=True, dir_okay=False, help="the site's CA (PEM)")
     ] = None,
     timeout_s: Annotated[float, typer.Option("--timeout-s", min=0.1, max=300)] = 10.0,
 ) -> None:
     """Announce what the workload will do: post a notice to the site's API (POST
-    /v1/notices). Prints the notice as stored; exit 2 with the API's problem document on a
-    refusal, 1 when the API cannot be reached or fails."""
-    if kind not in KINDS:
-        raise _fail(f"KIND must be one of {', '.join(KINDS)}, not {kind!r}", 2)
-    if at_s is not None and in_s is not None:
+    /v1/notices), or take one back (`cancel --id N`: DELETE /v1/notices/N; a workload key
+    cancels only its own). Prints the notice as stored; exit 2 with the API's problem document
+    on a refusal, 1 when the API cannot be reached or fails."""
+    if kind == "cancel":
+        if notice_id is None:
+            raise _fail("cancel needs --id (the notice's id)", 2)
+        method, path, body, ok = "DELETE", f"/v1/notices/{notice_id}", None, 200
+    elif kind not in KINDS:
+        raise _fail(f"KIND must be one of {', '.join(KINDS)} or cancel, not {kind!r}", 2)
+    elif at_s is not None and in_s is not None:
         raise _fail("give --at or --in, not both", 2)
-    when = at_s if at_s is not None else time.time() + (in_s or 0.0)
-    body = notice_body(kind, when, duration_s, power_w, gpus, job_id)
+    else:
+        when = at_s if at_s is not None else time.time() + (in_s or 0.0)
+        body = notice_body(kind, when, duration_s, power_w, gpus, job_id)
+        method, path, ok = "POST", "/v1/notices", 201
     try:
-        answer = post_notice(url, key, body, ca, timeout_s)
+        answer = call_api(url, key, method, path, body, ca, timeout_s)
     except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
         raise _fail(f"no answer from {url}: {exc}", 1) from None
     try:
         shown = json.dumps(answer.json(), indent=2)
     except ValueError:
         shown = answer.text
-    if answer.status_code == 201:
+    if answer.status_code == ok:
         typer.echo(shown)
         return
     typer.echo(shown, err=True)

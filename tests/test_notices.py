@@ -261,8 +261,15 @@ async def test_gridpilot_notify_posts_to_the_running_site_and_state_and_metrics_
         forbidden = await run.api.get("/v1/state", headers=auth(key))
         assert forbidden.status_code == 403
 
-        gone = await run.api.delete(f"/v1/notices/{stored['id']}", headers=auth(key))
-        assert gone.status_code == 200
+        gone = await asyncio.to_thread(
+            notify, "cancel", "--id", str(stored["id"]), "--url", url, "--key", key, fast=True
+        )
+        assert gone.returncode == 0, gone.stderr
+        assert json.loads(gone.stdout)["cancelled_at"] is not None
+        again = await asyncio.to_thread(
+            notify, "cancel", "--id", str(stored["id"]), "--url", url, "--key", key, fast=True
+        )
+        assert again.returncode == 2 and json.loads(again.stderr)["status"] == 404
         await until(lambda: not run.records[-1].in_force.notices, 5, "no notice at a tick")
         await asyncio.sleep(2 * site.loop_period_s)  # a view of the tick after
         await run.scrape()
