@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,22 +15,43 @@ import yaml
 
 from controller.sitefile import default_site_text
 
+FIRST_PORT, LAST_PORT = 20000, 32000  # below the kernel's ephemeral range (32768 on)
+BLOCK = 100  # ports a test process claims at a time
+CLAIMS = Path(tempfile.gettempdir()) / "gridpilot-test-ports"
+_held: list[int] = []  # the claimed blocks' locked file descriptors, until this process ends
+
+
+def _claim(block: int) -> bool:
+    """Hold a block of ports for this test process: a lock on a file of its own, which no
+    other test process (another pytest-xdist worker, another run) can take while this one
+    lives; the kernel drops it when the process ends, however it ends."""
+    CLAIMS.mkdir(exist_ok=True)
+    fd = os.open(CLAIMS / f"block-{block}", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held.append(fd)
+    return True
+
 
 def _ports() -> Iterator[int]:
-    """This test process's own ports, below the kernel's ephemeral range: pytest-xdist's
-    workers (gw0, gw1, ...) and a run without them each count through a block of their own,
-    so no two processes of a run, and no port the kernel hands out, ever share one."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    block = int(worker[2:]) + 1 if worker.startswith("gw") else 0
-    return iter(range(20000 + 3000 * block, 23000 + 3000 * block))
+    """This process's ports: block after block it could claim, from a block of its own pid."""
+    blocks = (LAST_PORT - FIRST_PORT) // BLOCK
+    first = random.Random(os.getpid()).randrange(blocks)
+    for n in range(blocks):
+        block = (first + n) % blocks
+        if _claim(block):
+            yield from range(FIRST_PORT + block * BLOCK, FIRST_PORT + (block + 1) * BLOCK)
 
 
 _next_ports = _ports()
 
 
 def free_port() -> int:
-    """A free loopback port, never the same one twice in a test session (a port just
-    closed may still be taken: each is tried first)."""
+    """A free loopback port, never the same one twice in a test session nor handed to two
+    test processes at once (claimed), and not bound by anything else (tried first)."""
     for port in _next_ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
@@ -35,7 +59,7 @@ def free_port() -> int:
             except OSError:
                 continue
         return port
-    raise RuntimeError("this test process used up its 3,000 ports")
+    raise RuntimeError(f"no free port left in {FIRST_PORT}–{LAST_PORT}")
 
 
 def site_dict(data_dir: Path) -> dict[str, Any]:

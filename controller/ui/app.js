@@ -351,6 +351,15 @@ function renderLimits(t) {
     return e ? `#${id} ${e.kind === "shed" ? "shed" : "cap"} ${mw(e.value_w)} MW` : `#${id}`;
   });
   rows.push(["Events", events.length ? events.join(", ") : "none", events.length ? "warn" : ""]);
+  // The next workload notice (a job start, a checkpoint) and how far ahead it is.
+  const next = t.notices?.next;
+  rows.push(["Next notice", next ? `${next.kind.replace("_", " ")} in ${Math.max(0,
+    Math.round(next.lead_s))} s (${t.notices.pending} pending)` : "none"]);
+  const grid = t.openadr;
+  if (grid) {
+    rows.push(["Utility (OpenADR)", grid.reachable ? `VTN answers; ${grid.events_in_force} events`
+      : `VTN out of reach ${Math.round(grid.out_for_s)} s`, grid.reachable ? "" : "warn"]);
+  }
   const root = $("#limits");
   if (root.children.length !== rows.length * 2) {
     fill(root, rows.flatMap(([k]) => [h("dt", {}, k), h("dd", { class: "mono" })]));
