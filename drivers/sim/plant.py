@@ -362,7 +362,9 @@ class MeterModel:
     def step(self, grid_w: float, dt: float) -> None:
         self._window.append((dt, grid_w))
         span = sum(d for d, _ in self._window)
-        while span - self._window[0][0] >= self.window_s:
+        # A nanosecond's slack: steps that add up to the window fill it, whatever the float
+        # rounding of their sum (Python 3.12's sum() rounds differently from 3.11's).
+        while span - self._window[0][0] >= self.window_s - 1e-9:
             span -= self._window.popleft()[0]
         self.active_power_w = sum(d * w for d, w in self._window) / span
         self.energy_import_j += max(grid_w, 0.0) * dt
