@@ -172,7 +172,7 @@ class Metrics:
         self.cooling_roles = {
             role: gauge(name, help_text, sd) for role, (name, help_text) in COOLING_ROLES.items()
         }
-        for counter in (self.late_ticks, self.overruns, self.ticks):
+        for counter in (self.late_ticks, self.overruns, self.ticks, self.plan_duration):
             counter.labels(site)  # every series from the start: rates over them work at once
         self._overruns_seen = 0
         self._plan_seen: Plan | None = None
