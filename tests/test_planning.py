@@ -21,6 +21,7 @@ from controller.dispatch.replan import Memory
 from controller.notices import Notice
 from controller.planning import Carried, Plan, Seen, make_plan, plan_w_at, remembered
 from controller.record import TickRecord
+from controller.sitefile import load_site
 from tests.plant import modbus_only, site_running, until
 
 EVERY_S = 0.5
@@ -65,6 +66,16 @@ def test_planner_settings_are_validated_and_off_by_default():
     for bad in ({"every_s": 0.0}, {"lead_ratio": 1.5}, {"job_w": -1.0}, {"surprise": 1}):
         with pytest.raises(ValidationError):
             PlannerSettings.model_validate(bad)
+
+
+def test_the_built_in_site_has_it_off_and_the_environment_turns_it_on(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    assert load_site().planner == PlannerSettings()
+    monkeypatch.setenv("GRIDPILOT_PLANNER__ENABLED", "true")
+    monkeypatch.setenv("GRIDPILOT_PLANNER__LEARN_RHYTHM", "true")
+    site = load_site()
+    assert site.planner.enabled and site.planner.learn_rhythm
 
 
 def test_a_stale_plan_or_none_adds_nothing():
