@@ -17,6 +17,7 @@ import numpy as np
 from controller.config import DispatchConfig, PlannerSettings
 from controller.dispatch import rhythm
 from controller.dispatch.planner import Event, PlanSettings, PlanState, events_of, plan
+from controller.dispatch.rhythm import Rhythm
 from controller.notices import Notice
 
 PLAN_KEEP_TAUS = 10.0  # a change stays in the plan this many low-pass time constants after it
@@ -41,7 +42,7 @@ class Memory:
     """What one re-plan leaves the next."""
 
     plan: PlanState = ()
-    rhythm: rhythm.Rhythm | None = None  # None: nothing seen yet (or not learning)
+    rhythm: Rhythm | None = None  # None: nothing seen yet (or not learning)
     learned: tuple[Event, ...] = ()  # the predicted pauses held
 
 
@@ -90,7 +91,11 @@ def _learned(
     """The predicted pauses held so far, less those a notice announces (it knows better)."""
     if s.learn is None:
         return (), memory
-    start = memory.rhythm or rhythm.start(dt_s, now_s - seen_w.size * dt_s)
+    start = (
+        memory.rhythm
+        if memory.rhythm is not None
+        else rhythm.start(dt_s, now_s - seen_w.size * dt_s)
+    )
     learnt = rhythm.learn(start, seen_w, s.learn)
     near_s = (learnt.interval_s or 0.0) / 2.0
     predicted = rhythm.forecast(learnt, now_s, s.learn)
