@@ -94,8 +94,8 @@ def notice(id_: int, at_s: float, ends_s: float) -> Notice:
 
 def test_a_notice_over_stays_in_the_plan_a_while_and_a_cancelled_one_goes():
     over, cancelled, pending = notice(1, 50.0, 55.0), notice(2, 70.0, 75.0), notice(3, 80, 85)
-    kept = (over, cancelled, pending)
-    assert remembered(kept, (pending,), 60.0, 100.0) == (over, pending)
+    kept = remembered((over, cancelled, pending), (pending,), 60.0, 100.0)
+    assert kept == (over, pending)
     assert remembered(kept, (pending,), 160.0, 100.0) == (pending,)  # kept no longer
 
 
