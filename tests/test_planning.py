@@ -124,17 +124,20 @@ async def test_a_notice_moves_the_grid_early_a_stale_plan_is_dropped_a_no_show_g
         posted = await run.api.post("/v1/notices", json=job_start(at_s))
         assert posted.status_code == 201, posted.text
         load_w = records[-1].site_load_w
-        assert records[-1].result.grid_target_w == pytest.approx(load_w, abs=1e5)
+        assert records[-1].result.grid_target_w == pytest.approx(load_w, abs=1e5), records[
+            -1
+        ].result
 
         # Before its time, the grid is on its way up (the battery charges) ...
         await until(lambda: records[-1].wall_time >= at_s - 0.4, LEAD_S + 1, "just before")
         last = records[-1]
-        assert last.decision.plan_w > 1e6
-        assert last.result.grid_target_w > load_w + 1e6
+        assert last.decision.plan_w > 1e6, last.decision
+        assert last.result.grid_target_w > load_w + 1e6, (last.result, load_w)
         state = (await run.api.get("/v1/state")).json()
         assert state["dispatch"]["plan_w"] > 1e6
         assert state["planner"]["events"] == 1 and not state["planner"]["stale"]
-        assert 0.0 < state["planner"]["duration_s"] < 0.05
+        planned = state["planner"]  # its time: a sanity bound here, bench_loop measures it
+        assert 0.0 < planned["cpu_s"] <= planned["duration_s"] + 1e-3 < 0.5, planned
         await run.scrape()
         assert run.metric("gridpilot_plan_feed_forward_watts", site=site.name) > 1e6
         assert run.metric("gridpilot_plan_duration_seconds_count", site=site.name) >= 5
@@ -159,8 +162,9 @@ async def test_a_notice_moves_the_grid_early_a_stale_plan_is_dropped_a_no_show_g
 
         # ... and the job that never comes is given up: plain smoothing again.
         give_up_s = site.planner.give_up_s
-        await until(lambda: records[-1].wall_time > at_s + give_up_s + 4 * EVERY_S, 10, "give-up")
-        assert all(r.decision.plan_w == 0.0 for r in since(records, at_s + give_up_s + 3 * EVERY_S))
+        await until(lambda: records[-1].wall_time > at_s + give_up_s + 5 * EVERY_S, 10, "give-up")
+        after = since(records, at_s + give_up_s + 4 * EVERY_S)  # a re-plan or two late at most
+        assert [r.decision.plan_w for r in after] == [0.0] * len(after)
         await until(lambda: records[-1].result.grid_target_w < load_w + 1e5, 10, "grid back")
         assert_ramp_held(records, site)
 
