@@ -16,8 +16,13 @@ alarm raised was stored once the lock was gone.
 With --stream-clients N, N consoles (another process) watch /v1/stream throughout each run;
 it prints how many tick summaries each got.
 
+With --planner, the planner runs (learning the rhythm too, re-planning once a second on its
+worker thread) while a scheduler posts a job start or stop notice every 5 s, 20 s ahead; it
+prints the plans made and the planner's time per plan, and of it its thread's CPU time (the
+goal: 0 late ticks, ≤ 10 ms a plan).
+
     python bench/bench_loop.py [--seconds 60] [--periods 0.1 0.02] [--disk-stress]
-                               [--stream-clients 50]
+                               [--stream-clients 50] [--planner]
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import numpy as np
 from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.logs import setup_logging
+from controller.planning import Plan
 from controller.record import TickRecord
 from controller.service import Controller
 from controller.sitefile import parse_site, plant_of
@@ -51,9 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.sites import site_dict
 
 
-def bench_site(period_s: float, data_dir: Path) -> SiteConfig:
+def bench_site(period_s: float, data_dir: Path, planner: bool = False) -> SiteConfig:
     data = site_dict(data_dir)
     data["loop_period_s"] = period_s
+    data["planner"] = {"enabled": planner, "learn_rhythm": planner}
     for module in data["modules"]:
         for device in module["devices"]:
             if device["kind"] != "cdu":  # power devices refresh at least once a tick
@@ -126,6 +133,23 @@ async def streamers(base: str, key: str, seconds: float, n: int) -> dict[str, in
     return {"clients": n, "min": min(got), "max": max(got)}
 
 
+NOTICE_EVERY_S = 5.0
+NOTICE_AHEAD_S = 20.0
+
+
+async def scheduler(controller: Controller, until: float) -> int:
+    """A job scheduler's notices, alternately a 1 MW job start and stop, each 20 s ahead;
+    stored on a thread as the API's commands are (the file is no work for the event loop)."""
+    posted = 0
+    while time.monotonic() < until:
+        kind = "job_start" if posted % 2 == 0 else "job_stop"
+        body = {"kind": kind, "at_s": time.time() + NOTICE_AHEAD_S, "power_w": 1e6}
+        await asyncio.to_thread(controller.operations.notices.add, body, CLI)
+        posted += 1
+        await asyncio.sleep(NOTICE_EVERY_S)
+    return posted
+
+
 async def flapping_device(plant: SimulatorThread, until: float) -> None:
     """ups-b drops its link for 3 s in every 6: device_down raised and cleared."""
     loop = plant._loop
@@ -137,9 +161,14 @@ async def flapping_device(plant: SimulatorThread, until: float) -> None:
 
 
 async def run_once(
-    period_s: float, seconds: float, data_dir: Path, stress: bool = False, stream_clients: int = 0
+    period_s: float,
+    seconds: float,
+    data_dir: Path,
+    stress: bool = False,
+    stream_clients: int = 0,
+    planner: bool = False,
 ) -> dict[str, float]:
-    site = bench_site(period_s, data_dir)
+    site = bench_site(period_s, data_dir, planner)
     plant = SimulatorThread(plant_of(site))
     await asyncio.to_thread(plant.start)
     controller = Controller(site)
@@ -147,12 +176,17 @@ async def run_once(
     # (start, duration, lateness, overruns so far, auto?): numbers only, so the benchmark's
     # own bookkeeping does not grow the heap the garbage collector has to walk.
     records: list[tuple[float, float, float, int, bool]] = []
+    plans: list[tuple[float, float, float]] = []  # (first read, the planner's time, its CPU)
+    newest: list[Plan | None] = [None]
     publish = controller.loop.publish
 
     def recording(rec: TickRecord) -> None:
         records.append(
             (rec.monotonic, rec.duration_s, rec.lateness_s, rec.overruns_total, rec.mode == "auto")
         )
+        if rec.plan is not None and rec.plan is not newest[0]:  # each plan once
+            newest[0] = rec.plan
+            plans.append((rec.monotonic, rec.plan.duration_s, rec.plan.cpu_s))
         publish(rec)
 
     controller.loop.publish = recording
@@ -163,6 +197,9 @@ async def run_once(
     counts = {"ok": 0, "failed": 0}
     streamed = {"clients": 0, "min": 0, "max": 0}
     base = f"http://127.0.0.1:{site.api_port}"
+    notices = (
+        asyncio.create_task(scheduler(controller, time.monotonic() + seconds)) if planner else None
+    )
     with contextlib.ExitStack() as stack:
         if stream_clients:  # consoles watching the stream, from a process of their own
             watchers = subprocess.Popen(
@@ -193,6 +230,7 @@ async def run_once(
         if stream_clients:
             out, _ = await asyncio.to_thread(watchers.communicate, timeout=60)
             streamed = json.loads(out.strip().splitlines()[-1])
+    posted = await notices if notices is not None else 0
     writers = (controller.ops_writer, controller.store.writer)
     failures = sum(w.failures_total for w in writers)
     raised = controller.alarms.raised_total
@@ -204,6 +242,9 @@ async def run_once(
     dur = window[:, 1] * 1e3
     late = np.maximum(window[:, 2], 0.0) * 1e3
     gaps = np.diff(window[:, 0]) * 1e3
+    start, end = window[0, 0], window[-1, 0]
+    timed = np.array([(d, c) for t, d, c in plans if start <= t <= end] or [(np.nan, np.nan)])
+    plan_ms, cpu_ms = timed[:, 0] * 1e3, timed[:, 1] * 1e3
     return {
         "ticks": len(window),
         "expected": seconds / period_s,
@@ -222,6 +263,13 @@ async def run_once(
         "alarms_raised": raised,
         "alarms_stored": len(stored),
         "streamed": streamed,
+        "notices": posted,
+        "plans": int(np.isfinite(plan_ms).sum()),
+        "plan_p50": float(np.percentile(plan_ms, 50)),
+        "plan_p99": float(np.percentile(plan_ms, 99)),
+        "plan_max": float(plan_ms.max()),
+        "plan_cpu_p50": float(np.percentile(cpu_ms, 50)),
+        "plan_cpu_max": float(cpu_ms.max()),
     }
 
 
@@ -249,6 +297,11 @@ def main() -> None:
         type=int,
         default=0,
         help="this many /v1/stream clients (consoles) watch each run, from another process",
+    )
+    parser.add_argument(
+        "--planner",
+        action="store_true",
+        help="the planner on (and learning the rhythm), with a job notice posted every 5 s",
     )
     parser.add_argument(
         "--operators", nargs=3, metavar=("URL", "KEY", "SECONDS"), help=argparse.SUPPRESS
@@ -285,6 +338,7 @@ def main() -> None:
                     Path(tmp) / f"p{period}",
                     args.disk_stress,
                     args.stream_clients,
+                    args.planner,
                 )
             )
             gc.unfreeze()  # let the last run's plant and controller go before the next
@@ -301,6 +355,13 @@ def main() -> None:
                 print(
                     f"        stream: {s['clients']} clients, each got {s['min']}–{s['max']} "
                     f"tick summaries of {r['ticks']} ticks"
+                )
+            if args.planner:
+                print(
+                    f"        planner: {r['plans']} plans, {r['notices']} notices posted; per "
+                    f"plan p50 {r['plan_p50']:.2f}, p99 {r['plan_p99']:.2f}, "
+                    f"max {r['plan_max']:.2f} (its thread's CPU p50 {r['plan_cpu_p50']:.2f}, "
+                    f"max {r['plan_cpu_max']:.2f})"
                 )
             if args.disk_stress:
                 print(

@@ -306,6 +306,46 @@ class NoticeSettings(Strict):
     )
 
 
+class PlannerSettings(Strict):
+    """The planner in the live loop: once every `every_s`, off the tick's path, it turns the
+    pending workload notices (and, asked, the rhythm it learns from the load) into a
+    feed-forward the dispatch core adds to its grid target. Off: today's dispatch, to the bit.
+    The ramp limit, the caps and every battery limit hold whatever it plans."""
+
+    enabled: bool = Field(False, description="plan ahead from notices (off: react only)")
+    learn_rhythm: bool = Field(
+        False, description="also plan the pauses the load's learned rhythm predicts"
+    )
+    every_s: float = Field(1.0, ge=0.1, le=60, description="re-planned this often, s")
+    horizon_s: float = Field(60.0, ge=1, le=600, description="a plan looks this far ahead, s")
+    stale_plans: int = Field(
+        3, ge=2, le=100, description="a plan older than this many periods is not used"
+    )
+    lead_ratio: float = Field(
+        0.35, ge=0, le=1, description="of an announced lasting step, crossed before its time"
+    )
+    give_up_s: float = Field(
+        5.0, ge=0.5, le=300, description="an announced change not seen this long after: dropped"
+    )
+    job_w: float = Field(
+        0.0,
+        ge=0,
+        le=1e10,
+        description="what a job adds to the draw when its notice gives no power_w or gpus, W "
+        "(0: such notices are not planned)",
+    )
+
+    @model_validator(mode="after")
+    def _outlives_staleness(self) -> PlannerSettings:
+        # A plan must cover the ticks that may use it, or its end would read as "no plan".
+        if self.horizon_s < self.stale_plans * self.every_s:
+            raise ValueError(
+                f"horizon_s ({self.horizon_s:g}) is shorter than stale_plans × every_s "
+                f"({self.stale_plans * self.every_s:g}): a plan would end while still in use"
+            )
+        return self
+
+
 class BackupConfig(Strict):
     """Periodic online backups of the SQLite file (`gridpilot db backup` by hand)."""
 
@@ -406,6 +446,9 @@ class SiteConfig(BaseSettings):
     retention: RetentionConfig = RetentionConfig()
     limits: LimitsConfig = LimitsConfig()
     notices: NoticeSettings = NoticeSettings()
+    planner: PlannerSettings = Field(
+        PlannerSettings(), description="plan ahead from notices and the load's rhythm; off: react"
+    )
     backup: BackupConfig = BackupConfig()
     recorder: RecorderConfig = RecorderConfig()
     ha: HAConfig = Field(

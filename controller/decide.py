@@ -109,15 +109,18 @@ def decide(
     period_s: float,
     beat: int,
     leading: bool = True,
+    plan_w: float = 0.0,
 ) -> tuple[ControlState, Decision]:
     """`leading`: this controller may write to the plant (always, without HA). A standby
     follows what the plant does (its mode is "standby") and decides no command, so that once
-    it leads it resumes from the grid and battery power it measured, like a mode switch."""
+    it leads it resumes from the grid and battery power it measured, like a mode switch.
+    `plan_w`: the planner's feed-forward for this tick; only auto uses it (0: the step is
+    today's, to the bit)."""
     cooling_hold = readings.cooling_w if readings.cooling_w is not None else state.cooling_hold_w
     site_load = None if readings.it_w is None else readings.it_w + cooling_hold
     cfg = force.dispatch
     mode: str = force.mode
-    core, result = state.core, None
+    core, result, used_w = state.core, None, 0.0
     assets = snapshot.assets
     inputs = None if site_load is None else dispatch_inputs(assets, readings, site_load, cfg)
     if inputs is None:
@@ -130,7 +133,8 @@ def decide(
         if state.mode != "auto":  # carry on from where the grid is
             grid_w = _grid_now(state, readings, site_load)  # type: ignore[arg-type]
             core = resume_state(grid_w, bank_of(inputs.assets).energy_j)
-        core, result = dispatch(inputs, cfg, core, period_s)
+        used_w = plan_w
+        core, result = dispatch(inputs, cfg, core, period_s, plan_w)
     else:
         target = (
             force.setpoints.manual_battery_w
@@ -157,5 +161,6 @@ def decide(
         result=result,
         cooling=MappingProxyType(cooling),
         commands=tuple(commands),
+        plan_w=used_w,
     )
     return new_state, decision

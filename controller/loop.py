@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from controller.config import SiteConfig
 from controller.decide import ControlState, cooling_config, decide
+from controller.planning import Planner, plan_w_at
 from controller.record import InForce, TickRecord
 from controller.setpoints import dispatch_config, initial_setpoints
 from controller.site import Command, read_site
@@ -56,6 +57,7 @@ class ControlLoop:
         operations: SettingsSource | None = None,
         leadership: Callable[[], Leadership] | None = None,
         grid_link: Callable[[], VenStatus] | None = None,
+        planner: Planner | None = None,
     ) -> None:
         self.site = site
         self.settings = operations or SiteDefaults(site)
@@ -63,6 +65,7 @@ class ControlLoop:
         self.publish = publish
         self.leadership = leadership  # HA: this node's role now (None: HA off, always leads)
         self.grid_link = grid_link  # the VEN's newest status, copied into each record
+        self.planner = planner  # plans off the tick's path; a tick reads its newest plan
         self.configs = {d.id: d for d in site.devices}
         self.control = ControlState()
         self.cooling_cfg = cooling_config(site.cooling)
@@ -106,8 +109,17 @@ class ControlLoop:
         # The drivers ask the fence again before each write goes on the wire.
         leading = lead is None or lead.may_write(time.monotonic())
         self._token = lead.token if lead is not None else None
+        plan = self.planner.plan if self.planner is not None else None
         self.control, decision = decide(
-            self.control, snapshot, readings, force, self.cooling_cfg, period, self.seq, leading
+            self.control,
+            snapshot,
+            readings,
+            force,
+            self.cooling_cfg,
+            period,
+            self.seq,
+            leading,
+            plan_w_at(plan, snapshot.wall_time),
         )
         write_errors = self._submit(decision.commands, self._last_tick)
         self._last_tick = started
@@ -126,8 +138,11 @@ class ControlLoop:
             write_errors=write_errors,
             leadership=lead,
             grid_link=self.grid_link() if self.grid_link is not None else None,
+            plan=plan,
         )
         self.publish(record)
+        if self.planner is not None:
+            self.planner.observe(record, self.control.core)
         return record
 
     def _submit(self, commands: tuple[Command, ...], since: float) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -21,6 +22,9 @@ from controller.notices import upcoming
 from controller.record import TickRecord
 from controller.tokens import TokenMeter
 from controller.writer import Writer
+
+if TYPE_CHECKING:
+    from controller.planning import Plan
 
 MODES = ("auto", "manual", "safe", "degraded", "standby")  # the control modes a tick reports
 HA_ROLES = ("leader", "standby", "unknown")
@@ -134,6 +138,18 @@ class Metrics:
             "Until the next workload notice takes effect (absent: none ahead)",
             s,
         )
+        self.plan_w = gauge(
+            "gridpilot_plan_feed_forward_watts",
+            "The planner's feed-forward added to the grid target this tick (0: none, not auto)",
+            s,
+        )
+        self.plan_duration = Histogram(
+            "gridpilot_plan_duration_seconds",
+            "The planner's time for one plan (on its worker thread, off the tick's path)",
+            s,
+            buckets=TICK_BUCKETS_S,
+            registry=self.registry,
+        )
         self.grid_ramp = gauge(
             "gridpilot_grid_ramp_watts_per_second", f"Grid draw's change over {RAMP_SPAN_S} s", s
         )
@@ -156,9 +172,10 @@ class Metrics:
         self.cooling_roles = {
             role: gauge(name, help_text, sd) for role, (name, help_text) in COOLING_ROLES.items()
         }
-        for counter in (self.late_ticks, self.overruns, self.ticks):
+        for counter in (self.late_ticks, self.overruns, self.ticks, self.plan_duration):
             counter.labels(site)  # every series from the start: rates over them work at once
         self._overruns_seen = 0
+        self._plan_seen: Plan | None = None
         self.registry.register(
             DriverCollector(site, lambda: self.latest.snapshot if self.latest else None)
         )
@@ -224,6 +241,7 @@ class Metrics:
         else:
             self.import_cap.clear()
         self._notices(rec)
+        self._plan(rec)
         self._devices(rec)
         for device, command in rec.cooling.items():
             if command is None:
@@ -243,6 +261,12 @@ class Metrics:
             self.notice_lead.labels(self.site).set(soon.at_s - rec.wall_time)
         else:
             self.notice_lead.clear()
+
+    def _plan(self, rec: TickRecord) -> None:
+        self.plan_w.labels(self.site).set(rec.decision.plan_w)
+        if rec.plan is not None and rec.plan is not self._plan_seen:  # each new plan once
+            self._plan_seen = rec.plan
+            self.plan_duration.labels(self.site).observe(rec.plan.duration_s)
 
     def _devices(self, rec: TickRecord) -> None:
         for dev in rec.snapshot.devices.values():

@@ -8,8 +8,8 @@ keeps the pending notices in memory as one immutable tuple, swapped whole when a
 (stored and audited first, in one transaction) adds or cancels one; each tick reads it without
 a lock and without the disk, as `InForce.notices`.
 
-The live dispatch does not use them yet: the planner that looks ahead
-(`controller.dispatch.planner`) runs in replay so far.
+The planner (`controller.planning`, the site's `planner` section) plans from them off the
+tick's path; the tick adds its plan's value for the tick's time to the grid target.
 """
 
 from __future__ import annotations

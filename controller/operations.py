@@ -401,8 +401,8 @@ class Operations:
                     cap = min(cap, ahead)
         if math.isfinite(cap) and cap < (dispatch.import_cap_w or math.inf):
             dispatch = self._with_cap(dispatch, cap)
-        # The notices ride along for state and metrics; dispatch does not use them yet (the
-        # planner that looks ahead will find them in InForce.notices).
+        # The notices ride along: the planner (off the tick's path) plans from them, state and
+        # metrics show them.
         notices = self.notices.pending(now_s)
         return InForce(mode, dispatch, setpoints, shed, tuple(active), notices)
 

@@ -21,6 +21,7 @@ from controller.snapshot import Snapshot
 if TYPE_CHECKING:
     from controller.grid.status import VenStatus
     from controller.ha.lease import Leadership
+    from controller.planning import Plan
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class InForce:
     setpoints: Setpoints
     shed_w: float  # from shed events: load the site should shed now
     events: tuple[int, ...]  # ids of the events in force
-    # Workload notices pending now, in order of their time. Dispatch does not use them yet:
-    # they are here for the planner that will look ahead (and for state and metrics).
+    # Workload notices pending now, in order of their time: the planner plans from them
+    # (off the tick's path), state and metrics show them.
     notices: tuple[Notice, ...] = ()
 
 
@@ -49,6 +50,7 @@ class Decision:
     result: DispatchResult | None  # None: data missing, every asset stood down
     cooling: Mapping[str, CoolingCommand | None]  # per CDU (None: waiting for first data)
     commands: tuple[Command, ...]  # setpoints and heartbeats to write
+    plan_w: float = 0.0  # the planner's feed-forward the core was given (0: none, or not auto)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class TickRecord:
     write_errors: tuple[str, ...]
     leadership: Leadership | None = None  # HA: this node's role and token (None: HA off)
     grid_link: VenStatus | None = None  # the OpenADR VEN's status (None: no VEN)
+    plan: Plan | None = None  # the newest plan as the tick read it (None: planner off, none yet)
 
     # The decision's parts, as readers name them.
     @property

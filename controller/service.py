@@ -31,6 +31,7 @@ from controller.metrics import Metrics
 from controller.mv_keeper import MvKeeper
 from controller.operations import Operations
 from controller.opsdb import OpsDB
+from controller.planning import Planner
 from controller.publish import Publisher
 from controller.recorder.captures import CAPTURES_DIR, CaptureKeeper
 from controller.recorder.reader import RECORDER_DIR, site_meta
@@ -170,6 +171,8 @@ class Controller:
                 self.mv.baseline_w,
                 leading,
             )
+        # The planner looks ahead on a worker thread; each tick reads its newest plan.
+        self.planner = Planner(site) if site.planner.enabled else None
         self.loop = ControlLoop(
             site,
             self.drivers,
@@ -185,6 +188,7 @@ class Controller:
             self.operations,
             self.ha.leadership if self.ha is not None else None,
             (lambda: self.ven.status) if self.ven is not None else None,
+            self.planner,
         )
         configs = {d.id: d for d in site.devices}
         self.bridge = Bridge(
@@ -265,6 +269,8 @@ class Controller:
         side_tasks = [watch_task, asyncio.create_task(self.mv.run(stop), name="mv")]
         if self.ven is not None:
             side_tasks.append(asyncio.create_task(self.ven.run(stop), name="openadr-ven"))
+        if self.planner is not None:
+            side_tasks.append(asyncio.create_task(self.planner.run(stop), name="planner"))
         log.info("controller running", extra={"api": api.spec.url, "site": self.site.name})
         try:
             await asyncio.wait(

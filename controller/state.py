@@ -15,6 +15,7 @@ from controller.writer import Writer
 
 if TYPE_CHECKING:
     from controller.ha.lease import Leadership
+    from controller.planning import Plan
 
 
 def iso(ts: float) -> str:
@@ -95,6 +96,7 @@ class SiteState:
                 "shed_request_w": result.shed_request_w,
                 "frequency_response_w": result.frequency_response_w,
                 "asset_setpoints_w": dict(result.asset_w),
+                "plan_w": rec.decision.plan_w,
             },
             "in_force": {
                 "ramp_up_w_per_s": force.dispatch.ramp_up_w_per_s,
@@ -104,6 +106,7 @@ class SiteState:
                 "events": list(force.events),
             },
             "notices": summary(force.notices, rec.wall_time),  # as of the tick
+            "planner": None if rec.plan is None else plan_json(rec.plan, rec.wall_time),
             "ha": None if (lead := rec.leadership) is None else ha_json(lead, rec.monotonic),
             "openadr": None if rec.grid_link is None else rec.grid_link.to_json(rec.wall_time),
             "cooling": {
@@ -136,6 +139,21 @@ class SiteState:
                 for dev in rec.snapshot.devices.values()
             },
         }
+
+
+def plan_json(plan: Plan, now_s: float) -> dict[str, Any]:
+    """The newest plan as the tick read it: when it starts, how long the planner took for it,
+    what it plans for, and whether it is still used."""
+    return {
+        "start": iso(plan.start_s),
+        "age_s": now_s - plan.start_s,
+        "duration_s": plan.duration_s,
+        "cpu_s": plan.cpu_s,
+        "horizon_s": len(plan.values_w) * plan.dt_s,
+        "events": plan.events,
+        "stale": now_s > plan.until_s,
+        "feed_forward_w": plan.at(now_s),  # what it says now: auto alone uses it
+    }
 
 
 def ha_json(lead: Leadership, now_monotonic: float) -> dict[str, Any]:

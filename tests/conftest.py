@@ -27,7 +27,7 @@ SERIAL = {
     "test_ha_election.py",
     "test_ha_replica.py",
     "test_loop.py",
-    "test_plant.py",
+    "test_planning.py",
     "test_stream.py",
 }
 

@@ -13,16 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.config import DispatchConfig, RampLimit
 from controller.dispatch import Bank, core, initial_state, params_vector, rhythm
-from controller.dispatch.planner import Event, PlanSettings, PlanState, events_of, plan
-from controller.notices import Notice
+from controller.dispatch.replan import Memory, Replanning, plan_settings, replan
 from controller.replay.bound import BoundProblem, min_capacity_kwh, min_power_w, min_throughput_kwh
 from controller.replay.events import Announced
 from controller.replay.figures import Figures, figures
 
 CHUNK_STEPS = 200_000  # simulate in chunks this long, so long traces can report progress
 PLAN_EVERY_S = 1.0  # re-planned once a second, as the live loop would, off the tick's path
-PLAN_KEEP_TAUS = 10.0  # a change stays in the plan this many low-pass time constants after it
-LEARNED_LEAD_S = 10.0  # a learned pause is planned from this long before it (its ramp: ~4 s)
 BOUND_MAX_STEPS = 10_000  # the LPs took 31 s at this size here, and grow faster than it
 Progress = Callable[[int, int], None]  # (steps done, steps in all)
 
@@ -72,10 +69,6 @@ class ReplayRun:
     capacity_j: float
     figures: Figures
     first_battery_w: float = 0.0  # the bound's first step: idle at a trace's start
-
-
-def plan_settings(d: DispatchConfig) -> PlanSettings:
-    return PlanSettings(d.ramp_up_w_per_s, d.ramp_down_w_per_s, d.lowpass_tau_s)
 
 
 def simulate(
@@ -142,8 +135,8 @@ def window(run: ReplayRun, first: int, dt_s: float) -> ReplayRun:
 
 
 class _Planner:
-    """The replay's shell around the pure planner: which notices were out by each re-plan,
-    the loads seen since the last one and, learning, the pauses the rhythm predicts."""
+    """The replay's shell around the shared re-plan: which notices were out by each re-plan,
+    and the loads seen since the last one."""
 
     def __init__(
         self,
@@ -154,41 +147,19 @@ class _Planner:
         learn: rhythm.RhythmSettings | None = None,
     ) -> None:
         self.notices, self.dt_s, self.start_s = notices, dt_s, start_s
-        self.job_w = s.gpus * s.job_w_per_gpu
-        self.settings = plan_settings(s.dispatch)
-        self.keep_s = PLAN_KEEP_TAUS * s.dispatch.lowpass_tau_s
-        self.state: PlanState = ()
+        self.settings = Replanning(plan_settings(s.dispatch), s.gpus * s.job_w_per_gpu, learn)
+        self.memory = Memory()
         self.last = 0
-        self.learn = learn
-        self.rhythm = rhythm.start(dt_s, start_s)
-        self.learned: tuple[Event, ...] = ()
 
     def feed_forward(self, step: int, core_state: np.ndarray, load_w: np.ndarray) -> np.ndarray:
         now = self.start_s + step * self.dt_s
-        out = [
-            a.notice
-            for a in self.notices
-            if a.known_s <= now and a.notice.ends_s >= now - self.keep_s
-        ]
+        since = now - self.settings.keep_s  # notices just over stay: their plans fade out
+        out = [a.notice for a in self.notices if a.known_s <= now and a.notice.ends_s >= since]
         seen = load_w[self.last : step]
         self.last = step
         lowpass = core_state[core.S_LOWPASS] if core_state[core.S_INIT] else load_w[step]
-        events = events_of(out, self.job_w) + self._learned(now, seen, out)
-        ff, self.state = plan(now, self.dt_s, events, self.state, seen, lowpass, self.settings)
+        ff, self.memory = replan(self.memory, now, self.dt_s, out, seen, lowpass, self.settings)
         return ff
-
-    def _learned(self, now_s: float, seen: np.ndarray, out: list[Notice]) -> tuple[Event, ...]:
-        """The predicted pauses held so far, less those a notice announces (it knows better)."""
-        if self.learn is None:
-            return ()
-        self.rhythm = rhythm.learn(self.rhythm, seen, self.learn)
-        near_s = (self.rhythm.interval_s or 0.0) / 2.0
-        predicted = rhythm.forecast(self.rhythm, now_s, self.learn)
-        self.learned = rhythm.hold(
-            self.learned, predicted, now_s, LEARNED_LEAD_S, self.keep_s, near_s
-        )
-        told = [n.at_s for n in out if n.kind == "pause_start"]
-        return tuple(e for e in self.learned if all(abs(e.at_s - t) >= near_s for t in told))
 
 
 def bound_problem(run: ReplayRun, dt_s: float, s: ReplaySettings) -> BoundProblem:

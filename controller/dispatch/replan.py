@@ -1,0 +1,105 @@
+"""One re-plan, as replay and the live loop both run it: the notices out now and, learning,
+the pauses the rhythm predicts, turned into the planner's feed-forward over its horizon. Pure:
+a memory and what was seen since the last re-plan in, the feed-forward and the next memory out.
+
+The shells around it only differ in where their inputs come from: replay's `_Planner` takes
+the notices announced by each re-plan's trace time and the trace's loads; the live
+`controller.planning.Planner` takes the tick's pending notices and the loads its ticks saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from controller.config import DispatchConfig, PlannerSettings
+from controller.dispatch import rhythm
+from controller.dispatch.planner import Event, PlanSettings, PlanState, events_of, plan
+from controller.dispatch.rhythm import Rhythm
+from controller.notices import Notice
+
+PLAN_KEEP_TAUS = 10.0  # a change stays in the plan this many low-pass time constants after it
+LEARNED_LEAD_S = 10.0  # a learned pause is planned from this long before it (its ramp: ~4 s)
+
+
+@dataclass(frozen=True)
+class Replanning:
+    """What every re-plan runs with."""
+
+    plan: PlanSettings
+    job_w: float  # what a job adds when its notice does not say, W
+    learn: rhythm.RhythmSettings | None = None  # None: no rhythm learned
+
+    @property
+    def keep_s(self) -> float:
+        return PLAN_KEEP_TAUS * self.plan.lowpass_tau_s
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What one re-plan leaves the next."""
+
+    plan: PlanState = ()
+    rhythm: Rhythm | None = None  # None: nothing seen yet (or not learning)
+    learned: tuple[Event, ...] = ()  # the predicted pauses held
+
+
+def plan_settings(d: DispatchConfig, p: PlannerSettings | None = None) -> PlanSettings:
+    """The planner's settings from the dispatch in force (its ramps and low-pass) and, live,
+    the site's `planner` section (replay: the planner's defaults)."""
+    if p is None:
+        return PlanSettings(d.ramp_up_w_per_s, d.ramp_down_w_per_s, d.lowpass_tau_s)
+    return PlanSettings(
+        d.ramp_up_w_per_s,
+        d.ramp_down_w_per_s,
+        d.lowpass_tau_s,
+        lead_ratio=p.lead_ratio,
+        give_up_s=p.give_up_s,
+        horizon_s=p.horizon_s,
+    )
+
+
+def replan(
+    memory: Memory,
+    now_s: float,
+    dt_s: float,
+    notices: Iterable[Notice],
+    seen_w: np.ndarray,
+    lowpass_w: float,
+    s: Replanning,
+) -> tuple[np.ndarray, Memory]:
+    """The feed-forward per tick from now_s (W) and the next memory. notices: those out now
+    (and those just over, kept `s.keep_s`, so a change's plan fades as the filter catches
+    up); seen_w: the loads since the last re-plan, one per tick, the last at now_s − dt_s."""
+    notices = list(notices)
+    learned, memory = _learned(memory, now_s, dt_s, seen_w, notices, s)
+    events = events_of(notices, s.job_w) + learned
+    ff, state = plan(now_s, dt_s, events, memory.plan, seen_w, lowpass_w, s.plan)
+    return ff, Memory(state, memory.rhythm, memory.learned)
+
+
+def _learned(
+    memory: Memory,
+    now_s: float,
+    dt_s: float,
+    seen_w: np.ndarray,
+    notices: list[Notice],
+    s: Replanning,
+) -> tuple[tuple[Event, ...], Memory]:
+    """The predicted pauses held so far, less those a notice announces (it knows better)."""
+    if s.learn is None:
+        return (), memory
+    start = (
+        memory.rhythm
+        if memory.rhythm is not None
+        else rhythm.start(dt_s, now_s - seen_w.size * dt_s)
+    )
+    learnt = rhythm.learn(start, seen_w, s.learn)
+    near_s = (learnt.interval_s or 0.0) / 2.0
+    predicted = rhythm.forecast(learnt, now_s, s.learn)
+    held = rhythm.hold(memory.learned, predicted, now_s, LEARNED_LEAD_S, s.keep_s, near_s)
+    told = [n.at_s for n in notices if n.kind == "pause_start"]
+    kept = tuple(e for e in held if all(abs(e.at_s - t) >= near_s for t in told))
+    return kept, Memory(memory.plan, learnt, held)
