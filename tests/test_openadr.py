@@ -251,7 +251,18 @@ async def test_a_utility_cap_is_held_at_the_meter_changed_cancelled_reported_and
         await until(lambda: new_id in dict(_kept(running)), 15, "the measurement kept")
         perf = (await running.api.get(f"/v1/events/{new_id}/performance")).json()
         assert perf["kept"] is True and perf["kind"] == "import_cap"
-        assert perf["held"] is True and perf["energy_not_drawn_j"] > 0
+        assert perf["held"] is True and perf["response_time_s"] is not None
+        # Against the plant's own meter: the grid drawn in the event is the baseline less the
+        # delivered reduction, and the energy not drawn that reduction over the seconds
+        # measured. (The sign is the site's: a baseline from its first minute may be low.)
+        drawn = [w for t, w in meter_wall(running) if perf["start_s"] <= t < perf["end_s"]]
+        assert perf["baseline"]["mean_w"] - perf["delivered_mean_w"] == pytest.approx(
+            sum(drawn) / len(drawn), rel=0.01
+        )
+        seconds = perf["coverage"] * (perf["end_s"] - perf["start_s"])
+        assert perf["energy_not_drawn_j"] == pytest.approx(
+            perf["delivered_mean_w"] * seconds, rel=1e-6
+        )
         await running.scrape()
         assert running.metric("gridpilot_openadr_reachable", site=site.name) == 1.0
         assert running.metric("gridpilot_openadr_refused_total", reason="past") == 1.0
