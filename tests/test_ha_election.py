@@ -291,7 +291,9 @@ async def test_one_member_lost_leaves_the_leader_writing(
             assert a.current.token == token  # no new term: the same leadership throughout
             if raft == "follower":
                 assert gaps == []
-                assert after[0] - hit < 0.5 + TTL_S / 4
+                # Acknowledged before the write window closed (a frozen member answers nothing
+                # until the call's timeout: then the next member, ~1 s after the fault).
+                assert after[0] - hit < TTL_S - MARGIN_S
             else:  # raft's election may outlast the window of a keepalive sent just before
                 assert len(gaps) * 0.02 <= 0.5
         finally:
