@@ -58,7 +58,6 @@ class GridMeter:
     id: str
     power_w: float | None  # positive = import
     frequency_hz: float | None
-    energy_import_j: float | None = None  # the meter's own register (None: its map has none)
 
 
 @dataclass(frozen=True)
@@ -127,10 +126,5 @@ def assets_of(devices: Iterable[DeviceSnapshot]) -> SiteAssets:
         elif dev.kind == "cdu":
             cdus.append(_cdu(dev))
         elif dev.kind == "meter":
-            meter = GridMeter(
-                dev.id,
-                dev.role("power_w"),
-                dev.role("frequency_hz"),
-                dev.role("energy_import_j") if "energy_import_j" in dev.roles else None,
-            )
+            meter = GridMeter(dev.id, dev.role("power_w"), dev.role("frequency_hz"))
     return SiteAssets(tuple(batteries), meter, tuple(cdus))

@@ -38,6 +38,7 @@ from controller.record import TickRecord
 log = logging.getLogger("gridpilot.openadr")
 SOURCE = "openadr"
 REMEMBERED = 1000  # refusals already logged, newest kept: each is logged once
+STORED_SLACK_S = 1.0  # a new version's start (when stored) may follow the newest register read
 
 
 @dataclass(frozen=True)
@@ -210,15 +211,21 @@ class Ven:
         when the VEN first sees an event running (within `poll_s` of its start)."""
         rec = self.latest()
         meter = rec.snapshot.assets.meter if rec is not None else None
-        if rec is None or meter is None or meter.energy_import_j is None:
+        register = None
+        if rec is not None and meter is not None:
+            register = rec.snapshot.devices[meter.id].role_reading("energy_import_j")
+        if rec is None or register is None or not register.usable:
             return  # no register to report from: said by the meter's own alarms
-        now_s, energy_j = rec.wall_time, meter.energy_import_j
+        # The register as read, at the time it was read (the tick's time less its age).
+        now_s, energy_j = rec.wall_time - register.age_s, register.value
         ready = rec.mode == "auto" and not rec.readings.missing
         rows = await asyncio.to_thread(self.ops.db.events_from, SOURCE, now_s)
         running: dict[str, dict[str, Any]] = {}
         for row in rows:
             vtn_id = (row["ref"] or "").split("/")[0]
-            if row["cancelled_at"] is None and row["start_s"] <= now_s < row["end_s"]:
+            # A version stored since the newest tick (a change) runs on: no last report yet.
+            started = row["start_s"] <= now_s + STORED_SLACK_S
+            if row["cancelled_at"] is None and started and now_s < row["end_s"]:
                 running.setdefault(vtn_id, row)
         for vtn_id in sorted(set(running) | set(self._marks)):
             row, mark = running.get(vtn_id), self._marks.get(vtn_id)
