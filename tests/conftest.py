@@ -15,13 +15,14 @@ from tests.plant import modbus_only
 from tests.sites import site_dict
 
 # Modules whose claims are timings under a real clock (loop lateness, fail-over times, stream
-# and browser deadlines) or that run many processes at once: `make test` runs them alone after
-# the rest has run on two workers (pytest-xdist), so no other test takes their CPU. A single
-# test elsewhere may say so itself (`@pytest.mark.serial`).
+# and browser deadlines, the API's edge under floods) or that run many processes at once:
+# `make test` runs them alone after the rest has run on two workers (pytest-xdist), so no
+# other test takes their CPU. A single test elsewhere may say so itself (`@pytest.mark.serial`).
 SERIAL = {
     "test_captures.py",
     "test_console.py",
     "test_demo_e2e.py",
+    "test_edge.py",
     "test_faults.py",
     "test_ha.py",
     "test_ha_election.py",
