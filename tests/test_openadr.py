@@ -231,12 +231,13 @@ async def test_a_utility_cap_is_held_at_the_meter_changed_cancelled_reported_and
                 own_j / seconds, rel=0.01
             )
             assert payload(report, "OPERATING_STATE") == "NORMAL"
-        # Once measured, the baseline rides along, and the change in usage against it.
+        # Once measured, the baseline rides along, and the change in usage against it (to the
+        # microsecond the interval's duration is written in).
         measured = next(r for r in vtn.reports() if "BASELINE" in json.dumps(r))
         seconds = float(measured["resources"][0]["intervalPeriod"]["duration"].strip("PTS"))
         baseline_kwh = float(payload(measured, "BASELINE")) * seconds / 3600
         assert float(payload(measured, "DELTA_USAGE")) == pytest.approx(
-            float(payload(measured, "USAGE")) - baseline_kwh, rel=1e-6
+            float(payload(measured, "USAGE")) - baseline_kwh, rel=1e-4
         )
 
         # The utility deletes the event: cancelled here, the grid free again.
