@@ -1,8 +1,10 @@
 """The rhythm learner: its time per update (the ring full, at the replay's 10 Hz and at a 20 ms
-loop), what it learns on the shared training trace, and the replay's figures with and without
-it on that trace's training cycles tiled to length with a jitter in step time.
+loop), what it learns on the shared training trace, and the replay's figures on that trace's
+training cycles tiled to length with a jitter in step time: plain, with the learned rhythm,
+with notices of each checkpoint (from an events file written for the tiling, read as replay
+`--events` reads one, at its default lead), and with both.
 
-    python bench/bench_rhythm.py [--tile-s 300] [--figures-from-s 100] [--no-bound]
+    python bench/bench_rhythm.py [--tile-s 600] [--figures-from-s 100] [--no-bound]
 
 The figures count from --figures-from-s (the controller and the learner warm, the bound
 starting where the run stood), so they show the learned rhythm, not the run's start.
@@ -11,19 +13,24 @@ starting where the run stood), so they show the learned rhythm, not the run's st
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from controller.dispatch import rhythm
+from controller.replay.events import read_events
 from controller.replay.run import ReplaySettings, report, simulate, window
 from controller.replay.trace import read_trace
 
 TRACE = Path(__file__).resolve().parents[1] / "drivers" / "sim" / "traces" / "h200_train_1p7b.csv"
 CYCLES_S = (23.6, 64.3)  # from the first checkpoint's start to the fifth's: four whole cycles
+CHECKPOINT_S = 3.0  # each checkpoint of the trace (its events file: 23.602 to 26.602 s, ...)
+PAUSE_LEAD_S = 5.0  # replay's default --pause-lead-s
 
 
 def time_update(load_w: np.ndarray, dt_s: float, calls: int = 300) -> float:
@@ -39,24 +46,44 @@ def time_update(load_w: np.ndarray, dt_s: float, calls: int = 300) -> float:
     return float(np.median(times))
 
 
-def tiled(seconds: float, seed: int = 5) -> tuple[np.ndarray, float]:
+def tiled(seconds: float, seed: int = 5) -> tuple[np.ndarray, float, list[float]]:
     """The trace's per-GPU training cycles repeated to `seconds`, a short compute stretch first
     (the run starts training, not in a pause); each cycle gains or loses up to two samples
-    of compute (±0.2 s: step time jitters, so the interval does)."""
+    of compute (±0.2 s: step time jitters, so the interval does). Also the checkpoints'
+    starts in it (s), from the trace's events file."""
     tr = read_trace(TRACE)
     t, p = tr.t_s, tr.gpu_power_w
     a, b = np.searchsorted(t, CYCLES_S)
     cycle, rng = p[a:b], np.random.default_rng(seed)
     parts = [p[a - round(5.0 / tr.dt_s) : a]]
-    while sum(len(x) for x in parts) * tr.dt_s < seconds:
+    offsets = [at - t[a] for at in checkpoint_starts() if CYCLES_S[0] <= at < CYCLES_S[1]]
+    starts = []
+    while (done := sum(len(x) for x in parts)) * tr.dt_s < seconds:
+        starts += [round(float(done * tr.dt_s + at), 3) for at in offsets]
         k = int(rng.integers(-2, 3))  # the compute just before the next pause
         parts.append(np.r_[cycle[:-2], cycle[-2:][: 2 + k]] if k <= 0 else np.r_[cycle, cycle[-k:]])
-    return np.concatenate(parts)[: round(seconds / tr.dt_s)], tr.dt_s
+    return np.concatenate(parts)[: round(seconds / tr.dt_s)], tr.dt_s, starts
+
+
+def checkpoint_starts() -> list[float]:
+    """The trace's checkpoint starts (s), from its events file."""
+    with TRACE.with_suffix(".events.csv").open() as f:
+        return [float(r["t_start_s"]) for r in csv.DictReader(f) if r["kind"] == "checkpoint_start"]
+
+
+def events_csv(checkpoints_s: list[float], folder: Path) -> Path:
+    """The tiling's checkpoints as an events file in the traces' format."""
+    path = folder / "tiled.events.csv"
+    rows = ["kind,t_start_s,t_compute_end_s,t_end_s,batch,tokens"]
+    for at in checkpoints_s:
+        rows += [f"checkpoint_start,{at:.3f},,,,", f"checkpoint_end,{at + CHECKPOINT_S:.3f},,,,"]
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tile-s", type=float, default=300.0)
+    parser.add_argument("--tile-s", type=float, default=600.0)
     parser.add_argument("--figures-from-s", type=float, default=100.0)
     parser.add_argument("--no-bound", action="store_true", help="skip the perfect-foresight LPs")
     args = parser.parse_args()
@@ -75,9 +102,12 @@ def main() -> None:
         f"{state.compute_w / 1e6:.2f} MW, pause {state.pause_w / 1e6:.2f} MW, "
         f"{state.confidence} agreeing intervals"
     )
-    gpu_w, dt = tiled(args.tile_s)
+    gpu_w, dt, checkpoints = tiled(args.tile_s)
     site = 2e6 + 10_000 * gpu_w
     s = ReplaySettings()
+    with tempfile.TemporaryDirectory() as folder:
+        job_w = s.gpus * s.job_w_per_gpu
+        notices = read_events(events_csv(checkpoints, Path(folder)), 30.0, PAUSE_LEAD_S, job_w)
     state, sure = rhythm.start(dt), []
     for i in range(0, len(site), round(1.0 / dt)):
         state = rhythm.learn(state, site[i : i + round(1.0 / dt)])
@@ -94,8 +124,14 @@ def main() -> None:
         f"figures from {first * dt:g} s:"
     )
     keys = ("band_attenuation_db", "battery_throughput_kwh", "required_capacity_kwh")
-    for name, learn in (("plain", None), ("--learn-rhythm", rhythm.RhythmSettings())):
-        run = simulate(site, dt, s, learn=learn)
+    learned = rhythm.RhythmSettings()
+    for name, told, learn in (
+        ("plain", (), None),
+        ("--learn-rhythm", (), learned),
+        ("--events", notices, None),
+        ("both", notices, learned),
+    ):
+        run = simulate(site, dt, s, notices=told, learn=learn)
         r = report(window(run, first, dt), dt, s, not args.no_bound)
         ratios = f"throughput / bound {r['throughput_ratio'] or float('nan'):.3f}, "
         ratios += f"capacity / bound {r['capacity_ratio'] or float('nan'):.3f}"

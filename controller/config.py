@@ -127,7 +127,10 @@ class DispatchConfig(Strict):
         description="replace the energy the battery gave over this time, s (0: off, else ≥ 1)",
     )
     energy_anchor_s: float = Field(
-        60.0, gt=0, le=86400, description="...counted from the stored energy's recent average"
+        3600.0,
+        gt=0,
+        le=86400,
+        description="...counted from the stored energy's average over this time, s",
     )
     ride_through_s: float = Field(
         300.0, ge=0, le=7200, description="UPS reserve: s of full rated load, never used to smooth"
