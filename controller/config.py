@@ -330,6 +330,13 @@ class PlannerSettings(Strict):
     give_up_s: float = Field(
         5.0, ge=0.5, le=300, description="an announced change not seen this long after: dropped"
     )
+    train_swing_ratio: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="pauses every I s (checkpoints): the grid dips in a V this share of the "
+        "ramp limit × I/2 deep (1: the triangle wave at the ramp limit)",
+    )
     job_w: float = Field(
         0.0,
         ge=0,

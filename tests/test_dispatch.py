@@ -133,7 +133,8 @@ def test_energy_return_replaces_the_round_trip_losses_cycle_after_cycle():
 
 def test_outside_its_band_the_energy_return_never_holds_the_battery_there():
     """Below its SoC band the battery recharges at the SoC return's pace, energy return on or
-    off: the return's average is the energy itself there, so it does not pull back."""
+    off: the return's average is never further out than the energy, so it does not pull back
+    (an hour-long average left where the battery started would hold it there)."""
     load = [5e6] * 3000
     off = run(load, energy_ratio=0.3)
     on = run(load, cfg=CFG.model_copy(update={"energy_return_s": 20.0}), energy_ratio=0.3)

@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.dispatch import Bank, core, initial_state, params_vector
-from controller.dispatch.planner import Event, PlanSettings, events_of, pause_depth_w, plan
+from controller.dispatch.planner import (
+    Event,
+    PlanSettings,
+    events_of,
+    pause_depth_w,
+    plan,
+    train_intervals,
+)
 from controller.notices import Notice
 from controller.replay.events import Announced, read_events
 from controller.replay.run import ReplaySettings, simulate
@@ -109,6 +116,44 @@ def test_a_pause_is_planned_as_a_plateau_the_battery_balances():
     assert planned.out[599, core.O_GRID] < 7.7e6 - 1e6  # down before the pause
     assert ramp_held(planned)
     assert planned.figures.required_capacity_kwh < 0.75 * plain.figures.required_capacity_kwh
+
+
+def test_pauses_announced_one_after_another_are_a_train():
+    assert train_intervals([100.0, 10.0, 20.0, 35.0]) == {
+        10.0: math.inf,  # the first: nothing before it
+        20.0: 10.0,
+        35.0: 15.0,
+        100.0: math.inf,  # too long after the one before: on its own
+    }
+
+
+def test_a_train_of_pauses_is_planned_as_a_triangle_at_the_ramp_limit():
+    """Checkpoints every 10 s (3 s at 3.2 MW, then 7 s of compute at 7.9 MW), each announced
+    5 s ahead: from the second on the grid dips in a V at the ramp limit into the pause (a
+    lone pause's plateau is reached by its start), lowest in the pause, and the
+    battery moves less energy, and swings less, than plain smoothing makes it."""
+    cycle = [3.2e6] * 30 + [7.9e6] * 70
+    load = np.r_[[7.9e6] * 100, np.tile(cycle, 30)]  # 310 s
+    starts = [10.0 + 10.0 * k for k in range(30)]
+    told = tuple(notice("pause_start", at, at - 5.0, duration_s=3.0) for at in starts)
+    s = S.model_copy(update={"gpus": 10_000, "job_w_per_gpu": 470.0})
+    plain, planned = simulate(load, DT, s), simulate(load, DT, s, notices=told)
+    assert ramp_held(planned) and planned.figures.unserved_kwh == 0.0
+    grid = planned.out[:, core.O_GRID]
+    for at in starts[10:-1]:
+        around = slice(round((at - 3.0) / DT), round((at + 6.0) / DT))
+        lowest_s = (around.start + int(np.argmin(grid[around]))) * DT
+        assert at + 0.5 <= lowest_s <= at + 3.0, at  # the V's bottom: in the pause
+        into = grid[round(at / DT)] - grid[round((at + 1.0) / DT)]
+        assert into >= 0.95 * RAMP * 1.0, at  # still falling at the ramp limit in the pause
+    steady = round(100.0 / DT)
+    assert throughput(planned, steady) < 0.95 * throughput(plain, steady)
+    swing = np.ptp(planned.energy_j[steady:])
+    assert swing < 0.9 * np.ptp(plain.energy_j[steady:])
+
+
+def throughput(run, first: int) -> float:
+    return float(np.sum(np.abs(run.out[first:, core.O_BATTERY])))
 
 
 kinds = st.sampled_from(["job_start", "job_stop", "pause_start", "pause_end"])

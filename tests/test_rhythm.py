@@ -101,6 +101,7 @@ def test_a_known_rhythm_is_learned_and_forecast(dt_s, period_s, interval_s):
     want = [k * interval_s for k in range(1, 20) if end.end_s - 3 < k * interval_s < end.end_s + 30]
     np.testing.assert_allclose(at[-len(want) :], want, atol=0.3)
     assert all(e.delta_w == pytest.approx(end.pause_w - end.compute_w) for e in ahead)
+    assert all(e.every_s == end.interval_s for e in ahead)  # planned as a train
 
 
 def test_a_rhythm_that_stops_is_no_longer_forecast_after_one_miss():

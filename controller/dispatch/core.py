@@ -134,10 +134,12 @@ def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, plan_w, dt_
     #    the energy the battery has moved away from its own slow average. This keeps the
     #    swing of stored energy small when the load's mean steps, and replaces what the round
     #    trip loses each cycle (a fast average would follow that drift down). Outside the band
-    #    the average is the energy itself, so this pull never holds the battery out of it.
-    if params[P_BAND_LOW_J] <= energy <= params[P_BAND_HIGH_J]:
-        state[S_ANCHOR] += dt_s / (params[P_ENERGY_ANCHOR_S] + dt_s) * (energy - state[S_ANCHOR])
-    else:
+    #    the average is never further out than the energy, so this pull never holds the
+    #    battery out of its band: it pulls towards it, or not at all.
+    state[S_ANCHOR] += dt_s / (params[P_ENERGY_ANCHOR_S] + dt_s) * (energy - state[S_ANCHOR])
+    below = energy < params[P_BAND_LOW_J] and state[S_ANCHOR] < energy
+    above = energy > params[P_BAND_HIGH_J] and state[S_ANCHOR] > energy
+    if below or above:
         state[S_ANCHOR] = energy
     if params[P_ENERGY_RETURN_S] > 0.0:
         target -= (energy - state[S_ANCHOR]) / params[P_ENERGY_RETURN_S]

@@ -58,6 +58,7 @@ def plan_settings(d: DispatchConfig, p: PlannerSettings | None = None) -> PlanSe
         lead_ratio=p.lead_ratio,
         give_up_s=p.give_up_s,
         horizon_s=p.horizon_s,
+        train_swing_ratio=p.train_swing_ratio,
     )
 
 

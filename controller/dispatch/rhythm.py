@@ -245,7 +245,8 @@ def forecast(
     last = state.pauses[-1].start_s
     count = math.floor((now_s + s.horizon_s - last) / state.interval_s)
     return tuple(
-        Event(last + k * state.interval_s, depth, state.duration_s) for k in range(1, count + 1)
+        Event(last + k * state.interval_s, depth, state.duration_s, state.interval_s)
+        for k in range(1, count + 1)
     )
 
 
