@@ -148,6 +148,7 @@ async def test_every_tick_of_the_running_controller_is_recorded(site_data: dict)
         assert row["ups-a.soc"] == pytest.approx(rec.readings.soc.get("ups-a"), nan_ok=True)
         if rec.result is not None:
             assert row["grid_target_w"] == rec.result.grid_target_w
+            assert row["plan_w"] == rec.decision.plan_w
             assert row["bess-1.target_w"] == rec.result.asset_w["bess-1"]
     meta = read_meta(folder)
     assert meta["period_s"] == site.loop_period_s and set(meta["assets"]) == {

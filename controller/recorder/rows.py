@@ -21,6 +21,7 @@ SITE_COLUMNS = (
     "site_load_w",  # IT + cooling: what dispatch smooths
     "grid_w",  # measured by the meter (positive = import)
     "grid_target_w",  # dispatch's plan (NaN: no result this tick)
+    "plan_w",  # the planner's feed-forward dispatch was given (0: none, or not auto)
     "battery_w",  # measured, all assets (positive = discharge)
     "battery_target_w",
     "frequency_hz",
@@ -67,6 +68,7 @@ def row(rec: TickRecord, assets: Sequence[str]) -> tuple:
         _f(rec.site_load_w),
         _f(rd.grid_w),
         NAN if result is None else result.grid_target_w,
+        rec.decision.plan_w,
         rd.battery_w,
         NAN if result is None else result.battery_w,
         _f(rd.frequency_hz),

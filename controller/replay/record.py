@@ -39,6 +39,7 @@ def record_run(
         "site_load_w": run.load_w,
         "grid_w": out[:, core.O_GRID],
         "grid_target_w": out[:, core.O_TARGET],
+        "plan_w": run.plan_w,
         "battery_w": out[:, core.O_BATTERY],
         "battery_target_w": out[:, core.O_BATTERY],
         "frequency_hz": np.full(n, float(d.nominal_frequency_hz)),

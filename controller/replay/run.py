@@ -68,6 +68,7 @@ class ReplayRun:
     energy_j: np.ndarray  # stored energy, with the initial value first
     capacity_j: float
     figures: Figures
+    plan_w: np.ndarray  # the planner's feed-forward each step (0: none)
     first_battery_w: float = 0.0  # the bound's first step: idle at a trace's start
 
 
@@ -93,6 +94,7 @@ def simulate(
     caps = np.full(n, settings.dispatch.import_cap_w or math.inf)
     state = initial_state(e0)
     out = core.outputs(n)
+    plan_w = np.zeros(n)
     planned = bool(notices) or learn is not None
     chunk = max(1, round(PLAN_EVERY_S / dt_s)) if planned else CHUNK_STEPS
     planner = _Planner(notices, settings, dt_s, start_s, learn) if planned else None
@@ -102,11 +104,11 @@ def simulate(
         if planner is None:
             state = core.simulate(*args, dt_s, out[start:end])
         else:
-            ff = planner.feed_forward(start, state, load_w)[: end - start]
-            state = core.simulate_planned(*args, ff, dt_s, out[start:end])
+            plan_w[start:end] = planner.feed_forward(start, state, load_w)[: end - start]
+            state = core.simulate_planned(*args, plan_w[start:end], dt_s, out[start:end])
         if progress and (end % CHUNK_STEPS < chunk or end == n):
             progress(end, n)
-    return _run(load_w, out, np.r_[e0, out[:, core.O_ENERGY]], cap, dt_s)
+    return _run(load_w, out, np.r_[e0, out[:, core.O_ENERGY]], cap, dt_s, plan_w)
 
 
 def _run(
@@ -115,6 +117,7 @@ def _run(
     energy_j: np.ndarray,
     capacity_j: float,
     dt_s: float,
+    plan_w: np.ndarray,
     first_battery_w: float = 0.0,
 ) -> ReplayRun:
     o = out
@@ -122,7 +125,7 @@ def _run(
         load_w, o[:, core.O_GRID], o[:, core.O_BATTERY], o[:, core.O_UNSERVED], energy_j,
         capacity_j, dt_s,
     )  # fmt: skip
-    return ReplayRun(load_w, out, energy_j, capacity_j, figs, first_battery_w)
+    return ReplayRun(load_w, out, energy_j, capacity_j, figs, plan_w, first_battery_w)
 
 
 def window(run: ReplayRun, first: int, dt_s: float) -> ReplayRun:
@@ -131,7 +134,10 @@ def window(run: ReplayRun, first: int, dt_s: float) -> ReplayRun:
     stood: the same stored energy and the same battery power."""
     out = run.out[first:]
     first_w = float(out[0, core.O_BATTERY]) if len(out) else 0.0
-    return _run(run.load_w[first:], out, run.energy_j[first:], run.capacity_j, dt_s, first_w)
+    return _run(
+        run.load_w[first:], out, run.energy_j[first:], run.capacity_j, dt_s, run.plan_w[first:],
+        first_w,
+    )  # fmt: skip
 
 
 class _Planner:
