@@ -119,12 +119,36 @@ def test_a_pause_is_planned_as_a_plateau_the_battery_balances():
 
 
 def test_pauses_announced_one_after_another_are_a_train():
-    assert train_intervals([100.0, 10.0, 20.0, 35.0]) == {
-        10.0: math.inf,  # the first: nothing before it
-        20.0: 10.0,
-        35.0: 15.0,
-        100.0: math.inf,  # too long after the one before: on its own
-    }
+    assert train_intervals([(10.0, 3.0), (20.0, 3.0), (35.0, 3.0), (100.0, 3.0)]) == [
+        math.inf,  # the first: nothing before it
+        10.0,
+        15.0,
+        math.inf,  # too long after the one before: on its own
+    ]
+    assert train_intervals([(10.0, 3.0), (12.0, 3.0)]) == [math.inf, math.inf]  # overlapping
+
+    def pause(at_s: float, job: str) -> Notice:
+        return Notice(0, "pause_start", at_s, at_s + 3.0, 3.0, None, job)
+
+    # Two jobs' checkpoints interleaved: each job's own train, not 2 s gaps between them.
+    events = events_of(
+        [pause(10.0, "a"), pause(12.0, "b"), pause(20.0, "a"), pause(22.0, "b")], 4e6
+    )
+    assert [e.every_s for e in events] == [math.inf, math.inf, 10.0, 10.0]
+
+
+def test_a_pause_keeps_its_plan_when_the_one_before_is_forgotten():
+    """Notices over are kept a while, then forgotten: the pause after one keeps the train
+    interval it was planned with (a changed plan would restart it, a phantom pause)."""
+    first = Notice(0, "pause_start", 10.0, 13.0, 3.0, None, None)
+    second = Notice(1, "pause_start", 20.0, 23.0, 3.0, None, None)
+    p = PlanSettings(RAMP, RAMP, 1.0)
+    compute, paused = np.full(10, 7.9e6), np.full(10, 3.2e6)
+    _, state = plan(19.0, DT, events_of([first, second], 4.7e6), (), compute, 7.9e6, p)
+    _, state = plan(21.0, DT, events_of([first, second], 4.7e6), state, paused, 7.5e6, p)
+    _, state = plan(22.0, DT, events_of([second], 4.7e6), state, paused, 7.0e6, p)
+    (tracked,) = state
+    assert tracked.status == "seen" and tracked.event.every_s == 10.0
 
 
 def test_a_train_of_pauses_is_planned_as_a_triangle_at_the_ramp_limit():

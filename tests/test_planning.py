@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from controller.config import DispatchConfig, PlannerSettings, SiteConfig
 from controller.decide import ControlState, cooling_config, decide
-from controller.dispatch.replan import Memory
+from controller.dispatch.replan import Memory, plan_settings
 from controller.notices import Notice
 from controller.planning import Carried, Plan, Seen, make_plan, plan_w_at, remembered
 from controller.record import TickRecord
@@ -66,6 +66,13 @@ def test_planner_settings_are_validated_and_off_by_default():
     for bad in ({"every_s": 0.0}, {"lead_ratio": 1.5}, {"job_w": -1.0}, {"surprise": 1}):
         with pytest.raises(ValidationError):
             PlannerSettings.model_validate(bad)
+    for bad in ({"train_swing_ratio": -0.1}, {"train_swing_ratio": 1.5}):
+        with pytest.raises(ValidationError, match="train_swing_ratio"):
+            PlannerSettings.model_validate(bad)
+    # The live planner plans with the site's settings (the same re-plan replay runs).
+    site = PlannerSettings(lead_ratio=0.2, give_up_s=9.0, horizon_s=30.0, train_swing_ratio=0.3)
+    p = plan_settings(DispatchConfig(), site)
+    assert (p.lead_ratio, p.give_up_s, p.horizon_s, p.train_swing_ratio) == (0.2, 9.0, 30.0, 0.3)
 
 
 def test_the_built_in_site_has_it_off_and_the_environment_turns_it_on(

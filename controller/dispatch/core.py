@@ -130,7 +130,7 @@ def _advance(state, params, load_w, frequency_hz, cap_w, measured_j, plan_w, dt_
     elif energy < params[P_BAND_LOW_J]:
         target -= params[P_SOC_RETURN_PER_S] * (energy - params[P_BAND_LOW_J])
 
-    #    Within the band, an optional faster pull: the grid gives back, over energy_return_s,
+    #    An optional faster pull, in the band too: the grid gives back, over energy_return_s,
     #    the energy the battery has moved away from its own slow average. This keeps the
     #    swing of stored energy small when the load's mean steps, and replaces what the round
     #    trip loses each cycle (a fast average would follow that drift down). Outside the band

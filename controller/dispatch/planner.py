@@ -98,11 +98,14 @@ def track(
     give_up_s: float,
 ) -> PlanState:
     """Each event's planned time and status at now_s, from the last plan's and the loads seen
-    since (recent_load_w: the ticks just before now_s, the last at now_s − dt_s)."""
-    before = {t.event: t for t in state}
+    since (recent_load_w: the ticks just before now_s, the last at now_s − dt_s). An event is
+    the one planned before when its time, change and duration are: it keeps its plan (a
+    pause's train interval is the one it was planned with, whatever is still in view)."""
+    before = {_identity(t.event): t for t in state}
     out = []
     for e in events:
-        t = before.get(e) or Tracked(e, e.at_s, lowpass_w, "waiting")
+        t = before.get(_identity(e)) or Tracked(e, e.at_s, lowpass_w, "waiting")
+        e = t.event
         if t.status == "waiting":
             if now_s < e.at_s:  # the level it moves from: the load's latest mean
                 level = float(np.mean(recent_load_w)) if recent_load_w.size else lowpass_w
@@ -115,6 +118,10 @@ def track(
                 t = replace(t, at_s=now_s)
         out.append(t)
     return tuple(out)
+
+
+def _identity(e: Event) -> tuple[float, float, float]:
+    return (e.at_s, e.delta_w, e.duration_s)
 
 
 def _lowpass_response(s: np.ndarray, duration_s: float, tau_s: float) -> np.ndarray:
@@ -182,26 +189,29 @@ def plan(
 TRAIN_MAX_S = 60.0  # pauses further apart than this are each on their own, not a train
 
 
-def train_intervals(starts_s: list[float]) -> dict[float, float]:
-    """Each pause start's interval in its train: the gap to the pause before it, inf for the
-    first of a train or a pause on its own. Only the one before: a pause's plan must not
-    change once made, and the next one is announced later."""
-    starts_s = sorted(starts_s)
-    out = {}
-    for before, at in zip([-math.inf, *starts_s], starts_s, strict=False):
-        out[at] = at - before if 0.0 < at - before <= TRAIN_MAX_S else math.inf
+def train_intervals(pauses: list[tuple[float, float]]) -> list[float]:
+    """For one job's pauses (start, duration; s) in time order: each one's interval in its
+    train, the gap to the pause before it; inf for the first of a train, a pause on its own,
+    or one that starts before the one before has ended. Only the one before: a pause's plan
+    must not change once made, and the next one is announced later."""
+    out, before = [], -math.inf
+    for at, duration in pauses:
+        gap = at - before
+        out.append(gap if duration < gap <= TRAIN_MAX_S else math.inf)
+        before = at
     return out
 
 
 def events_of(notices: Iterable[Notice], job_w: float) -> tuple[Event, ...]:
     """Notices as changes of the mean draw. job_w: what a job adds when it runs (W), for the
-    notices that do not say (`power_w`); a pause takes that away. Pauses announced one after
-    another within TRAIN_MAX_S are a train (`train_intervals`). A pause_end that closes a
+    notices that do not say (`power_w`); a pause takes that away. A job's pauses (those of no
+    job together) announced one after another within TRAIN_MAX_S are a train
+    (`train_intervals`). A pause_end that closes a
     pause_start with a duration is part of that pause; a level_change (an absolute level, not
     a change) is left to the filter."""
     notices = sorted(notices, key=lambda n: n.at_s)
     ends = {n.at_s + n.duration_s for n in notices if n.kind == "pause_start" and n.duration_s}
-    every = train_intervals([n.at_s for n in notices if n.kind == "pause_start"])
+    every = _trains(notices)
     out = []
     for n in notices:
         power = job_w if n.power_w is None else n.power_w
@@ -211,8 +221,20 @@ def events_of(notices: Iterable[Notice], job_w: float) -> tuple[Event, ...]:
             out.append(Event(n.at_s, -power))
         elif n.kind == "pause_start":
             depth = job_w - (n.power_w or 0.0)
-            duration = n.duration_s or math.inf
-            out.append(Event(n.at_s, -depth, duration, every[n.at_s] if n.duration_s else math.inf))
+            out.append(Event(n.at_s, -depth, n.duration_s or math.inf, every.get(n, math.inf)))
         elif n.kind == "pause_end" and not any(abs(n.at_s - end) < 1e-6 for end in ends):
             out.append(Event(n.at_s, job_w))
     return tuple(out)
+
+
+def _trains(notices: list[Notice]) -> dict[Notice, float]:
+    """Each pause_start with a duration: its interval in its job's train."""
+    jobs: dict[str | None, list[Notice]] = {}
+    for n in notices:
+        if n.kind == "pause_start" and n.duration_s:
+            jobs.setdefault(n.job_id, []).append(n)
+    out = {}
+    for pauses in jobs.values():
+        every = train_intervals([(n.at_s, n.duration_s or 0.0) for n in pauses])
+        out |= dict(zip(pauses, every, strict=True))
+    return out

@@ -257,13 +257,10 @@ def size(load_w: np.ndarray, dt_s: float, settings: ReplaySettings) -> Sizing:
             break
         power = max(power, run.figures.max_battery_w) * 1.02
         capacity_j *= 1.05
-    # A battery that reaches its SoC band drifts back and may need less power than the free
-    # run's peak: the power it used, where that alone holds.
-    tight = trial.model_copy(update={"battery_w": run.figures.max_battery_w * 1.0001 + 1.0})
-    if tight.battery_w < trial.battery_w:
-        tight_run = simulate(load_w, dt_s, tight)
-        if tight_run.figures.unserved_kwh <= 0.0:
-            trial, run = tight, tight_run
+    # A battery that leaves its SoC band drifts back and may need less power than the free
+    # run's peak: the power the clean run used (a limit it never reached changes nothing).
+    used = run.figures.max_battery_w * 1.0001 + 1.0
+    trial = trial.model_copy(update={"battery_w": min(trial.battery_w, used)})
     # The LP's energy is unbounded like the free online run's; its power is what the online
     # controller needed (unbounded power would let it waste energy without limit).
     problem = replace(
