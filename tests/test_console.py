@@ -30,6 +30,7 @@ from selenium.common.exceptions import StaleElementReferenceException, TimeoutEx
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -167,8 +168,13 @@ def setpoint_row(driver: webdriver.Chrome, field: str) -> WebElement:
 
 
 def type_into(element: WebElement, value: str) -> None:
-    element.clear()
+    """Empty the field and type, with the keys an operator uses: WebDriver's clear() fires no
+    input event, so the console did not know the field was being edited and its 5 s refresh
+    could put the value in force back before the keys came ("500-5")."""
+    element.send_keys(Keys.CONTROL, "a")
+    element.send_keys(Keys.DELETE)
     element.send_keys(value)
+    assert element.get_attribute("value") == value  # nothing the page did got in between
 
 
 # ---- the page and its files --------------------------------------------------------------
