@@ -25,7 +25,8 @@ from controller.dispatch import (
     initial_state,
     params_vector,
 )
-from controller.dispatch.planner import Event, PlanSettings, plan
+from controller.dispatch.planner import Event, plan
+from controller.dispatch.replan import plan_settings
 from drivers.sim.load import load_gpu_trace
 
 
@@ -46,7 +47,7 @@ def best_of(repeats: int, fn) -> float:
 def time_plan(calls: int = 200) -> float:
     """Seconds per re-plan: a job's start and five checkpoints in view, 60 s ahead at 0.1 s."""
     events = (Event(13.6, 4.7e6), *(Event(23.6 + 10.2 * k, -4.7e6, 3.0) for k in range(5)))
-    p = PlanSettings(5e5, 5e5, 10.0)
+    p = plan_settings(DispatchConfig(ramp_up_w_per_s=5e5, ramp_down_w_per_s=5e5))
     recent = np.full(10, 6e6)
     _, state = plan(30.0, 0.1, events, (), recent, 6e6, p)
     t0 = time.perf_counter()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.config import DispatchConfig
 from controller.dispatch import Bank, core, initial_state, params_vector
 from controller.dispatch.planner import (
     Event,
-    PlanSettings,
     events_of,
     pause_depth_w,
     plan,
     train_intervals,
 )
+from controller.dispatch.replan import plan_settings
 from controller.notices import Notice
 from controller.replay.events import Announced, read_events
 from controller.replay.run import ReplaySettings, simulate
@@ -34,7 +36,7 @@ EVENTS = TRAINING.with_suffix(".events.csv")
 DT = 0.1
 RAMP = 5e5
 S = ReplaySettings(battery_w=2e7, battery_wh=2e5)  # 720 MJ: never binds here
-PLAN = PlanSettings(RAMP, RAMP, 10.0)
+PLAN = plan_settings(DispatchConfig(ramp_up_w_per_s=RAMP, ramp_down_w_per_s=RAMP))
 AHEAD_W = 0.8 * PLAN.lead_ratio * 5e6  # of a 5 MW step, the grid's way up by the step
 
 
@@ -142,7 +144,7 @@ def test_a_pause_keeps_its_plan_when_the_one_before_is_forgotten():
     interval it was planned with (a changed plan would restart it, a phantom pause)."""
     first = Notice(0, "pause_start", 10.0, 13.0, 3.0, None, None)
     second = Notice(1, "pause_start", 20.0, 23.0, 3.0, None, None)
-    p = PlanSettings(RAMP, RAMP, 1.0)
+    p = replace(PLAN, lowpass_tau_s=1.0)
     compute, paused = np.full(10, 7.9e6), np.full(10, 3.2e6)
     _, state = plan(19.0, DT, events_of([first, second], 4.7e6), (), compute, 7.9e6, p)
     _, state = plan(21.0, DT, events_of([first, second], 4.7e6), state, paused, 7.5e6, p)

@@ -52,15 +52,12 @@ class PlanSettings:
     ramp_up_w_per_s: float
     ramp_down_w_per_s: float
     lowpass_tau_s: float  # the core's: its response to a change is what the plan adds to
-    # Of a lasting step, crossed before it: half is best for a notice exact to the step; a
-    # job's GPUs draw later more often than earlier (loading, set-up), and a plan held while
-    # a start is late charges the battery all the while, so a little less before it.
-    lead_ratio: float = 0.35
-    give_up_s: float = 5.0  # an announced change not seen this long after its time is dropped
-    horizon_s: float = 60.0
-    # Of a train's full triangle (depth R·I/2): 0.7 keeps the grid's 0.1–20 Hz band 20 dB
-    # under the load's on the shipped training rhythm tiled to 10 minutes.
-    train_swing_ratio: float = 0.7
+    # The site's `planner` section's (controller.config.PlannerSettings, where the defaults
+    # and their reasons are): `controller.dispatch.replan.plan_settings` makes these.
+    lead_ratio: float  # of a lasting step, crossed before it
+    give_up_s: float  # an announced change not seen this long after its time is dropped
+    horizon_s: float
+    train_swing_ratio: float  # of a train's full triangle (depth R·I/2)
 
 
 Status = Literal["waiting", "seen", "dropped"]

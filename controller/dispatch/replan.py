@@ -48,9 +48,9 @@ class Memory:
 
 def plan_settings(d: DispatchConfig, p: PlannerSettings | None = None) -> PlanSettings:
     """The planner's settings from the dispatch in force (its ramps and low-pass) and, live,
-    the site's `planner` section (replay: the planner's defaults)."""
+    the site's `planner` section (replay: that section's defaults)."""
     if p is None:
-        return PlanSettings(d.ramp_up_w_per_s, d.ramp_down_w_per_s, d.lowpass_tau_s)
+        p = PlannerSettings()
     return PlanSettings(
         d.ramp_up_w_per_s,
         d.ramp_down_w_per_s,
