@@ -13,7 +13,6 @@ starting where the run stood), so they show the learned rhythm, not the run's st
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import tempfile
@@ -66,9 +65,9 @@ def tiled(seconds: float, seed: int = 5) -> tuple[np.ndarray, float, list[float]
 
 
 def checkpoint_starts() -> list[float]:
-    """The trace's checkpoint starts (s), from its events file."""
-    with TRACE.with_suffix(".events.csv").open() as f:
-        return [float(r["t_start_s"]) for r in csv.DictReader(f) if r["kind"] == "checkpoint_start"]
+    """The trace's checkpoint starts (s), from its events file (read as replay reads it)."""
+    told = read_events(TRACE.with_suffix(".events.csv"), 0.0, 0.0, 0.0)
+    return [a.notice.at_s for a in told if a.notice.kind == "pause_start"]
 
 
 def events_csv(checkpoints_s: list[float], folder: Path) -> Path:
