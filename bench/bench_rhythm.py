@@ -133,7 +133,8 @@ def main() -> None:
         run = simulate(site, dt, s, notices=told, learn=learn)
         r = report(window(run, first, dt), dt, s, not args.no_bound)
         ratios = f"throughput / bound {r['throughput_ratio'] or float('nan'):.3f}, "
-        ratios += f"capacity / bound {r['capacity_ratio'] or float('nan'):.3f}"
+        ratios += f"capacity / bound {r['capacity_ratio'] or float('nan'):.3f} "
+        ratios += f"(/ the followable bound {r['realizable_capacity_ratio'] or float('nan'):.3f})"
         figs = ", ".join(f"{k} {r[k]:.2f}" for k in keys)
         print(f"  {name:15s} ramp {r['grid_max_ramp_w_per_s']:,.0f} W/s, {figs}; {ratios}")
 

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.config import DispatchConfig
+from controller.replay.bound import min_capacity_kwh, realizable_schedule
 from controller.replay.figures import band_attenuation_db, stored_energy_j
-from controller.replay.run import ReplaySettings, report, simulate, size
+from controller.replay.run import ReplaySettings, bound_problem, report, simulate, size
 from controller.replay.trace import TraceError, read_trace
 from tests.processes import GRIDPILOT
 
@@ -31,8 +32,10 @@ KEYS = {
     "soc_max",
     "lp_throughput_kwh",
     "lp_required_capacity_kwh",
+    "lp_realizable_capacity_kwh",
     "throughput_ratio",
     "capacity_ratio",
+    "realizable_capacity_ratio",
 }
 
 
@@ -219,6 +222,8 @@ def test_bound_is_never_above_the_online_run_that_held_every_limit(seed, ramp, t
         assert result["lp_throughput_kwh"] is not None
         assert result["lp_throughput_kwh"] <= result["battery_throughput_kwh"] * (1 + 1e-6)
         assert result["lp_required_capacity_kwh"] <= result["required_capacity_kwh"] * (1 + 1e-6)
+        followable = result["lp_realizable_capacity_kwh"]
+        assert followable is None or result["lp_required_capacity_kwh"] <= followable * (1 + 1e-6)
 
 
 def test_training_trace_online_and_bound_side_by_side():
@@ -229,6 +234,29 @@ def test_training_trace_online_and_bound_side_by_side():
     assert result["unserved_kwh"] == 0.0
     assert 1.0 <= result["throughput_ratio"] < 1.5
     assert result["capacity_ratio"] >= 1.0
+
+
+def test_the_followable_bound_is_a_schedule_a_battery_can_follow():
+    """The LP's least capacity charges and discharges at once to burn energy (5 kWh on the
+    training trace); the followable bound is a schedule that never does, and holds every
+    limit when a battery runs it."""
+    tr = read_trace(TRAINING)
+    s = ReplaySettings()
+    load = tr.site_load_w(s.gpus, s.base_w)
+    p = bound_problem(simulate(load, tr.dt_s, s), tr.dt_s, s)
+    lower = min_capacity_kwh(p)
+    found = realizable_schedule(p)
+    assert lower is not None and found is not None
+    battery_w, kwh = found
+    grid = load - battery_w
+    assert np.max(np.abs(np.diff(grid))) / tr.dt_s <= s.ramp_w_per_s * (1 + 1e-6)
+    assert np.max(np.abs(battery_w)) <= s.battery_w * (1 + 1e-9)
+    e = stored_energy_j(battery_w, tr.dt_s, p.initial_energy_j, 0.96, 0.96)
+    assert np.ptp(np.r_[p.initial_energy_j, e]) / 3.6e6 == pytest.approx(kwh)
+    assert e[-1] >= p.final_energy_min_j - 1.0
+    assert e.min() >= p.energy_floor_j and e.max() <= p.energy_ceiling_j
+    # The wasting LP's figure is a quarter under what a battery following a plan can reach.
+    assert lower * 1.2 < kwh < 2.2 * lower  # 1.63 and 2.06 kWh here
 
 
 def test_size_finds_a_battery_that_holds_and_the_lp_needs_no_more():
@@ -246,6 +274,8 @@ def test_size_finds_a_battery_that_holds_and_the_lp_needs_no_more():
     assert simulate(load, tr.dt_s, smaller).figures.unserved_kwh > 0.0
     assert sized.lp_battery_w is not None and sized.lp_battery_w <= sized.online_battery_w
     assert sized.lp_swing_kwh is not None and sized.lp_swing_kwh <= sized.online_swing_kwh
+    assert sized.lp_realizable_swing_kwh is not None
+    assert sized.lp_swing_kwh <= sized.lp_realizable_swing_kwh * (1 + 1e-6)
 
 
 def test_bound_is_skipped_with_a_reason_on_long_traces(monkeypatch: pytest.MonkeyPatch):

@@ -28,8 +28,10 @@ ROWS = (
     ("soc_max", "highest SoC", "", ".3f"),
     ("lp_throughput_kwh", "bound: throughput", "kWh", ",.2f"),
     ("lp_required_capacity_kwh", "bound: stored energy used", "kWh", ",.2f"),
+    ("lp_realizable_capacity_kwh", "bound a battery can follow: stored energy", "kWh", ",.2f"),
     ("throughput_ratio", "throughput / bound", "", ".3f"),
     ("capacity_ratio", "stored energy used / bound", "", ".3f"),
+    ("realizable_capacity_ratio", "stored energy used / the followable bound", "", ".3f"),
 )
 
 
@@ -84,5 +86,11 @@ def print_sizing(s: Sizing, trace: Path, ramp_w_per_s: float) -> None:
     )
     table.add_row(
         "perfect foresight (LP)", _fmt(s.lp_battery_w, ",.0f"), _fmt(s.lp_swing_kwh, ",.2f"), ""
+    )
+    table.add_row(
+        "perfect foresight, a battery can follow it",
+        "",
+        _fmt(s.lp_realizable_swing_kwh, ",.2f"),
+        "",
     )
     console.print(table)

@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from controller.config import DispatchConfig, RampLimit
 from controller.dispatch import Bank, core, initial_state, params_vector, rhythm
 from controller.dispatch.replan import Memory, Replanning, plan_settings, replan
-from controller.replay.bound import BoundProblem, min_capacity_kwh, min_power_w, min_throughput_kwh
+from controller.replay.bound import (
+    BoundProblem,
+    min_capacity_kwh,
+    min_power_w,
+    min_throughput_kwh,
+    realizable_capacity_kwh,
+)
 from controller.replay.events import Announced
 from controller.replay.figures import Figures, figures
 
@@ -200,7 +206,7 @@ def report(
 ) -> dict[str, Any]:
     """The replay's figures, and the bound's where asked (None where the LP has no solution)."""
     result: dict[str, Any] = asdict(run.figures)
-    lp_thr = lp_cap = None
+    lp_thr = lp_cap = lp_real = None
     steps = len(run.load_w)
     note = "solved" if with_bound else "not asked for"
     if with_bound and steps > BOUND_MAX_STEPS:
@@ -209,11 +215,14 @@ def report(
     if with_bound:
         problem = bound_problem(run, dt_s, settings)
         lp_thr, lp_cap = min_throughput_kwh(problem), min_capacity_kwh(problem)
+        lp_real = realizable_capacity_kwh(problem)
     result |= {
         "lp_throughput_kwh": lp_thr,
         "lp_required_capacity_kwh": lp_cap,
+        "lp_realizable_capacity_kwh": lp_real,
         "throughput_ratio": _ratio(run.figures.battery_throughput_kwh, lp_thr),
         "capacity_ratio": _ratio(run.figures.required_capacity_kwh, lp_cap),
+        "realizable_capacity_ratio": _ratio(run.figures.required_capacity_kwh, lp_real),
         "bound": note,
         "steps": steps,
         "dt_s": dt_s,
@@ -227,7 +236,8 @@ class Sizing:
     online_battery_wh: float  # nameplate, with the SoC window and the start SoC
     online_swing_kwh: float  # stored-energy range actually used
     lp_battery_w: float | None
-    lp_swing_kwh: float | None
+    lp_swing_kwh: float | None  # the LP's lower bound
+    lp_realizable_swing_kwh: float | None  # a foresight schedule a battery can follow
 
 
 def size(load_w: np.ndarray, dt_s: float, settings: ReplaySettings) -> Sizing:
@@ -276,6 +286,7 @@ def size(load_w: np.ndarray, dt_s: float, settings: ReplaySettings) -> Sizing:
         online_swing_kwh=run.figures.required_capacity_kwh,
         lp_battery_w=min_power_w(replace(problem, discharge_max_w=math.inf, charge_max_w=math.inf)),
         lp_swing_kwh=min_capacity_kwh(problem),
+        lp_realizable_swing_kwh=realizable_capacity_kwh(problem),
     )
 
 
