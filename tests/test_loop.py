@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from itertools import pairwise
 
@@ -135,6 +136,30 @@ async def test_a_stalled_tick_counts_overruns_and_skips_instead_of_bunching(site
     # No burst of catch-up ticks (those would come back to back, microseconds apart): the
     # tick after the stall keeps the schedule's phase, here 0.05 s after the late one.
     assert min(gaps) > 0.03
+
+
+async def test_ticks_wake_early_but_never_start_before_their_time(site_data: dict):
+    """The loop wakes ahead of each tick (the event loop's timers run late) and yields until
+    the tick's time: no tick starts early, and other threads give up the GIL within a
+    twentieth of the period."""
+    site = modbus_only(site_data)
+    site = site.model_copy(update={"loop_period_s": 0.02})
+    seen: list[TickRecord] = []
+    maps = device_maps(site)
+    idle_drivers = {d.id: make_driver(d, maps[d.id]) for d in site.devices}  # never started
+    loop = ControlLoop(site, idle_drivers, seen.append)
+    stop = asyncio.Event()
+    before = sys.getswitchinterval()
+    try:
+        task = asyncio.create_task(loop.run(stop))
+        await asyncio.sleep(0.5)
+        stop.set()
+        await task
+        assert sys.getswitchinterval() <= 0.02 / 20 + 1e-9
+    finally:
+        sys.setswitchinterval(before)
+    assert len(seen) >= 10
+    assert min(r.lateness_s for r in seen) >= 0.0
 
 
 def test_a_ups_is_never_asked_to_give_more_than_its_load():
