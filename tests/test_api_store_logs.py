@@ -86,6 +86,24 @@ def test_store_keeps_events_and_samples_and_drains_on_close(tmp_path: Path):
     ]
 
 
+def test_a_batch_of_reads_sees_what_is_written_and_cannot_write(tmp_path: Path):
+    store = Store(tmp_path / "gridpilot.sqlite")
+    try:
+        for i in range(3):
+            store.sample({"time_s": 1000.0 + i, "mode": "auto", "it_w": 5e6 + i})
+        store.writer.flush()
+        with store.reading() as query:
+            assert query("SELECT COUNT(*) FROM samples", ()) == [(3,)]
+            assert query("SELECT MAX(it_w) FROM samples WHERE time_s < ?", (1001.5,)) == [
+                (5e6 + 1,)
+            ]
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                query("DELETE FROM samples", ())
+        assert store.query("SELECT COUNT(*) FROM samples") == [(3,)]
+    finally:
+        store.close()
+
+
 def test_store_refuses_an_unwritable_place_at_start(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("")
