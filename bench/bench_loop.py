@@ -82,9 +82,11 @@ while True:
 def _outcome(r: httpx.Response | BaseException) -> str:
     """ok; refused by the API's own rules (429: the key's rate of changes; 422: a change that
     changes nothing, as four operators cycling five values send); failed (5xx, no answer)."""
-    if isinstance(r, BaseException) or r.status_code >= 500:
+    if isinstance(r, BaseException):
         return "failed"
-    return "ok" if r.status_code < 300 else "refused"
+    if r.status_code in (422, 429):
+        return "refused"
+    return "ok" if r.status_code < 300 else "failed"
 
 
 async def operator(base: str, key: str, until: float, counts: dict[str, int]) -> None:

@@ -33,7 +33,7 @@ log = logging.getLogger("gridpilot.loop")
 # The event loop's timers wake up to a millisecond late (epoll counts whole ms) and a wait
 # costs a few tenths: the loop wakes this early and yields to the other tasks until the tick.
 WAKE_EARLY_S = 0.002
-MIN_SWITCH_S = 0.0005
+MIN_SWITCH_S = 0.0005  # shorter, threads would spend more time handing the GIL than running
 
 
 class SettingsSource(Protocol):
@@ -85,7 +85,14 @@ class ControlLoop:
         # A thread of this process (the planner's worker, the store's writers, the replica's)
         # keeps the GIL up to the switch interval (5 ms by default) before the tick's wake-up
         # gets it: at most a twentieth of the period, so no tick is that late for it.
-        sys.setswitchinterval(max(MIN_SWITCH_S, min(sys.getswitchinterval(), period / 20.0)))
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(max(MIN_SWITCH_S, min(switch, period / 20.0)))
+        try:
+            await self._ticks(stop, period)
+        finally:
+            sys.setswitchinterval(switch)
+
+    async def _ticks(self, stop: asyncio.Event, period: float) -> None:
         next_at = time.monotonic()
         while not stop.is_set():
             now = time.monotonic()

@@ -3,8 +3,9 @@
 the event's clock interval on each of the previous `search_days` days. The figures themselves
 are `controller/mv.py`'s, pure.
 
-`query` is `Store.query(sql, args) -> list[tuple]` (a read-only connection of its own each
-call); a `sqlite3.Connection` does too.
+`query` is a `(sql, args) -> list[tuple]`: `Store.reading()`'s (one read-only connection for
+a batch of reads, as the M&V keeper's refresh), `Store.query` (a connection for each call) or
+the API's `OpsDB.query`; a `sqlite3.Connection` does too.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def min_capacity_kwh(p: BoundProblem) -> float | None:
 
 # Throughput prices tried, low to high: higher ones waste less and need more capacity.
 REALIZABLE_PRICES = (1e-3, 3e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.3, 1.0)
-SAME_SHARE = 1e-6  # run as a battery would, within this of the LP's own: it did not waste
+SAME_SHARE = 1e-6  # run as a battery would, within this of the LP's own: netting gains nothing
 
 
 def realizable_schedule(p: BoundProblem) -> tuple[np.ndarray, float] | None:
@@ -184,16 +184,18 @@ def realizable_schedule(p: BoundProblem) -> tuple[np.ndarray, float] | None:
             continue
         net_w, lp_kwh = found
         e = np.r_[0.0, stored_energy_j(net_w, p.dt_s, 0.0, p.eta_charge, p.eta_discharge)]
+        # Netted, the energy never falls below the LP's (no waste): the ceiling is what binds.
         if e.min() >= floor - 1.0 and e.max() <= ceiling + 1.0 and e[-1] >= end - 1.0:
             kwh = float(np.ptp(e) / J_PER_KWH)
             if best is None or kwh < best[1]:
                 best = (net_w, kwh)
             if kwh <= lp_kwh * (1.0 + SAME_SHARE) + 1e-9:
-                break  # the LP's schedule is the battery's: it no longer wastes
+                break  # the LP's schedule is the battery's: a higher price only costs more
     return best
 
 
 def realizable_capacity_kwh(p: BoundProblem) -> float | None:
+    """`realizable_schedule`'s capacity, kWh (None: none holds)."""
     found = realizable_schedule(p)
     return None if found is None else found[1]
 
