@@ -375,8 +375,7 @@ def main() -> None:
             if args.disk_stress:
                 print(
                     f"        API writes ok {r['api_ok']}, refused by its rules "
-                    f"{r['api_refused']}, "
-                    f"failed {r['api_failed']}; "
+                    f"{r['api_refused']}, failed {r['api_failed']}; "
                     f"storage faults met by the writers {r['write_failures']}; "
                     f"alarms raised {r['alarms_raised']}, stored {r['alarms_stored']}"
                 )

@@ -12,24 +12,23 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from controller.mv import DAY_S, MvSettings, Performance, Samples, Span, performance
+from controller.store import Query, query_of
 
 if TYPE_CHECKING:
     from controller.operations import Event
 
-Query = Callable[[str, tuple], list[tuple]]
 SELECT = "SELECT time_s, grid_w FROM samples WHERE "
 
 
 def _query_of(conn_or_query: sqlite3.Connection | Query) -> Query:
     if isinstance(conn_or_query, sqlite3.Connection):
-        conn = conn_or_query
-        return lambda sql, args: conn.execute(sql, args).fetchall()
+        return query_of(conn_or_query)
     return conn_or_query
 
 

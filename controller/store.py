@@ -18,6 +18,14 @@ from typing import Any
 from controller.dbfile import create
 from controller.writer import Writer
 
+Query = Callable[[str, tuple], list[tuple]]  # read-only SQL and its arguments in, rows out
+
+
+def query_of(conn: sqlite3.Connection) -> Query:
+    """Queries on one connection."""
+    return lambda sql, args=(): conn.execute(sql, args).fetchall()
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -107,9 +115,9 @@ class Store:
             return query(sql, args)
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[Callable[[str, tuple], list[tuple]]]:
+    def reading(self) -> Iterator[Query]:
         """Read-only queries on one connection of their own, for a batch of reads: a new
         connection reads the schema again on its first statement (half a millisecond, the
         most of a small query's time)."""
         with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as conn:
-            yield lambda sql, args=(): conn.execute(sql, args).fetchall()
+            yield query_of(conn)

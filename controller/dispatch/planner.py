@@ -203,9 +203,8 @@ def events_of(notices: Iterable[Notice], job_w: float) -> tuple[Event, ...]:
     """Notices as changes of the mean draw. job_w: what a job adds when it runs (W), for the
     notices that do not say (`power_w`); a pause takes that away. A job's pauses (those of no
     job together) announced one after another within TRAIN_MAX_S are a train
-    (`train_intervals`). A pause_end that closes a
-    pause_start with a duration is part of that pause; a level_change (an absolute level, not
-    a change) is left to the filter."""
+    (`train_intervals`). A pause_end that closes a pause_start with a duration is part of that
+    pause; a level_change (an absolute level, not a change) is left to the filter."""
     notices = sorted(notices, key=lambda n: n.at_s)
     ends = {n.at_s + n.duration_s for n in notices if n.kind == "pause_start" and n.duration_s}
     every = _trains(notices)
