@@ -275,3 +275,20 @@ class MvCollector(Collector):
             family = GaugeMetricFamily(name, help_text, labels=["site"])
             family.add_metric([self.site], value)
             yield family
+
+
+class PlannerCollector(Collector):
+    """The planner's plans not made (its process raised, died or hung), a counter of its own;
+    0 while it is off."""
+
+    def __init__(self, site: str, failures: Callable[[], int]) -> None:
+        self.site, self.failures = site, failures
+
+    def collect(self) -> Iterator[Metric]:
+        failed = CounterMetricFamily(
+            "gridpilot_plan_failures",
+            "Plans not made: the planner's process raised, died or hung (it is replaced)",
+            labels=["site"],
+        )
+        failed.add_metric([self.site], self.failures())
+        yield failed

@@ -145,7 +145,7 @@ class Metrics:
         )
         self.plan_duration = Histogram(
             "gridpilot_plan_duration_seconds",
-            "The planner's time for one plan (on its worker thread, off the tick's path)",
+            "The planner's time for one plan (in its own process, off the tick's path)",
             s,
             buckets=TICK_BUCKETS_S,
             registry=self.registry,

@@ -20,7 +20,7 @@ from controller import dbfile
 from controller.alarms import AlarmBook
 from controller.apiproc import ApiProcess, ApiSpec
 from controller.bridge import Bridge
-from controller.collectors import MvCollector, RecorderCollector
+from controller.collectors import MvCollector, PlannerCollector, RecorderCollector
 from controller.config import BATTERY_KINDS, DeviceConfig, SiteConfig
 from controller.dbfile import DB_FILE
 from controller.dispatch import warm_up
@@ -171,8 +171,11 @@ class Controller:
                 self.mv.baseline_w,
                 leading,
             )
-        # The planner looks ahead on a worker thread; each tick reads its newest plan.
-        self.planner = Planner(site) if site.planner.enabled else None
+        # The planner looks ahead in a process of its own; each tick reads its newest plan.
+        self.planner = planner = Planner(site) if site.planner.enabled else None
+        self.metrics.registry.register(
+            PlannerCollector(site.name, lambda: planner.failures_total if planner else 0)
+        )
         self.loop = ControlLoop(
             site,
             self.drivers,

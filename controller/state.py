@@ -148,6 +148,7 @@ def plan_json(plan: Plan, now_s: float) -> dict[str, Any]:
         "start": iso(plan.start_s),
         "age_s": now_s - plan.start_s,
         "duration_s": plan.duration_s,
+        "work_s": plan.work_s,
         "cpu_s": plan.cpu_s,
         "horizon_s": len(plan.values_w) * plan.dt_s,
         "events": plan.events,

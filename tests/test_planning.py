@@ -6,7 +6,8 @@ today's, to the bit."""
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
+import signal
 import time
 from itertools import pairwise
 from typing import Any
@@ -19,7 +20,17 @@ from controller.config import DispatchConfig, PlannerSettings, SiteConfig
 from controller.decide import ControlState, cooling_config, decide
 from controller.dispatch.replan import Memory, plan_settings
 from controller.notices import Notice
-from controller.planning import Carried, Plan, Seen, make_plan, plan_w_at, remembered
+from controller.planning import (
+    Carried,
+    Plan,
+    PlanFailed,
+    PlanWorker,
+    Request,
+    Seen,
+    make_plan,
+    plan_w_at,
+    remembered,
+)
 from controller.record import TickRecord
 from controller.sitefile import load_site
 from tests.plant import modbus_only, site_running, until
@@ -53,6 +64,10 @@ def assert_ramp_held(records: list[TickRecord], site: SiteConfig) -> None:
         before = a.result.grid_target_w + a.result.frequency_response_w
         after = b.result.grid_target_w + b.result.frequency_response_w
         assert abs(after - before) <= step * (1 + 1e-9) + 1e-3, (a.seq, before, after)
+
+
+def stale(rec: TickRecord) -> bool:
+    return rec.plan is None or rec.wall_time > rec.plan.until_s
 
 
 def since(records: list[TickRecord], t_s: float) -> list[TickRecord]:
@@ -119,6 +134,23 @@ def test_one_live_plan_from_what_the_ticks_saw():
     assert carried.memory != Memory()
 
 
+def test_a_plan_that_raises_in_the_planners_process_is_an_error_and_the_process_goes_on():
+    seen = Seen(1000.0, np.full(10, 2e6), (notice(1, 1004.0, 1009.0),), 2e6, DispatchConfig())
+    p = PlannerSettings(enabled=True)
+    worker = PlanWorker()
+    try:
+        worker.wait_ready()
+        with pytest.raises(PlanFailed, match=rf"pid {worker.pid}\): ZeroDivisionError"):
+            worker.ask(Request(Carried(), seen, 0.0, p, None))  # a 0 s period
+        plan, carried = worker.ask(Request(Carried(), seen, 0.1, p, None))
+        here, carried_here = make_plan(Carried(), seen, 0.1, p, None)  # the same, made here
+        assert np.array_equal(plan.values_w, here.values_w) and carried == carried_here
+        assert plan.cpu_s > 0.0 and not plan.values_w.flags.writeable
+    finally:
+        worker.close()
+    assert worker.exitcode == 0  # its pipe closed, it ended by itself
+
+
 async def test_a_notice_moves_the_grid_early_a_stale_plan_is_dropped_a_no_show_given_up(
     site_data: dict[str, Any],
 ):
@@ -149,23 +181,26 @@ async def test_a_notice_moves_the_grid_early_a_stale_plan_is_dropped_a_no_show_g
         assert run.metric("gridpilot_plan_feed_forward_watts", site=site.name) > 1e6
         assert run.metric("gridpilot_plan_duration_seconds_count", site=site.name) >= 5
 
-        # ... a planner that stops keeping up stalls no tick, and its stale plan is dropped ...
-        gate, replan_now = threading.Event(), planner.replan_now
+        # ... its plans are made in a process of their own; one that hangs stalls no tick,
+        # its stale plan is dropped, and it is replaced (planning goes on where it was) ...
+        hung = planner.worker
+        assert hung is not None and hung.pid != os.getpid() and hung.exitcode is None
+        os.kill(hung.pid, signal.SIGSTOP)
+        stuck_at = time.time()
+        await asyncio.sleep(site.planner.stale_plans * EVERY_S + 0.2)
+        ticks = since(records, stuck_at)
+        assert len(ticks) >= 15  # the loop kept its period
+        assert ticks[-1].decision.plan_w == 0.0 and ticks[-1].plan.at(ticks[-1].wall_time) == 0
+        await until(lambda: records[-1].decision.plan_w > 1e6, 10, "planning again")
+        assert planner.failures_total == 1 and planner.worker.pid != hung.pid
+        assert hung.exitcode == -signal.SIGKILL  # the hung one is gone, not left behind
 
-        def stuck(seen: Seen) -> Plan:
-            gate.wait(10.0)
-            return replan_now(seen)
-
-        planner.replan_now = stuck  # type: ignore[method-assign]
-        try:
-            stuck_at = time.time()
-            await asyncio.sleep(site.planner.stale_plans * EVERY_S + 1.0)
-            ticks = since(records, stuck_at)
-            assert len(ticks) >= 20  # the loop kept its period
-            assert ticks[-1].decision.plan_w == 0.0 and ticks[-1].plan.at(ticks[-1].wall_time) == 0
-        finally:
-            gate.set()
-        await until(lambda: records[-1].decision.plan_w > 1e6, 3, "planning again")
+        # ... as is one that dies ...
+        os.kill(planner.worker.pid, signal.SIGKILL)
+        await until(lambda: planner.failures_total == 2, 5, "the death seen")
+        await until(lambda: records[-1].plan.events == 1 and not stale(records[-1]), 10, "again")
+        await run.scrape()
+        assert run.metric("gridpilot_plan_failures_total", site=site.name) == 2
 
         # ... and the job that never comes is given up: plain smoothing again.
         give_up_s = site.planner.give_up_s
