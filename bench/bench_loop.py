@@ -50,7 +50,7 @@ import yaml
 from controller.cli import CLI
 from controller.config import SiteConfig
 from controller.logs import setup_logging
-from controller.planning import Plan
+from controller.plans import Plan
 from controller.record import TickRecord
 from controller.service import Controller
 from controller.sitefile import load_site, parse_site, plant_of

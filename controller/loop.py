@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from controller.config import SiteConfig
 from controller.decide import ControlState, cooling_config, decide
-from controller.planning import Planner, plan_w_at
+from controller.planning import Planner
+from controller.plans import plan_w_at
 from controller.record import InForce, TickRecord
 from controller.setpoints import dispatch_config, initial_setpoints
 from controller.site import Command, read_site

@@ -24,7 +24,7 @@ from controller.tokens import TokenMeter
 from controller.writer import Writer
 
 if TYPE_CHECKING:
-    from controller.planning import Plan
+    from controller.plans import Plan
 
 MODES = ("auto", "manual", "safe", "degraded", "standby")  # the control modes a tick reports
 HA_ROLES = ("leader", "standby", "unknown")

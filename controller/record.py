@@ -21,7 +21,7 @@ from controller.snapshot import Snapshot
 if TYPE_CHECKING:
     from controller.grid.status import VenStatus
     from controller.ha.lease import Leadership
-    from controller.planning import Plan
+    from controller.plans import Plan
 
 
 @dataclass(frozen=True)

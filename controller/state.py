@@ -15,7 +15,7 @@ from controller.writer import Writer
 
 if TYPE_CHECKING:
     from controller.ha.lease import Leadership
-    from controller.planning import Plan
+    from controller.plans import Plan
 
 
 def iso(ts: float) -> str:
