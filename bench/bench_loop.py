@@ -47,7 +47,7 @@ import httpx
 import numpy as np
 import yaml
 
-from controller.cli import CLI
+from controller.cli_common import CLI
 from controller.config import SiteConfig
 from controller.logs import setup_logging
 from controller.plans import Plan

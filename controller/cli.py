@@ -15,15 +15,20 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from pydantic import ValidationError
 
-from controller import dbfile
-from controller.commands import KeyIn
-from controller.config import ConfigError, DispatchConfig, SiteConfig
-from controller.dbfile import DB_FILE, StorageError
+from controller.cli_admin import db_app, keys_app
+from controller.cli_common import (
+    ApiPortOpt,
+    ConfigOpt,
+    DataDirOpt,
+    LogLevelOpt,
+    site_of,
+    storage_errors_said,
+)
+from controller.config import DispatchConfig, SiteConfig
 from controller.logs import setup_logging
 from controller.notify import notify
-from controller.opsdb import ROLES, Actor, Conflict, OpsDB
 from controller.replay.trace import TraceError
-from controller.sitefile import device_maps, load_site
+from controller.sitefile import device_maps
 
 if TYPE_CHECKING:
     from controller.replay.events import Announced
@@ -34,40 +39,12 @@ if TYPE_CHECKING:
 # commands that use them: `gridpilot keys`, `db`, `check-config` and `notify` start in a
 # fraction of the time (tests and scripts call them often).
 
-CLI = Actor(None, "cli", "admin")  # who the audit log names for changes made here
-
 app = typer.Typer(
     help="gridpilot: a real-time, grid-interactive controller for AI data centers.",
     no_args_is_help=True,
     add_completion=False,
 )
 log = logging.getLogger("gridpilot")
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="site file (YAML); default: the built-in demo site"),
-]
-ApiPortOpt = Annotated[int | None, typer.Option("--api-port", help="API port (default 8080)")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="where the SQLite file lives")]
-LogLevelOpt = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")]
-
-
-def _site(
-    config: Path | None,
-    api_port: int | None = None,
-    data_dir: Path | None = None,
-    port_offset: int = 0,
-) -> SiteConfig:
-    overrides: dict[str, object] = {}
-    if api_port is not None:
-        overrides["api_port"] = api_port
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    try:
-        return load_site(config, overrides, port_offset)
-    except ConfigError as exc:
-        typer.echo(f"gridpilot: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _start(
@@ -80,12 +57,10 @@ def _start(
 ) -> None:
     """Load the site, then run `entry` until SIGINT/SIGTERM; start-up faults exit 1."""
     setup_logging(log_level)
-    site = _site(config, api_port, data_dir, port_offset)
+    site = site_of(config, api_port, data_dir, port_offset)
     try:
-        asyncio.run(entry(site))
-    except StorageError as exc:  # the SQLite file damaged or gone: say what to do
-        typer.echo(f"gridpilot: {exc}", err=True)
-        raise typer.Exit(2) from None
+        with storage_errors_said():  # the SQLite file damaged or gone: say what to do
+            asyncio.run(entry(site))
     except OSError as exc:  # a port taken, a device address that cannot be bound
         log.error("cannot start", extra={"error": str(exc)})
         raise typer.Exit(1) from None
@@ -172,7 +147,7 @@ def _replay_settings(config: Path | None, **values: object) -> ReplaySettings:
     """Validated replay settings; each bad value exits 2 naming its option."""
     from controller.replay.run import ReplaySettings
 
-    dispatch = _site(config).dispatch if config else DispatchConfig()
+    dispatch = site_of(config).dispatch if config else DispatchConfig()
     try:
         return ReplaySettings(dispatch=dispatch, **values)
     except ValidationError as exc:
@@ -382,7 +357,7 @@ def compliance_report(
 def check_config(config: Annotated[Path, typer.Argument(help="site file (YAML)")]) -> None:
     """Validate a site file whole (fields, every device's map and the roles its kind needs,
     the demo plant's settings); print its devices, or what is wrong and exit 2."""
-    site = _site(config)
+    site = site_of(config)
     maps = device_maps(site)
     for module in site.modules:
         for d in module.devices:
@@ -394,146 +369,8 @@ def check_config(config: Annotated[Path, typer.Argument(help="site file (YAML)")
 app.command("notify")(notify)
 
 
-keys_app = typer.Typer(help="API keys: create, list, revoke (in the site's SQLite file).")
 app.add_typer(keys_app, name="keys")
-
-
-def _opsdb(config: Path | None, data_dir: Path | None) -> OpsDB:
-    site = _site(config, None, data_dir)
-    try:
-        return OpsDB(site.data_dir / DB_FILE, site.limits)
-    except StorageError as exc:
-        typer.echo(f"gridpilot: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _refused(exc: Conflict) -> typer.Exit:
-    """A change the file's state refuses (a bound, the last admin key): said, exit 2."""
-    typer.echo(f"gridpilot: {exc}", err=True)
-    return typer.Exit(2)
-
-
-@keys_app.command("create")
-def keys_create(
-    role: Annotated[
-        str, typer.Option("--role", help="viewer, operator, admin, or workload (notices only)")
-    ],
-    name: Annotated[str, typer.Option("--name", help="who or what holds it")],
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Create a key and print it once: only its salted hash is kept."""
-    if role not in ROLES:
-        typer.echo(f"gridpilot: --role must be one of {', '.join(ROLES)}, not {role!r}", err=True)
-        raise typer.Exit(2)
-    try:
-        KeyIn(name=name, role=role)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        typer.echo(f"gridpilot: --name: {exc.errors()[0]['msg']}", err=True)
-        raise typer.Exit(2) from None
-    db = _opsdb(config, data_dir)
-    try:
-        key_id, token = db.create_key(name, role, CLI)  # type: ignore[arg-type]
-    except Conflict as exc:
-        raise _refused(exc) from None
-    finally:
-        db.close()
-    typer.echo(f"id    {key_id}\nrole  {role}\nname  {name}\nkey   {token}")
-    typer.echo("(the key is shown only now)", err=True)
-
-
-@keys_app.command("list")
-def keys_list(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Every key: id, role, name, when made and revoked (never the key)."""
-    from controller.state import iso
-
-    db = _opsdb(config, data_dir)
-    try:
-        typer.echo(f"{'id':14} {'role':9} {'state':8} {'created':24} {'revoked':24} name")
-        for k in db.api_keys():
-            state = "revoked" if k["revoked_at"] else "active"
-            revoked = iso(k["revoked_at"]) if k["revoked_at"] else "-"
-            typer.echo(
-                f"{k['id']:14} {k['role']:9} {state:8} {iso(k['created_at']):24} "
-                f"{revoked:24} {k['name']}"
-            )
-    finally:
-        db.close()
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="the key's id")],
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Revoke a key: requests with it get 401 from then on."""
-    db = _opsdb(config, data_dir)
-    try:
-        if not db.revoke_key(key_id, CLI):
-            typer.echo(f"gridpilot: no active key {key_id!r}", err=True)
-            raise typer.Exit(2)
-    except Conflict as exc:
-        raise _refused(exc) from None
-    finally:
-        db.close()
-    typer.echo(f"revoked {key_id}")
-
-
-db_app = typer.Typer(help="The SQLite file: check it, back it up (online), restore a backup.")
 app.add_typer(db_app, name="db")
-
-
-def _db_path(config: Path | None, data_dir: Path | None) -> Path:
-    return _site(config, None, data_dir).data_dir / DB_FILE
-
-
-def _storage(action: Callable[[], None]) -> None:
-    try:
-        action()
-    except StorageError as exc:
-        typer.echo(f"gridpilot: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-@db_app.command("check")
-def db_check(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """SQLite's full integrity check of the site's file; exit 2 if anything is wrong."""
-    path = _db_path(config, data_dir)
-    if not path.exists():
-        typer.echo(f"gridpilot: no database at {path}", err=True)
-        raise typer.Exit(2)
-    found = dbfile.problems(path, full=True, ours=True)
-    for problem in found:
-        typer.echo(f"{path}: {problem}", err=True)
-    if found:
-        raise typer.Exit(2)
-    typer.echo(f"{path}: ok")
-
-
-@db_app.command("backup")
-def db_backup(
-    out: Annotated[Path, typer.Argument(help="the backup file to write")],
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Copy the site's file through SQLite's backup API: consistent while the controller runs."""
-    path = _db_path(config, data_dir)
-    _storage(lambda: dbfile.backup(path, out))
-    typer.echo(f"backed up {path} to {out}")
-
-
-@db_app.command("restore")
-def db_restore(
-    backup_file: Annotated[Path, typer.Argument(help="a file `gridpilot db backup` made")],
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-) -> None:
-    """Put a backup in place of the site's file; stop the controller first. The backup is
-    checked whole before anything is replaced."""
-    path = _db_path(config, data_dir)
-    _storage(lambda: dbfile.restore(path, backup_file))
-    typer.echo(f"restored {path} from {backup_file}")
 
 
 @app.command()

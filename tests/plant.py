@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.cli import CLI
+from controller.cli_common import CLI
 from controller.config import SiteConfig
 from controller.record import TickRecord
 from controller.service import Controller

@@ -10,7 +10,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from controller.cli import CLI
+from controller.cli_common import CLI
 from controller.service import Controller
 from controller.sitefile import parse_site
 from tests.sites import site_dict

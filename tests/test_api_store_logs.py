@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.cli import CLI
+from controller.cli_common import CLI
 from controller.config import SiteConfig
 from controller.logs import LogfmtFormatter
 from controller.service import Controller

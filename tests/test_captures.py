@@ -12,7 +12,7 @@ import comtrade
 import numpy as np
 import pytest
 
-from controller.cli import CLI
+from controller.cli_common import CLI
 from controller.recorder.captures import CAPTURES_DIR
 from controller.recorder.reader import RECORDER_DIR, read_table
 from tests.plant import modbus_only, site_running

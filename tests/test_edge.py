@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.cli import CLI
+from controller.cli_common import CLI
 from controller.service import Controller
 from controller.sitefile import parse_site
 from drivers.certs import make_site_certs

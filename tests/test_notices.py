@@ -17,7 +17,8 @@ import httpx
 from fastapi.routing import APIRoute
 from typer.testing import CliRunner
 
-from controller.cli import CLI, app
+from controller.cli import app
+from controller.cli_common import CLI
 from controller.config import SiteConfig
 from controller.opsdb import ROLES
 from controller.service import Controller

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from controller import opsdb
-from controller.cli import CLI
+from controller.cli_common import CLI
 from controller.config import SiteConfig
 from controller.operations import Operations
 from controller.opsdb import SYSTEM, OpsDB

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from controller.cli import CLI
+from controller.cli_common import CLI
 from controller.config import SiteConfig
 from tests.plant import Running, site_running
 
