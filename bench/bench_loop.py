@@ -36,10 +36,12 @@ import gc
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.sites import site_dict
 
 
-def bench_site(period_s: float, data_dir: Path, planner: bool = False) -> dict[str, Any]:
-    """The test plant's site file (as data), its power devices polled every tick."""
+def bench_site(period_s: float, data_dir: Path, planner: bool = False) -> SiteConfig:
+    """The test plant's site, its power devices polled every tick."""
+    return parse_site(bench_site_data(period_s, data_dir, planner))
+
+
+def bench_site_data(period_s: float, data_dir: Path, planner: bool = False) -> dict[str, Any]:
+    """`bench_site` as the data of a site file."""
     data = site_dict(data_dir)
     data["loop_period_s"] = period_s
     data["planner"] = {"enabled": planner, "learn_rhythm": planner}
@@ -164,37 +171,62 @@ async def scheduler(controller: Controller, until: float) -> int:
     return posted
 
 
-async def serve_plant(site_file: Path, seconds: float, flap: bool) -> None:
-    """The simulated plant for `seconds`, in the process that runs this (a controller's plant
-    is hardware: its simulators must not share the controller's interpreter). With flap, ups-b
-    drops its link for 3 s in every 6 (device_down raised and cleared)."""
+async def serve_plant(site_file: Path, seconds: float) -> None:
+    """The simulated plant, in the process that runs this (a controller's plant is hardware:
+    its simulators must not share the controller's interpreter), until SIGTERM or `seconds`.
+    From SIGUSR1 to SIGUSR2, ups-b drops its link for 3 s in every 6 (device_down raised and
+    cleared)."""
     stack = SimulatorStack(plant_of(load_site(site_file)))
     await stack.start()
+    loop, done = asyncio.get_running_loop(), asyncio.Event()
+    flapping: list[asyncio.Task[None]] = []
+
+    def steady() -> None:
+        for task in flapping:
+            task.cancel()
+        flapping.clear()
+        stack.set_fault("ups-b", Fault.NONE)
+
+    loop.add_signal_handler(signal.SIGUSR1, lambda: flapping.append(loop.create_task(flap(stack))))
+    loop.add_signal_handler(signal.SIGUSR2, steady)
+    loop.add_signal_handler(signal.SIGTERM, done.set)
     print("ready", flush=True)
-    until = time.monotonic() + seconds
     try:
-        while time.monotonic() < until:
-            if flap:
-                stack.set_fault("ups-b", Fault.DROP)
-            await asyncio.sleep(3.0)
-            if flap:
-                stack.set_fault("ups-b", Fault.NONE)
-            await asyncio.sleep(3.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), seconds)
     finally:
+        steady()
         await stack.stop()
 
 
-def plant_process(site_file: Path, seconds: float, flap: bool) -> subprocess.Popen[str]:
-    """`serve_plant` in a process of its own, once its servers listen."""
+async def flap(stack: SimulatorStack) -> None:
+    while True:
+        stack.set_fault("ups-b", Fault.DROP)
+        await asyncio.sleep(3.0)
+        stack.set_fault("ups-b", Fault.NONE)
+        await asyncio.sleep(3.0)
+
+
+@contextlib.asynccontextmanager
+async def plant_running(site_file: Path, seconds: float) -> AsyncIterator[subprocess.Popen[str]]:
+    """`serve_plant` in a process of its own, from when its servers listen until the run
+    ends, however it ends."""
     plant = subprocess.Popen(
-        [sys.executable, __file__, "--plant", str(site_file), str(seconds), str(int(flap))],
+        [sys.executable, __file__, "--plant", str(site_file), str(seconds)],
         stdout=subprocess.PIPE,
         text=True,
     )
-    if plant.stdout is None or plant.stdout.readline().strip() != "ready":
-        plant.kill()
-        raise RuntimeError(f"the simulated plant did not start (exit code {plant.wait()})")
-    return plant
+    try:
+        ready = await asyncio.wait_for(asyncio.to_thread(plant.stdout.readline), 60)  # type: ignore[union-attr]
+        if ready.strip() != "ready":
+            raise RuntimeError(f"the simulated plant did not start (exit code {plant.poll()})")
+        yield plant
+    finally:
+        plant.terminate()
+        try:
+            await asyncio.to_thread(plant.wait, 10)
+        except subprocess.TimeoutExpired:
+            plant.kill()
 
 
 async def run_once(
@@ -205,11 +237,24 @@ async def run_once(
     stream_clients: int = 0,
     planner: bool = False,
 ) -> dict[str, float]:
-    data = bench_site(period_s, data_dir, planner)
+    data = bench_site_data(period_s, data_dir, planner)
     site, site_file = parse_site(data), data_dir / "site.yaml"
     data_dir.mkdir(parents=True, exist_ok=True)
     site_file.write_text(yaml.safe_dump(data))
-    plant = await asyncio.to_thread(plant_process, site_file, seconds + PLANT_SPARE_S, stress)
+    async with plant_running(site_file, seconds + PLANT_SPARE_S) as plant:
+        return await measure(site, plant, seconds, stress, stream_clients, planner)
+
+
+async def measure(
+    site: SiteConfig,
+    plant: subprocess.Popen[str],
+    seconds: float,
+    stress: bool,
+    stream_clients: int,
+    planner: bool,
+) -> dict[str, float]:
+    """One run's figures: the controller on `site`, its plant running."""
+    period_s = site.loop_period_s
     controller = Controller(site)
     _, key = controller.db.create_key("bench-operator", "operator", CLI)
     # (start, duration, lateness, overruns so far, auto?): numbers only, so the benchmark's
@@ -260,7 +305,10 @@ async def run_once(
                 text=True,
             )
             stack.callback(load.kill)
-            out, _ = await asyncio.to_thread(load.communicate, timeout=seconds + 60)
+            plant.send_signal(signal.SIGUSR1)  # ups-b's link flaps while the window lasts
+            stack.callback(plant.send_signal, signal.SIGUSR2)
+            await asyncio.sleep(seconds)
+            out, _ = await asyncio.to_thread(load.communicate, timeout=60)
             counts = json.loads(out.strip().splitlines()[-1])
         else:
             await asyncio.sleep(seconds)
@@ -274,8 +322,6 @@ async def run_once(
     raised = controller.alarms.raised_total
     stop.set()
     await task  # the controller drains its writers as it stops (the lock is gone now)
-    plant.terminate()
-    await asyncio.to_thread(plant.wait, 10)
     stored = {a["id"] for a in controller_db_alarms(site)}  # a fresh file: this run's alone
     window = np.array([r for r in records[first:last] if r[4] or stress])
     dur = window[:, 1] * 1e3
@@ -352,13 +398,13 @@ def main() -> None:
         "--streamers", nargs=4, metavar=("URL", "KEY", "SECONDS", "N"), help=argparse.SUPPRESS
     )  # the watchers --stream-clients starts
     parser.add_argument(
-        "--plant", nargs=3, metavar=("SITE", "SECONDS", "FLAP"), help=argparse.SUPPRESS
+        "--plant", nargs=2, metavar=("SITE", "SECONDS"), help=argparse.SUPPRESS
     )  # the simulated plant each run starts
     args = parser.parse_args()
     if args.plant:
-        site_file, seconds, flap = args.plant
+        site_file, seconds = args.plant
         setup_logging("ERROR")  # its faults are the bench's own doing
-        asyncio.run(serve_plant(Path(site_file), float(seconds), flap == "1"))
+        asyncio.run(serve_plant(Path(site_file), float(seconds)))
         return
     if args.streamers:
         base, key, seconds, n = args.streamers

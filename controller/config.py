@@ -324,6 +324,13 @@ class PlannerSettings(Strict):
     stale_plans: int = Field(
         3, ge=2, le=100, description="a plan older than this many periods is not used"
     )
+    hang_s: float = Field(
+        5.0,
+        ge=0.5,
+        le=600,
+        description="a plan not back this long after it was asked for (and stale): its process "
+        "hung, and is replaced, s",
+    )
     # Half is best for a notice exact to the step; a job's GPUs draw later more often than
     # earlier (loading, set-up), and a plan held while a start is late charges the battery
     # all the while, so a little less before it.

@@ -83,7 +83,7 @@ class ControlLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         period = self.site.loop_period_s
-        # A thread of this process (the planner's worker, the store's writers, the replica's)
+        # A thread of this process (the store's writers, the replica's, the planner's pickling)
         # keeps the GIL up to the switch interval (5 ms by default) before the tick's wake-up
         # gets it: at most a twentieth of the period, so no tick is that late for it.
         switch = sys.getswitchinterval()

@@ -1,31 +1,38 @@
 """The planner's own process: re-plans run there, so their Python never holds the interpreter
 lock the loop's ticks need (on a worker thread it did, and made ticks late at a 20 ms period).
 
-The process keeps no state: each request carries what the last plan left (`Carried`) and gets
-the plan and the next `Carried` back, so a process that raises, dies or hangs is replaced and
-the next plan goes on from the last one that came back. Its blocking calls run on a thread (a
-pipe's read lets the interpreter lock go), never on the event loop; one that gets no answer in
-time kills the process, so the call ends.
+The process (`python -m controller.plan_worker FD`, its end of a socket pair) keeps no state:
+each request carries what the last plan left (`Carried`) and gets the plan and the next
+`Carried` back. A plan that raises there is an error and the process goes on; one that dies
+or hangs is replaced by the planner, and the next plan goes on from the last one that came
+back. The controller's calls block, so they run on a thread (a socket's read lets the
+interpreter lock go), never on the event loop; one that gets no answer in time, or whose
+controller stops, kills the process, so the read ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import multiprocessing
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
+from typing import Literal
 
 from controller.config import PlannerSettings
 from controller.dispatch.rhythm import RhythmSettings
 from controller.plans import Carried, Plan, Seen, make_plan
 
 log = logging.getLogger("gridpilot.planning")
-STOP_WAIT_S = 2.0  # a process asked to stop and still there after this is killed
+STOP_WAIT_S = 5.0  # a process asked to stop and still there after this is killed
 PLANNER_NICE = 10  # the planner's process is this much nicer than the controller (Unix)
 
 
@@ -40,112 +47,153 @@ class Request:
     learn: RhythmSettings | None
 
 
+Failure = Literal["raised", "died", "hung"]
+
+
 class PlanFailed(RuntimeError):
-    """The plan was not made: the planner's process raised, died or hung."""
+    """The plan was not made: it raised in the planner's process (which goes on), or the
+    process died or hung (it is gone: killed if need be)."""
+
+    def __init__(self, message: str, kind: Failure, pid: int, exit_code: int | None) -> None:
+        super().__init__(message)
+        self.kind, self.pid, self.exit_code = kind, pid, exit_code
+
+    @property
+    def gone(self) -> bool:
+        return self.kind != "raised"
+
+
+class PlanningStopped(Exception):
+    """The controller stopped while a plan was being made: not a failure."""
 
 
 def answer(request: Request) -> tuple[Plan, Carried]:
     """One plan, with the time it took (the trips to and from it are the asker's to take)."""
     started, cpu = time.perf_counter(), time.thread_time()
-    r = request
-    plan, carried = make_plan(r.carried, r.seen, r.dt_s, r.settings, r.learn)
+    plan, carried = make_plan(
+        request.carried, request.seen, request.dt_s, request.settings, request.learn
+    )
     took = {"work_s": time.perf_counter() - started, "cpu_s": time.thread_time() - cpu}
     return replace(plan, **took), carried
 
 
-def _serve(conn: Connection) -> None:
-    """The planner process's whole life: ready, then an answer to each request until the
-    pipe closes."""
+def serve(conn: Connection) -> None:
+    """The process's whole life: ready, then an answer to each request until the controller
+    closes its end (or is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the controller, which stops us
     conn.send(("ready", None))
     while True:
         try:
             request = conn.recv()
-        except (EOFError, OSError):  # the controller closed its end, or is gone
+        except (EOFError, OSError):
             return
         try:
             conn.send(("ok", answer(request)))
-        except Exception as e:  # the controller counts and logs it; the process goes on
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+        except Exception:  # the controller counts and logs it; this process goes on
+            conn.send(("error", traceback.format_exc()))
 
 
 class PlanWorker:
-    """One planner process and its pipe. Its blocking calls run on a thread (a pipe's read
-    lets the interpreter lock go), never on the event loop."""
+    """One planner process and its end of the socket pair. Blocking: call on a thread."""
 
     def __init__(self) -> None:
-        # spawn, not fork: a fork would copy the controller's threads' locks as they stand
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_serve, args=(child,), name="gridpilot-planner", daemon=True
-        )
-        self.process.start()
-        child.close()  # only the process holds its end: its death reads as the pipe's end
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "controller.plan_worker", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        self._conn = Connection(ours.detach())
         self.pid = self.process.pid
         # Its start-up (imports) and its plans yield a busy machine's CPU to the ticks.
         nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + PLANNER_NICE)
         os.setpriority(os.PRIO_PROCESS, self.pid, nice)
-        self.exitcode: int | None = None  # once closed: how it ended (-9: killed)
+        self._busy = threading.Lock()  # held while a call waits on the process
 
-    def _receive(self) -> object:
-        try:
-            status, body = self._conn.recv()
-        except (EOFError, OSError) as e:
-            raise PlanFailed(
-                f"the planner's process (pid {self.pid}) is gone, exit code {self.process.exitcode}"
-            ) from e
+    @property
+    def exit_code(self) -> int | None:
+        """None while it runs; -9 once killed."""
+        return self.process.poll()
+
+    def failed(self, what: str, kind: Failure) -> PlanFailed:
+        return PlanFailed(
+            f"{what} (planner process, pid {self.pid}, exit code {self.exit_code})",
+            kind,
+            self.pid,
+            self.exit_code,
+        )
+
+    def _call(self, request: Request | None) -> object:
+        with self._busy:
+            try:
+                if request is not None:
+                    self._conn.send(request)
+                status, body = self._conn.recv()
+            except (EOFError, OSError) as e:
+                raise self.failed("the process is gone", "died") from e
         if status == "error":
-            raise PlanFailed(f"the plan raised in the planner's process (pid {self.pid}): {body}")
+            raise self.failed(f"the plan raised: {body}", "raised")
         return body
 
     def wait_ready(self) -> None:
-        self._receive()
+        self._call(None)
 
     def ask(self, request: Request) -> tuple[Plan, Carried]:
-        try:
-            self._conn.send(request)
-        except OSError as e:
-            raise PlanFailed(f"the planner's process (pid {self.pid}) is gone") from e
-        plan, carried = self._receive()  # type: ignore[misc]
-        plan.values_w.flags.writeable = False  # as made: a pickle's trip loses the flag
+        plan, carried = self._call(request)  # type: ignore[misc]
         return plan, carried
 
     def kill(self) -> None:
-        """End a hung process now: a read waiting on it ends (the pipe's end)."""
-        with contextlib.suppress(ValueError):  # already closed
+        """End a hung process now: a call waiting on it ends (its end of the pair closes)."""
+        if self.process.poll() is None:
             self.process.kill()
 
     def close(self) -> None:
-        """Stop the process: its pipe closed, it ends; killed if it does not."""
-        self._conn.close()
-        self.process.join(STOP_WAIT_S)
-        if self.process.is_alive():
-            log.warning("planner process did not stop; killed", extra={"pid": self.pid})
-            self.process.kill()
-            self.process.join(STOP_WAIT_S)
-        self.exitcode = self.process.exitcode
-        self.process.close()
+        """Stop the process (closing our end ends it) once no call waits on it; killed if
+        it does not stop, or if a call still waits (the controller is stopping)."""
+        if not self._busy.acquire(blocking=False):
+            self.kill()
+            self._busy.acquire()  # the waiting call ends with the process
+        try:
+            self._conn.close()
+            try:
+                self.process.wait(STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("planner process did not stop; killed", extra={"pid": self.pid})
+                self.kill()
+                self.process.wait(STOP_WAIT_S)
+        finally:
+            self._busy.release()
 
 
-async def on_thread[T](worker: PlanWorker, call: Callable[[], T], timeout_s: float) -> T:
-    """A worker's blocking call on a thread; the process killed if it has not answered in
-    timeout_s (a hang), so the call ends with PlanFailed."""
+async def on_thread[T](
+    worker: PlanWorker, call: Callable[[], T], timeout_s: float, stop: asyncio.Event
+) -> T:
+    """A worker's blocking call on a thread. No answer in timeout_s (a hang): the process is
+    killed and PlanFailed raised; the controller stopping meanwhile: PlanningStopped."""
     asking = asyncio.ensure_future(asyncio.to_thread(call))
     asking.add_done_callback(_retrieved)  # a call given up on ends with an error no one reads
+    stopping = asyncio.ensure_future(stop.wait())
     try:
-        return await asyncio.wait_for(asyncio.shield(asking), timeout_s)
-    except TimeoutError:
-        worker.kill()
-        with contextlib.suppress(PlanFailed):
-            await asking
-        raise PlanFailed(
-            f"no answer from the planner's process (pid {worker.pid}) in {timeout_s:g} s: killed"
-        ) from None
-    except asyncio.CancelledError:  # the loop stops: the thread must not outlive the process
-        worker.kill()
-        raise
+        done, _ = await asyncio.wait(
+            {asking, stopping}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        stopping.cancel()
+    if asking in done:
+        return asking.result()
+    worker.kill()
+    await asyncio.wait({asking})  # it ends with the process
+    if stop.is_set():
+        raise PlanningStopped
+    raise worker.failed(f"no answer in {timeout_s:g} s: killed", "hung")
 
 
 def _retrieved(done: asyncio.Future[object]) -> None:
     if not done.cancelled():
         done.exception()
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1])))
+    os._exit(0)  # nothing to flush: skip the interpreter's teardown, so a stop is prompt

@@ -6,9 +6,12 @@ side task takes the loads seen since the last plan, the tick's pending notices a
 low-pass, and has the shared re-plan (`controller.dispatch.replan`, as replay does) run in the
 planner's own process (`PlanWorker`): the loop never waits on it, and the plan's Python never
 holds the interpreter lock a tick needs (on a worker thread it did, and made ticks late at a
-20 ms period). The process keeps no state: each request carries what the last plan left, so a
-process that dies, raises or hangs (no answer by the time its plan would go stale) is counted,
-logged and replaced, and planning goes on from the last plan that came back.
+20 ms period). The process keeps no state: each request carries what the last plan left. A
+plan that raises there, or a process that dies or hangs (no answer by the later of the plan
+going stale and `hang_s`, 5 s: killed), is counted and logged, and the loads it saw go to the
+next plan; a process that is gone is replaced, at once the first time and then after a pause
+that doubles (to 30 s) while they keep going; planning goes on from the last plan that came
+back.
 
 The result is published as one immutable `Plan` that each tick reads (`Plan.at`): the
 feed-forward for its time, 0 once the plan is stale (the planner stopped keeping up) or past
@@ -31,13 +34,14 @@ from controller.config import DispatchConfig, SiteConfig
 from controller.dispatch import core
 from controller.dispatch.rhythm import RhythmSettings
 from controller.notices import Notice
-from controller.plan_worker import PlanWorker, Request, on_thread
+from controller.plan_worker import PlanFailed, PlanningStopped, PlanWorker, Request, on_thread
 from controller.plans import Carried, Plan, Seen
 from controller.record import TickRecord
 
 log = logging.getLogger("gridpilot.planning")
 MAX_SEEN_S = 60.0  # loads kept for a planner that fell behind (the rhythm's window)
 START_S = 60.0  # the planner's process has this long to start (imports), a busy machine too
+MAX_BACKOFF_S = 30.0  # a process that keeps dying is started again at most this far apart
 
 
 class Planner:
@@ -49,12 +53,16 @@ class Planner:
         self.learn = RhythmSettings() if self.settings.learn_rhythm else None
         self.plan: Plan | None = None  # the newest: each tick reads it, without a lock
         self.plans_total = 0
-        self.failures_total = 0  # plans not made: the process raised, died or hung
-        self.worker: PlanWorker | None = None  # started with the first plan, replaced on faults
+        self.failures_total = 0  # plans not made: they raised, or the process died or hung
+        self.worker: PlanWorker | None = None  # started with the first plan, replaced when gone
         self._carried = Carried()
-        self._loads: deque[float] = deque(maxlen=max(1, math.ceil(MAX_SEEN_S / self.dt_s)))
+        self._keep = max(1, math.ceil(MAX_SEEN_S / self.dt_s))
+        self._loads: deque[float] = deque(maxlen=self._keep)
+        self._unplanned = np.zeros(0)  # loads a plan that was not made saw: the next sees them
         self._newest: tuple[float, tuple[Notice, ...], float, DispatchConfig] | None = None
         self._ticked = asyncio.Event()
+        self._lost = 0  # processes lost in a row (died, hung, or did not start)
+        self._start_after = 0.0  # monotonic: no new process before (backing off)
 
     def observe(self, rec: TickRecord, core_state: np.ndarray) -> None:
         """After each tick, on its path: what it saw (a degraded tick saw no load)."""
@@ -67,25 +75,30 @@ class Planner:
         self._ticked.set()
 
     def take(self) -> Seen | None:
-        """What the ticks since the last plan saw (None: no tick with a load yet)."""
+        """What the ticks since the last plan made saw (None: no tick with a load yet)."""
         if self._newest is None:
             return None
         tick_s, pending, lowpass, dispatch = self._newest
-        loads = np.fromiter(self._loads, dtype=float, count=len(self._loads))
+        seen = np.fromiter(self._loads, dtype=float, count=len(self._loads))
         self._loads.clear()
+        loads = np.concatenate((self._unplanned, seen))[-self._keep :]
+        self._unplanned = np.zeros(0)
         return Seen(tick_s, loads, pending, lowpass, dispatch)
 
-    async def replan(self, seen: Seen) -> Plan:
+    async def replan(self, seen: Seen, stop: asyncio.Event) -> Plan:
         """One plan from what was seen, made in the planner's process (started if need be)
-        and timed; PlanFailed if not made (the process is then gone: the next starts anew)."""
+        and timed. PlanFailed if not made; PlanningStopped if the controller stopped."""
         if self.worker is None:
-            self.worker = worker = await asyncio.to_thread(PlanWorker)
-            await on_thread(worker, worker.wait_ready, START_S)
+            try:
+                self.worker = await asyncio.to_thread(PlanWorker)
+            except OSError as e:  # no process to be had (out of memory, of processes)
+                raise PlanFailed(f"the planner process did not start: {e}", "died", 0, None) from e
+            await on_thread(self.worker, self.worker.wait_ready, START_S, stop)
         worker = self.worker
         request = Request(self._carried, seen, self.dt_s, self.settings, self.learn)
-        hang_s = self.settings.stale_plans * self.settings.every_s  # its plan stale by then
+        hang_s = max(self.settings.hang_s, self.settings.stale_plans * self.settings.every_s)
         started = time.perf_counter()
-        plan, self._carried = await on_thread(worker, lambda: worker.ask(request), hang_s)
+        plan, self._carried = await on_thread(worker, lambda: worker.ask(request), hang_s, stop)
         return replace(plan, duration_s=time.perf_counter() - started)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -98,23 +111,52 @@ class Planner:
                 seen = self.take()
                 if seen is None:
                     continue
+                if self.worker is None and time.monotonic() < self._start_after:
+                    self._unplanned = seen.loads_w  # backing off: no plan, nothing lost
+                    continue
                 try:
-                    self.plan = await self.replan(seen)
-                    self.plans_total += 1
-                except Exception as e:  # planning goes on; the last plan goes stale meanwhile
-                    self.failures_total += 1
-                    log.error(
-                        "plan failed; the planner's process starts again",
-                        extra={"error": str(e), "failures_total": self.failures_total},
-                    )
-                    await self._stop_worker()
+                    self.plan = await self.replan(seen, stop)
+                except PlanningStopped:
+                    break
+                except PlanFailed as e:  # planning goes on; the last plan goes stale meanwhile
+                    await self._failed(e, seen)
+                    continue
+                self.plans_total += 1
+                self._lost = 0
         finally:
             await asyncio.shield(self._stop_worker())
 
+    async def _failed(self, e: PlanFailed, seen: Seen) -> None:
+        """Counted and logged; the loads it saw go to the next plan; a process that is gone
+        is started again, after a pause that doubles while they keep going."""
+        self.failures_total += 1
+        self._unplanned = seen.loads_w
+        backoff_s = 0.0
+        if e.gone:
+            await self._stop_worker()
+            self._lost += 1
+            backoff_s = min(MAX_BACKOFF_S, 2.0 ** (self._lost - 1) - 1.0)  # 0, 1, 3, 7 … s
+            self._start_after = time.monotonic() + backoff_s
+        log.error(
+            "plan failed",
+            extra={
+                "kind": e.kind,
+                "pid": e.pid,
+                "exit_code": e.exit_code,
+                "error": str(e),
+                "failures_total": self.failures_total,
+                "new_process_in_s": backoff_s if e.gone else None,
+            },
+        )
+
     async def _stop_worker(self) -> None:
         worker, self.worker = self.worker, None
-        if worker is not None:
+        if worker is None:
+            return
+        try:
             await asyncio.to_thread(worker.close)
+        except Exception:  # it is killed and forgotten either way: planning must go on
+            log.exception("planner process did not close", extra={"pid": worker.pid})
 
 
 async def _wait(stop: asyncio.Event, ticked: asyncio.Event, at: float) -> bool:

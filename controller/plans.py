@@ -29,6 +29,11 @@ class Plan:
     cpu_s: float = 0.0  # of which it had a CPU, s
     events: int = 0  # the changes it plans for, announced and learned
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # Read-only as made: a pickle's trip (from the planner's process) loses the flag.
+        self.__dict__.update(state)
+        self.values_w.flags.writeable = False
+
     def at(self, now_s: float) -> float:
         """The feed-forward for the tick at now_s, W; 0 once stale or past its end."""
         if now_s > self.until_s:

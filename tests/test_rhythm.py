@@ -15,8 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from controller.config import DispatchConfig
 from controller.dispatch import core, rhythm
 from controller.dispatch.planner import Event
+from controller.dispatch.replan import Memory, Replanning, plan_settings, replan
 from controller.replay.run import ReplaySettings, report, simulate, window
 from controller.replay.trace import read_trace
 from tests.processes import GRIDPILOT
@@ -102,6 +104,33 @@ def test_a_known_rhythm_is_learned_and_forecast(dt_s, period_s, interval_s):
     np.testing.assert_allclose(at[-len(want) :], want, atol=0.3)
     assert all(e.delta_w == pytest.approx(end.pause_w - end.compute_w) for e in ahead)
     assert all(e.every_s == end.interval_s for e in ahead)  # planned as a train
+
+
+def test_loads_missing_live_keep_the_rhythms_clock_or_start_it_again():
+    """Live, ticks that saw no load leave gaps between re-plans' loads: a short one is held
+    over (the learned pauses stay where they are), a long one starts the learning again."""
+    dt_s, interval_s = 0.1, 10.0
+    load = synthetic(80.0, dt_s, 0.5, interval_s, 3.0)
+    s = Replanning(plan_settings(DispatchConfig()), 5e6, RS)
+
+    def fed(skip: slice) -> Memory:
+        memory, kept = Memory(), np.ones(len(load), dtype=bool)
+        kept[skip] = False
+        for i in range(10, len(load) + 1, 10):  # once a second, the loads the ticks kept
+            ticks = np.flatnonzero(kept[i - 10 : i]) + i - 10
+            if ticks.size:  # planned from the tick after the newest that saw a load
+                now_s = (ticks[-1] + 1) * dt_s
+                _, memory = replan(memory, now_s, dt_s, (), load[ticks], load[ticks[-1]], s)
+        return memory
+
+    whole, short, long = fed(slice(0, 0)), fed(slice(604, 619)), fed(slice(600, 630))
+    assert whole.rhythm.end_s == short.rhythm.end_s == pytest.approx(80.0)
+    assert short.rhythm.interval_s == pytest.approx(whole.rhythm.interval_s, abs=0.1)
+    assert [round(e.at_s, 1) for e in short.learned] == [round(e.at_s, 1) for e in whole.learned]
+    assert short.learned and all(abs(e.at_s - round(e.at_s, -1)) < 0.3 for e in short.learned)
+    # 3 s missing: learning again from 63 s, too soon to trust an interval by 80 s
+    assert long.rhythm.end_s == pytest.approx(80.0) and long.rhythm.load_w.size == 170
+    assert long.rhythm.confidence < RS.min_consistent
 
 
 def test_a_rhythm_that_stops_is_no_longer_forecast_after_one_miss():

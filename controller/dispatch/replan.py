@@ -20,6 +20,7 @@ from controller.dispatch.planner import Event, PlanSettings, PlanState, events_o
 from controller.dispatch.rhythm import Rhythm
 from controller.notices import Notice
 
+MAX_GAP_S = 2.0  # loads missing this long at most (ticks that saw none) are held over
 PLAN_KEEP_TAUS = 10.0  # a change stays in the plan this many low-pass time constants after it
 LEARNED_LEAD_S = 10.0  # a learned pause is planned from this long before it (its ramp: ~4 s)
 
@@ -92,15 +93,28 @@ def _learned(
     """The predicted pauses held so far, less those a notice announces (it knows better)."""
     if s.learn is None:
         return (), memory
-    start = (
-        memory.rhythm
-        if memory.rhythm is not None
-        else rhythm.start(dt_s, now_s - seen_w.size * dt_s)
-    )
-    learnt = rhythm.learn(start, seen_w, s.learn)
+    first_s = now_s - seen_w.size * dt_s
+    learnt = rhythm.learn(_joined(memory.rhythm, first_s, dt_s, s.learn), seen_w, s.learn)
     near_s = (learnt.interval_s or 0.0) / 2.0
     predicted = rhythm.forecast(learnt, now_s, s.learn)
     held = rhythm.hold(memory.learned, predicted, now_s, LEARNED_LEAD_S, s.keep_s, near_s)
     told = [n.at_s for n in notices if n.kind == "pause_start"]
     kept = tuple(e for e in held if all(abs(e.at_s - t) >= near_s for t in told))
     return kept, Memory(memory.plan, learnt, held)
+
+
+def _joined(
+    learnt: Rhythm | None, first_s: float, dt_s: float, settings: rhythm.RhythmSettings
+) -> Rhythm:
+    """The rhythm the new loads (the first at first_s) follow on from. Its ring's clock is
+    its sample count, so a gap (live, ticks that saw no load) would set every pause it
+    learns early: up to MAX_GAP_S the last load is held over it; a longer one, or loads
+    that do not follow on, start the learning again."""
+    if learnt is None:
+        return rhythm.start(dt_s, first_s)
+    missing = round((first_s - learnt.end_s) / dt_s)
+    if missing == 0:
+        return learnt
+    if 0 < missing * dt_s <= MAX_GAP_S and learnt.load_w.size:
+        return rhythm.learn(learnt, np.full(missing, learnt.load_w[-1]), settings)
+    return rhythm.start(dt_s, first_s)

@@ -70,6 +70,11 @@ class Rhythm:
     pause_w: float | None = None
     confidence: int = 0  # the latest intervals that agree with the interval
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # Read-only as made: a pickle's trip (to and from the planner's process) loses it.
+        self.__dict__.update(state)
+        self.load_w.flags.writeable = False
+
 
 def start(dt_s: float, t0_s: float = 0.0) -> Rhythm:
     """Nothing learned yet; the first sample will be at t0_s."""
