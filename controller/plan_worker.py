@@ -13,6 +13,7 @@ controller stops, kills the process, so the read ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from typing import Literal
@@ -34,6 +36,7 @@ from controller.plans import Carried, Plan, Seen, make_plan
 log = logging.getLogger("gridpilot.planning")
 STOP_WAIT_S = 5.0  # a process asked to stop and still there after this is killed
 PLANNER_NICE = 10  # the planner's process is this much nicer than the controller (Unix)
+CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds controller/
 
 
 @dataclass(frozen=True)
@@ -94,22 +97,30 @@ def serve(conn: Connection) -> None:
 
 
 class PlanWorker:
-    """One planner process and its end of the socket pair. Blocking: call on a thread."""
+    """One planner process and its end of the socket pair. Its calls block: they run on the
+    worker's own thread (`executor`), so a busy shared pool cannot make a plan look hung."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
+        # The code this controller runs, whatever the working directory (-P: not it first).
+        path = os.pathsep.join(p for p in (CODE_ROOT, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "controller.plan_worker", str(theirs.fileno())],
+                [sys.executable, "-P", "-m", "controller.plan_worker", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                env=env,
+                process_group=0,  # a terminal's Ctrl-C reaches the controller, which stops it
             )
         self._conn = Connection(ours.detach())
         self.pid = self.process.pid
         # Its start-up (imports) and its plans yield a busy machine's CPU to the ticks.
-        nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + PLANNER_NICE)
-        os.setpriority(os.PRIO_PROCESS, self.pid, nice)
+        with contextlib.suppress(OSError):  # best effort: it plans all the same
+            nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + PLANNER_NICE)
+            os.setpriority(os.PRIO_PROCESS, self.pid, nice)
         self._busy = threading.Lock()  # held while a call waits on the process
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="planner")
 
     @property
     def exit_code(self) -> int | None:
@@ -131,6 +142,8 @@ class PlanWorker:
                     self._conn.send(request)
                 status, body = self._conn.recv()
             except (EOFError, OSError) as e:
+                with contextlib.suppress(subprocess.TimeoutExpired):  # its exit code, if it comes
+                    self.process.wait(1.0)
                 raise self.failed("the process is gone", "died") from e
         if status == "error":
             raise self.failed(f"the plan raised: {body}", "raised")
@@ -164,6 +177,7 @@ class PlanWorker:
                 self.process.wait(STOP_WAIT_S)
         finally:
             self._busy.release()
+            self.executor.shutdown(wait=False)
 
 
 async def on_thread[T](
@@ -171,7 +185,7 @@ async def on_thread[T](
 ) -> T:
     """A worker's blocking call on a thread. No answer in timeout_s (a hang): the process is
     killed and PlanFailed raised; the controller stopping meanwhile: PlanningStopped."""
-    asking = asyncio.ensure_future(asyncio.to_thread(call))
+    asking = asyncio.get_running_loop().run_in_executor(worker.executor, call)
     asking.add_done_callback(_retrieved)  # a call given up on ends with an error no one reads
     stopping = asyncio.ensure_future(stop.wait())
     try:

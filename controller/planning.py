@@ -71,7 +71,9 @@ class Planner:
             return
         self._loads.append(load)
         lowpass = float(core_state[core.S_LOWPASS]) if core_state[core.S_INIT] else load
-        self._newest = (rec.wall_time, rec.in_force.notices, lowpass, rec.in_force.dispatch)
+        # Its scheduled time, not when it ran: the rhythm's clock counts ticks, not lateness.
+        tick_s = rec.wall_time - max(0.0, rec.lateness_s)
+        self._newest = (tick_s, rec.in_force.notices, lowpass, rec.in_force.dispatch)
         self._ticked.set()
 
     def take(self) -> Seen | None:
@@ -121,6 +123,10 @@ class Planner:
                 except PlanFailed as e:  # planning goes on; the last plan goes stale meanwhile
                     await self._failed(e, seen)
                     continue
+                except Exception as e:  # a bug here or there: its process is not trusted again
+                    log.exception("plan failed for a bug")
+                    await self._failed(PlanFailed(str(e), "died", 0, None), seen)
+                    continue
                 self.plans_total += 1
                 self._lost = 0
         finally:
@@ -135,7 +141,7 @@ class Planner:
         if e.gone:
             await self._stop_worker()
             self._lost += 1
-            backoff_s = min(MAX_BACKOFF_S, 2.0 ** (self._lost - 1) - 1.0)  # 0, 1, 3, 7 … s
+            backoff_s = min(MAX_BACKOFF_S, 2.0 ** min(self._lost - 1, 8) - 1.0)  # 0, 1, 3 … s
             self._start_after = time.monotonic() + backoff_s
         log.error(
             "plan failed",

@@ -168,7 +168,7 @@ async def test_the_planners_process_plans_as_here_goes_on_after_a_raise_and_stop
         with pytest.raises(PlanningStopped):
             ask = partial(worker.ask, Request(Carried(), seen(0), 0.1, p, learn))
             await asyncio.wait_for(on_thread(worker, ask, 600.0, stop), 30.0)
-        assert worker.exit_code == -signal.SIGKILL
+        assert await asyncio.to_thread(worker.process.wait, 5) == -signal.SIGKILL
     finally:
         await asyncio.to_thread(worker.close)
 
