@@ -21,6 +21,7 @@ from controller.cli_common import (
     ConfigOpt,
     DataDirOpt,
     LogLevelOpt,
+    refused,
     site_of,
     storage_errors_said,
 )
@@ -155,8 +156,7 @@ def _replay_settings(config: Path | None, **values: object) -> ReplaySettings:
             f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e['input']!r})"
             for e in exc.errors()
         ]
-        typer.echo("gridpilot: invalid replay settings:\n  " + "\n  ".join(lines), err=True)
-        raise typer.Exit(2) from None
+        raise refused("invalid replay settings:\n  " + "\n  ".join(lines)) from None
 
 
 def _read(trace: Path, from_s: float = 0.0) -> Trace:
@@ -165,8 +165,7 @@ def _read(trace: Path, from_s: float = 0.0) -> Trace:
     try:
         return read_trace(trace).starting_at(from_s)
     except TraceError as exc:
-        typer.echo(f"gridpilot: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise refused(exc) from None
 
 
 def _notices(
@@ -179,8 +178,7 @@ def _notices(
     try:
         return read_events(path, job_lead_s, pause_lead_s, job_w)
     except TraceError as exc:
-        typer.echo(f"gridpilot: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise refused(exc) from None
 
 
 @app.command()
@@ -278,8 +276,7 @@ def replay(
         try:
             record_run(run, tr.dt_s, settings, record_to)
         except (RecordExistsError, OSError) as exc:
-            typer.echo(f"gridpilot: {exc}", err=True)
-            raise typer.Exit(2) from None
+            raise refused(exc) from None
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -342,8 +339,7 @@ def compliance_report(
         if html_to is not None:
             html_to.write_text(render_html(result))
     except (ReportInputError, ProfileError, RecorderDataError, ValueError, OSError) as exc:
-        typer.echo(f"gridpilot: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise refused(exc) from None
     result.pop("plots", None)
     if as_json:
         typer.echo(json.dumps(result, indent=2, allow_nan=False))
@@ -385,8 +381,7 @@ def certs(
     (Modbus/TCP Security, OPC UA Basic256Sha256), and one for the HTTPS API (api_tls).
     Refuses to overwrite existing files."""
     if out.exists() and any(out.glob("*.pem")):
-        typer.echo(f"gridpilot: {out} already holds certificates; choose an empty folder", err=True)
-        raise typer.Exit(2)
+        raise refused(f"{out} already holds certificates; choose an empty folder")
     from drivers.certs import make_site_certs
 
     made = make_site_certs(out, host, days)

@@ -10,7 +10,14 @@ import typer
 from pydantic import ValidationError
 
 from controller import dbfile
-from controller.cli_common import CLI, ConfigOpt, DataDirOpt, site_of, storage_errors_said
+from controller.cli_common import (
+    CLI,
+    ConfigOpt,
+    DataDirOpt,
+    refused,
+    site_of,
+    storage_errors_said,
+)
 from controller.commands import KeyIn
 from controller.dbfile import DB_FILE
 from controller.opsdb import ROLES, Conflict, OpsDB
@@ -24,12 +31,6 @@ def _opsdb(config: Path | None, data_dir: Path | None) -> OpsDB:
         return OpsDB(site.data_dir / DB_FILE, site.limits)
 
 
-def _refused(exc: Conflict) -> typer.Exit:
-    """A change the file's state refuses (a bound, the last admin key): said, exit 2."""
-    typer.echo(f"gridpilot: {exc}", err=True)
-    return typer.Exit(2)
-
-
 @keys_app.command("create")
 def keys_create(
     role: Annotated[
@@ -41,18 +42,16 @@ def keys_create(
 ) -> None:
     """Create a key and print it once: only its salted hash is kept."""
     if role not in ROLES:
-        typer.echo(f"gridpilot: --role must be one of {', '.join(ROLES)}, not {role!r}", err=True)
-        raise typer.Exit(2)
+        raise refused(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
     try:
         KeyIn(name=name, role=role)  # type: ignore[arg-type]
     except ValidationError as exc:
-        typer.echo(f"gridpilot: --name: {exc.errors()[0]['msg']}", err=True)
-        raise typer.Exit(2) from None
+        raise refused(f"--name: {exc.errors()[0]['msg']}") from None
     db = _opsdb(config, data_dir)
     try:
         key_id, token = db.create_key(name, role, CLI)  # type: ignore[arg-type]
     except Conflict as exc:
-        raise _refused(exc) from None
+        raise refused(exc) from None
     finally:
         db.close()
     typer.echo(f"id    {key_id}\nrole  {role}\nname  {name}\nkey   {token}")
@@ -88,10 +87,9 @@ def keys_revoke(
     db = _opsdb(config, data_dir)
     try:
         if not db.revoke_key(key_id, CLI):
-            typer.echo(f"gridpilot: no active key {key_id!r}", err=True)
-            raise typer.Exit(2)
+            raise refused(f"no active key {key_id!r}")
     except Conflict as exc:
-        raise _refused(exc) from None
+        raise refused(exc) from None
     finally:
         db.close()
     typer.echo(f"revoked {key_id}")
@@ -109,8 +107,7 @@ def db_check(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """SQLite's full integrity check of the site's file; exit 2 if anything is wrong."""
     path = _db_path(config, data_dir)
     if not path.exists():
-        typer.echo(f"gridpilot: no database at {path}", err=True)
-        raise typer.Exit(2)
+        raise refused(f"no database at {path}")
     found = dbfile.problems(path, full=True, ours=True)
     for problem in found:
         typer.echo(f"{path}: {problem}", err=True)

@@ -1,6 +1,6 @@
 """What the `gridpilot` commands share: who the audit log names for changes made from the
 command line, the options every command spells the same, the site a command works on, and how
-a storage fault is said (one line, exit 2)."""
+a refusal or a storage fault is said (one line, exit 2)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,13 @@ def site_of(
     try:
         return load_site(config, overrides, port_offset)
     except ConfigError as exc:
-        typer.echo(f"gridpilot: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise refused(exc) from None
+
+
+def refused(what: object) -> typer.Exit:
+    """A bad input or a state that refuses the command: said on stderr; raise it (exit 2)."""
+    typer.echo(f"gridpilot: {what}", err=True)
+    return typer.Exit(2)
 
 
 @contextmanager
@@ -51,5 +56,4 @@ def storage_errors_said() -> Iterator[None]:
     try:
         yield
     except StorageError as exc:
-        typer.echo(f"gridpilot: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise refused(exc) from None
