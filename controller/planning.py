@@ -124,17 +124,18 @@ class Planner:
                     await self._failed(e, seen)
                     continue
                 except Exception as e:  # a bug here or there: its process is not trusted again
-                    log.exception("plan failed for a bug")
-                    await self._failed(PlanFailed(str(e), "died", 0, None), seen)
+                    pid = self.worker.pid if self.worker is not None else 0
+                    await self._failed(PlanFailed(f"a bug: {e!r}", "died", pid, None), seen, e)
                     continue
                 self.plans_total += 1
                 self._lost = 0
         finally:
             await asyncio.shield(self._stop_worker())
 
-    async def _failed(self, e: PlanFailed, seen: Seen) -> None:
-        """Counted and logged; the loads it saw go to the next plan; a process that is gone
-        is started again, after a pause that doubles while they keep going."""
+    async def _failed(self, e: PlanFailed, seen: Seen, bug: Exception | None = None) -> None:
+        """Counted and logged (a bug with its traceback); the loads it saw go to the next
+        plan; a process that is gone is started again, after a pause that doubles while they
+        keep going."""
         self.failures_total += 1
         self._unplanned = seen.loads_w
         backoff_s = 0.0
@@ -153,6 +154,7 @@ class Planner:
                 "failures_total": self.failures_total,
                 "new_process_in_s": backoff_s if e.gone else None,
             },
+            exc_info=bug,
         )
 
     async def _stop_worker(self) -> None:
