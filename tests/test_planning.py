@@ -79,10 +79,20 @@ def test_planner_settings_are_validated_and_off_by_default():
     for bad in ({"train_swing_ratio": -0.1}, {"train_swing_ratio": 1.5}):
         with pytest.raises(ValidationError, match="train_swing_ratio"):
             PlannerSettings.model_validate(bad)
+    with pytest.raises(ValidationError, match=r"late_ramp_s \(6\) is longer than give_up_s \(5\)"):
+        PlannerSettings(late_ramp_s=6.0, give_up_s=5.0)  # would ramp on after the drop
     # The live planner plans with the site's settings (the same re-plan replay runs).
-    site = PlannerSettings(lead_ratio=0.2, give_up_s=9.0, horizon_s=30.0, train_swing_ratio=0.3)
+    site = PlannerSettings(
+        lead_ratio=0.2, late_ramp_s=1.5, give_up_s=9.0, horizon_s=30.0, train_swing_ratio=0.3
+    )
     p = plan_settings(DispatchConfig(), site)
-    assert (p.lead_ratio, p.give_up_s, p.horizon_s, p.train_swing_ratio) == (0.2, 9.0, 30.0, 0.3)
+    assert (p.lead_ratio, p.late_ramp_s, p.give_up_s, p.horizon_s, p.train_swing_ratio) == (
+        0.2,
+        1.5,
+        9.0,
+        30.0,
+        0.3,
+    )
 
 
 def test_the_built_in_site_has_it_off_and_the_environment_turns_it_on(

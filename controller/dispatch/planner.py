@@ -20,9 +20,11 @@ The core's low-pass sees each change once it happens: the feed-forward is the pl
 foreseen response, so it fades as the filter catches up. The core keeps every guarantee (the
 feed-forward enters before its cap and ramp limiter). No events: zeros, today's dispatch.
 
-A change that does not come when announced: its plan holds where it stands at T (it slides
-with the clock) until the load has crossed half of it, and is dropped `give_up_s` after T; the
-feed-forward is then 0 again and the ramp limiter takes the grid back at its rate.
+A change that does not come when announced slides with the clock until the load has crossed
+half of it, and is dropped `give_up_s` after T; the feed-forward is then 0 again and the ramp
+limiter takes the grid back at its rate. While it slides, a pause's plan holds where it stood
+at T; a lasting step's ramp goes on `late_ramp_s` past T first (a job's GPUs often draw a few
+seconds after its start is said), then holds.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class PlanSettings:
     # The site's `planner` section's (controller.config.PlannerSettings, where the defaults
     # and their reasons are): `controller.dispatch.replan.plan_settings` makes these.
     lead_ratio: float  # of a lasting step, crossed before it
+    late_ramp_s: float  # a late lasting step's ramp goes on this long past its time
     give_up_s: float  # an announced change not seen this long after its time is dropped
     horizon_s: float
     train_swing_ratio: float  # of a train's full triangle (depth R·I/2)
@@ -136,8 +139,8 @@ def pause_depth_w(depth_w: float, duration_s: float, ramp_w_per_s: float) -> flo
     return min(h, depth_w)
 
 
-def shape_w(s: np.ndarray, e: Event, p: PlanSettings) -> np.ndarray:
-    """One event's feed-forward at s seconds from its (planned) time."""
+def shape_w(s: np.ndarray, e: Event, p: PlanSettings, late_s: float = 0.0) -> np.ndarray:
+    """One event's feed-forward at s seconds from its planned time, late_s after its own."""
     a = abs(e.delta_w)
     if a == 0.0:
         return np.zeros_like(s)
@@ -155,7 +158,8 @@ def shape_w(s: np.ndarray, e: Event, p: PlanSettings) -> np.ndarray:
             plan = np.clip(np.minimum(h + r * s, h - r * (s - e.duration_s)), 0.0, h)
     else:
         r = p.ramp_up_w_per_s if e.delta_w > 0 else p.ramp_down_w_per_s
-        plan = a * np.clip(p.lead_ratio + s * r / a, 0.0, 1.0)
+        ramped_s = s + min(late_s, p.late_ramp_s)  # the ramp's way past T, from the plan's time
+        plan = a * np.clip(p.lead_ratio + ramped_s * r / a, 0.0, 1.0)
     return sign * (plan - a * _lowpass_response(s, e.duration_s, p.lowpass_tau_s))
 
 
@@ -165,7 +169,7 @@ def feed_forward_w(now_s: float, dt_s: float, state: PlanState, p: PlanSettings)
     out = np.zeros_like(t)
     for tr in state:
         if tr.status != "dropped":
-            out += shape_w(t - tr.at_s, tr.event, p)
+            out += shape_w(t - tr.at_s, tr.event, p, tr.at_s - tr.event.at_s)
     return out
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from controller.config import DispatchConfig, RampLimit
+from controller.config import DispatchConfig, PlannerSettings, RampLimit
 from controller.dispatch import Bank, core, initial_state, params_vector, rhythm
 from controller.dispatch.replan import Memory, Replanning, plan_settings, replan
 from controller.replay.bound import (
@@ -50,6 +50,7 @@ class ReplaySettings(BaseModel):
         470.0, ge=0, le=1e5, description="what a GPU of an announced job adds to the draw, W"
     )
     dispatch: DispatchConfig = DispatchConfig()
+    planner: PlannerSettings = PlannerSettings()  # its shapes' settings (enabled: not read)
 
     @model_validator(mode="after")
     def _options_into_dispatch(self) -> ReplaySettings:
@@ -161,7 +162,9 @@ class _Planner:
         learn: rhythm.RhythmSettings | None = None,
     ) -> None:
         self.notices, self.dt_s, self.start_s = notices, dt_s, start_s
-        self.settings = Replanning(plan_settings(s.dispatch), s.gpus * s.job_w_per_gpu, learn)
+        self.settings = Replanning(
+            plan_settings(s.dispatch, s.planner), s.gpus * s.job_w_per_gpu, learn
+        )
         self.memory = Memory()
         self.last = 0
 
