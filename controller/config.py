@@ -346,7 +346,7 @@ class PlannerSettings(Strict):
         ge=0,
         le=60,
         description="an announced lasting step that is late: its grid ramp goes on this long "
-        "past its time, then holds until it comes or is dropped, s",
+        "past its time (at most give_up_s), then holds until it comes or is dropped, s",
     )
     give_up_s: float = Field(
         5.0, ge=0.5, le=300, description="an announced change not seen this long after: dropped"
@@ -370,7 +370,9 @@ class PlannerSettings(Strict):
 
     @model_validator(mode="after")
     def _outlives_staleness(self) -> PlannerSettings:
-        if self.late_ramp_s > self.give_up_s:
+        # Refused only when set: a site that shortened give_up_s below the default
+        # late_ramp_s keeps loading, and ramps on no longer than it waits (plan_settings).
+        if "late_ramp_s" in self.model_fields_set and self.late_ramp_s > self.give_up_s:
             raise ValueError(
                 f"late_ramp_s ({self.late_ramp_s:g}) is longer than give_up_s "
                 f"({self.give_up_s:g}): the ramp would go on after its change was dropped"

@@ -93,9 +93,11 @@ def test_a_notice_moves_the_grid_before_the_step_and_spares_the_battery():
     assert planned.figures.battery_throughput_kwh < plain.figures.battery_throughput_kwh
 
 
-def test_a_late_start_is_ramped_towards_for_late_ramp_s_then_held():
-    load = step_load(at_s=64.0)  # the GPUs draw 4 s after the start said
-    told = (notice("job_start", 60.0, 30.0, power_w=5e6),)
+@pytest.mark.parametrize(("kind", "sign"), [("job_start", 1.0), ("job_stop", -1.0)])
+def test_a_late_step_is_ramped_towards_for_late_ramp_s_then_held(kind: str, sign: float):
+    before, after = (3e6, 8e6) if sign > 0 else (8e6, 3e6)
+    load = step_load(before, after, at_s=64.0)  # the GPUs change 4 s after the time said
+    told = (notice(kind, 60.0, 30.0, power_w=5e6),)
     at_once = S.model_copy(update={"planner": PlannerSettings(late_ramp_s=0.0)})
     held = simulate(load, DT, at_once, notices=told)
     ramped = simulate(load, DT, S, notices=told)
@@ -103,13 +105,14 @@ def test_a_late_start_is_ramped_towards_for_late_ramp_s_then_held():
     for run in (held, ramped):
         assert ramp_held(run) and run.figures.unserved_kwh == 0.0
     grid_h, grid_r = held.out[:, core.O_GRID], ramped.out[:, core.O_GRID]
-    above = grid_r - grid_h  # what ramping on adds (each plan assumes the start comes now)
-    assert np.all(above[:at] == 0.0)
-    assert above[at + late + 10] >= 0.8 * RAMP * PLAN.late_ramp_s
-    held_s = above[at + late + 15 : round(64.0 / DT)]
+    ahead = sign * (grid_r - grid_h)  # what ramping on adds (each plan assumes it comes now)
+    assert np.all(ahead[:at] == 0.0)
+    assert ahead[at + late + 10] >= 0.8 * RAMP * PLAN.late_ramp_s
+    held_s = ahead[at + late + 12 : round(64.0 / DT)]
+    assert held_s.size == 8
     assert np.ptp(held_s) < 0.1 * RAMP * held_s.size * DT  # then held: a tenth of a ramp
-    # The step then finds the grid higher, and the battery needs less for it.
-    assert ramped.figures.required_capacity_kwh < 0.8 * held.figures.required_capacity_kwh
+    # The step then finds the grid nearer, and the battery needs less for it.
+    assert ramped.figures.required_capacity_kwh < 0.9 * held.figures.required_capacity_kwh
 
 
 def test_a_wrong_notice_breaks_no_limit_and_ends_in_plain_smoothing():

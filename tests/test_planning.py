@@ -81,6 +81,8 @@ def test_planner_settings_are_validated_and_off_by_default():
             PlannerSettings.model_validate(bad)
     with pytest.raises(ValidationError, match=r"late_ramp_s \(6\) is longer than give_up_s \(5\)"):
         PlannerSettings(late_ramp_s=6.0, give_up_s=5.0)  # would ramp on after the drop
+    # A site that only shortened give_up_s still loads: its late ramp is as short.
+    assert plan_settings(DispatchConfig(), PlannerSettings(give_up_s=1.0)).late_ramp_s == 1.0
     # The live planner plans with the site's settings (the same re-plan replay runs).
     site = PlannerSettings(
         lead_ratio=0.2, late_ramp_s=1.5, give_up_s=9.0, horizon_s=30.0, train_swing_ratio=0.3

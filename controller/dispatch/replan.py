@@ -57,7 +57,7 @@ def plan_settings(d: DispatchConfig, p: PlannerSettings | None = None) -> PlanSe
         d.ramp_down_w_per_s,
         d.lowpass_tau_s,
         lead_ratio=p.lead_ratio,
-        late_ramp_s=p.late_ramp_s,
+        late_ramp_s=min(p.late_ramp_s, p.give_up_s),
         give_up_s=p.give_up_s,
         horizon_s=p.horizon_s,
         train_swing_ratio=p.train_swing_ratio,
