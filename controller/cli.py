@@ -25,7 +25,7 @@ from controller.cli_common import (
     site_of,
     storage_errors_said,
 )
-from controller.config import DispatchConfig, SiteConfig
+from controller.config import SiteConfig
 from controller.logs import setup_logging
 from controller.notify import notify
 from controller.replay.trace import TraceError
@@ -140,7 +140,8 @@ FromOpt = Annotated[
     float, typer.Option("--from-s", min=0.0, help="replay from this time on, s (e.g. steady state)")
 ]
 SiteOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="take the dispatch settings from a site file")
+    Path | None,
+    typer.Option("--config", "-c", help="take the dispatch and planner settings from a site file"),
 ]
 
 
@@ -148,9 +149,12 @@ def _replay_settings(config: Path | None, **values: object) -> ReplaySettings:
     """Validated replay settings; each bad value exits 2 naming its option."""
     from controller.replay.run import ReplaySettings
 
-    dispatch = site_of(config).dispatch if config else DispatchConfig()
+    sections: dict[str, object] = {}
+    if config:  # the planner's too, so a replay plans as the site would (its job_w aside)
+        site = site_of(config)
+        sections = {"dispatch": site.dispatch, "planner": site.planner}
     try:
-        return ReplaySettings(dispatch=dispatch, **values)
+        return ReplaySettings(**sections, **values)
     except ValidationError as exc:
         lines = [
             f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']} (got {e['input']!r})"
