@@ -369,7 +369,7 @@ class PlannerSettings(Strict):
     )
 
     @model_validator(mode="after")
-    def _outlives_staleness(self) -> PlannerSettings:
+    def _late_ramp_within_give_up(self) -> PlannerSettings:
         # Refused only when set: a site that shortened give_up_s below the default
         # late_ramp_s keeps loading, and ramps on no longer than it waits (plan_settings).
         if "late_ramp_s" in self.model_fields_set and self.late_ramp_s > self.give_up_s:
@@ -377,6 +377,10 @@ class PlannerSettings(Strict):
                 f"late_ramp_s ({self.late_ramp_s:g}) is longer than give_up_s "
                 f"({self.give_up_s:g}): the ramp would go on after its change was dropped"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _outlives_staleness(self) -> PlannerSettings:
         # A plan must cover the ticks that may use it, or its end would read as "no plan".
         if self.horizon_s < self.stale_plans * self.every_s:
             raise ValueError(
