@@ -44,6 +44,7 @@ test: $(STAMP) tools
 	$(BIN)/pytest -q -m serial
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/bench_dispatch.py
 	$(BIN)/python bench/bench_drivers.py
 	$(BIN)/python bench/bench_loop.py
@@ -51,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_attacks.py
 	$(BIN)/python bench/bench_mv.py
 	$(BIN)/python bench/bench_rhythm.py
+	$(BIN)/python bench/bench_bound_band.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 
 from controller.config import DispatchConfig
 from controller.replay.bound import min_capacity_kwh, realizable_schedule
-from controller.replay.figures import band_attenuation_db, stored_energy_j
+from controller.replay.figures import (
+    band_attenuation_db,
+    band_energy,
+    band_operator,
+    stored_energy_j,
+)
 from controller.replay.run import ReplaySettings, bound_problem, report, simulate, size
 from controller.replay.trace import TraceError, read_trace
 from tests.processes import GRIDPILOT
@@ -258,6 +263,21 @@ def test_the_followable_bound_is_a_schedule_a_battery_can_follow():
     assert e.min() >= p.energy_floor_j - 1.0 and e.max() <= p.energy_ceiling_j + 1.0  # 1 J
     # The wasting LP's figure is a quarter under what a battery following a plan can reach.
     assert lower * 1.2 < kwh < 2.2 * lower  # 1.63 and 2.06 kWh here
+
+
+@pytest.mark.parametrize(("samples", "dt_s"), [(758, 0.1), (523, 0.1), (51, 0.1), (300, 0.02)])
+def test_the_band_as_a_matrix_is_welchs_band_energy(samples: int, dt_s: float):
+    """A convex solver holds a schedule to the band through `band_operator`: ‖M·x‖² is
+    `band_energy(x)` for any x (several segments and one, even and odd lengths, 10 and 50 Hz),
+    the shipped trace's load and a grid that steps and ramps among them."""
+    m = band_operator(samples, dt_s)
+    load = read_trace(TRAINING).site_load_w(10_000, 2e6)[:samples]
+    steps = np.repeat([3e6, 8e6, 5e6], -(-samples // 3))[:samples]
+    ramp = 3e6 + 5e5 * dt_s * np.arange(samples)
+    noise = np.random.default_rng(samples).normal(0.0, 1e5, samples)
+    for x in (load, steps, ramp, noise):
+        assert np.sum((m @ x) ** 2) == pytest.approx(band_energy(x, dt_s), rel=1e-9)
+    assert np.sum((m @ np.full(samples, 7e6)) ** 2) == pytest.approx(0.0, abs=1e-6)  # flat
 
 
 def test_size_finds_a_battery_that_holds_and_the_lp_needs_no_more():

@@ -23,6 +23,7 @@ and a battery can follow, so the least stored energy lies between the two figure
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,18 +110,31 @@ def _solve(c: np.ndarray, a_ub, b_ub, a_eq, b_eq, bounds) -> np.ndarray | None:
     return res.x if res.status == 0 else None
 
 
-def min_throughput_kwh(p: BoundProblem) -> float | None:
+# (c, A_ub, b_ub, A_eq, b_eq, bounds): minimise c·x, as linprog takes it. A solver gets the
+# problem too, so it can add constraints of its own on the columns' meaning (the grid's band:
+# bench/bench_bound_band.py).
+Program = tuple[np.ndarray, sparse.csr_matrix, np.ndarray, sparse.csr_matrix, np.ndarray, list]
+Solver = Callable[[BoundProblem, Program], np.ndarray | None]
+
+
+def solve_highs(p: BoundProblem, program: Program) -> np.ndarray | None:
+    """A program's solution by HiGHS (None: none found)."""
+    return _solve(*program)
+
+
+def min_throughput_kwh(p: BoundProblem, solve: Solver = solve_highs) -> float | None:
+    """The least energy any schedule moves through the battery, kWh."""
     n = len(p.load_w)
     a_ub, b_ub, a_eq, b_eq, bounds, cols = _constraints(p, 0)
     c = np.zeros(cols)
     c[: 2 * n] = p.dt_s / J_PER_KWH
-    x = _solve(c, a_ub, b_ub, a_eq, b_eq, bounds)
+    x = solve(p, (c, a_ub, b_ub, a_eq, b_eq, bounds))
     return None if x is None else float(c @ x)
 
 
-def _capacity_schedule(p: BoundProblem, price: float) -> tuple[np.ndarray, float] | None:
-    """The schedule of least capacity (max E − min E) with throughput priced at `price` kWh of
-    capacity per kWh moved: (the net battery power per step, W; the capacity, kWh)."""
+def capacity_program(p: BoundProblem, price: float) -> Program:
+    """The least-capacity program (max E − min E, throughput priced at `price` kWh of capacity
+    per kWh moved) over the columns [d (T), c (T), E (T+1), hi, lo]."""
     n = len(p.load_w)
     a_ub, b_ub, a_eq, b_eq, bounds, cols = _constraints(p, 2)
     e0, hi, lo = 2 * n, cols - 2, cols - 1
@@ -150,16 +164,25 @@ def _capacity_schedule(p: BoundProblem, price: float) -> tuple[np.ndarray, float
     c = np.zeros(cols)
     c[hi], c[lo] = 1.0 / J_PER_KWH, -1.0 / J_PER_KWH
     c[: 2 * n] = price * p.dt_s / J_PER_KWH
-    x = _solve(c, a_ub, b_ub, a_eq, b_eq, bounds)
+    return c, a_ub, b_ub, a_eq, b_eq, bounds
+
+
+def _capacity_schedule(
+    p: BoundProblem, price: float, solve: Solver = solve_highs
+) -> tuple[np.ndarray, float] | None:
+    """The schedule of least capacity with throughput priced at `price`: (the net battery
+    power per step, W; the capacity, kWh)."""
+    n = len(p.load_w)
+    x = solve(p, capacity_program(p, price))
     if x is None:
         return None
-    return x[:n] - x[n : 2 * n], float((x[hi] - x[lo]) / J_PER_KWH)
+    return x[:n] - x[n : 2 * n], float((x[-2] - x[-1]) / J_PER_KWH)
 
 
-def min_capacity_kwh(p: BoundProblem) -> float | None:
+def min_capacity_kwh(p: BoundProblem, solve: Solver = solve_highs) -> float | None:
     """The lower bound: the least capacity, wasting allowed (a whisker of throughput price
     keeps it from cycling energy where that changes nothing)."""
-    found = _capacity_schedule(p, 1e-6)
+    found = _capacity_schedule(p, 1e-6, solve)
     return None if found is None else found[1]
 
 
@@ -168,7 +191,9 @@ REALIZABLE_PRICES = (1e-3, 3e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.3, 1.0)
 SAME_SHARE = 1e-6  # run as a battery would, within this of the LP's own: netting gains nothing
 
 
-def realizable_schedule(p: BoundProblem) -> tuple[np.ndarray, float] | None:
+def realizable_schedule(
+    p: BoundProblem, solve: Solver = solve_highs
+) -> tuple[np.ndarray, float] | None:
     """Of the priced schedules, each run as a battery would (its net power per step, stored
     energy counted as the replay counts it) and kept when it holds the energy limits and the
     end, the one of least capacity: (its battery power per step, W, positive discharging; its
@@ -179,7 +204,7 @@ def realizable_schedule(p: BoundProblem) -> tuple[np.ndarray, float] | None:
     end = p.final_energy_min_j - p.initial_energy_j
     best = None
     for price in REALIZABLE_PRICES:
-        found = _capacity_schedule(p, price)
+        found = _capacity_schedule(p, price, solve)
         if found is None:
             continue
         net_w, lp_kwh = found
@@ -194,9 +219,9 @@ def realizable_schedule(p: BoundProblem) -> tuple[np.ndarray, float] | None:
     return best
 
 
-def realizable_capacity_kwh(p: BoundProblem) -> float | None:
+def realizable_capacity_kwh(p: BoundProblem, solve: Solver = solve_highs) -> float | None:
     """`realizable_schedule`'s capacity, kWh (None: none holds)."""
-    found = realizable_schedule(p)
+    found = realizable_schedule(p, solve)
     return None if found is None else found[1]
 
 

@@ -48,6 +48,31 @@ def band_energy(x: np.ndarray, dt_s: float, band_hz: tuple[float, float] = BAND_
     return band_sum(freqs, psd, dt_s, band_hz)
 
 
+def band_operator(samples: int, dt_s: float, band_hz: tuple[float, float] = BAND_HZ) -> np.ndarray:
+    """`band_energy` as a matrix M: band_energy(x) = ‖M·x‖² for every x of `samples` samples
+    (Welch's segments and window, each segment's mean removed, the in-band bins' real and
+    imaginary parts as rows). The band is quadratic in the grid, so a convex solver can hold
+    a schedule to it (`bench/bench_bound_band.py`)."""
+    from scipy.signal import get_window
+
+    segment = welch_segment(samples, dt_s)
+    starts = range(0, samples - segment + 1, segment // 2)  # scipy's half overlap
+    window = get_window("hann", segment)
+    freqs = np.fft.rfftfreq(segment, dt_s)
+    bins = np.nonzero((freqs >= band_hz[0]) & (freqs <= min(band_hz[1], 0.5 / dt_s)))[0]
+    # One-sided density: twice each bin's power, but the Nyquist bin's once.
+    scale = np.where(np.isclose(freqs[bins], 0.5 / dt_s) & (segment % 2 == 0), 1.0, 2.0)
+    scale = scale * dt_s / np.sum(window**2) / len(starts)  # averaged over the segments
+    dft = np.fft.rfft(np.eye(segment), axis=0)[bins]
+    one = (np.sqrt(scale)[:, None] * dft) @ (window[:, None] * (np.eye(segment) - 1.0 / segment))
+    rows = []
+    for first in starts:
+        block = np.zeros((len(bins), samples), dtype=complex)
+        block[:, first : first + segment] = one
+        rows += [block.real, block.imag]
+    return np.vstack(rows)
+
+
 def attenuation_db(load_energy: float, grid_energy: float) -> float:
     """10·log10 of the grid's band energy over the load's: negative is smoothing."""
     if load_energy <= 0.0:
