@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_mv.py
 	$(BIN)/python bench/bench_rhythm.py
 	$(BIN)/python bench/bench_bound_band.py
+	$(BIN)/python bench/bench_foresight.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

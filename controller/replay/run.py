@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -89,10 +89,12 @@ def simulate(
     notices: tuple[Announced, ...] = (),
     start_s: float = 0.0,
     learn: rhythm.RhythmSettings | None = None,
+    planner: FeedForward | None = None,
 ) -> ReplayRun:
     """The core over the trace; with notices (trace time, the first step at start_s), the
     planner re-plans every PLAN_EVERY_S from what was announced by then; with `learn`, also
-    from the pauses the rhythm learned from the load so far predicts."""
+    from the pauses the rhythm learned from the load so far predicts. `planner`: another
+    planner in its place (a benchmark's, e.g. one that knows the trace ahead)."""
     cap = settings.capacity_j
     e0 = settings.initial_soc * cap
     params = params_vector(
@@ -104,9 +106,9 @@ def simulate(
     state = initial_state(e0)
     out = core.outputs(n)
     plan_w = np.zeros(n)
-    planned = bool(notices) or learn is not None
-    chunk = max(1, round(PLAN_EVERY_S / dt_s)) if planned else CHUNK_STEPS
-    planner = _Planner(notices, settings, dt_s, start_s, learn) if planned else None
+    if planner is None and (notices or learn is not None):
+        planner = _Planner(notices, settings, dt_s, start_s, learn)
+    chunk = max(1, round(PLAN_EVERY_S / dt_s)) if planner is not None else CHUNK_STEPS
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
         args = (state, params, load_w[start:end], nominal[start:end], caps[start:end])
@@ -147,6 +149,15 @@ def window(run: ReplayRun, first: int, dt_s: float) -> ReplayRun:
         run.load_w[first:], out, run.energy_j[first:], run.capacity_j, dt_s, run.plan_w[first:],
         first_w,
     )  # fmt: skip
+
+
+class FeedForward(Protocol):
+    """What `simulate` asks a planner once every PLAN_EVERY_S: the feed-forward per step from
+    `step` on (W; at least to the next re-plan), given the core's state then and the trace."""
+
+    def feed_forward(self, step: int, core_state: np.ndarray, load_w: np.ndarray) -> np.ndarray:
+        """The feed-forward per step from `step` on, W."""
+        ...
 
 
 class _Planner:

@@ -1,0 +1,154 @@
+"""What is foresight worth, and how fine must it be? A planner that knows the load ahead: once
+a second, a linear program over the next --horizon-s chooses the grid (at the ramp limit at
+most) that keeps the stored energy closest to where it started, moving little through the
+battery; the core tracks it (the feed-forward is that grid less the core's low-pass foreseen
+on the same load), and every limit of the core holds as ever. It is told the trace's exact
+load, or only its mean over 0.5, 1 and 2 s (centred), or only when and how much: the mean
+between the events file's times (the job's start, each checkpoint's start and end), the
+most a notice could say, never the training steps' own swings (0.48 s). Beside it, the
+controller's own planner with the events file's notices. Whole shipped training trace,
+10,000 GPUs + 2 MW, 0.5 MW/s, with the replay's figures and the perfect-foresight bound.
+
+    python bench/bench_foresight.py [--horizon-s 15]
+
+The foresight planner keeps the stored energy itself, so its runs have the energy return
+off (it would pull against the program); the controller's keeps the default 20 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import linprog
+
+from controller.dispatch import core
+from controller.replay.events import read_events
+from controller.replay.figures import J_PER_KWH
+from controller.replay.run import ReplaySettings, report, simulate
+from controller.replay.trace import read_trace
+
+TRACE = Path(__file__).resolve().parents[1] / "drivers" / "sim" / "traces" / "h200_train_1p7b.csv"
+PLAN_DT_S = 0.2  # the program's step: two of the trace's
+MOVED_PRICE = 0.01  # kWh of distance from the start's energy per kWh through the battery
+
+
+def grid_plan(grid_w: float, energy_j: float, target_j: float, load_w: np.ndarray, ramp: float):
+    """The grid per PLAN_DT_S step from now (W) that keeps the stored energy within the least
+    distance of target_j (the losses aside), ramp-limited from grid_w, on the load foreseen."""
+    n, dt = len(load_w), PLAN_DT_S
+    # Columns: grid g (n), |battery| u (n), the largest distance t. E_k = E + dt·Σ_{i≤k}(g − L).
+    cum = sparse.csr_matrix(np.tril(np.ones((n, n))) * dt)
+    eye, zero = sparse.identity(n), sparse.csr_matrix((n, n))
+    ones, none = sparse.csr_matrix(np.ones((n, 1))), sparse.csr_matrix((n, 1))
+    diff = sparse.identity(n) - sparse.eye(n, k=-1)
+    first = np.zeros(n)
+    first[0] = grid_w
+    offset = target_j - energy_j + cum @ load_w
+    a_ub = sparse.vstack(
+        [
+            sparse.hstack([cum, zero, -ones]),  # E_k − target ≤ t
+            sparse.hstack([-cum, zero, -ones]),  # target − E_k ≤ t
+            sparse.hstack([eye, -eye, none]),  # g − L ≤ u
+            sparse.hstack([-eye, -eye, none]),  # L − g ≤ u
+            sparse.hstack([diff, zero, none]),  # the ramp, up
+            sparse.hstack([-diff, zero, none]),  # and down
+        ]
+    ).tocsr()
+    b_ub = np.concatenate([offset, -offset, load_w, -load_w, ramp * dt + first, ramp * dt - first])
+    c = np.r_[np.zeros(n), np.full(n, MOVED_PRICE * dt), 1.0] / J_PER_KWH
+    bounds = [(None, None)] * n + [(0.0, None)] * (n + 1)
+    res = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+    return res.x[:n] if res.status == 0 else np.full(n, grid_w)
+
+
+class Foresight:
+    """The replay's planner that knows `known_w` (one per trace step) `horizon_s` ahead."""
+
+    def __init__(self, known_w: np.ndarray, s: ReplaySettings, dt_s: float, horizon_s: float):
+        self.known, self.s, self.dt = known_w, s, dt_s
+        self.steps = round(horizon_s / dt_s)
+        self.target_j = s.initial_soc * s.capacity_j
+        self.times: list[float] = []
+
+    def feed_forward(self, step: int, state: np.ndarray, load_w: np.ndarray) -> np.ndarray:
+        ahead = self.known[step : step + self.steps]
+        per = round(PLAN_DT_S / self.dt)
+        n = len(ahead) // per
+        if not state[core.S_INIT] or n < 2:
+            return np.zeros(self.steps)
+        t0 = time.perf_counter()
+        coarse = ahead[: n * per].reshape(n, per).mean(axis=1)
+        g = grid_plan(
+            state[core.S_GRID], state[core.S_ENERGY], self.target_j, coarse, self.s.ramp_w_per_s
+        )
+        self.times.append(time.perf_counter() - t0)
+        g = np.repeat(g, per)
+        # The core's low-pass on the same foreseen load: what its target holds already.
+        alpha = self.dt / (self.s.dispatch.lowpass_tau_s + self.dt)
+        lowpass, x = np.empty(len(g)), float(state[core.S_LOWPASS])
+        for i, w in enumerate(ahead[: len(g)]):
+            x += alpha * (w - x)
+            lowpass[i] = x
+        return np.r_[g - lowpass, np.zeros(self.steps - len(g))]
+
+
+def centred_mean(x: np.ndarray, samples: int) -> np.ndarray:
+    """Each sample's mean over `samples` around it (the ends held)."""
+    half = samples // 2
+    padded = np.r_[np.full(half, x[0]), x, np.full(samples - half - 1, x[-1])]
+    return np.convolve(padded, np.ones(samples) / samples, mode="valid")
+
+
+def segment_means(load_w: np.ndarray, t_s: np.ndarray, edges_s: list[float]) -> np.ndarray:
+    """The load held at its own mean between consecutive edges (s): what a notice of when and
+    how much could say at best."""
+    out = np.empty_like(load_w)
+    cut = np.searchsorted(t_s, sorted(edges_s))
+    for a, b in zip(np.r_[0, cut], np.r_[cut, len(load_w)], strict=True):
+        if b > a:
+            out[a:b] = load_w[a:b].mean()
+    return out
+
+
+def line(name: str, r: dict) -> str:
+    return (
+        f"  {name:34s} {r['band_attenuation_db']:6.2f} dB, ramp "
+        f"{r['grid_max_ramp_w_per_s']:,.0f} W/s, throughput / bound {r['throughput_ratio']:.3f}, "
+        f"stored {r['required_capacity_kwh']:.2f} kWh: / bound {r['capacity_ratio']:.3f} "
+        f"(/ followable {r['realizable_capacity_ratio']:.3f})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--horizon-s", type=float, default=15.0)
+    args = parser.parse_args()
+    s = ReplaySettings()
+    tr = read_trace(TRACE)
+    load, dt = tr.site_load_w(s.gpus, s.base_w), tr.dt_s
+    print(f"{TRACE.name}, 10,000 GPUs + 2 MW, 0.5 MW/s, {len(load)} steps of {dt:g} s")
+    told = read_events(TRACE.with_suffix(".events.csv"), 30.0, 5.0, s.gpus * s.job_w_per_gpu)
+    run = simulate(load, dt, s, notices=told, start_s=float(tr.t_s[0]))
+    print(line("the planner, --events", report(run, dt, s, True)))
+    edges = [a.notice.at_s for a in read_events(TRACE.with_suffix(".events.csv"), 0, 0, 0)]
+    off = s.model_copy(update={"dispatch": s.dispatch.model_copy(update={"energy_return_s": 0})})
+    for name, known in (
+        ("knows the load", load),
+        ("knows its 0.5 s mean", centred_mean(load, 5)),
+        ("knows its 1 s mean", centred_mean(load, 10)),
+        ("knows its 2 s mean", centred_mean(load, 20)),
+        ("knows when and how much", segment_means(load, tr.t_s, edges)),
+    ):
+        planner = Foresight(known, off, dt, args.horizon_s)
+        run = simulate(load, dt, off, planner=planner)
+        r = report(run, dt, off, True)
+        print(line(f"{args.horizon_s:g} s ahead, {name}", r))
+    print(f"  the program: {np.median(planner.times) * 1e3:.1f} ms a plan (p50)")
+
+
+if __name__ == "__main__":
+    main()
