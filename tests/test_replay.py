@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.config import DispatchConfig
+from controller.dispatch import core
 from controller.replay.bound import min_capacity_kwh, realizable_schedule
 from controller.replay.figures import (
     band_attenuation_db,
@@ -265,11 +266,16 @@ def test_the_followable_bound_is_a_schedule_a_battery_can_follow():
     assert lower * 1.2 < kwh < 2.2 * lower  # 1.63 and 2.06 kWh here
 
 
-@pytest.mark.parametrize(("samples", "dt_s"), [(758, 0.1), (523, 0.1), (51, 0.1), (300, 0.02)])
+@pytest.mark.parametrize(
+    ("samples", "dt_s"),
+    [(758, 0.1), (523, 0.1), (51, 0.1), (300, 0.02), (400, 0.15), (600, 0.3), (100, 0.061)],
+)
 def test_the_band_as_a_matrix_is_welchs_band_energy(samples: int, dt_s: float):
     """A convex solver holds a schedule to the band through `band_operator`: ‖M·x‖² is
-    `band_energy(x)` for any x (several segments and one, even and odd lengths, 10 and 50 Hz),
-    the shipped trace's load and a grid that steps and ramps among them."""
+    `band_energy(x)` for any x: several segments and one, even and odd segments (scipy's
+    overlap is half an odd one, rounded down), Nyquist under 20 Hz or over it, and a rate
+    whose frequencies round (0.061 s: Nyquist one ulp over 1/(2·dt)); the shipped trace's
+    load and a grid that steps and ramps among them."""
     m = band_operator(samples, dt_s)
     load = read_trace(TRAINING).site_load_w(10_000, 2e6)[:samples]
     steps = np.repeat([3e6, 8e6, 5e6], -(-samples // 3))[:samples]
@@ -278,6 +284,29 @@ def test_the_band_as_a_matrix_is_welchs_band_energy(samples: int, dt_s: float):
     for x in (load, steps, ramp, noise):
         assert np.sum((m @ x) ** 2) == pytest.approx(band_energy(x, dt_s), rel=1e-9)
     assert np.sum((m @ np.full(samples, 7e6)) ** 2) == pytest.approx(0.0, abs=1e-6)  # flat
+
+
+@pytest.mark.parametrize("dt_s", [0.1, 0.1 * (1 + 2e-14), 0.1 * (1 - 2e-14)])
+def test_a_bin_on_the_bands_edge_is_placed_by_the_rule_not_by_rounding(dt_s: float):
+    """40 s segments put a bin on 0.1 Hz, where the training trace's checkpoint cycle sits: it
+    belongs below the band whatever the time step's last bits (the shipped trace's is
+    0.10000000000000142 s, a recorder's 0.1 s), and bands that meet share no bin."""
+    tr = read_trace(TRAINING)
+    load = tr.site_load_w(10_000, 2e6)
+    run = simulate(load, tr.dt_s, ReplaySettings())
+    grid = run.out[:, core.O_GRID]
+    assert band_attenuation_db(load, grid, dt_s) == pytest.approx(
+        band_attenuation_db(load, grid, tr.dt_s), abs=1e-9
+    )
+    below, above = band_energy(load, dt_s, (0.05, 0.1)), band_energy(load, dt_s, (0.1, 5.0))
+    assert below + above == pytest.approx(band_energy(load, dt_s, (0.05, 5.0)), rel=1e-12)
+    assert below > 0.0  # the 0.1 Hz bin is counted there, under the band
+
+
+def test_a_record_shorter_than_a_segment_has_no_band_as_a_matrix_either():
+    with pytest.warns(UserWarning, match="nperseg"):  # scipy's: a segment longer than it
+        assert band_energy(np.ones(1), 0.1) == 0.0
+    assert band_operator(1, 0.1).shape == (0, 1)
 
 
 def test_size_finds_a_battery_that_holds_and_the_lp_needs_no_more():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,18 +33,31 @@ def welch_psd(x: np.ndarray, dt_s: float) -> tuple[np.ndarray, np.ndarray]:
     return welch(x, fs=1.0 / dt_s, window="hann", nperseg=segment, detrend="constant")
 
 
+EDGE_TOLERANCE = 1e-9  # relative: a bin's side of an edge is the rule's, not rounding's
+
+
+def in_band(freqs: np.ndarray, dt_s: float, band_hz: tuple[float, float] = BAND_HZ) -> np.ndarray:
+    """Which of a spectrum's bins are in the band: above band_hz[0], up to min(band_hz[1],
+    Nyquist). A bin centred on an edge belongs below it, so bands that meet share no bin.
+
+    Why the rule: 40 s segments put a bin on 0.1 Hz, and it gathers 0.05–0.15 Hz (Hann's
+    main lobe), half of it under the band. It was in or out by the last bits of the time
+    step (the shipped trace's 0.10000000000000142 s left it out, a recorder's 0.1 s took it
+    in: 4–6 dB apart on the training trace, whose checkpoint cycle, 0.098 Hz, sits in it)."""
+    top = min(band_hz[1], 0.5 / dt_s) * (1.0 + EDGE_TOLERANCE)
+    return (freqs > band_hz[0] * (1.0 + EDGE_TOLERANCE)) & (freqs <= top)
+
+
 def band_sum(
     freqs: np.ndarray, psd: np.ndarray, dt_s: float, band_hz: tuple[float, float] = BAND_HZ
 ) -> float:
-    """The spectrum's bins between band_hz[0] and min(band_hz[1], Nyquist), added up."""
-    top = min(band_hz[1], 0.5 / dt_s)
-    in_band = (freqs >= band_hz[0]) & (freqs <= top)
-    return float(np.sum(psd[in_band]))
+    """The spectrum's bins in the band (`in_band`), added up."""
+    return float(np.sum(psd[in_band(freqs, dt_s, band_hz)]))
 
 
 def band_energy(x: np.ndarray, dt_s: float, band_hz: tuple[float, float] = BAND_HZ) -> float:
-    """Spectral energy of x (mean removed) between band_hz[0] and min(band_hz[1], Nyquist):
-    Welch's estimate (`welch_psd`), its bins in the band added up."""
+    """Spectral energy of x (mean removed) in the band (`in_band`): Welch's estimate
+    (`welch_psd`), its bins in the band added up."""
     freqs, psd = welch_psd(x, dt_s)
     return band_sum(freqs, psd, dt_s, band_hz)
 
@@ -56,12 +70,16 @@ def band_operator(samples: int, dt_s: float, band_hz: tuple[float, float] = BAND
     from scipy.signal import get_window
 
     segment = welch_segment(samples, dt_s)
-    starts = range(0, samples - segment + 1, segment // 2)  # scipy's half overlap
+    # scipy's grid: half the segment overlaps (its floor), frequencies from fs = 1/dt
+    starts = range(0, samples - segment + 1, segment - segment // 2)
+    if len(starts) == 0:  # shorter than a segment: no band energy (band_energy's 0)
+        return np.zeros((0, samples))
     window = get_window("hann", segment)
-    freqs = np.fft.rfftfreq(segment, dt_s)
-    bins = np.nonzero((freqs >= band_hz[0]) & (freqs <= min(band_hz[1], 0.5 / dt_s)))[0]
+    freqs = np.fft.rfftfreq(segment, 1.0 / (1.0 / dt_s))
+    nyquist = freqs[-1] if segment % 2 == 0 else math.inf
+    bins = np.nonzero(in_band(freqs, dt_s, band_hz))[0]
     # One-sided density: twice each bin's power, but the Nyquist bin's once.
-    scale = np.where(np.isclose(freqs[bins], 0.5 / dt_s) & (segment % 2 == 0), 1.0, 2.0)
+    scale = np.where(freqs[bins] == nyquist, 1.0, 2.0)
     scale = scale * dt_s / np.sum(window**2) / len(starts)  # averaged over the segments
     dft = np.fft.rfft(np.eye(segment), axis=0)[bins]
     one = (np.sqrt(scale)[:, None] * dft) @ (window[:, None] * (np.eye(segment) - 1.0 / segment))
