@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -28,7 +29,7 @@ from scipy.optimize import linprog
 from controller.dispatch import core
 from controller.replay.events import read_events
 from controller.replay.figures import J_PER_KWH
-from controller.replay.run import ReplaySettings, report, simulate
+from controller.replay.run import PLAN_EVERY_S, ReplaySettings, report, simulate
 from controller.replay.trace import read_trace
 
 TRACE = Path(__file__).resolve().parents[1] / "drivers" / "sim" / "traces" / "h200_train_1p7b.csv"
@@ -36,7 +37,9 @@ PLAN_DT_S = 0.2  # the program's step: two of the trace's
 MOVED_PRICE = 0.01  # kWh of distance from the start's energy per kWh through the battery
 
 
-def grid_plan(grid_w: float, energy_j: float, target_j: float, load_w: np.ndarray, ramp: float):
+def grid_plan(
+    grid_w: float, energy_j: float, target_j: float, load_w: np.ndarray, ramp: float
+) -> np.ndarray:
     """The grid per PLAN_DT_S step from now (W) that keeps the stored energy within the least
     distance of target_j (the losses aside), ramp-limited from grid_w, on the load foreseen."""
     n, dt = len(load_w), PLAN_DT_S
@@ -69,27 +72,40 @@ class Foresight:
     """The replay's planner that knows `known_w` (one per trace step) `horizon_s` ahead."""
 
     def __init__(self, known_w: np.ndarray, s: ReplaySettings, dt_s: float, horizon_s: float):
+        if s.dispatch.average_window_s:  # the core's moving average is not foreseen here
+            raise ValueError("the foresight planner foresees a plain low-pass: no average_window_s")
+        if horizon_s < 2 * PLAN_DT_S:
+            raise ValueError(f"a horizon of {horizon_s} s is under two of the program's steps")
         self.known, self.s, self.dt = known_w, s, dt_s
-        self.steps = round(horizon_s / dt_s)
+        # At least to the next re-plan, whatever the horizon.
+        self.steps = max(round(horizon_s / dt_s), round(PLAN_EVERY_S / dt_s))
         self.target_j = s.initial_soc * s.capacity_j
         self.times: list[float] = []
 
-    def feed_forward(self, step: int, state: np.ndarray, load_w: np.ndarray) -> np.ndarray:
+    def feed_forward(self, step: int, core_state: np.ndarray, load_w: np.ndarray) -> np.ndarray:
         ahead = self.known[step : step + self.steps]
         per = round(PLAN_DT_S / self.dt)
         n = len(ahead) // per
-        if not state[core.S_INIT] or n < 2:
+        if not core_state[core.S_INIT] or n < 2:
             return np.zeros(self.steps)
         t0 = time.perf_counter()
         coarse = ahead[: n * per].reshape(n, per).mean(axis=1)
         g = grid_plan(
-            state[core.S_GRID], state[core.S_ENERGY], self.target_j, coarse, self.s.ramp_w_per_s
+            core_state[core.S_GRID],
+            core_state[core.S_ENERGY],
+            self.target_j,
+            coarse,
+            self.s.ramp_w_per_s,
         )
         self.times.append(time.perf_counter() - t0)
-        g = np.repeat(g, per)
+        # Each program step's grid is its level: the trace's steps go on a straight line
+        # through the levels at each program step's middle (held flat, each jump would be
+        # clipped by the core's ramp limiter, which allows a trace step's share of it).
+        middles = per * np.arange(n) + (per - 1) / 2.0
+        g = np.interp(np.arange(n * per), np.r_[-1, middles], np.r_[core_state[core.S_GRID], g])
         # The core's low-pass on the same foreseen load: what its target holds already.
         alpha = self.dt / (self.s.dispatch.lowpass_tau_s + self.dt)
-        lowpass, x = np.empty(len(g)), float(state[core.S_LOWPASS])
+        lowpass, x = np.empty(len(g)), float(core_state[core.S_LOWPASS])
         for i, w in enumerate(ahead[: len(g)]):
             x += alpha * (w - x)
             lowpass[i] = x
@@ -114,9 +130,9 @@ def segment_means(load_w: np.ndarray, t_s: np.ndarray, edges_s: list[float]) -> 
     return out
 
 
-def line(name: str, r: dict) -> str:
+def line(name: str, r: dict[str, Any]) -> str:
     return (
-        f"  {name:34s} {r['band_attenuation_db']:6.2f} dB, ramp "
+        f"  {name:36s} {r['band_attenuation_db']:6.2f} dB, ramp "
         f"{r['grid_max_ramp_w_per_s']:,.0f} W/s, throughput / bound {r['throughput_ratio']:.3f}, "
         f"stored {r['required_capacity_kwh']:.2f} kWh: / bound {r['capacity_ratio']:.3f} "
         f"(/ followable {r['realizable_capacity_ratio']:.3f})"
@@ -135,7 +151,7 @@ def main() -> None:
     run = simulate(load, dt, s, notices=told, start_s=float(tr.t_s[0]))
     print(line("the planner, --events", report(run, dt, s, True)))
     edges = [a.notice.at_s for a in read_events(TRACE.with_suffix(".events.csv"), 0, 0, 0)]
-    off = s.model_copy(update={"dispatch": s.dispatch.model_copy(update={"energy_return_s": 0})})
+    off = ReplaySettings(energy_return_s=0.0)
     for name, known in (
         ("knows the load", load),
         ("knows its 0.5 s mean", centred_mean(load, 5)),

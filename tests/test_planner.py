@@ -95,31 +95,33 @@ def test_a_notice_moves_the_grid_before_the_step_and_spares_the_battery():
 
 
 class Asking:
-    """A planner of a test's own: asks for 2 MW more on a flat load, and keeps what it saw."""
+    """A planner of a test's own: on a flat load, asks for 60 kW more each step further on
+    (faster than the ramp limit; each value says which step it is for), and keeps what it
+    was shown."""
 
     def __init__(self) -> None:
         self.asked: list[tuple[int, float]] = []
 
     def feed_forward(self, step: int, core_state: np.ndarray, load_w: np.ndarray) -> np.ndarray:
         self.asked.append((step, float(core_state[core.S_GRID])))
-        return np.full(15, 2e6)  # more than one re-plan's ten steps: the rest is not used
+        return 6e4 * (step + np.arange(15))  # more than one re-plan's ten steps
 
 
 def test_a_replay_takes_another_planner_and_its_limits_hold():
     """`simulate(planner=)` (a benchmark's planner that knows the trace ahead): asked once a
-    second with the core's state then, its feed-forward is what the core adds, and the ramp
-    limit holds whatever it asks."""
-    load = np.full(300, 3e6)
+    second with the core's state then, each step gets the value it asked for that step, and
+    the ramp limit holds whatever it asks (here up to 12 MW above a flat load)."""
+    load = np.full(200, 3e6)
     asking = Asking()
     run = simulate(load, DT, S, planner=asking)
-    assert [step for step, _ in asking.asked] == list(range(0, 300, 10))
-    assert np.all(run.plan_w == 2e6)
+    assert [step for step, _ in asking.asked] == list(range(0, 200, 10))
+    assert run.plan_w == pytest.approx(6e4 * np.arange(200))  # its own step's value, each
     grid = run.out[:, core.O_GRID]
-    ramp_line = 3e6 + RAMP * DT * np.arange(1, 31)
-    assert ramp_held(run) and grid[:30] == pytest.approx(ramp_line)  # up at the ramp limit
-    assert grid.max() > 4.5e6  # most of the 2 MW (then the energy return pulls it back)
-    assert run.energy_j[-1] > run.energy_j[0]  # the battery took what the load did not
+    assert ramp_held(run) and np.max(np.diff(grid)) == pytest.approx(RAMP * DT)  # it binds
     assert asking.asked[1][1] == pytest.approx(grid[9])  # the state as the last step left it
+    assert run.energy_j[-1] > run.energy_j[0]  # the battery took what the load did not
+    with pytest.raises(ValueError, match="planner"):
+        simulate(load, DT, S, notices=(notice("job_start", 10.0, 0.0),), planner=asking)
 
 
 @pytest.mark.parametrize(("kind", "sign"), [("job_start", 1.0), ("job_stop", -1.0)])

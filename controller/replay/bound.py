@@ -113,7 +113,8 @@ def _solve(c: np.ndarray, a_ub, b_ub, a_eq, b_eq, bounds) -> np.ndarray | None:
 # (c, A_ub, b_ub, A_eq, b_eq, bounds): minimise c·x, as linprog takes it. A solver gets the
 # problem too, so it can add constraints of its own on the columns' meaning (the grid's band:
 # bench/bench_bound_band.py).
-Program = tuple[np.ndarray, sparse.csr_matrix, np.ndarray, sparse.csr_matrix, np.ndarray, list]
+Bounds = list[tuple[float | None, float | None]]
+Program = tuple[np.ndarray, sparse.csr_matrix, np.ndarray, sparse.csr_matrix, np.ndarray, Bounds]
 Solver = Callable[[BoundProblem, Program], np.ndarray | None]
 
 

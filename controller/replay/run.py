@@ -106,6 +106,8 @@ def simulate(
     state = initial_state(e0)
     out = core.outputs(n)
     plan_w = np.zeros(n)
+    if planner is not None and (notices or learn is not None):
+        raise ValueError("notices and learn are the shipped planner's: not with planner=")
     if planner is None and (notices or learn is not None):
         planner = _Planner(notices, settings, dt_s, start_s, learn)
     chunk = max(1, round(PLAN_EVERY_S / dt_s)) if planner is not None else CHUNK_STEPS
