@@ -24,7 +24,14 @@ from controller.dispatch.planner import (
     plan,
     train_intervals,
 )
-from controller.dispatch.replan import plan_settings
+from controller.dispatch.replan import (
+    JOBS_KEPT,
+    Memory,
+    Replanning,
+    plan_settings,
+    remember,
+    replan,
+)
 from controller.notices import Notice
 from controller.replay.events import Announced, read_events
 from controller.replay.run import ReplaySettings, simulate, window
@@ -231,7 +238,7 @@ def test_a_train_of_pauses_is_planned_as_a_triangle_at_the_ramp_limit():
     assert ahead.required_capacity_kwh < 0.9 * react.required_capacity_kwh
 
 
-kinds = st.sampled_from(["job_start", "job_stop", "pause_start", "pause_end"])
+kinds = st.sampled_from(["job_start", "job_stop", "pause_start", "pause_end", "level_change"])
 
 
 @st.composite
@@ -339,7 +346,7 @@ def test_notices_become_changes_of_the_mean_draw():
             n("pause_end", 23.0),  # closes the pause above
             n("pause_end", 40.0),  # on its own: the job's draw comes back
             n("job_stop", 50.0, power_w=4e6),
-            n("level_change", 60.0, power_w=1e6),  # an absolute level: left to the filter
+            n("level_change", 60.0, power_w=1e6),  # after the stop (0 W): 1 MW more
         ],
         5e6,
     )
@@ -348,4 +355,63 @@ def test_notices_become_changes_of_the_mean_draw():
         Event(20.0, -5e6, 3.0),
         Event(40.0, 5e6),
         Event(50.0, -4e6),
+        Event(60.0, 1e6),
     )
+
+
+def job(kind: str, at_s: float, job_id: str, power_w: float | None = None) -> Notice:
+    return Notice(0, kind, at_s, at_s, None, power_w, job_id)
+
+
+def test_a_level_change_is_the_change_from_what_its_job_drew():
+    """A level change says a job's new draw: planned as the change from its latest start or
+    level change (its own job's, not another's), and a stop that says no power takes what
+    the job drew last; a level change with nothing known before it is left to the filter."""
+    got = events_of(
+        [
+            job("job_start", 10.0, "a", 5e6),
+            job("level_change", 20.0, "b", 2e6),  # nothing known of b: the filter's
+            job("level_change", 40.0, "a", 3e6),
+            job("level_change", 45.0, "b", 2.5e6),
+            job("job_stop", 60.0, "a"),
+        ],
+        4.7e6,
+    )
+    assert got == (Event(10.0, 5e6), Event(40.0, -2e6), Event(45.0, 5e5), Event(60.0, -3e6))
+
+
+def test_a_jobs_draw_is_remembered_after_its_notice_has_gone():
+    """Hours into a job its start's notice has long left the planner's view: what it said is
+    kept (`replan.remember`), so the job's level change is still planned from it; a notice
+    cancelled before its time is never remembered."""
+    s = Replanning(PLAN, 4.7e6)
+    started, cancelled = job("job_start", 10.0, "a", 5e6), job("job_start", 500.0, "c", 1e6)
+    load = np.full(10, 8e6)
+    _, memory = replan(Memory(), 20.0, DT, [started, cancelled], load, 8e6, s)
+    assert memory.draws == (("a", 10.0, 5e6),)  # c's time has not come
+    change = job("level_change", 3600.0, "a", 2e6)
+    _, memory = replan(memory, 3590.0, DT, [change], load, 8e6, s)
+    assert [t.event for t in memory.plan] == [Event(3600.0, -3e6)]
+    _, forgot = replan(Memory(), 3590.0, DT, [change], load, 8e6, s)
+    assert forgot.plan == ()  # without the memory: left to the filter
+    many = [job("job_start", 10.0 + k, f"j{k}") for k in range(JOBS_KEPT + 40)]
+    changes = [job("level_change", 1000.0 + k, "j0", 1e6 + k) for k in range(9)]
+    kept = remember((), many + changes, 1e4, 5e6)
+    assert len({d[0] for d in kept}) == JOBS_KEPT and ("j1", 11.0, 5e6) not in kept  # bounded
+    assert [d for d in kept if d[0] == "j0"] == [("j0", 1000.0 + k, 1e6 + k) for k in range(5, 9)]
+
+
+def test_an_announced_level_change_moves_the_grid_before_it_and_spares_the_battery():
+    """Long after its job's start (its notice gone from view), a drop of the job's draw from
+    5 to 3 MW, announced 30 s ahead: the grid falls before it and the battery needs less."""
+    t = np.arange(0.0, 330.0, DT)
+    load = np.where(t < 60.0, 3e6, np.where(t < 250.0, 8e6, 6e6))
+    start = Announced(30.0, job("job_start", 60.0, "a", 5e6))
+    change = Announced(220.0, job("level_change", 250.0, "a", 3e6))
+    plain = simulate(load, DT, S, notices=(start,))
+    told = simulate(load, DT, S, notices=(start, change))
+    grid = told.out[:, core.O_GRID]
+    assert np.array_equal(plain.out[:2200, core.O_GRID], grid[:2200])  # the same until told
+    assert grid[2499] < 8e6 - 0.8 * PLAN.lead_ratio * 2e6  # on its way down before the drop
+    assert ramp_held(told) and told.figures.unserved_kwh == 0.0
+    assert told.figures.required_capacity_kwh < plain.figures.required_capacity_kwh

@@ -203,27 +203,59 @@ def train_intervals(pauses: list[tuple[float, float]]) -> list[float]:
     return out
 
 
-def events_of(notices: Iterable[Notice], job_w: float) -> tuple[Event, ...]:
+Draw = tuple[str | None, float, float]  # a job (None: notices of no job), from when (s), W
+
+
+def draws_of(notices: Iterable[Notice], job_w: float) -> tuple[Draw, ...]:
+    """What each notice says its job draws from its time on: a start its power (or job_w),
+    a level change its power, a stop nothing."""
+    out: list[Draw] = []
+    for n in notices:
+        if n.kind == "job_start":
+            out.append((n.job_id, n.at_s, job_w if n.power_w is None else n.power_w))
+        elif n.kind == "level_change" and n.power_w is not None:
+            out.append((n.job_id, n.at_s, n.power_w))
+        elif n.kind == "job_stop":
+            out.append((n.job_id, n.at_s, 0.0))
+    return tuple(out)
+
+
+def draw_before(draws: Iterable[Draw], job_id: str | None, at_s: float) -> float | None:
+    """The job's draw just before at_s: the latest of `draws` before it (None: not known)."""
+    earlier = [d for d in draws if d[0] == job_id and d[1] < at_s]
+    return max(earlier, key=lambda d: d[1])[2] if earlier else None
+
+
+def events_of(
+    notices: Iterable[Notice], job_w: float, known: tuple[Draw, ...] = ()
+) -> tuple[Event, ...]:
     """Notices as changes of the mean draw. job_w: what a job adds when it runs (W), for the
-    notices that do not say (`power_w`); a pause takes that away. A job's pauses (those of no
-    job together) announced one after another within TRAIN_MAX_S are a train
-    (`train_intervals`). A pause_end that closes a pause_start with a duration is part of that
-    pause; a level_change (an absolute level, not a change) is left to the filter."""
+    notices that do not say (`power_w`). What a job draws is what its latest start or level
+    change said (in view, or `known` from notices gone), else job_w: a pause takes that away,
+    a stop that says no power takes it all. A level change (the job's new draw, absolute) is
+    the change from what the job drew before it; with nothing known before it, it is left to
+    the filter. A job's pauses (those of no job together) announced one after another within
+    TRAIN_MAX_S are a train (`train_intervals`). A pause_end that closes a pause_start with a
+    duration is part of that pause."""
     notices = sorted(notices, key=lambda n: n.at_s)
+    draws = known + draws_of(notices, job_w)
     ends = {n.at_s + n.duration_s for n in notices if n.kind == "pause_start" and n.duration_s}
     every = _trains(notices)
     out = []
     for n in notices:
-        power = job_w if n.power_w is None else n.power_w
+        before = draw_before(draws, n.job_id, n.at_s)
+        running = job_w if before is None else before
         if n.kind == "job_start":
-            out.append(Event(n.at_s, power))
+            out.append(Event(n.at_s, job_w if n.power_w is None else n.power_w))
         elif n.kind == "job_stop":
-            out.append(Event(n.at_s, -power))
+            out.append(Event(n.at_s, -(running if n.power_w is None else n.power_w)))
         elif n.kind == "pause_start":
-            depth = job_w - (n.power_w or 0.0)
+            depth = running - (n.power_w or 0.0)
             out.append(Event(n.at_s, -depth, n.duration_s or math.inf, every.get(n, math.inf)))
         elif n.kind == "pause_end" and not any(abs(n.at_s - end) < 1e-6 for end in ends):
-            out.append(Event(n.at_s, job_w))
+            out.append(Event(n.at_s, running))
+        elif n.kind == "level_change" and n.power_w is not None and before is not None:
+            out.append(Event(n.at_s, n.power_w - before))  # 0 W: plans nothing
     return tuple(out)
 
 

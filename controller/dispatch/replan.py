@@ -10,19 +10,29 @@ the notices announced by each re-plan's trace time and the trace's loads; the li
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from controller.config import DispatchConfig, PlannerSettings
 from controller.dispatch import rhythm
-from controller.dispatch.planner import Event, PlanSettings, PlanState, events_of, plan
+from controller.dispatch.planner import (
+    Draw,
+    Event,
+    PlanSettings,
+    PlanState,
+    draws_of,
+    events_of,
+    plan,
+)
 from controller.dispatch.rhythm import Rhythm
 from controller.notices import Notice
 
 MAX_GAP_S = 2.0  # loads missing this long at most (ticks that saw none) are held over
 PLAN_KEEP_TAUS = 10.0  # a change stays in the plan this many low-pass time constants after it
 LEARNED_LEAD_S = 10.0  # a learned pause is planned from this long before it (its ramp: ~4 s)
+DRAWS_KEPT = 4  # per job: the latest draws said by notices now over
+JOBS_KEPT = 256  # jobs whose draws are kept: those heard of last (a site runs jobs for ever)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class Memory:
     plan: PlanState = ()
     rhythm: Rhythm | None = None  # None: nothing seen yet (or not learning)
     learned: tuple[Event, ...] = ()  # the predicted pauses held
+    draws: tuple[Draw, ...] = ()  # what jobs draw, said by notices now over (`remember`)
 
 
 def plan_settings(d: DispatchConfig, p: PlannerSettings | None = None) -> PlanSettings:
@@ -78,9 +89,26 @@ def replan(
     up); seen_w: the loads since the last re-plan, one per tick, the last at now_s − dt_s."""
     notices = list(notices)
     learned, memory = _learned(memory, now_s, dt_s, seen_w, notices, s)
-    events = events_of(notices, s.job_w) + learned
+    events = events_of(notices, s.job_w, memory.draws) + learned
     ff, state = plan(now_s, dt_s, events, memory.plan, seen_w, lowpass_w, s.plan)
-    return ff, Memory(state, memory.rhythm, memory.learned)
+    draws = remember(memory.draws, notices, now_s, s.job_w)
+    return ff, replace(memory, plan=state, draws=draws)
+
+
+def remember(
+    known: tuple[Draw, ...], notices: list[Notice], now_s: float, job_w: float
+) -> tuple[Draw, ...]:
+    """The draws of notices whose time has come, kept after the notices leave the planner's
+    view (a level change hours into a job is planned from what the job's start said), the
+    latest DRAWS_KEPT of each of the JOBS_KEPT jobs heard of last. Only those whose time has
+    come: a notice cancelled before its time never counted."""
+    passed = draws_of([n for n in notices if n.at_s <= now_s], job_w)
+    by_job: dict[str | None, dict[float, Draw]] = {}
+    for d in known + passed:
+        by_job.setdefault(d[0], {})[d[1]] = d
+    jobs = [sorted(job.values(), key=lambda d: d[1])[-DRAWS_KEPT:] for job in by_job.values()]
+    jobs = sorted(jobs, key=lambda job: job[-1][1])[-JOBS_KEPT:]
+    return tuple(d for job in jobs for d in job)
 
 
 def _learned(
@@ -101,7 +129,7 @@ def _learned(
     held = rhythm.hold(memory.learned, predicted, now_s, LEARNED_LEAD_S, s.keep_s, near_s)
     told = [n.at_s for n in notices if n.kind == "pause_start"]
     kept = tuple(e for e in held if all(abs(e.at_s - t) >= near_s for t in told))
-    return kept, Memory(memory.plan, learnt, held)
+    return kept, replace(memory, rhythm=learnt, learned=held)
 
 
 def _joined(
