@@ -346,7 +346,7 @@ def test_notices_become_changes_of_the_mean_draw():
             n("pause_end", 23.0),  # closes the pause above
             n("pause_end", 40.0),  # on its own: the job's draw comes back
             n("job_stop", 50.0, power_w=4e6),
-            n("level_change", 60.0, power_w=1e6),  # after the stop (0 W): 1 MW more
+            n("level_change", 60.0, power_w=1e6),  # of no job: left to the filter
         ],
         5e6,
     )
@@ -355,12 +355,18 @@ def test_notices_become_changes_of_the_mean_draw():
         Event(20.0, -5e6, 3.0),
         Event(40.0, 5e6),
         Event(50.0, -4e6),
-        Event(60.0, 1e6),
     )
 
 
-def job(kind: str, at_s: float, job_id: str, power_w: float | None = None) -> Notice:
-    return Notice(0, kind, at_s, at_s, None, power_w, job_id)
+def job(
+    kind: str,
+    at_s: float,
+    job_id: str | None,
+    power_w: float | None = None,
+    duration_s: float | None = None,
+    notice_id: int = 0,
+) -> Notice:
+    return Notice(notice_id, kind, at_s, at_s + (duration_s or 0.0), duration_s, power_w, job_id)
 
 
 def test_a_level_change_is_the_change_from_what_its_job_drew():
@@ -380,25 +386,93 @@ def test_a_level_change_is_the_change_from_what_its_job_drew():
     assert got == (Event(10.0, 5e6), Event(40.0, -2e6), Event(45.0, 5e5), Event(60.0, -3e6))
 
 
+def test_a_pause_or_stop_takes_its_jobs_draw_and_notices_of_no_job_keep_job_w():
+    """A job's pause takes what the job draws (its start said 5 MW, not job_w), and so does a
+    lone pause_end give it back; notices of no job say nothing of each other: each stop that
+    says no power takes job_w, as before level changes were planned."""
+    got = events_of(
+        [
+            job("job_start", 10.0, "a", 5e6),
+            job("pause_start", 20.0, "a", duration_s=3.0),
+            job("pause_start", 40.0, "a"),
+            job("pause_end", 45.0, "a"),
+            job("job_start", 50.0, None, 2e6),
+            job("job_start", 60.0, None, 3e6),
+            job("job_stop", 70.0, None),
+            job("job_stop", 80.0, None),
+        ],
+        4.7e6,
+    )
+    assert got == (
+        Event(10.0, 5e6),
+        Event(20.0, -5e6, 3.0),
+        Event(40.0, -5e6),
+        Event(45.0, 5e6),
+        Event(50.0, 2e6),
+        Event(60.0, 3e6),
+        Event(70.0, -4.7e6),
+        Event(80.0, -4.7e6),
+    )
+
+
+def test_of_two_notices_at_one_time_the_one_posted_later_holds():
+    """A job requeued: its stop and a new start at the same time, the start posted later."""
+    got = events_of(
+        [
+            job("job_start", 10.0, "a", 5e6, notice_id=1),
+            job("job_start", 100.0, "a", 4e6, notice_id=3),
+            job("job_stop", 100.0, "a", notice_id=2),
+            job("level_change", 150.0, "a", 3e6, notice_id=4),
+        ],
+        4.7e6,
+    )
+    assert got[-1] == Event(150.0, -1e6)  # from the new start's 4 MW, not the stop's 0
+
+
 def test_a_jobs_draw_is_remembered_after_its_notice_has_gone():
     """Hours into a job its start's notice has long left the planner's view: what it said is
     kept (`replan.remember`), so the job's level change is still planned from it; a notice
-    cancelled before its time is never remembered."""
+    cancelled, before its time or after, is not remembered; the memory is bounded."""
     s = Replanning(PLAN, 4.7e6)
-    started, cancelled = job("job_start", 10.0, "a", 5e6), job("job_start", 500.0, "c", 1e6)
+    started, later = job("job_start", 10.0, "a", 5e6), job("job_start", 500.0, "c", 1e6)
     load = np.full(10, 8e6)
-    _, memory = replan(Memory(), 20.0, DT, [started, cancelled], load, 8e6, s)
-    assert memory.draws == (("a", 10.0, 5e6),)  # c's time has not come
+    _, memory = replan(Memory(), 20.0, DT, [started, later], load, 8e6, s)
+    assert [(d.job_id, d.at_s, d.power_w) for d in memory.draws] == [("a", 10.0, 5e6)]
     change = job("level_change", 3600.0, "a", 2e6)
     _, memory = replan(memory, 3590.0, DT, [change], load, 8e6, s)
     assert [t.event for t in memory.plan] == [Event(3600.0, -3e6)]
     _, forgot = replan(Memory(), 3590.0, DT, [change], load, 8e6, s)
     assert forgot.plan == ()  # without the memory: left to the filter
+    # Pending until 1000 s, in view at 20 s, then gone from view while pending: cancelled.
+    long = job("job_start", 10.0, "b", 5e6, duration_s=990.0)
+    _, memory = replan(Memory(), 20.0, DT, [long], load, 8e6, s)
+    assert [d.job_id for d in memory.draws] == ["b"]
+    _, memory = replan(memory, 21.0, DT, [], load, 8e6, s)
+    assert memory.draws == ()
     many = [job("job_start", 10.0 + k, f"j{k}") for k in range(JOBS_KEPT + 40)]
     changes = [job("level_change", 1000.0 + k, "j0", 1e6 + k) for k in range(9)]
-    kept = remember((), many + changes, 1e4, 5e6)
-    assert len({d[0] for d in kept}) == JOBS_KEPT and ("j1", 11.0, 5e6) not in kept  # bounded
-    assert [d for d in kept if d[0] == "j0"] == [("j0", 1000.0 + k, 1e6 + k) for k in range(5, 9)]
+    kept = remember(remember((), many + changes, 1e4, s), [], 1e4, s)  # then out of view
+    assert len({d.job_id for d in kept}) == JOBS_KEPT and "j1" not in {d.job_id for d in kept}
+    j0 = [(d.at_s, d.power_w) for d in kept if d.job_id == "j0"]
+    assert j0 == [(1000.0 + k, 1e6 + k) for k in range(5, 9)]
+
+
+def test_a_planned_change_keeps_its_size_as_later_notices_come_and_the_memory_is_pruned():
+    """A level change seen and fading keeps the size it was planned with while its job's
+    later changes come and pass (review: the draw before it was pruned from the memory and
+    the change became a new, larger one at a past time, a phantom feed-forward)."""
+    s = Replanning(PLAN, 4.7e6)
+    start = job("job_start", 0.0, "a", 5e6, duration_s=2000.0, notice_id=1)
+    first = job("level_change", 50.0, "a", 4e6, notice_id=2)
+    watched = job("level_change", 300.0, "a", 3e6, notice_id=3)
+    burst = [job("level_change", 301.0 + k, "a", 3e6 - 1e5 * k, notice_id=4 + k) for k in range(6)]
+    memory, load = Memory(), np.full(10, 5e6)
+    for now in np.arange(1.0, 320.0, 1.0):
+        told = [n for n in (start, first, watched, *burst) if n.at_s <= now + 30.0]
+        view = [n for n in told if n.ends_s >= now - 100.0]  # as replay keeps them
+        _, memory = replan(memory, float(now), DT, view, load, 5e6, s)
+        sizes = {t.event.delta_w for t in memory.plan if t.event.at_s == 300.0}
+        assert sizes <= {-1e6}, (now, sizes)
 
 
 def test_an_announced_level_change_moves_the_grid_before_it_and_spares_the_battery():

@@ -29,6 +29,7 @@ seconds after its start is said), then holds.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -203,47 +204,78 @@ def train_intervals(pauses: list[tuple[float, float]]) -> list[float]:
     return out
 
 
-Draw = tuple[str | None, float, float]  # a job (None: notices of no job), from when (s), W
+@dataclass(frozen=True)
+class Draw:
+    """What a notice says its job draws from its time on."""
+
+    job_id: str
+    at_s: float
+    power_w: float
+    notice_id: int  # of two at the same time, the one posted later holds
+    ends_s: float  # the notice's end: pending (and in the planner's view) until a while after
+
+    @property
+    def order(self) -> tuple[float, int]:
+        return (self.at_s, self.notice_id)
 
 
 def draws_of(notices: Iterable[Notice], job_w: float) -> tuple[Draw, ...]:
-    """What each notice says its job draws from its time on: a start its power (or job_w),
-    a level change its power, a stop nothing."""
+    """What each notice of a job says the job draws from its time on: a start its power (or
+    job_w), a level change its power, a stop nothing. Notices of no job say nothing of one."""
     out: list[Draw] = []
     for n in notices:
+        if n.job_id is None:
+            continue
         if n.kind == "job_start":
-            out.append((n.job_id, n.at_s, job_w if n.power_w is None else n.power_w))
+            power = job_w if n.power_w is None else n.power_w
         elif n.kind == "level_change" and n.power_w is not None:
-            out.append((n.job_id, n.at_s, n.power_w))
+            power = n.power_w
         elif n.kind == "job_stop":
-            out.append((n.job_id, n.at_s, 0.0))
+            power = 0.0
+        else:
+            continue
+        out.append(Draw(n.job_id, n.at_s, power, n.id, n.ends_s))
     return tuple(out)
 
 
-def draw_before(draws: Iterable[Draw], job_id: str | None, at_s: float) -> float | None:
-    """The job's draw just before at_s: the latest of `draws` before it (None: not known)."""
-    earlier = [d for d in draws if d[0] == job_id and d[1] < at_s]
-    return max(earlier, key=lambda d: d[1])[2] if earlier else None
+class JobDraws:
+    """Each job's draws in time order, to ask what a job drew just before a time."""
+
+    def __init__(self, draws: Iterable[Draw]) -> None:
+        by_job: dict[str, dict[tuple[float, int], Draw]] = {}
+        for d in draws:
+            by_job.setdefault(d.job_id, {})[d.order] = d
+        self._draws = {
+            job: sorted(ds.values(), key=lambda d: d.order) for job, ds in by_job.items()
+        }
+        self._times = {job: [d.at_s for d in ds] for job, ds in self._draws.items()}
+
+    def before(self, job_id: str | None, at_s: float) -> float | None:
+        """What the job drew just before at_s (None: no job, or nothing known before)."""
+        if job_id is None or job_id not in self._times:
+            return None
+        k = bisect.bisect_left(self._times[job_id], at_s)
+        return self._draws[job_id][k - 1].power_w if k else None
 
 
 def events_of(
     notices: Iterable[Notice], job_w: float, known: tuple[Draw, ...] = ()
 ) -> tuple[Event, ...]:
     """Notices as changes of the mean draw. job_w: what a job adds when it runs (W), for the
-    notices that do not say (`power_w`). What a job draws is what its latest start or level
-    change said (in view, or `known` from notices gone), else job_w: a pause takes that away,
-    a stop that says no power takes it all. A level change (the job's new draw, absolute) is
-    the change from what the job drew before it; with nothing known before it, it is left to
-    the filter. A job's pauses (those of no job together) announced one after another within
-    TRAIN_MAX_S are a train (`train_intervals`). A pause_end that closes a pause_start with a
-    duration is part of that pause."""
+    notices that do not say (`power_w`). What a job (a job_id) draws is what its latest start
+    or level change said (in view, or `known` from notices gone), else job_w: a pause takes
+    that away, a stop that says no power takes it all. A level change of a job (its new draw,
+    absolute) is the change from what the job drew before it; one with nothing known before
+    it, or of no job, is left to the filter. A job's pauses (those of no job together)
+    announced one after another within TRAIN_MAX_S are a train (`train_intervals`). A
+    pause_end that closes a pause_start with a duration is part of that pause."""
     notices = sorted(notices, key=lambda n: n.at_s)
-    draws = known + draws_of(notices, job_w)
+    draws = JobDraws(known + draws_of(notices, job_w))
     ends = {n.at_s + n.duration_s for n in notices if n.kind == "pause_start" and n.duration_s}
     every = _trains(notices)
     out = []
     for n in notices:
-        before = draw_before(draws, n.job_id, n.at_s)
+        before = draws.before(n.job_id, n.at_s)
         running = job_w if before is None else before
         if n.kind == "job_start":
             out.append(Event(n.at_s, job_w if n.power_w is None else n.power_w))

@@ -91,24 +91,42 @@ def replan(
     learned, memory = _learned(memory, now_s, dt_s, seen_w, notices, s)
     events = events_of(notices, s.job_w, memory.draws) + learned
     ff, state = plan(now_s, dt_s, events, memory.plan, seen_w, lowpass_w, s.plan)
-    draws = remember(memory.draws, notices, now_s, s.job_w)
+    draws = remember(memory.draws, notices, now_s, s)
     return ff, replace(memory, plan=state, draws=draws)
 
 
 def remember(
-    known: tuple[Draw, ...], notices: list[Notice], now_s: float, job_w: float
+    known: tuple[Draw, ...], notices: list[Notice], now_s: float, s: Replanning
 ) -> tuple[Draw, ...]:
     """The draws of notices whose time has come, kept after the notices leave the planner's
-    view (a level change hours into a job is planned from what the job's start said), the
-    latest DRAWS_KEPT of each of the JOBS_KEPT jobs heard of last. Only those whose time has
-    come: a notice cancelled before its time never counted."""
-    passed = draws_of([n for n in notices if n.at_s <= now_s], job_w)
-    by_job: dict[str | None, dict[float, Draw]] = {}
-    for d in known + passed:
-        by_job.setdefault(d[0], {})[d[1]] = d
-    jobs = [sorted(job.values(), key=lambda d: d[1])[-DRAWS_KEPT:] for job in by_job.values()]
-    jobs = sorted(jobs, key=lambda job: job[-1][1])[-JOBS_KEPT:]
-    return tuple(d for job in jobs for d in job)
+    view, so a level change hours into a job is planned from what the job's start said.
+    Kept: each job's draw before its earliest notice still in view and all after it (so no
+    change in view is ever measured from another draw than the one it was planned from), and
+    at least its latest DRAWS_KEPT, for the JOBS_KEPT jobs heard of last. Not kept: a notice
+    whose time has not come, or one gone from view while still pending: cancelled."""
+    in_view = {(d.job_id, d.order): d for d in draws_of(notices, s.job_w)}
+    merged = {
+        (d.job_id, d.order): d
+        for d in known
+        if (d.job_id, d.order) in in_view or d.ends_s <= now_s  # else: cancelled
+    }
+    merged |= {key: d for key, d in in_view.items() if d.at_s <= now_s}
+    earliest: dict[str, float] = {}
+    for n in notices:
+        if n.job_id is not None:
+            earliest[n.job_id] = min(earliest.get(n.job_id, n.at_s), n.at_s)
+    by_job: dict[str, list[Draw]] = {}
+    for d in sorted(merged.values(), key=lambda d: d.order):
+        by_job.setdefault(d.job_id, []).append(d)
+    jobs = []
+    for job, ds in by_job.items():
+        keep_from = max(0, len(ds) - DRAWS_KEPT)
+        if job in earliest:  # the draw before its earliest notice in view, and all after
+            before = [k for k, d in enumerate(ds) if d.at_s < earliest[job]]
+            keep_from = min(keep_from, before[-1] if before else 0)
+        jobs.append(ds[keep_from:])
+    jobs = sorted(jobs, key=lambda ds: ds[-1].order)[-JOBS_KEPT:]
+    return tuple(d for ds in jobs for d in ds)
 
 
 def _learned(
