@@ -250,11 +250,19 @@ class JobDraws:
         }
         self._times = {job: [d.at_s for d in ds] for job, ds in self._draws.items()}
 
+    def jobs(self) -> Iterable[tuple[str, list[Draw]]]:
+        """Each job and its draws, in time order (of two at one time, the later posted last)."""
+        return self._draws.items()
+
+    def count_before(self, job_id: str, at_s: float) -> int:
+        """How many of the job's draws are before at_s."""
+        return bisect.bisect_left(self._times.get(job_id, []), at_s)
+
     def before(self, job_id: str | None, at_s: float) -> float | None:
         """What the job drew just before at_s (None: no job, or nothing known before)."""
-        if job_id is None or job_id not in self._times:
+        if job_id is None:
             return None
-        k = bisect.bisect_left(self._times[job_id], at_s)
+        k = self.count_before(job_id, at_s)
         return self._draws[job_id][k - 1].power_w if k else None
 
 

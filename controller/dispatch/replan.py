@@ -19,6 +19,7 @@ from controller.dispatch import rhythm
 from controller.dispatch.planner import (
     Draw,
     Event,
+    JobDraws,
     PlanSettings,
     PlanState,
     draws_of,
@@ -104,26 +105,20 @@ def remember(
     change in view is ever measured from another draw than the one it was planned from), and
     at least its latest DRAWS_KEPT, for the JOBS_KEPT jobs heard of last. Not kept: a notice
     whose time has not come, or one gone from view while still pending: cancelled."""
-    in_view = {(d.job_id, d.order): d for d in draws_of(notices, s.job_w)}
-    merged = {
-        (d.job_id, d.order): d
-        for d in known
-        if (d.job_id, d.order) in in_view or d.ends_s <= now_s  # else: cancelled
-    }
-    merged |= {key: d for key, d in in_view.items() if d.at_s <= now_s}
+    in_view = draws_of(notices, s.job_w)
+    listed = {(d.job_id, d.order) for d in in_view}
+    # Remembered and gone from view while still pending: cancelled.
+    still = [d for d in known if (d.job_id, d.order) in listed or d.ends_s <= now_s]
+    draws = JobDraws(still + [d for d in in_view if d.at_s <= now_s])
     earliest: dict[str, float] = {}
     for n in notices:
         if n.job_id is not None:
             earliest[n.job_id] = min(earliest.get(n.job_id, n.at_s), n.at_s)
-    by_job: dict[str, list[Draw]] = {}
-    for d in sorted(merged.values(), key=lambda d: d.order):
-        by_job.setdefault(d.job_id, []).append(d)
     jobs = []
-    for job, ds in by_job.items():
+    for job, ds in draws.jobs():
         keep_from = max(0, len(ds) - DRAWS_KEPT)
         if job in earliest:  # the draw before its earliest notice in view, and all after
-            before = [k for k, d in enumerate(ds) if d.at_s < earliest[job]]
-            keep_from = min(keep_from, before[-1] if before else 0)
+            keep_from = min(keep_from, max(0, draws.count_before(job, earliest[job]) - 1))
         jobs.append(ds[keep_from:])
     jobs = sorted(jobs, key=lambda ds: ds[-1].order)[-JOBS_KEPT:]
     return tuple(d for ds in jobs for d in ds)
