@@ -5,11 +5,19 @@ battery; the core tracks it (the feed-forward is that grid less the core's low-p
 on the same load), and every limit of the core holds as ever. It is told the trace's exact
 load, or only its mean over 0.5, 1 and 2 s (centred), or only when and how much: the mean
 between the events file's times (the job's start, each checkpoint's start and end), the
-most a notice could say, never the training steps' own swings (0.48 s). Beside it, the
-controller's own planner with the events file's notices. Whole shipped training trace,
-10,000 GPUs + 2 MW, 0.5 MW/s, with the replay's figures and the perfect-foresight bound.
+most a notice could say, never the training steps' own swings (0.48 s); and the same of
+every change, with the two the events file does not mark (the GPUs' first draw, 3 s after
+train_ready, and training's end). Beside it, the controller's own planner with the events
+file's notices. Whole shipped training trace, 10,000 GPUs + 2 MW, 0.5 MW/s, with the
+replay's figures and the perfect-foresight bound.
 
-    python bench/bench_foresight.py [--horizon-s 15]
+Then the same on the trace's training cycles tiled to --tile-s (bench_rhythm's tiling, with
+its jitter; figures from 100 s, as there), beside the controller with the learned rhythm: the
+steady state the issue's "≤ 1.15 of the bound" is about. The bound's least stored energy is a
+linear program's, which may charge and discharge at once (bound.py); the followable bound is
+the least a schedule a battery can follow was found to need, so both ratios are printed.
+
+    python bench/bench_foresight.py [--horizon-s 15] [--tile-s 600]
 
 The foresight planner keeps the stored energy itself, so its runs have the energy return
 off (it would pull against the program); the controller's keeps the default 20 s.
@@ -18,6 +26,8 @@ off (it would pull against the program); the controller's keeps the default 20 s
 from __future__ import annotations
 
 import argparse
+import csv
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,13 +36,18 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linprog
 
-from controller.dispatch import core
+from controller.dispatch import core, rhythm
 from controller.replay.events import read_events
 from controller.replay.figures import J_PER_KWH
-from controller.replay.run import PLAN_EVERY_S, ReplaySettings, report, simulate
+from controller.replay.run import PLAN_EVERY_S, ReplaySettings, report, simulate, window
 from controller.replay.trace import read_trace
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_rhythm import CHECKPOINT_S, tiled  # the ten-minute tiling, as bench_rhythm's
+
 TRACE = Path(__file__).resolve().parents[1] / "drivers" / "sim" / "traces" / "h200_train_1p7b.csv"
+EVENTS = TRACE.with_suffix(".events.csv")
+TILED_FROM_S = 100.0  # bench_rhythm's --figures-from-s
 PLAN_DT_S = 0.2  # the program's step: two of the trace's
 MOVED_PRICE = 0.01  # kWh of distance from the start's energy per kWh through the battery
 
@@ -130,40 +145,94 @@ def segment_means(load_w: np.ndarray, t_s: np.ndarray, edges_s: list[float]) -> 
     return out
 
 
+def unmarked_changes(load_w: np.ndarray, t_s: np.ndarray) -> list[float]:
+    """The load's two changes the events file does not mark (s): the GPUs' first draw (its
+    1 s mean first over half-way from its level at train_ready to its median in training;
+    start-up's brief bursts before it stay under) and training's end (the last step's end)."""
+    with EVENTS.open() as f:
+        rows = list(csv.DictReader(f))
+    ready = next(float(r["t_start_s"]) for r in rows if r["kind"] == "train_ready")
+    end = max(float(r["t_end_s"]) for r in rows if r["kind"] == "train_step")
+    slow = centred_mean(load_w, 10)
+    training = (t_s >= ready) & (t_s < end)
+    idle = slow[np.searchsorted(t_s, ready)]
+    half = (idle + float(np.median(slow[training]))) / 2.0
+    return [float(t_s[training & (slow > half)][0]), end]
+
+
 def line(name: str, r: dict[str, Any]) -> str:
     return (
         f"  {name:36s} {r['band_attenuation_db']:6.2f} dB, ramp "
         f"{r['grid_max_ramp_w_per_s']:,.0f} W/s, throughput / bound {r['throughput_ratio']:.3f}, "
         f"stored {r['required_capacity_kwh']:.2f} kWh: / bound {r['capacity_ratio']:.3f} "
-        f"(/ followable {r['realizable_capacity_ratio']:.3f})"
+        f"(/ followable {r['realizable_capacity_ratio']:.3f}; the bound "
+        f"{r['lp_required_capacity_kwh']:.2f}, followable {r['lp_realizable_capacity_kwh']:.2f})"
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--horizon-s", type=float, default=15.0)
-    args = parser.parse_args()
+def foresight_line(
+    name: str, known_w: np.ndarray, load_w: np.ndarray, dt: float, horizon_s: float, first: int
+) -> Foresight:
+    """One foresight run (the energy return off) and its figures from step `first` on."""
+    off = ReplaySettings(energy_return_s=0.0)
+    planner = Foresight(known_w, off, dt, horizon_s)
+    r = report(window(simulate(load_w, dt, off, planner=planner), first, dt), dt, off, True)
+    print(line(f"{horizon_s:g} s ahead, {name}", r))
+    return planner
+
+
+def whole_trace(horizon_s: float) -> None:
     s = ReplaySettings()
     tr = read_trace(TRACE)
     load, dt = tr.site_load_w(s.gpus, s.base_w), tr.dt_s
     print(f"{TRACE.name}, 10,000 GPUs + 2 MW, 0.5 MW/s, {len(load)} steps of {dt:g} s")
-    told = read_events(TRACE.with_suffix(".events.csv"), 30.0, 5.0, s.gpus * s.job_w_per_gpu)
+    told = read_events(EVENTS, 30.0, 5.0, s.gpus * s.job_w_per_gpu)
     run = simulate(load, dt, s, notices=told, start_s=float(tr.t_s[0]))
     print(line("the planner, --events", report(run, dt, s, True)))
-    edges = [a.notice.at_s for a in read_events(TRACE.with_suffix(".events.csv"), 0, 0, 0)]
-    off = ReplaySettings(energy_return_s=0.0)
+    edges = [a.notice.at_s for a in read_events(EVENTS, 0, 0, 0)]
+    unmarked = unmarked_changes(load, tr.t_s)
     for name, known in (
         ("knows the load", load),
         ("knows its 0.5 s mean", centred_mean(load, 5)),
         ("knows its 1 s mean", centred_mean(load, 10)),
         ("knows its 2 s mean", centred_mean(load, 20)),
         ("knows when and how much", segment_means(load, tr.t_s, edges)),
+        ("... of every change", segment_means(load, tr.t_s, edges + unmarked)),
     ):
-        planner = Foresight(known, off, dt, args.horizon_s)
-        run = simulate(load, dt, off, planner=planner)
-        r = report(run, dt, off, True)
-        print(line(f"{args.horizon_s:g} s ahead, {name}", r))
+        planner = foresight_line(name, known, load, dt, horizon_s, 0)
+    print(f"  every change: the events file's and {', '.join(f'{t:.2f}' for t in unmarked)} s")
     print(f"  the program: {np.median(planner.times) * 1e3:.1f} ms a plan (p50)")
+
+
+def tiled_trace(horizon_s: float, tile_s: float) -> None:
+    s = ReplaySettings()
+    gpu_w, dt, checkpoints = tiled(tile_s)
+    load = s.base_w + s.gpus * gpu_w
+    first = round(TILED_FROM_S / dt)
+    print(
+        f"tiled to {tile_s:g} s (bench_rhythm's), figures from {TILED_FROM_S:g} s; each run's "
+        "bound starts where it stood then"
+    )
+    run = simulate(load, dt, s, learn=rhythm.RhythmSettings())
+    r = report(window(run, first, dt), dt, s, True)
+    print(line("the controller, --learn-rhythm", r))
+    edges = checkpoints + [at + CHECKPOINT_S for at in checkpoints]
+    t_s = np.arange(len(load)) * dt
+    for name, known in (
+        ("knows the load", load),
+        ("knows its 1 s mean", centred_mean(load, 10)),
+        ("knows when and how much", segment_means(load, t_s, edges)),
+    ):
+        foresight_line(name, known, load, dt, horizon_s, first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--horizon-s", type=float, default=15.0)
+    parser.add_argument("--tile-s", type=float, default=600.0)
+    args = parser.parse_args()
+    whole_trace(args.horizon_s)
+    tiled_trace(args.horizon_s, args.tile_s)
 
 
 if __name__ == "__main__":
