@@ -146,9 +146,10 @@ def segment_means(load_w: np.ndarray, t_s: np.ndarray, edges_s: list[float]) -> 
 
 
 def unmarked_changes(load_w: np.ndarray, t_s: np.ndarray) -> list[float]:
-    """The load's two changes the events file does not mark (s): the GPUs' first draw (its
-    1 s mean first over half-way from its level at train_ready to its median in training;
-    start-up's brief bursts before it stay under) and training's end (the last step's end)."""
+    """The load's two changes the events file does not mark (s): the GPUs' first draw (the
+    first sample over half-way from the load's level at train_ready to its median in training,
+    within the 1 s that the load's mean first crosses there: start-up's brief bursts before
+    it stay under) and training's end (the last step's end)."""
     with EVENTS.open() as f:
         rows = list(csv.DictReader(f))
     ready = next(float(r["t_start_s"]) for r in rows if r["kind"] == "train_ready")
@@ -157,7 +158,10 @@ def unmarked_changes(load_w: np.ndarray, t_s: np.ndarray) -> list[float]:
     training = (t_s >= ready) & (t_s < end)
     idle = slow[np.searchsorted(t_s, ready)]
     half = (idle + float(np.median(slow[training]))) / 2.0
-    return [float(t_s[training & (slow > half)][0]), end]
+    crossed = int(np.flatnonzero(training & (slow > half))[0])
+    mean_from = max(0, crossed - 5)  # the first sample of centred_mean's 10 there
+    first = mean_from + int(np.argmax(load_w[mean_from : crossed + 1] > half))
+    return [float(t_s[first]), end]
 
 
 def line(name: str, r: dict[str, Any]) -> str:

@@ -339,8 +339,9 @@ class PlannerSettings(Strict):
     )
     # A job's GPUs often draw a few seconds after its start is said (the shipped trace's
     # train_ready: 3.1 s before): ramping on through that spares the battery the whole step
-    # later (on the shipped trace with notices, 2 s: 4.17 → 3.09 kWh, the band −20.0 → −20.4
-    # dB; 3 s: 3.07 kWh). A start that never comes costs the ramp's 2 s more of charging.
+    # later (on the shipped trace with notices, at train_swing_ratio 0.7, 2 s: 4.17 → 3.09 kWh,
+    # the band −20.0 → −20.4 dB; 3 s: 3.07 kWh). A start that never comes costs the ramp's
+    # 2 s more of charging.
     late_ramp_s: float = Field(
         2.0,
         ge=0,

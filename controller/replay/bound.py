@@ -19,8 +19,9 @@ its steps and burns 5 kWh doing it, so no battery can follow it. `realizable_cap
 prices throughput until the schedule stops doing that: a schedule that knows the whole trace
 and a battery can follow, so the least stored energy lies between the two figures. `OneWay`
 solves the same program exactly, a binary per step (far slower: for benchmarks): on the
-shipped trace with notices a battery needs at least 2.058 kWh, where the linear program says
-1.625 and the followable bound finds 2.062 (bench/bench_bound_exact.py).
+shipped trace with notices, the replay's battery (20 MW, 96 % each way, starting and ending
+as the run does) needs at least 2.057 kWh, where the linear program says 1.625 and the
+followable bound finds 2.062 (bench/bench_bound_exact.py).
 """
 
 from __future__ import annotations
@@ -128,16 +129,20 @@ def solve_highs(p: BoundProblem, program: Program) -> np.ndarray | None:
     return _solve(*program)
 
 
+UNIT = 1e6  # OneWay's MW and MJ
+
+
 @dataclass
 class OneWay:
     """A solver for the bound's programs where each step's battery flows one way, as a
     battery's does: a binary z per step, discharge ≤ its limit·z and charge ≤ its limit·(1 − z)
     (HiGHS's branch and bound, through scipy). Exact where the linear programs relax, and slow
-    (the shipped 758-step trace's least stored energy: about 9 minutes here), so it serves the
-    benchmarks, not replay. Keeps its dual bound, which is proven (no schedule does with less)
-    even where the time limit stops it short of the best schedule."""
+    (the shipped 758-step trace's least stored energy: under two minutes here), so it serves
+    the benchmarks, not replay. Keeps its dual bound, proven to HiGHS's tolerances (no schedule
+    does with less) even where a limit stops it short of the best schedule."""
 
     time_limit_s: float
+    node_limit: int | None = None  # the branch and bound's nodes at most (None: no limit)
     dual_kwh: float = float("nan")
     status: str = "not run"
     gap: float = float("nan")  # HiGHS's relative gap between its dual bound and best schedule
@@ -148,6 +153,12 @@ class OneWay:
         n, cols = len(p.load_w), len(c)
         if not (np.isfinite(p.discharge_max_w) and np.isfinite(p.charge_max_w)):
             raise ValueError("a one-way battery needs finite power limits")
+        # Solved in MW and MJ: every row of the programs is in watts or joules, so the matrix
+        # stands and the right-hand sides, bounds and objective scale. Against 20 MW limits in
+        # watts, HiGHS's tolerances let its branch and bound call a schedule optimal above
+        # one it had found itself.
+        b_ub, b_eq, c = b_ub / UNIT, b_eq / UNIT, c * UNIT
+        bounds = [tuple(None if v is None else v / UNIT for v in b) for b in bounds]
         lower = np.array([-np.inf if b[0] is None else b[0] for b in bounds] + [0.0] * n)
         upper = np.array([np.inf if b[1] is None else b[1] for b in bounds] + [1.0] * n)
         # A step fixed to charge or discharge (the first, as the online run's) fixes its z.
@@ -159,7 +170,7 @@ class OneWay:
             [
                 sparse.identity(n),
                 sparse.csr_matrix((n, cols - n)),
-                -p.discharge_max_w * sparse.identity(n),
+                -p.discharge_max_w / UNIT * sparse.identity(n),
             ]
         )
         c_rows = sparse.hstack(
@@ -167,11 +178,11 @@ class OneWay:
                 sparse.csr_matrix((n, n)),
                 sparse.identity(n),
                 sparse.csr_matrix((n, cols - 2 * n)),
-                p.charge_max_w * sparse.identity(n),
+                p.charge_max_w / UNIT * sparse.identity(n),
             ]
         )
         ub_rows = sparse.vstack([sparse.hstack([a_ub, pad]), d_rows, c_rows]).tocsr()
-        ub = np.r_[b_ub, np.zeros(n), np.full(n, p.charge_max_w)]
+        ub = np.r_[b_ub, np.zeros(n), np.full(n, p.charge_max_w / UNIT)]
         eq_rows = sparse.hstack([a_eq, sparse.csr_matrix((a_eq.shape[0], n))]).tocsr()
         t0 = time.perf_counter()
         res = milp(
@@ -182,14 +193,18 @@ class OneWay:
             ],
             bounds=Box(lower, upper),
             integrality=np.r_[np.zeros(cols), np.ones(n)],
-            options={"time_limit": self.time_limit_s, "mip_rel_gap": 1e-4},
+            options={
+                "time_limit": self.time_limit_s,
+                "mip_rel_gap": 1e-4,
+                **({} if self.node_limit is None else {"node_limit": self.node_limit}),
+            },
         )
         self.seconds = time.perf_counter() - t0
         self.status = res.message
         dual, gap = getattr(res, "mip_dual_bound", None), getattr(res, "mip_gap", None)
         self.dual_kwh = np.nan if dual is None else float(dual)  # the objective is in kWh
         self.gap = np.nan if gap is None else float(gap)
-        return None if res.x is None else res.x[:cols]
+        return None if res.x is None else res.x[:cols] * UNIT
 
 
 def min_throughput_kwh(p: BoundProblem, solve: Solver = solve_highs) -> float | None:
